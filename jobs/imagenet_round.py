@@ -1,0 +1,21 @@
+"""One selection round on a Ray cluster: the next b images to label, and the time per 100 of them.
+
+    ray job submit --working-dir . -- python jobs/imagenet_round.py --pool s3://bucket/pool \
+        --labeled s3://bucket/labeled.parquet --budget 64060 --out s3://bucket/round-1 \
+        --preset imagenet --workers 8 --use-gpu
+
+With no arguments it runs on the embedded MNIST pool with a local Ray. Same code path as `vaal-dist round`.
+"""
+import argparse
+import sys
+
+from vaal_dist.cli import add_round_args, round_command, run_safely
+
+
+def main(argv=None) -> int:
+    args = add_round_args(argparse.ArgumentParser(description=__doc__)).parse_args(argv)
+    return run_safely(round_command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

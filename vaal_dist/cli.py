@@ -1,0 +1,117 @@
+"""``vaal-dist`` and the jobs/ scripts: parse arguments, build a RoundConfig, call the library."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+
+from vaal_dist.config import PRESETS, RoundConfig, ScoringConfig, preset
+from vaal_dist.errors import VaalDistError
+
+DEFAULT_POOL = "data/mnist-pool"
+DEFAULT_LABELED = "data/mnist-labeled.parquet"
+DEFAULT_OUT = "results/mnist-round"
+DEFAULT_BUDGET = 250          # 5% of the 5,000 digits, the papers' per-round step
+
+
+def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--pool", help="pool folder or URI (Parquet shards); omit for the embedded MNIST pool")
+    p.add_argument("--labeled", help="labeled-id manifest (.parquet with an id column, or text)")
+    p.add_argument("--budget", type=int, help="b, the number of images to select")
+    p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
+    p.add_argument("--strategy", default="vaal")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="VAAL hyperparameters (default: cpu for the embedded pool, else cifar10)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, help="override the preset's training batch size")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
+    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--score-batch-size", type=int, default=ScoringConfig.batch_size)
+    p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, else per CPU)")
+    p.add_argument("--threads-per-actor", type=int, help="torch threads in each scoring actor")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RoundConfig:
+    """The RoundConfig the arguments describe; with no --pool, the embedded MNIST pool (built if missing)."""
+    if args.pool is None:
+        from vaal_dist.pool.default import build_default_pool
+
+        build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=PRESETS[args.preset or "cpu"].image_size)
+        pool, labeled = DEFAULT_POOL, args.labeled or DEFAULT_LABELED
+        budget, out, preset_name = args.budget or DEFAULT_BUDGET, args.out or DEFAULT_OUT, args.preset or "cpu"
+    else:
+        missing = [f"--{n}" for n in ("labeled", "budget", "out") if getattr(args, n) is None]
+        if missing:
+            raise VaalDistError(f"with --pool, also give {', '.join(missing)}")
+        pool, labeled, budget, out = args.pool, args.labeled, args.budget, args.out
+        preset_name = args.preset or "cifar10"
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    return RoundConfig(
+        pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy, preset=preset_name,
+        vaal=preset(preset_name, **overrides),
+        scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
+                              threads_per_actor=args.threads_per_actor),
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a private local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # The dashboard (bound to 127.0.0.1) serves the state API that Ray Train's cleanup polls.
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def round_command(args: argparse.Namespace) -> int:
+    from vaal_dist.round import run_round
+
+    cfg = config_from_args(args)
+    with ray_session(args.ray_address):
+        result = run_round(cfg)
+    t = result.record["timings"]
+    print(f"selection: {result.selection}")
+    print(f"per-100-sample query time: {result.per_100_seconds:.2f} s "
+          f"(b={cfg.budget}: train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, "
+          f"merge {t['merge_seconds']:.2f} s, total {t['total_seconds']:.1f} s)")
+    return 0
+
+
+def run_safely(command, args) -> int:
+    """Run a command; errors about the user's input print one line and exit 2, not a stack trace."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return command(args)
+    except VaalDistError as e:
+        print(f"vaal-dist: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vaal-dist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
+    args = parser.parse_args(argv)
+    return run_safely({"round": round_command}[args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

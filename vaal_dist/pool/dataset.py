@@ -1,0 +1,49 @@
+"""A pool as Ray Datasets: read lazily, split into labeled / unlabeled by id, decoded for training."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import PoolMeta, pool_files
+
+
+def read_pool(pool: str, columns: list[str] = ("id", "image")) -> ray.data.Dataset:
+    """The pool's Parquet shards (pool.json and other files are ignored), in file order."""
+    fs, files = pool_files(pool)
+    # At least one block per shard, so that small pools still spread over every scoring actor.
+    return ray.data.read_parquet(files, filesystem=fs, columns=list(columns), override_num_blocks=len(files))
+
+
+def _select_by_id(batch: pa.Table, ids: pa.Array, keep_members: bool) -> pa.Table:
+    member = pc.is_in(batch.column("id"), value_set=ids)
+    return batch.filter(member if keep_members else pc.invert(member))
+
+
+def split_labeled(ds: ray.data.Dataset, labeled_ids: pa.Array) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(labeled rows, unlabeled rows) of a pool dataset; nothing in the second has a labeled id."""
+    def select(keep_members):
+        return ds.map_batches(_select_by_id, batch_format="pyarrow", batch_size=None,
+                              fn_kwargs={"ids": labeled_ids, "keep_members": keep_members})
+    return select(True), select(False)
+
+
+class DecodeForTraining:
+    """Ray Data batch fn: {'id', 'image'} -> {'pixels': (B, C, S, S) uint8}."""
+
+    def __init__(self, meta: PoolMeta, size: int):
+        self.meta, self.size = meta, size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"pixels": decode_images(batch["id"], batch["image"], self.meta, self.size)}
+
+
+def training_datasets(pool: str, labeled_ids: pa.Array, meta: PoolMeta, size: int
+                      ) -> dict[str, ray.data.Dataset]:
+    """{'labeled', 'unlabeled'} datasets of decoded pixels, ready for Ray Train's dataset shards."""
+    labeled, unlabeled = split_labeled(read_pool(pool), labeled_ids)
+    decode = DecodeForTraining(meta, size)
+    return {name: d.map_batches(decode, batch_format="numpy")
+            for name, d in (("labeled", labeled), ("unlabeled", unlabeled))}

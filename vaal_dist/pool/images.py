@@ -1,0 +1,46 @@
+"""Image bytes -> uint8 pixel batches (B, C, H, W), the one decoder training and scoring share."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from vaal_dist.errors import InputError
+from vaal_dist.pool.io import PoolMeta
+
+Image.MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default bomb limit; raised to an error below
+
+
+def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
+    """Decode a batch of pool images to (B, C, size, size) uint8.
+
+    ``raw`` pools must already be ``size`` x ``size``; encoded JPEG/PNG images are converted to RGB and
+    resized. A bad image raises InputError naming its id.
+    """
+    if meta.encoding == "raw":
+        return _decode_raw(ids, images, meta.image_shape, size)
+    return np.stack([_decode_one(i, b, size) for i, b in zip(ids, images)]) if len(images) else \
+        np.zeros((0, 3, size, size), np.uint8)
+
+
+def _decode_raw(ids, images, shape, size) -> np.ndarray:
+    h, w, c = shape
+    if (h, w) != (size, size):
+        raise InputError(f"pool images are {h}x{w} but the model expects {size}x{size}; "
+                         f"prepare the pool at that size")
+    lengths = np.fromiter((len(b) for b in images), dtype=np.int64, count=len(images))
+    bad = np.flatnonzero(lengths != h * w * c)
+    if len(bad):
+        raise InputError(f"image {ids[bad[0]]!r} has {lengths[bad[0]]} bytes, expected {h}x{w}x{c}")
+    flat = np.frombuffer(b"".join(images), dtype=np.uint8)
+    return np.ascontiguousarray(flat.reshape(len(images), h, w, c).transpose(0, 3, 1, 2))  # (B, C, H, W)
+
+
+def _decode_one(image_id, data: bytes, size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (C, H, W)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"image {image_id!r} cannot be decoded: {e}") from e

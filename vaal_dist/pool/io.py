@@ -1,0 +1,182 @@
+"""Pools and manifests on any filesystem pyarrow or fsspec can open, and atomic writes.
+
+A pool is a folder of Parquet shards with columns ``id`` (unique string), ``image`` (binary) and an
+optional ``label``; beside them ``pool.json`` says how ``image`` is stored: ``raw`` uint8 pixels of a
+fixed ``image_shape`` [H, W, C], or ``encoded`` JPEG/PNG bytes (also assumed when there is no pool.json).
+A manifest is a list of ids: Parquet with an ``id`` column, or a text file with one id per line.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from vaal_dist.errors import InputError
+
+POOL_META = "pool.json"
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or a URI (s3://, gs://, file://, any fsspec protocol)."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), posixpath.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec  # pyarrow does not know the scheme: let fsspec open it
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI, keeping any ?query of the URI at the end."""
+    base, sep, query = uri.partition("?")
+    joined = posixpath.join(base, *parts)
+    return f"{joined}?{query}" if sep else joined
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_atomic(uri: str, data: bytes) -> None:
+    """Write the whole file under a temporary name, then rename: readers see all of it or nothing."""
+    fs, path = resolve(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
+
+
+def write_json(uri: str, obj) -> None:
+    write_atomic(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(uri: str):
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(uri, sink.getvalue().to_pybytes())
+
+
+@dataclass(frozen=True)
+class PoolMeta:
+    """How a pool stores its images."""
+
+    encoding: str = "encoded"                    # "raw" or "encoded"
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C) when raw
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[2] if self.image_shape else 3  # encoded images decode to RGB
+
+
+def read_pool_meta(pool: str) -> PoolMeta:
+    """The pool's pool.json, or the encoded-image default when it has none."""
+    fs, path = resolve(pool)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"pool {pool!r} does not exist")
+    meta_uri = join(pool, POOL_META)
+    if not exists(meta_uri):
+        return PoolMeta()
+    meta = read_json(meta_uri)
+    if meta.get("encoding") == "raw":
+        return PoolMeta("raw", tuple(meta["image_shape"]))
+    if meta.get("encoding") == "encoded":
+        return PoolMeta()
+    raise InputError(f"{meta_uri}: encoding must be 'raw' or 'encoded', got {meta.get('encoding')!r}")
+
+
+def write_pool(pool: str, shards: list[pa.Table], meta: PoolMeta) -> None:
+    """Write a pool: one Parquet file per table, then pool.json last (a pool without it is incomplete)."""
+    for i, table in enumerate(shards):
+        write_parquet(join(pool, f"part-{i:05d}.parquet"), table)
+    doc = {"format": "vaal_dist.pool", "version": 1, "encoding": meta.encoding}
+    if meta.image_shape:
+        doc["image_shape"] = list(meta.image_shape)
+    write_json(join(pool, POOL_META), doc)
+
+
+def pool_files(pool: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The pool's Parquet shards, sorted (pool.json and other files are not shards)."""
+    fs, path = resolve(pool)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"pool {pool!r} does not exist")
+    if info.type == pafs.FileType.File:
+        return fs, [path]
+    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                   if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+    if not files:
+        raise InputError(f"pool {pool!r} has no .parquet shards")
+    return fs, files
+
+
+def read_pool_ids(pool: str) -> pa.ChunkedArray:
+    """Every id in the pool (only the id column is read). Errors name what is wrong with the pool."""
+    fs, files = pool_files(pool)
+    try:
+        ids = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=["id"]).column("id")
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise InputError(f"cannot read pool {pool!r}: {e}") from e
+    if len(ids) == 0:
+        raise InputError(f"pool {pool!r} has no images")
+    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+        raise InputError(f"pool {pool!r}: column 'id' must be strings, got {ids.type}")
+    if ids.null_count:
+        raise InputError(f"pool {pool!r}: {ids.null_count} rows have a null id")
+    _raise_on_duplicates(ids, f"pool {pool!r}")
+    return ids
+
+
+def read_manifest(uri: str) -> pa.Array:
+    """The ids of a manifest: Parquet with an ``id`` column, or text with one id per line."""
+    if not exists(uri):
+        raise InputError(f"manifest {uri!r} does not exist")
+    fs, path = resolve(uri)
+    try:
+        if path.endswith(".parquet"):
+            ids = pq.read_table(path, filesystem=fs, columns=["id"]).column("id").combine_chunks()
+        else:
+            with fs.open_input_stream(path) as f:
+                lines = f.read().decode().splitlines()
+            ids = pa.array([line.strip() for line in lines if line.strip()], pa.string())
+    except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read manifest {uri!r}: {e}") from e
+    if ids.null_count:
+        raise InputError(f"manifest {uri!r}: {ids.null_count} null ids")
+    _raise_on_duplicates(ids, f"manifest {uri!r}")
+    return ids.cast(pa.string())
+
+
+def write_manifest(uri: str, ids) -> None:
+    write_parquet(uri, pa.table({"id": pa.array(ids, pa.string())}))
+
+
+def _raise_on_duplicates(ids, where: str) -> None:
+    counts = pc.value_counts(ids)
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        examples = [v.as_py() for v in dup.field("values")[:5]]
+        raise InputError(f"{where}: {len(dup)} ids occur more than once, e.g. {examples}")

@@ -1,0 +1,140 @@
+"""One selection round: validate the inputs, train the strategy, stream-score the pool, write the selection.
+
+Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, score, rank) and ``run.json``
+(config, versions, sizes, timings). Both files are written atomically and run.json last, so a round
+whose run.json exists is complete; rerunning it is a no-op, and rerunning an interrupted one resumes
+training from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+import vaal_dist
+from vaal_dist.config import RoundConfig
+from vaal_dist.errors import InputError
+from vaal_dist.pool.dataset import read_pool, split_labeled
+from vaal_dist.pool.io import exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
+    write_json, write_parquet
+from vaal_dist.scoring.stream import stream_top_k
+from vaal_dist.strategies import RoundInputs, get_strategy
+
+log = logging.getLogger(__name__)
+
+SELECTION = "selection.parquet"
+RECORD = "run.json"
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    selection: str          # URI of selection.parquet
+    record: dict            # the contents of run.json
+
+    @property
+    def per_100_seconds(self) -> float:
+        return self.record["per_100_query_seconds"]
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    pool: int
+    labeled: int
+
+    @property
+    def unlabeled(self) -> int:
+        return self.pool - self.labeled
+
+
+def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array]:
+    """Check pool, labeled manifest and budget before any work; returns sizes and the labeled ids."""
+    if cfg.budget < 1:
+        raise InputError(f"budget must be at least 1, got {cfg.budget}")
+    pool_ids = read_pool_ids(cfg.pool)
+    labeled = read_manifest(cfg.labeled)
+    unknown = pc.filter(labeled, pc.invert(pc.is_in(labeled, value_set=pool_ids)))
+    if len(unknown):
+        raise InputError(f"labeled manifest {cfg.labeled!r} names {len(unknown)} ids that are not in the pool, "
+                         f"e.g. {unknown[:5].to_pylist()}")
+    sizes = _Sizes(pool=len(pool_ids), labeled=len(labeled))
+    if cfg.budget > sizes.unlabeled:
+        raise InputError(f"budget {cfg.budget} is larger than the unlabeled pool ({sizes.unlabeled} of "
+                         f"{sizes.pool} images are unlabeled)")
+    if needs_labeled and sizes.labeled < cfg.workers:
+        raise InputError(f"{cfg.strategy} trains on labeled images: the labeled manifest has "
+                         f"{sizes.labeled}, fewer than the {cfg.workers} training workers")
+    return sizes, labeled
+
+
+def run_round(cfg: RoundConfig) -> RoundResult:
+    """Run (or resume, or find complete) one selection round; Ray must be initialised."""
+    record_uri, selection_uri = join(cfg.out, RECORD), join(cfg.out, SELECTION)
+    if exists(record_uri):
+        record = read_json(record_uri)
+        if record["config"] != _jsonable(cfg.to_dict()):
+            raise InputError(f"{cfg.out!r} already holds a finished round with another config; "
+                             f"choose a new --out")
+        log.info("round in %s is already complete; nothing to do", cfg.out)
+        return RoundResult(selection_uri, record)
+
+    start = time.perf_counter()
+    strategy = get_strategy(cfg.strategy)
+    sizes, labeled_ids = validate_inputs(cfg, strategy.needs_labeled)
+    meta = read_pool_meta(cfg.pool)
+    log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
+             cfg.budget)
+
+    t = time.perf_counter()
+    scorer_kwargs, train_facts = strategy.train(RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train")))
+    train_seconds = time.perf_counter() - t
+
+    _, unlabeled = split_labeled(read_pool(cfg.pool), labeled_ids)
+    top = stream_top_k(unlabeled, strategy.scorer, scorer_kwargs, cfg.budget, cfg.scoring, cfg.use_gpu)
+    if len(top.ids) != cfg.budget:
+        raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
+
+    write_parquet(selection_uri, pa.table({
+        "id": pa.array(top.ids, pa.string()),
+        "score": pa.array(top.scores, pa.float64()),
+        "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
+    }))
+    total = time.perf_counter() - start
+    record = {
+        "config": _jsonable(cfg.to_dict()),
+        "versions": _versions(),
+        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+        "pool": {"uri": cfg.pool, "images": sizes.pool, "labeled": sizes.labeled,
+                 "unlabeled": sizes.unlabeled, "encoding": meta.encoding},
+        "selection": selection_uri,
+        "budget": cfg.budget,
+        "train": _jsonable(train_facts),
+        "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,
+                    "merge_seconds": top.merge_seconds, "total_seconds": total},
+        "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
+                    sizes.unlabeled / top.seconds if top.seconds else None},
+        "per_100_query_seconds": total / cfg.budget * 100,
+    }
+    write_json(record_uri, record)
+    return RoundResult(selection_uri, record)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _versions() -> dict:
+    import pyarrow
+    import torch
+
+    return {"vaal_dist": vaal_dist.__version__, "ray": ray.__version__, "torch": torch.__version__,
+            "numpy": np.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}

@@ -1,0 +1,106 @@
+"""Streaming scoring: the pool flows through stateful Ray Data actors; the driver keeps the exact top-b.
+
+A strategy's scorer is a class built once per actor (load the model there) and called on a batch dict
+of numpy arrays; it returns one float per row, higher meaning "label this". ``BatchTopK`` wraps it so
+that each batch leaves the actor as its own top-b only, and ``RunningTopK`` folds those on the driver.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.data
+
+from vaal_dist.config import ScoringConfig
+from vaal_dist.errors import DivergedModelError, VaalDistError
+from vaal_dist.scoring.topk import RunningTopK, top_k
+
+log = logging.getLogger(__name__)
+
+
+class BatchTopK:
+    """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
+
+    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.scorer = scorer_cls(**scorer_kwargs)
+        self.k = k
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch["id"]
+        scores = np.asarray(self.scorer(batch), dtype=np.float64)
+        if scores.shape != ids.shape:
+            raise ValueError(f"scorer returned shape {scores.shape} for {len(ids)} rows")
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if len(bad):
+            raise DivergedModelError(
+                f"the model gave {len(bad)} non-finite scores in one batch, e.g. id {ids[bad[0]]!r} -> "
+                f"{scores[bad[0]]}; the trained model has diverged, nothing was selected")
+        top_ids, top_scores = top_k(ids, scores, self.k)
+        return {"id": top_ids, "score": top_scores}
+
+
+@dataclass(frozen=True)
+class ScoredTopK:
+    ids: np.ndarray        # (k,) str, best first
+    scores: np.ndarray     # (k,) float64
+    candidates: int        # rows the actors sent to the driver (each batch's top-k)
+    seconds: float         # wall time of the whole stream, merge included
+    merge_seconds: float   # driver time spent folding candidates into the top-k
+
+
+def actor_pool_size(cfg: ScoringConfig, use_gpu: bool) -> int:
+    """One actor per GPU with GPUs; otherwise one per CPU (each asking a fraction of one)."""
+    if cfg.num_actors:
+        return cfg.num_actors
+    resources = ray.cluster_resources()
+    return max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
+
+
+def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, cfg: ScoringConfig,
+                 use_gpu: bool = False) -> ScoredTopK:
+    """Exact top-k of ``scorer_cls`` scores over ``ds`` (columns id, image, ...), ties by smallest id."""
+    start = time.perf_counter()
+    size = actor_pool_size(cfg, use_gpu)
+    scored = ds.map_batches(
+        BatchTopK,
+        fn_constructor_kwargs={"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k,
+                               "threads": cfg.threads_per_actor},
+        compute=ray.data.ActorPoolStrategy(size=size),
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else cfg.cpus_per_actor,
+    )
+    best = RunningTopK(k)
+    merge_seconds = 0.0
+    try:
+        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+            t = time.perf_counter()
+            best.add(batch["id"], batch["score"])
+            merge_seconds += time.perf_counter() - t
+    except Exception as e:
+        raise _user_error(e) from e
+    t = time.perf_counter()
+    ids, scores = best.result()
+    merge_seconds += time.perf_counter() - t
+    seconds = time.perf_counter() - start
+    log.info("scored with %d actors; folded %d candidate rows in %.2f s of %.1f s",
+             size, best.rows_seen, merge_seconds, seconds)
+    return ScoredTopK(ids, scores, best.rows_seen, seconds, merge_seconds)
+
+
+def _user_error(e: BaseException) -> BaseException:
+    """The vaal_dist error inside Ray's wrappers, if there is one; else the original exception."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, VaalDistError):
+            return seen
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    return e

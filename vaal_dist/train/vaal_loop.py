@@ -1,0 +1,186 @@
+"""VAAL training: plain-torch steps and epochs, and the thin Ray Train (DDP) shell around them.
+
+One VAE step (Eqs. 1, 2 and 4 of the paper, as in the authors' solver):
+    recon MSE(L) + recon MSE(U) + beta * KL(L + U, summed) + lambda_2 * [BCE(D(mu_L), 1) + BCE(D(mu_U), 1)]
+One discriminator step (Eq. 3): BCE(D(mu_L), 1) + BCE(D(mu_U), 0), with mu recomputed without gradient.
+``vae_steps`` VAE steps (each on a fresh pair of batches) are followed by one D step on the last pair.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaal_dist.config import VAALConfig
+from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
+
+CHECKPOINT_FILE = "vaal.pt"
+
+
+def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5    # (B,) on CPU for reproducibility
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def vae_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
+             x_u: torch.Tensor, cfg: VAALConfig) -> dict[str, float]:
+    """One VAE update on float inputs (B, C, S, S); D's gradients are left for the D step to zero."""
+    n_l = x_l.shape[0]
+    x = torch.cat([x_l, x_u])               # one forward: BatchNorm runs once per step (DDP-safe)
+    recon, mu, logvar = vae(x)
+    mse = F.mse_loss(recon[:n_l], x_l) + F.mse_loss(recon[n_l:], x_u)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())   # summed, as in the authors' code
+    no_sync = disc.no_sync() if hasattr(disc, "no_sync") else contextlib.nullcontext()
+    with no_sync:                            # D's gradients here are discarded: don't all-reduce them
+        logits = disc(mu)
+        ones = torch.ones_like(logits)
+        adv = (F.binary_cross_entropy_with_logits(logits[:n_l], ones[:n_l])
+               + F.binary_cross_entropy_with_logits(logits[n_l:], ones[n_l:]))
+        loss = mse + cfg.beta * kl + cfg.adversary_weight * adv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+    opt.step()
+    return {"recon": mse.item(), "kl": kl.item(), "vae_adv": adv.item()}
+
+
+def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
+              x_u: torch.Tensor) -> dict[str, float]:
+    """One discriminator update: labeled -> 1, unlabeled -> 0."""
+    n_l = x_l.shape[0]
+    with torch.no_grad():
+        _, mu, _ = vae(torch.cat([x_l, x_u]))
+    logits = disc(mu)
+    target = torch.cat([torch.ones(n_l), torch.zeros(x_u.shape[0])]).to(logits.device)
+    loss = (F.binary_cross_entropy_with_logits(logits[:n_l], target[:n_l])
+            + F.binary_cross_entropy_with_logits(logits[n_l:], target[n_l:]))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    prob = torch.sigmoid(logits.detach())
+    return {"disc_loss": loss.item(), "d_labeled": prob[:n_l].mean().item(),
+            "d_unlabeled": prob[n_l:].mean().item()}
+
+
+def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[torch.Tensor],
+                unlabeled: Iterable[torch.Tensor], cfg: VAALConfig,
+                generator: torch.Generator | None = None) -> dict[str, float]:
+    """One pass over ``unlabeled`` uint8 batches, drawing labeled uint8 batches from ``labeled``."""
+    vae.train()
+    disc.train()
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(metrics):
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+
+    for step, u in enumerate(unlabeled, start=1):
+        x_l, x_u = pixels_to_input(next(labeled)), pixels_to_input(u)
+        if cfg.hflip:
+            x_l, x_u = _flip(x_l, generator), _flip(x_u, generator)
+        add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg))
+        if step % cfg.vae_steps == 0:
+            add(disc_step(vae, disc, opt_disc, x_l, x_u))
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def build_models(cfg: VAALConfig, in_channels: int) -> tuple[VAE, Discriminator]:
+    return VAE(cfg, in_channels), Discriminator(cfg)
+
+
+def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VAALConfig,
+                    in_channels: int) -> None:
+    torch.save({"vae": vae.state_dict(), "disc": disc.state_dict(),
+                "opt_vae": opt_vae.state_dict(), "opt_disc": opt_disc.state_dict(),
+                "epoch": epoch, "config": dataclasses.asdict(cfg), "in_channels": in_channels},
+               path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's state, loaded weights-only (no arbitrary unpickling)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def config_from_state(state: dict) -> VAALConfig:
+    cfg = dict(state["config"])
+    cfg["channels"] = tuple(cfg["channels"])
+    return VAALConfig(**cfg)
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) * 1009 + rank
+
+
+def _labeled_cycle(shard, cfg: VAALConfig, seed: int) -> Iterator[torch.Tensor]:
+    """Endless labeled batches, reshuffled on every pass."""
+    for cycle in range(1 << 62):
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_seed=seed + cycle,
+                                              local_shuffle_buffer_size=4 * cfg.batch_size):
+            empty = False
+            yield batch["pixels"]
+        if empty:
+            raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry: DDP VAE + D over this worker's labeled/unlabeled shards, checkpoint per epoch."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = VAALConfig(**config["vaal"])
+    seed, in_channels = config["seed"], config["in_channels"]
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(seed)                  # identical initial weights on every rank
+    vae, disc = build_models(cfg, in_channels)
+    opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
+    start_epoch = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
+        vae.load_state_dict(state["vae"])
+        disc.load_state_dict(state["disc"])
+        opt_vae.load_state_dict(state["opt_vae"])
+        opt_disc.load_state_dict(state["opt_disc"])
+        start_epoch = state["epoch"]
+    ddp = {"broadcast_buffers": False}
+    vae = ray.train.torch.prepare_model(vae, parallel_strategy_kwargs=ddp)
+    disc = ray.train.torch.prepare_model(disc, parallel_strategy_kwargs=ddp)
+    labeled_shard = ray.train.get_dataset_shard("labeled")
+    unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
+
+    if start_epoch >= cfg.epochs:            # finished before a restart: hand the checkpoint back
+        ray.train.report({"epoch": start_epoch}, checkpoint=resumed if rank == 0 else None)
+        return
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_seed = _epoch_seed(seed, rank, epoch)
+        torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
+        flips = torch.Generator().manual_seed(epoch_seed)
+        labeled = _labeled_cycle(labeled_shard, cfg, epoch_seed)
+        unlabeled = (b["pixels"] for b in unlabeled_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed,
+            local_shuffle_buffer_size=4 * cfg.batch_size))
+        metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
+        labeled.close()
+        metrics["epoch"] = epoch + 1
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
+                                opt_vae, opt_disc, epoch + 1, cfg, in_channels)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
