@@ -32,7 +32,7 @@ def _decode_raw(ids, images, shape, size) -> np.ndarray:
     lengths = np.fromiter((len(b) for b in images), dtype=np.int64, count=len(images))
     bad = np.flatnonzero(lengths != h * w * c)
     if len(bad):
-        raise InputError(f"image {ids[bad[0]]!r} has {lengths[bad[0]]} bytes, expected {h}x{w}x{c}")
+        raise InputError(f"image {str(ids[bad[0]])!r} has {lengths[bad[0]]} bytes, expected {h}x{w}x{c}")
     flat = np.frombuffer(b"".join(images), dtype=np.uint8)
     return np.ascontiguousarray(flat.reshape(len(images), h, w, c).transpose(0, 3, 1, 2))  # (B, C, H, W)
 
@@ -43,4 +43,4 @@ def _decode_one(image_id, data: bytes, size: int) -> np.ndarray:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (C, H, W)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"image {image_id!r} cannot be decoded: {e}") from e
+        raise InputError(f"image {str(image_id)!r} cannot be decoded: {e}") from e

@@ -15,7 +15,7 @@ import ray
 import ray.data
 
 from vaal_dist.config import ScoringConfig
-from vaal_dist.errors import DivergedModelError, VaalDistError
+from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.scoring.topk import RunningTopK, top_k
 
 log = logging.getLogger(__name__)
@@ -34,16 +34,33 @@ class BatchTopK:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
-        scores = np.asarray(self.scorer(batch), dtype=np.float64)
+        try:
+            scores = np.asarray(self.scorer(batch), dtype=np.float64)
+        except InputError as e:   # a bad image: hand it to the driver, which raises it by name
+            return _rows(ids[:1], np.array([np.nan]), error=str(e))
         if scores.shape != ids.shape:
             raise ValueError(f"scorer returned shape {scores.shape} for {len(ids)} rows")
-        bad = np.flatnonzero(~np.isfinite(scores))
-        if len(bad):
-            raise DivergedModelError(
-                f"the model gave {len(bad)} non-finite scores in one batch, e.g. id {ids[bad[0]]!r} -> "
-                f"{scores[bad[0]]}; the trained model has diverged, nothing was selected")
-        top_ids, top_scores = top_k(ids, scores, self.k)
-        return {"id": top_ids, "score": top_scores}
+        bad = ~np.isfinite(scores)
+        if bad.any():             # a diverged model: the driver raises DivergedModelError
+            return _rows(ids[bad], scores[bad])
+        return _rows(*top_k(ids, scores, self.k))
+
+
+def _rows(ids: np.ndarray, scores: np.ndarray, error: str = "") -> dict[str, np.ndarray]:
+    # Errors travel as data: an exception raised in a Ray Data actor reaches the driver as a
+    # UserCodeException that no longer carries its type.
+    return {"id": ids, "score": scores, "error": np.full(len(ids), error, dtype=object)}
+
+
+def _raise_on_bad_rows(batch: dict[str, np.ndarray]) -> None:
+    errors = batch["error"][batch["error"] != ""]
+    if len(errors):
+        raise InputError(errors[0])
+    bad = np.flatnonzero(~np.isfinite(batch["score"]))
+    if len(bad):
+        raise DivergedModelError(
+            f"the model gave non-finite scores, e.g. id {str(batch['id'][bad[0]])!r} -> "
+            f"{batch['score'][bad[0]]}; the trained model has diverged, nothing was selected")
 
 
 @dataclass(frozen=True)
@@ -80,13 +97,11 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
     )
     best = RunningTopK(k)
     merge_seconds = 0.0
-    try:
-        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-            t = time.perf_counter()
-            best.add(batch["id"], batch["score"])
-            merge_seconds += time.perf_counter() - t
-    except Exception as e:
-        raise _user_error(e) from e
+    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+        _raise_on_bad_rows(batch)
+        t = time.perf_counter()
+        best.add(batch["id"], batch["score"])
+        merge_seconds += time.perf_counter() - t
     t = time.perf_counter()
     ids, scores = best.result()
     merge_seconds += time.perf_counter() - t
@@ -95,12 +110,3 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
              size, best.rows_seen, merge_seconds, seconds)
     return ScoredTopK(ids, scores, best.rows_seen, seconds, merge_seconds)
 
-
-def _user_error(e: BaseException) -> BaseException:
-    """The vaal_dist error inside Ray's wrappers, if there is one; else the original exception."""
-    seen = e
-    while seen is not None:
-        if isinstance(seen, VaalDistError):
-            return seen
-        seen = seen.__cause__ or getattr(seen, "cause", None)
-    return e

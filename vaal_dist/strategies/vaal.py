@@ -53,8 +53,7 @@ class VAAL:
         loop_config = {"vaal": dataclasses.asdict(cfg.vaal), "seed": cfg.seed,
                        "in_channels": inputs.meta.channels}
         datasets = training_datasets(cfg.pool, inputs.labeled_ids, inputs.meta, cfg.vaal.image_size)
-        checkpoint = fit(train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir,
-                         name="vaal", workers=cfg.workers, use_gpu=cfg.use_gpu,
-                         cpus_per_worker=cfg.cpus_per_worker)
-        return ({"checkpoint": checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},
-                {"checkpoint": checkpoint.path})
+        result = fit(train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir,
+                     name="vaal", workers=cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+        return ({"checkpoint": result.checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},
+                {"checkpoint": result.checkpoint.path, "last_epoch": result.metrics})

@@ -17,8 +17,8 @@ class TrainingError(VaalDistError, RuntimeError):
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[str, ray.data.Dataset], *,
         storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float,
-        max_failures: int = 0) -> ray.train.Checkpoint:
-    """Run ``train_loop`` on ``workers`` DDP workers and return its latest checkpoint.
+        max_failures: int = 0) -> ray.train.Result:
+    """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
     one (Ray Train V2 resumes by run name), and the loop finds it with ``ray.train.get_checkpoint()``.
@@ -45,4 +45,4 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
-    return result.checkpoint
+    return result

@@ -160,7 +160,8 @@ def train_loop_per_worker(config: dict) -> None:
     unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
 
     if start_epoch >= cfg.epochs:            # finished before a restart: hand the checkpoint back
-        ray.train.report({"epoch": start_epoch}, checkpoint=resumed if rank == 0 else None)
+        ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
+                         checkpoint=resumed if rank == 0 else None)
         return
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = _epoch_seed(seed, rank, epoch)
@@ -172,7 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
             local_shuffle_buffer_size=4 * cfg.batch_size))
         metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
         labeled.close()
-        metrics["epoch"] = epoch + 1
+        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
         with tempfile.TemporaryDirectory() as d:
             checkpoint = None
             if rank == 0:

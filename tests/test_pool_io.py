@@ -1,0 +1,83 @@
+"""Pools, manifests and image decoding: what is read, and the errors that name the bad input."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_raw_pool, png_bytes
+from vaal_dist.errors import InputError
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import (PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_atomic,
+                               write_manifest, write_pool)
+
+
+def test_raw_pool_round_trips_ids_and_meta(tmp_path):
+    ids = make_raw_pool(tmp_path / "p", 50, size=16, channels=3, shards=3)
+    assert sorted(read_pool_ids(str(tmp_path / "p")).to_pylist()) == sorted(ids)
+    assert read_pool_meta(str(tmp_path / "p")) == PoolMeta("raw", (16, 16, 3))
+    assert read_pool_meta("file://" + str(tmp_path / "p")).channels == 3
+
+
+def test_manifest_parquet_and_text(tmp_path):
+    write_manifest(str(tmp_path / "m.parquet"), ["a", "b/c.jpg", "ü d"])
+    (tmp_path / "m.txt").write_text("a\nb/c.jpg\n\nü d\n")
+    assert read_manifest(str(tmp_path / "m.parquet")).to_pylist() == ["a", "b/c.jpg", "ü d"]
+    assert read_manifest(str(tmp_path / "m.txt")).to_pylist() == ["a", "b/c.jpg", "ü d"]
+
+
+def test_duplicate_ids_are_named(tmp_path):
+    write_pool(str(tmp_path / "p"), [pa.table({"id": ["x", "y"], "image": [b"1", b"2"]}),
+                                     pa.table({"id": ["y"], "image": [b"3"]})], PoolMeta())
+    with pytest.raises(InputError, match=r"1 ids occur more than once.*'y'"):
+        read_pool_ids(str(tmp_path / "p"))
+    (tmp_path / "m.txt").write_text("a\na\n")
+    with pytest.raises(InputError, match="more than once"):
+        read_manifest(str(tmp_path / "m.txt"))
+
+
+def test_missing_empty_and_unreadable_pools(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        read_pool_ids(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .parquet shards"):
+        read_pool_ids(str(tmp_path / "empty"))
+    write_pool(str(tmp_path / "zero"), [pa.table({"id": pa.array([], pa.string()),
+                                                  "image": pa.array([], pa.binary())})], PoolMeta())
+    with pytest.raises(InputError, match="no images"):
+        read_pool_ids(str(tmp_path / "zero"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "part-0.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="cannot read pool"):
+        read_pool_ids(str(tmp_path / "bad"))
+    pq.write_table(pa.table({"name": ["a"]}), tmp_path / "noid.parquet")
+    with pytest.raises(InputError, match="cannot read pool"):
+        read_pool_ids(str(tmp_path / "noid.parquet"))
+    with pytest.raises(InputError, match="does not exist"):
+        read_manifest(str(tmp_path / "none.parquet"))
+
+
+def test_write_atomic_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "f.bin"
+    write_atomic(str(target), b"old")
+    with pytest.raises(TypeError):          # fails mid-write, after the temporary file was opened
+        write_atomic(str(target), object())
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_decode_raw_and_encoded():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    out = decode_images(np.array(["a", "b"]), [r.tobytes() for r in raw], PoolMeta("raw", (8, 8, 3)), 8)
+    np.testing.assert_array_equal(out, raw.transpose(0, 3, 1, 2))
+    enc = decode_images(np.array(["a", "b"]), [png_bytes(rng), png_bytes(rng, 17)], PoolMeta(), 32)
+    assert enc.shape == (2, 3, 32, 32) and enc.dtype == np.uint8
+
+
+def test_decode_errors_name_the_image():
+    with pytest.raises(InputError, match="'b' has 5 bytes"):
+        decode_images(np.array(["a", "b"]), [bytes(64), bytes(5)], PoolMeta("raw", (8, 8, 1)), 8)
+    with pytest.raises(InputError, match="pool images are 8x8 but the model expects 32x32"):
+        decode_images(np.array(["a"]), [bytes(64)], PoolMeta("raw", (8, 8, 1)), 32)
+    with pytest.raises(InputError, match="image 'broken.jpg' cannot be decoded"):
+        decode_images(np.array(["broken.jpg"]), [b"\xff\xd8\xff garbage"], PoolMeta(), 32)

@@ -1,0 +1,169 @@
+"""Whole rounds on a local Ray: VAAL end to end, determinism and resume, bad input, the CLI."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_raw_pool, png_bytes
+from vaal_dist.cli import main
+from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from vaal_dist.errors import DivergedModelError, InputError
+from vaal_dist.pool.default import build_default_pool
+from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
+from vaal_dist.round import run_round
+from vaal_dist.strategies import RoundInputs
+from vaal_dist.strategies.vaal import VAAL
+
+
+def round_config(pool, labeled, out, **kw) -> RoundConfig:
+    kw.setdefault("vaal", preset("cpu", epochs=1, batch_size=32))
+    kw.setdefault("scoring", ScoringConfig(batch_size=32, num_actors=2))
+    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=kw.pop("budget", 20), **kw)
+
+
+def read_selection(out):
+    return pq.read_table(f"{out}/selection.parquet").to_pydict()
+
+
+def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_path, tiny_pool):
+    pool, labeled, ids, labeled_ids = tiny_pool
+    result = run_round(round_config(pool, labeled, tmp_path / "out", workers=2))
+    sel = read_selection(tmp_path / "out")
+    assert len(sel["id"]) == len(set(sel["id"])) == 20
+    assert set(sel["id"]) <= set(ids) and not set(sel["id"]) & set(labeled_ids)
+    assert sel["rank"] == list(range(1, 21)) and sel["score"] == sorted(sel["score"], reverse=True)
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["config"]["workers"] == 2 and record["pool"]["unlabeled"] == 224
+    t = record["timings"]
+    assert record["per_100_query_seconds"] == pytest.approx(t["total_seconds"] / 20 * 100)
+    assert t["train_seconds"] > 0 and t["score_seconds"] > 0
+    assert record["train"]["last_epoch"]["epoch"] == 1
+    assert result.per_100_seconds == record["per_100_query_seconds"]
+
+
+def test_same_seed_same_selection_and_a_restart_resumes(ray_local, tmp_path, tiny_pool):
+    pool, labeled = tiny_pool[:2]
+    two_epochs = round_config(pool, labeled, tmp_path / "a", vaal=preset("cpu", epochs=2, batch_size=32))
+    first = run_round(two_epochs)
+    # An interrupted run: epoch 1 trained and checkpointed under b/, then the round is started again.
+    interrupted = round_config(pool, labeled, tmp_path / "b", vaal=preset("cpu", epochs=1, batch_size=32))
+    VAAL().train(RoundInputs(interrupted, read_pool_meta(pool), read_manifest(labeled), str(tmp_path / "b/train")))
+    resumed = run_round(round_config(pool, labeled, tmp_path / "b", vaal=preset("cpu", epochs=2, batch_size=32)))
+    assert resumed.record["train"]["last_epoch"]["resumed_from_epoch"] == 1
+    assert first.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
+    assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")
+    # Rerunning a finished round is a no-op that returns the same record.
+    assert run_round(two_epochs).record == first.record
+    with pytest.raises(InputError, match="another config"):
+        run_round(round_config(pool, labeled, tmp_path / "a", budget=5))
+
+
+def _assert_nothing_written(out):
+    assert not (out / "selection.parquet").exists() and not (out / "run.json").exists()
+
+
+@pytest.mark.parametrize("case,match", [
+    ("budget_too_big", r"budget 225 is larger than the unlabeled pool \(224 of 256"),
+    ("budget_zero", "budget must be at least 1"),
+    ("unknown_labeled", r"names 2 ids that are not in the pool, e.g. \['ghost-1', 'ghost-2'\]"),
+    ("missing_pool", "does not exist"),
+    ("missing_labeled", "does not exist"),
+])
+def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, tiny_pool, case, match):
+    pool, labeled, ids, _ = tiny_pool
+    kw = {"strategy": "random"}
+    if case == "budget_too_big":
+        kw["budget"] = 225
+    elif case == "budget_zero":
+        kw["budget"] = 0
+    elif case == "unknown_labeled":
+        write_manifest(str(tmp_path / "l2.parquet"), [*ids[:3], "ghost-1", "ghost-2"])
+        labeled = str(tmp_path / "l2.parquet")
+    elif case == "missing_pool":
+        pool = str(tmp_path / "no-pool")
+    elif case == "missing_labeled":
+        labeled = str(tmp_path / "no-labeled.txt")
+    with pytest.raises(InputError, match=match):
+        run_round(round_config(pool, labeled, tmp_path / "out", **kw))
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_duplicate_and_empty_pools_are_refused(ray_local, tmp_path):
+    write_pool(str(tmp_path / "dup"), [pa.table({"id": ["a", "b", "a"], "image": [b"", b"", b""]})], PoolMeta())
+    write_pool(str(tmp_path / "empty"), [pa.table({"id": pa.array([], pa.string()),
+                                                   "image": pa.array([], pa.binary())})], PoolMeta())
+    write_manifest(str(tmp_path / "l.parquet"), ["a"])
+    with pytest.raises(InputError, match=r"ids occur more than once, e.g. \['a'\]"):
+        run_round(round_config(str(tmp_path / "dup"), str(tmp_path / "l.parquet"), tmp_path / "o1"))
+    with pytest.raises(InputError, match="has no images"):
+        run_round(round_config(str(tmp_path / "empty"), str(tmp_path / "l.parquet"), tmp_path / "o2"))
+
+
+def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypatch):
+    from test_scoring import vaal_checkpoint
+
+    untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
+    monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng) for _ in range(30)]
+    images[17] = images[17][:40]                      # truncated PNG
+    ids = [f"photos/{i:03d}.png" for i in range(30)]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
+    write_manifest(str(tmp_path / "l.parquet"), ids[:3])
+    with pytest.raises(InputError, match="image 'photos/017.png' cannot be decoded"):
+        run_round(round_config(str(tmp_path / "pool"), str(tmp_path / "l.parquet"), tmp_path / "out", budget=5))
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkeypatch):
+    from test_scoring import vaal_checkpoint
+
+    poisoned = vaal_checkpoint(tmp_path / "nan", poison=True)
+    monkeypatch.setattr(VAAL, "train", lambda self, inputs: (
+        {"checkpoint": poisoned, "meta": inputs.meta}, {}))
+    with pytest.raises(DivergedModelError, match="non-finite scores"):
+        run_round(round_config(*tiny_pool[:2], tmp_path / "out"))
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_random_round_is_seeded_and_order_free(ray_local, tmp_path, tiny_pool):
+    pool, labeled = tiny_pool[:2]
+    a = run_round(round_config(pool, labeled, tmp_path / "a", strategy="random", seed=7))
+    b = run_round(round_config(pool, labeled, tmp_path / "b", strategy="random", seed=7,
+                               scoring=ScoringConfig(batch_size=5, num_actors=1)))
+    c = run_round(round_config(pool, labeled, tmp_path / "c", strategy="random", seed=8))
+    assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")
+    assert read_selection(tmp_path / "a")["id"] != read_selection(tmp_path / "c")["id"]
+    assert a.record["train"] == {} and b.record["budget"] == c.record["budget"] == 20
+
+
+def test_cli_runs_the_same_path_and_reports_bad_input(ray_local, tmp_path, tiny_pool, capsys):
+    pool, labeled = tiny_pool[:2]
+    assert main(["round", "--pool", pool]) == 2
+    assert "with --pool, also give --labeled, --budget, --out" in capsys.readouterr().err
+    assert main(["round", "--pool", pool, "--labeled", labeled, "--budget", "9999", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "budget 9999 is larger than the unlabeled pool" in capsys.readouterr().err
+    assert main(["round", "--pool", pool, "--labeled", labeled, "--budget", "7", "--out",
+                 str(tmp_path / "o"), "--strategy", "random", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert f"selection: {tmp_path / 'o'}/selection.parquet" in out and "per-100-sample query time" in out
+    assert read_selection(tmp_path / "o")["id"] == read_selection_random(pool, labeled, tmp_path, 7)
+
+
+def read_selection_random(pool, labeled, tmp_path, seed):
+    run_round(round_config(pool, labeled, tmp_path / "api", strategy="random", seed=seed, budget=7,
+                           vaal=preset("cifar10"), scoring=ScoringConfig()))
+    return read_selection(tmp_path / "api")["id"]
+
+
+def test_default_pool_is_the_bundled_mnist_with_a_seeded_tenth_labeled(tmp_path):
+    build_default_pool(str(tmp_path / "p"), str(tmp_path / "l.parquet"), size=32, seed=0)
+    ids = read_pool_ids(str(tmp_path / "p"))
+    labeled = read_manifest(str(tmp_path / "l.parquet")).to_pylist()
+    assert len(ids) == 5000 and len(labeled) == 500 and set(labeled) <= set(ids.to_pylist())
+    assert read_pool_meta(str(tmp_path / "p")) == PoolMeta("raw", (32, 32, 1))
+    build_default_pool(str(tmp_path / "p2"), str(tmp_path / "l2.parquet"), size=32, seed=0)
+    assert read_manifest(str(tmp_path / "l2.parquet")).to_pylist() == labeled

@@ -1,0 +1,102 @@
+"""Scorers on hand-made batches without Ray, then streamed through Ray Data actors: same answer."""
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray.train
+import torch
+
+from vaal_dist.config import ScoringConfig, preset
+from vaal_dist.errors import DivergedModelError
+from vaal_dist.models.vaal import pixels_to_input
+from vaal_dist.pool.dataset import read_pool, split_labeled
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.scoring.stream import BatchTopK, stream_top_k
+from vaal_dist.scoring.topk import top_k
+from vaal_dist.strategies.random import RandomScorer
+from vaal_dist.strategies.vaal import VAALScorer
+from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
+
+
+def vaal_checkpoint(directory, poison: bool = False, channels: int = 1) -> ray.train.Checkpoint:
+    """An untrained VAAL checkpoint (random weights are enough to test the scoring path)."""
+    torch.manual_seed(0)
+    cfg = preset("cpu")
+    vae, disc = build_models(cfg, channels)
+    if poison:
+        with torch.no_grad():
+            disc.net[0].weight.fill_(float("nan"))
+    opt = torch.optim.Adam(vae.parameters())
+    directory.mkdir()
+    save_checkpoint(str(directory / CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, channels)
+    return ray.train.Checkpoint.from_directory(str(directory))
+
+
+def pool_batch(pool):
+    """The first shard of a pool as a numpy batch, as Ray Data would hand it to a scorer."""
+    table = pq.read_table(sorted(Path(pool).glob("*.parquet"))[0])
+    return {"id": np.array(table.column("id").to_pylist()),
+            "image": np.array(table.column("image").to_pylist(), dtype=object)}
+
+
+def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool):
+    pool = tiny_pool[0]
+    ckpt = vaal_checkpoint(tmp_path / "ckpt")
+    scorer = VAALScorer(ckpt, read_pool_meta(pool))
+    batch = pool_batch(pool)
+    state = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
+    vae, disc = build_models(preset("cpu"), 1)
+    vae.load_state_dict(state["vae"]); disc.load_state_dict(state["disc"])
+    vae.eval(); disc.eval()
+    x = pixels_to_input(torch.from_numpy(decode_images(batch["id"], batch["image"], read_pool_meta(pool), 32)))
+    with torch.no_grad():
+        want = -disc(vae.encode_mean(x)).double().numpy()
+    got = scorer(batch)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(scorer(batch), got)          # eval mode: deterministic, no sampling
+    # lowest D(mu) first: the pick order is the ascending order of sigmoid(logit)
+    d = 1 / (1 + np.exp(got))
+    assert np.all(np.diff(d[np.argsort(-got)]) >= 0)
+
+
+def test_batch_top_k_passes_a_diverged_model_on(tmp_path, tiny_pool):
+    actor = BatchTopK(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True),
+                                   "meta": read_pool_meta(tiny_pool[0])}, k=5)
+    out = actor(pool_batch(tiny_pool[0]))
+    assert np.isnan(out["score"]).all() and len(out["id"]) == 64     # every bad row goes to the driver
+
+
+def test_random_scorer_is_seeded_uniform_and_order_free():
+    ids = np.array([f"x{i}" for i in range(2000)])
+    a, b = RandomScorer(3)({"id": ids}), RandomScorer(3)({"id": ids[::-1]})[::-1]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, RandomScorer(4)({"id": ids}))
+    assert 0 <= a.min() and a.max() < 1 and abs(a.mean() - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("k,actors,batch", [(10, 2, 16), (100, 2, 7), (224, 1, 64)])
+def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k, actors, batch):
+    pool, labeled_uri, ids, labeled = tiny_pool
+    ckpt = vaal_checkpoint(tmp_path / "ckpt")
+    meta = read_pool_meta(pool)
+    _, unlabeled = split_labeled(read_pool(pool), read_manifest(labeled_uri))
+    got = stream_top_k(unlabeled, VAALScorer, {"checkpoint": ckpt, "meta": meta}, k,
+                       ScoringConfig(batch_size=batch, num_actors=actors))
+    # in memory: every unlabeled image scored at once, then one full sort
+    full = read_pool(pool).to_pandas()
+    full = full[~full["id"].isin(set(labeled))]
+    scores = VAALScorer(ckpt, meta)({"id": full["id"].to_numpy(), "image": full["image"].to_numpy()})
+    want_ids, _ = top_k(full["id"].to_numpy(), scores, k)
+    np.testing.assert_array_equal(got.ids, want_ids)
+    assert not set(got.ids) & set(labeled)
+    assert len(set(got.ids)) == len(got.ids) == min(k, len(ids) - len(labeled))
+
+
+def test_stream_surfaces_a_diverged_model_as_its_own_error(ray_local, tmp_path, tiny_pool):
+    pool = tiny_pool[0]
+    with pytest.raises(DivergedModelError, match="diverged"):
+        stream_top_k(read_pool(pool), VAALScorer,
+                     {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True), "meta": read_pool_meta(pool)},
+                     5, ScoringConfig(batch_size=32, num_actors=1))
