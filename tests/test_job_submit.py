@@ -1,0 +1,65 @@
+"""`ray job submit` to a `ray start --head` on 127.0.0.1 runs jobs/imagenet_round.py, token auth on."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_dashboard(url: str, head: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError as e:
+            if "401" in str(e) or "403" in str(e):   # up, and asking for the token
+                return
+            time.sleep(1)
+    raise TimeoutError(f"no dashboard at {url} after {seconds} s")
+
+
+def test_job_submit_runs_the_round_and_writes_the_manifest(tmp_path, tiny_pool):
+    pool, labeled = tiny_pool[:2]
+    dashboard = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--port", str(free_port()), "--node-ip-address", "127.0.0.1",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+         "--temp-dir", tempfile.mkdtemp(prefix="ray-", dir="/tmp")],   # short: Unix socket paths are capped
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_dashboard(address, head)
+        out = tmp_path / "round"
+        job = subprocess.run(
+            [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "data", "results"]}), "--",
+             "python", "jobs/imagenet_round.py", "--pool", pool, "--labeled", labeled, "--budget", "10",
+             "--out", str(out), "--preset", "cpu", "--epochs", "1", "--batch-size", "32"],
+            env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert f"selection: {out}/selection.parquet" in job.stdout
+        assert pq.read_table(out / "selection.parquet").num_rows == 10
+        assert json.loads((out / "run.json").read_text())["budget"] == 10
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
