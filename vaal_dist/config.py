@@ -37,6 +37,7 @@ class ScoringConfig:
     num_actors: int | None = None          # None: one per GPU, else one per CPU
     cpus_per_actor: float = 0.5            # fractional: 1 CPU/actor on a 2-CPU node starves the reads
     threads_per_actor: int | None = None   # torch intra-op threads; None: Ray's default
+    block_bytes: int = 8 * 1024 ** 2       # Ray Data block size for the scoring read
 
 
 @dataclass(frozen=True)

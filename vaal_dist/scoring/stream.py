@@ -85,6 +85,9 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
     """Exact top-k of ``scorer_cls`` scores over ``ds`` (columns id, image, ...), ties by smallest id."""
     start = time.perf_counter()
     size = actor_pool_size(cfg, use_gpu)
+    # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
+    # 20k-image pool to one actor as a single block.
+    ds.context.target_max_block_size = cfg.block_bytes
     scored = ds.map_batches(
         BatchTopK,
         fn_constructor_kwargs={"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k,
