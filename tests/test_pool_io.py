@@ -81,3 +81,30 @@ def test_decode_errors_name_the_image():
         decode_images(np.array(["a"]), [bytes(64)], PoolMeta("raw", (8, 8, 1)), 32)
     with pytest.raises(InputError, match="image 'broken.jpg' cannot be decoded"):
         decode_images(np.array(["broken.jpg"]), [b"\xff\xd8\xff garbage"], PoolMeta(), 32)
+
+
+@pytest.mark.parametrize("doc,match", [
+    ("{not json", "not a valid pool description"),
+    ('{"encoding": "raw"}', "not a valid pool description"),
+    ('["raw"]', "not a valid pool description"),
+    ('{"encoding": "webp"}', "encoding must be 'raw' or 'encoded'"),
+    ('{"encoding": "raw", "image_shape": [32, 32]}', r"image_shape must be \[height, width, channels\]"),
+    ('{"encoding": "raw", "image_shape": [32, -1, 3]}', "image_shape must be"),
+])
+def test_bad_pool_descriptions_are_named(tmp_path, doc, match):
+    make_raw_pool(tmp_path / "p", 4)
+    (tmp_path / "p" / "pool.json").write_text(doc)
+    with pytest.raises(InputError, match=match):
+        read_pool_meta(str(tmp_path / "p"))
+
+
+def test_ids_with_nul_and_pools_without_images_are_refused(tmp_path):
+    write_pool(str(tmp_path / "nul"), [pa.table({"id": ["a", "a\x00"], "image": [b"", b""]})], PoolMeta())
+    with pytest.raises(InputError, match="NUL character"):
+        read_pool_ids(str(tmp_path / "nul"))
+    write_pool(str(tmp_path / "noimg"), [pa.table({"id": ["a"], "pixels": [b""]})], PoolMeta())
+    with pytest.raises(InputError, match="no 'image' column"):
+        read_pool_ids(str(tmp_path / "noimg"))
+    pq.write_table(pa.table({"id": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(InputError, match="must be strings"):
+        read_manifest(str(tmp_path / "ints.parquet"))

@@ -56,7 +56,7 @@ def test_same_seed_same_selection_and_a_restart_resumes(ray_local, tmp_path, tin
     assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")
     # Rerunning a finished round is a no-op that returns the same record.
     assert run_round(two_epochs).record == first.record
-    with pytest.raises(InputError, match="another config"):
+    with pytest.raises(InputError, match="started with another config, pool or labeled set"):
         run_round(round_config(pool, labeled, tmp_path / "a", budget=5))
 
 
@@ -67,6 +67,8 @@ def _assert_nothing_written(out):
 @pytest.mark.parametrize("case,match", [
     ("budget_too_big", r"budget 225 is larger than the unlabeled pool \(224 of 256"),
     ("budget_zero", "budget must be at least 1"),
+    ("no_workers", "workers must be at least 1"),
+    ("wrong_size", "pool images are 32x32 but the model expects 64x64"),
     ("unknown_labeled", r"names 2 ids that are not in the pool, e.g. \['ghost-1', 'ghost-2'\]"),
     ("missing_pool", "does not exist"),
     ("missing_labeled", "does not exist"),
@@ -78,6 +80,10 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
         kw["budget"] = 225
     elif case == "budget_zero":
         kw["budget"] = 0
+    elif case == "no_workers":
+        kw["workers"] = 0
+    elif case == "wrong_size":       # refused before any training starts
+        kw.update(strategy="vaal", vaal=preset("imagenet"))
     elif case == "unknown_labeled":
         write_manifest(str(tmp_path / "l2.parquet"), [*ids[:3], "ghost-1", "ghost-2"])
         labeled = str(tmp_path / "l2.parquet")
@@ -113,6 +119,26 @@ def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypa
     write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
     write_manifest(str(tmp_path / "l.parquet"), ids[:3])
     with pytest.raises(InputError, match="image 'photos/017.png' cannot be decoded"):
+        run_round(round_config(str(tmp_path / "pool"), str(tmp_path / "l.parquet"), tmp_path / "out", budget=5))
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny_pool):
+    pool, labeled, ids, labeled_ids = tiny_pool
+    run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+    write_manifest(labeled, [*labeled_ids, *read_selection(tmp_path / "out")["id"]])   # next round's set
+    with pytest.raises(InputError, match="started with another config, pool or labeled set"):
+        run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+
+
+def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path):
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng, 32) for _ in range(40)]
+    images[33] = b"GIF89a not really"
+    ids = [f"photos/{i:03d}.png" for i in range(40)]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
+    write_manifest(str(tmp_path / "l.parquet"), ids[:8])
+    with pytest.raises(InputError, match="image 'photos/033.png' cannot be decoded"):
         run_round(round_config(str(tmp_path / "pool"), str(tmp_path / "l.parquet"), tmp_path / "out", budget=5))
     _assert_nothing_written(tmp_path / "out")
 

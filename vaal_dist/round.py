@@ -7,6 +7,8 @@ training from its latest checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
 import time
@@ -20,15 +22,14 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.dataset import read_pool, split_labeled
 from vaal_dist.pool.io import exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
     write_json, write_parquet
-from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies import RoundInputs, get_strategy
 
 log = logging.getLogger(__name__)
 
 SELECTION = "selection.parquet"
+INPUTS = "inputs.json"     # fingerprint of what the round was started with; a rerun must match
 RECORD = "run.json"
 
 
@@ -52,10 +53,15 @@ class _Sizes:
         return self.pool - self.labeled
 
 
-def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array]:
-    """Check pool, labeled manifest and budget before any work; returns sizes and the labeled ids."""
-    if cfg.budget < 1:
-        raise InputError(f"budget must be at least 1, got {cfg.budget}")
+def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array, str]:
+    """Check pool, labeled manifest and numbers before any work.
+
+    Returns the sizes, the labeled ids and a fingerprint of the inputs (config, pool ids, labeled ids).
+    """
+    for name, value in (("budget", cfg.budget), ("workers", cfg.workers),
+                        ("scoring batch size", cfg.scoring.batch_size)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
     pool_ids = read_pool_ids(cfg.pool)
     labeled = read_manifest(cfg.labeled)
     unknown = pc.filter(labeled, pc.invert(pc.is_in(labeled, value_set=pool_ids)))
@@ -66,36 +72,46 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     if cfg.budget > sizes.unlabeled:
         raise InputError(f"budget {cfg.budget} is larger than the unlabeled pool ({sizes.unlabeled} of "
                          f"{sizes.pool} images are unlabeled)")
-    if needs_labeled and sizes.labeled < cfg.workers:
-        raise InputError(f"{cfg.strategy} trains on labeled images: the labeled manifest has "
-                         f"{sizes.labeled}, fewer than the {cfg.workers} training workers")
-    return sizes, labeled
+    if needs_labeled and min(sizes.labeled, sizes.unlabeled) < cfg.workers:
+        raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
+                         f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
+    return sizes, labeled, _fingerprint(cfg, pool_ids, labeled)
+
+
+def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids) -> str:
+    """What the selection depends on: the config (less scoring layout) and the pool and labeled ids."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out")}
+    h.update(json.dumps(config, sort_keys=True).encode())
+    for ids in (pool_ids, labeled_ids):
+        h.update(b"\x01".join(i.encode() for i in sorted(ids.to_pylist())))
+        h.update(b"\x02")
+    return h.hexdigest()
 
 
 def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
-    record_uri, selection_uri = join(cfg.out, RECORD), join(cfg.out, SELECTION)
-    if exists(record_uri):
-        record = read_json(record_uri)
-        if record["config"] != _jsonable(cfg.to_dict()):
-            raise InputError(f"{cfg.out!r} already holds a finished round with another config; "
-                             f"choose a new --out")
-        log.info("round in %s is already complete; nothing to do", cfg.out)
-        return RoundResult(selection_uri, record)
-
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    sizes, labeled_ids = validate_inputs(cfg, strategy.needs_labeled)
+    sizes, labeled_ids, fingerprint = validate_inputs(cfg, strategy.needs_labeled)
+    inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
+    if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
+        raise InputError(f"{cfg.out!r} holds a round started with another config, pool or labeled set; "
+                         f"choose a new --out")
+    if exists(record_uri):
+        log.info("round in %s is already complete; nothing to do", cfg.out)
+        return RoundResult(selection_uri, read_json(record_uri))
+    write_json(inputs_uri, {"fingerprint": fingerprint})
     meta = read_pool_meta(cfg.pool)
     log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
              cfg.budget)
 
     t = time.perf_counter()
-    scorer_kwargs, train_facts = strategy.train(RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train")))
+    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"))
+    scorer_kwargs, train_facts = strategy.train(inputs)
     train_seconds = time.perf_counter() - t
 
-    _, unlabeled = split_labeled(read_pool(cfg.pool), labeled_ids)
-    top = stream_top_k(unlabeled, strategy.scorer, scorer_kwargs, cfg.budget, cfg.scoring, cfg.use_gpu)
+    top = strategy.select(inputs, scorer_kwargs)
     if len(top.ids) != cfg.budget:
         raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
 
@@ -112,6 +128,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         "pool": {"uri": cfg.pool, "images": sizes.pool, "labeled": sizes.labeled,
                  "unlabeled": sizes.unlabeled, "encoding": meta.encoding},
         "selection": selection_uri,
+        "inputs_fingerprint": fingerprint,
         "budget": cfg.budget,
         "train": _jsonable(train_facts),
         "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,

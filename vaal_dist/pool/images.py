@@ -24,11 +24,17 @@ def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
         np.zeros((0, 3, size, size), np.uint8)
 
 
-def _decode_raw(ids, images, shape, size) -> np.ndarray:
-    h, w, c = shape
-    if (h, w) != (size, size):
+def check_image_size(meta: PoolMeta, size: int) -> None:
+    """A raw pool must already have the model's input size (encoded images are resized on decode)."""
+    if meta.encoding == "raw" and tuple(meta.image_shape[:2]) != (size, size):
+        h, w, _ = meta.image_shape
         raise InputError(f"pool images are {h}x{w} but the model expects {size}x{size}; "
-                         f"prepare the pool at that size")
+                         f"prepare the pool at that size or choose a preset that matches")
+
+
+def _decode_raw(ids, images, shape, size) -> np.ndarray:
+    check_image_size(PoolMeta("raw", shape), size)
+    h, w, c = shape
     lengths = np.fromiter((len(b) for b in images), dtype=np.int64, count=len(images))
     bad = np.flatnonzero(lengths != h * w * c)
     if len(bad):

@@ -100,12 +100,19 @@ def read_pool_meta(pool: str) -> PoolMeta:
     meta_uri = join(pool, POOL_META)
     if not exists(meta_uri):
         return PoolMeta()
-    meta = read_json(meta_uri)
-    if meta.get("encoding") == "raw":
-        return PoolMeta("raw", tuple(meta["image_shape"]))
-    if meta.get("encoding") == "encoded":
-        return PoolMeta()
-    raise InputError(f"{meta_uri}: encoding must be 'raw' or 'encoded', got {meta.get('encoding')!r}")
+    try:
+        meta = read_json(meta_uri)
+        encoding = meta["encoding"]
+        if encoding == "encoded":
+            return PoolMeta()
+        shape = tuple(meta["image_shape"]) if encoding == "raw" else None
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{meta_uri}: not a valid pool description ({e!r})") from e
+    if shape is None:
+        raise InputError(f"{meta_uri}: encoding must be 'raw' or 'encoded', got {encoding!r}")
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise InputError(f"{meta_uri}: image_shape must be [height, width, channels], got {list(shape)}")
+    return PoolMeta("raw", shape)
 
 
 def write_pool(pool: str, shards: list[pa.Table], meta: PoolMeta) -> None:
@@ -137,16 +144,19 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
     """Every id in the pool (only the id column is read). Errors name what is wrong with the pool."""
     fs, files = pool_files(pool)
     try:
-        ids = pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=["id"]).column("id")
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+        ids = dataset.to_table(columns=["id"]).column("id")
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         raise InputError(f"cannot read pool {pool!r}: {e}") from e
+    if "image" not in dataset.schema.names:
+        raise InputError(f"pool {pool!r} has no 'image' column (columns: {dataset.schema.names})")
     if len(ids) == 0:
         raise InputError(f"pool {pool!r} has no images")
     if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
         raise InputError(f"pool {pool!r}: column 'id' must be strings, got {ids.type}")
     if ids.null_count:
         raise InputError(f"pool {pool!r}: {ids.null_count} rows have a null id")
-    _raise_on_duplicates(ids, f"pool {pool!r}")
+    _raise_on_bad_ids(ids, f"pool {pool!r}")
     return ids
 
 
@@ -164,9 +174,11 @@ def read_manifest(uri: str) -> pa.Array:
             ids = pa.array([line.strip() for line in lines if line.strip()], pa.string())
     except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read manifest {uri!r}: {e}") from e
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise InputError(f"manifest {uri!r}: column 'id' must be strings, got {ids.type}")
     if ids.null_count:
         raise InputError(f"manifest {uri!r}: {ids.null_count} null ids")
-    _raise_on_duplicates(ids, f"manifest {uri!r}")
+    _raise_on_bad_ids(ids, f"manifest {uri!r}")
     return ids.cast(pa.string())
 
 
@@ -174,7 +186,10 @@ def write_manifest(uri: str, ids) -> None:
     write_parquet(uri, pa.table({"id": pa.array(ids, pa.string())}))
 
 
-def _raise_on_duplicates(ids, where: str) -> None:
+def _raise_on_bad_ids(ids, where: str) -> None:
+    with_nul = pc.filter(ids, pc.match_substring(ids, "\x00"))
+    if len(with_nul):   # numpy's str arrays drop trailing NULs: two such ids could merge into one
+        raise InputError(f"{where}: {len(with_nul)} ids contain a NUL character, e.g. {with_nul[0].as_py()!r}")
     counts = pc.value_counts(ids)
     dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
     if len(dup):

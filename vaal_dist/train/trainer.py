@@ -7,7 +7,7 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from vaal_dist.errors import VaalDistError
+from vaal_dist.errors import InputError, VaalDistError
 from vaal_dist.pool.io import resolve
 
 
@@ -41,7 +41,10 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # Ray wraps the worker's exception; keep its message, drop Ray's frames
+    except Exception as e:  # Ray wraps the worker's exception and loses its type, not its text
+        marker = f"{InputError.__module__}.{InputError.__name__}: "
+        if marker in str(e):     # bad input met while training (e.g. an undecodable image)
+            raise InputError(str(e).split(marker, 1)[1].splitlines()[0]) from e
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")

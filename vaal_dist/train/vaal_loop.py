@@ -140,22 +140,22 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(seed)                  # identical initial weights on every rank
-    vae, disc = build_models(cfg, in_channels)
+    ddp = {"broadcast_buffers": False}
+    vae, disc = (ray.train.torch.prepare_model(m, parallel_strategy_kwargs=ddp)
+                 for m in build_models(cfg, in_channels))
+    # Optimizers after prepare_model: their state must live on the parameters' device.
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
     start_epoch = 0
     resumed = ray.train.get_checkpoint()
-    if resumed:
+    if resumed:                              # every rank loads the same state: no broadcast needed
         with resumed.as_directory() as d:
             state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
-        vae.load_state_dict(state["vae"])
-        disc.load_state_dict(state["disc"])
+        _unwrap(vae).load_state_dict(state["vae"])
+        _unwrap(disc).load_state_dict(state["disc"])
         opt_vae.load_state_dict(state["opt_vae"])
         opt_disc.load_state_dict(state["opt_disc"])
         start_epoch = state["epoch"]
-    ddp = {"broadcast_buffers": False}
-    vae = ray.train.torch.prepare_model(vae, parallel_strategy_kwargs=ddp)
-    disc = ray.train.torch.prepare_model(disc, parallel_strategy_kwargs=ddp)
     labeled_shard = ray.train.get_dataset_shard("labeled")
     unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
 
