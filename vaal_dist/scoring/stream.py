@@ -21,15 +21,22 @@ from vaal_dist.scoring.topk import RunningTopK, top_k
 log = logging.getLogger(__name__)
 
 
-class BatchTopK:
-    """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
+class _ScorerActor:
+    """Builds the strategy's scorer once per Ray Data actor."""
 
-    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None):
+    def __init__(self, scorer_cls, scorer_kwargs: dict, threads: int | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         self.scorer = scorer_cls(**scorer_kwargs)
+
+
+class BatchTopK(_ScorerActor):
+    """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
+
+    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None):
+        super().__init__(scorer_cls, scorer_kwargs, threads)
         self.k = k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -46,21 +53,36 @@ class BatchTopK:
         return _rows(*top_k(ids, scores, self.k))
 
 
+class BatchEmbed(_ScorerActor):
+    """Ray Data actor: the scorer's embedding of every row, (B, scorer.embedding_dim) float32."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch["id"]
+        try:
+            embedding = np.asarray(self.scorer.embed(batch), dtype=np.float32)
+        except InputError as e:
+            embedding, ids, error = np.full((1, self.scorer.embedding_dim), np.nan, np.float32), ids[:1], str(e)
+        else:
+            error = ""
+        return {"id": ids, "embedding": embedding, "error": np.full(len(ids), error, dtype=object)}
+
+
 def _rows(ids: np.ndarray, scores: np.ndarray, error: str = "") -> dict[str, np.ndarray]:
     # Errors travel as data: an exception raised in a Ray Data actor reaches the driver as a
     # UserCodeException that no longer carries its type.
     return {"id": ids, "score": scores, "error": np.full(len(ids), error, dtype=object)}
 
 
-def _raise_on_bad_rows(batch: dict[str, np.ndarray]) -> None:
+def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> None:
     errors = batch["error"][batch["error"] != ""]
     if len(errors):
         raise InputError(errors[0])
-    bad = np.flatnonzero(~np.isfinite(batch["score"]))
+    finite = np.isfinite(batch[values])
+    bad = np.flatnonzero(~(finite.all(axis=1) if finite.ndim == 2 else finite))
     if len(bad):
         raise DivergedModelError(
-            f"the model gave non-finite scores, e.g. id {str(batch['id'][bad[0]])!r} -> "
-            f"{batch['score'][bad[0]]}; the trained model has diverged, nothing was selected")
+            f"the model gave non-finite {values}s, e.g. for id {str(batch['id'][bad[0]])!r}; the trained model has diverged and nothing was selected. Rerun with "
+            f"a new --out (its checkpoints would resume the diverged model), e.g. at a lower learning rate")
 
 
 @dataclass(frozen=True)
@@ -84,20 +106,8 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
                  use_gpu: bool = False) -> ScoredTopK:
     """Exact top-k of ``scorer_cls`` scores over ``ds`` (columns id, image, ...), ties by smallest id."""
     start = time.perf_counter()
-    size = actor_pool_size(cfg, use_gpu)
-    # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
-    # 20k-image pool to one actor as a single block.
-    ds.context.target_max_block_size = cfg.block_bytes
-    scored = ds.map_batches(
-        BatchTopK,
-        fn_constructor_kwargs={"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k,
-                               "threads": cfg.threads_per_actor},
-        compute=ray.data.ActorPoolStrategy(size=size),
-        batch_size=cfg.batch_size,
-        batch_format="numpy",
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else cfg.cpus_per_actor,
-    )
+    scored = _through_actors(ds, BatchTopK, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k,
+                                             "threads": cfg.threads_per_actor}, cfg, use_gpu)
     best = RunningTopK(k)
     merge_seconds = 0.0
     for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
@@ -109,7 +119,36 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
     ids, scores = best.result()
     merge_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
-    log.info("scored with %d actors; folded %d candidate rows in %.2f s of %.1f s",
-             size, best.rows_seen, merge_seconds, seconds)
+    log.info("scored; folded %d candidate rows in %.2f s of %.1f s", best.rows_seen, merge_seconds, seconds)
     return ScoredTopK(ids, scores, best.rows_seen, seconds, merge_seconds)
 
+
+
+def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
+                      use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``.
+
+    For strategies that need a global view (Core-set): the driver holds all N embeddings.
+    """
+    embedded = _through_actors(ds, BatchEmbed, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs,
+                                                "threads": cfg.threads_per_actor}, cfg, use_gpu)
+    ids, embeddings = [], []
+    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+        _raise_on_bad_rows(batch, values="embedding")
+        ids.append(batch["id"].astype(str))
+        embeddings.append(batch["embedding"])
+    if not ids:
+        return np.array([], dtype=str), np.zeros((0, 0), np.float32)
+    return np.concatenate(ids), np.concatenate(embeddings)
+
+
+def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,
+                    use_gpu: bool) -> ray.data.Dataset:
+    # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
+    # 20k-image pool to one actor as a single block.
+    ds.context.target_max_block_size = cfg.block_bytes
+    return ds.map_batches(
+        actor_cls, fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=actor_pool_size(cfg, use_gpu)),
+        batch_size=cfg.batch_size, batch_format="numpy",
+        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cfg.cpus_per_actor)

@@ -1,10 +1,11 @@
 """Selection strategies by name; each is one module behind the interface in ``base``."""
 from vaal_dist.errors import InputError
 from vaal_dist.strategies.base import RoundInputs, Scorer, Strategy
+from vaal_dist.strategies.coreset import Coreset
 from vaal_dist.strategies.random import Random
 from vaal_dist.strategies.vaal import VAAL
 
-STRATEGIES: dict[str, type] = {s.name: s for s in (VAAL, Random)}
+STRATEGIES: dict[str, type] = {s.name: s for s in (VAAL, Random, Coreset)}
 
 
 def get_strategy(name: str) -> Strategy:

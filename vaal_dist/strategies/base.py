@@ -8,7 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 from vaal_dist.config import RoundConfig
+from vaal_dist.pool.dataset import read_pool, split_labeled
 from vaal_dist.pool.io import PoolMeta
+from vaal_dist.scoring.stream import ScoredTopK, stream_top_k
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,15 @@ class Strategy(Protocol):
 
     def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
         """Train (on Ray Train) what scoring needs; return (scorer kwargs, facts for the run record)."""
+
+    def select(self, inputs: RoundInputs, scorer_kwargs: dict) -> ScoredTopK:
+        """The ``budget`` unlabeled ids to label, best first."""
+
+
+class TopKStrategy:
+    """Selection by independent per-image scores: the pool streams through the exact top-b."""
+
+    def select(self, inputs: RoundInputs, scorer_kwargs: dict) -> ScoredTopK:
+        cfg = inputs.config
+        _, unlabeled = split_labeled(read_pool(cfg.pool), inputs.labeled_ids)
+        return stream_top_k(unlabeled, self.scorer, scorer_kwargs, cfg.budget, cfg.scoring, cfg.use_gpu)

@@ -9,7 +9,7 @@ import hashlib
 
 import numpy as np
 
-from vaal_dist.strategies.base import RoundInputs
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 
 
 class RandomScorer:
@@ -22,7 +22,7 @@ class RandomScorer:
                            count=len(batch["id"])) / 2.0 ** 53     # uniform in [0, 1), exact in float64
 
 
-class Random:
+class Random(TopKStrategy):
     name = "random"
     scorer = RandomScorer
     needs_labeled = False

@@ -10,9 +10,9 @@ import torch
 
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
 from vaal_dist.pool.dataset import training_datasets
-from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.images import check_image_size, decode_images
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.strategies.base import RoundInputs
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, config_from_state, load_checkpoint, train_loop_per_worker
 
@@ -34,22 +34,30 @@ class VAALScorer:
         disc.load_state_dict(state["disc"])
         self.encoder = torch.nn.Sequential(vae.encoder, vae.fc_mu).to(self.device).eval()
         self.disc = disc.to(self.device).eval()
-        self.meta, self.size = meta, cfg.image_size
+        self.meta, self.size, self.embedding_dim = meta, cfg.image_size, cfg.latent_dim
+
+    def _mu(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        pixels = decode_images(batch["id"], batch["image"], self.meta, self.size)   # (B, C, S, S) uint8
+        return self.encoder(pixels_to_input(torch.from_numpy(pixels).to(self.device, non_blocking=True)))
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        pixels = decode_images(batch["id"], batch["image"], self.meta, self.size)   # (B, C, S, S) uint8
-        x = pixels_to_input(torch.from_numpy(pixels).to(self.device, non_blocking=True))
-        return (-self.disc(self.encoder(x))).double().cpu().numpy()
+        return (-self.disc(self._mu(batch))).double().cpu().numpy()
+
+    @torch.inference_mode()
+    def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The encoder mean mu, (B, z): the VAE embedding Core-set can use."""
+        return self._mu(batch).float().cpu().numpy()
 
 
-class VAAL:
+class VAAL(TopKStrategy):
     name = "vaal"
     scorer = VAALScorer
     needs_labeled = True
 
     def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
         cfg = inputs.config
+        check_image_size(inputs.meta, cfg.vaal.image_size)
         loop_config = {"vaal": dataclasses.asdict(cfg.vaal), "seed": cfg.seed,
                        "in_channels": inputs.meta.channels}
         datasets = training_datasets(cfg.pool, inputs.labeled_ids, inputs.meta, cfg.vaal.image_size)

@@ -1,0 +1,53 @@
+"""Core-set as a strategy: embeddings streamed through the actors, exact greedy, in a whole round."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from test_scoring import vaal_checkpoint
+from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from vaal_dist.coreset.kcenter import k_center_greedy
+from vaal_dist.pool.dataset import read_pool, split_labeled
+from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.round import run_round
+from vaal_dist.scoring.stream import stream_embeddings
+from vaal_dist.strategies.vaal import VAAL, VAALScorer
+
+
+@pytest.fixture
+def untrained_vaal(tmp_path, monkeypatch):
+    """VAAL's training replaced by an untrained checkpoint: the selection path is what is tested."""
+    ckpt = vaal_checkpoint(tmp_path / "ckpt")
+    monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": ckpt, "meta": inputs.meta}, {}))
+    return ckpt
+
+
+def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaal):
+    pool, labeled_uri = tiny_pool[:2]
+    meta = read_pool_meta(pool)
+    _, unlabeled = split_labeled(read_pool(pool), read_manifest(labeled_uri))
+    ids, emb = stream_embeddings(unlabeled, VAALScorer, {"checkpoint": untrained_vaal, "meta": meta},
+                                 ScoringConfig(batch_size=16, num_actors=2))
+    table = unlabeled.to_pandas()
+    want = VAALScorer(untrained_vaal, meta).embed({"id": table["id"].to_numpy(), "image": table["image"].to_numpy()})
+    order = np.argsort(ids)
+    np.testing.assert_allclose(emb[order], want[np.argsort(table["id"].to_numpy())], rtol=1e-5, atol=1e-6)
+    assert emb.shape == (224, 32)
+
+
+def test_coreset_round_equals_greedy_on_the_embeddings(ray_local, tmp_path, tiny_pool, untrained_vaal):
+    pool, labeled_uri, ids, labeled_ids = tiny_pool
+    cfg = RoundConfig(pool=pool, labeled=labeled_uri, out=str(tmp_path / "out"), budget=15, strategy="coreset",
+                      vaal=preset("cpu"), scoring=ScoringConfig(batch_size=32, num_actors=2))
+    result = run_round(cfg)
+    selection = pq.read_table(tmp_path / "out" / "selection.parquet").to_pydict()
+    # reference: embed everything in one process, run the greedy
+    table = read_pool(pool).to_pandas()
+    emb = VAALScorer(untrained_vaal, read_pool_meta(pool)).embed(
+        {"id": table["id"].to_numpy(), "image": table["image"].to_numpy()})
+    is_labeled = table["id"].isin(set(labeled_ids)).to_numpy()
+    u_ids = table["id"].to_numpy()[~is_labeled]
+    want = u_ids[k_center_greedy(emb[~is_labeled], emb[is_labeled], 15, u_ids)]
+    assert selection["id"] == list(want)
+    assert not set(selection["id"]) & set(labeled_ids)
+    assert selection["score"] == sorted(selection["score"], reverse=True)
+    assert result.record["timings"]["merge_seconds"] > 0

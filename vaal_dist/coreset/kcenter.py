@@ -1,0 +1,132 @@
+"""Exact k-center greedy (Sener & Savarese, ICLR 2018; Gonzalez 1985) without an N x N or N x L matrix.
+
+Greedy: repeatedly pick the unlabeled point farthest from its nearest center (labeled points and the
+picks so far), ties broken by smallest id. "Distance" is the squared Euclidean distance computed in
+float64 as ``sum((x - c) ** 2)`` on the float32 embeddings (``exact_sq_dists``): that is the textbook
+reference the picks must equal.
+
+Speed comes from doing the bulk arithmetic in float32 and only the decisions in float64:
+- the distance of every point to its nearest labeled point starts from a FAISS k-NN search in float32;
+  each row's true nearest is provably among the returned neighbours unless the k-th lies within the
+  float32 error bound of the best, and then that row is recomputed exactly against all labeled points;
+- each greedy step computes the new center's float32 distance to all N points with one matrix-vector
+  product, and recomputes in float64 only the rows whose float32 distance, less its error bound, could
+  undercut their current minimum (a handful per step).
+The min-distance vector is therefore exact at every step, and so is every pick.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vaal_dist.errors import InputError
+
+_UNIT = 2.0 ** -23   # twice float32's unit roundoff: a safety factor of 2 on the bound below
+
+
+def exact_sq_dists(points: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """(n,) float64 squared distances of ``points`` (n, d) to one ``center`` (d,), row by row."""
+    diff = points.astype(np.float64) - center.astype(np.float64)
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _gemm_error_bound(d: int, norms_a: np.ndarray, norm_b) -> np.ndarray:
+    """Bound on |fl32(|a|^2 + |b|^2 - 2 a.b) - |a - b|^2| for any summation order (gamma_{d+4})."""
+    return (d + 4) * _UNIT * (norms_a + norm_b) ** 2
+
+
+def _check(unlabeled: np.ndarray, labeled: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    unlabeled = np.ascontiguousarray(unlabeled, dtype=np.float32)
+    if unlabeled.ndim != 2:
+        raise InputError(f"unlabeled embeddings must be 2-d (n, d), got shape {unlabeled.shape}")
+    labeled = np.ascontiguousarray(labeled, dtype=np.float32).reshape(-1, unlabeled.shape[1]) \
+        if np.size(labeled) == 0 else np.ascontiguousarray(labeled, dtype=np.float32)
+    if labeled.ndim != 2 or labeled.shape[1] != unlabeled.shape[1]:
+        raise InputError(f"labeled embeddings have shape {labeled.shape}, unlabeled {unlabeled.shape}: "
+                         f"the dimensions differ")
+    for name, x in (("unlabeled", unlabeled), ("labeled", labeled)):
+        if not np.isfinite(x).all():
+            raise InputError(f"{name} embeddings contain NaN or infinite values")
+    if not 0 <= budget <= len(unlabeled):
+        raise InputError(f"budget {budget} must be between 0 and the {len(unlabeled)} unlabeled points")
+    return unlabeled, labeled
+
+
+def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
+                     chunk: int = 4096) -> np.ndarray:
+    """Exact (float64) squared distance of each point to its nearest center; +inf with no centers."""
+    n, d = points.shape
+    if len(centers) == 0:
+        return np.full(n, np.inf)
+    import faiss
+
+    index = faiss.IndexFlatL2(d)
+    index.add(centers)
+    k = min(k, len(centers))
+    center_norms = np.sqrt((centers.astype(np.float64) ** 2).sum(1))
+    out = np.empty(n)
+    for start in range(0, n, chunk):
+        block = points[start:start + chunk]
+        approx, nbrs = index.search(block, k)                 # (m, k) float32, ascending
+        exact = np.stack([_rowwise_sq_dists(block, centers[nbrs[:, j]]) for j in range(k)], axis=1)
+        best = exact.min(1)
+        norms = np.sqrt((block.astype(np.float64) ** 2).sum(1))
+        eps = _gemm_error_bound(d, norms, center_norms.max())
+        # The true nearest has approx <= best + 2 eps; if the k-th neighbour is not beyond that,
+        # a closer center may be missing from the list: recompute those rows against every center.
+        unsure = (k < len(centers)) & (approx[:, -1] <= best + 2 * eps)
+        for i in np.flatnonzero(unsure):
+            best[i] = _min_sq_dist_to_all(block[i], centers, chunk)
+        out[start:start + len(block)] = best
+    return out
+
+
+def _rowwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) float64 squared distances between matching rows of a and b, as ``exact_sq_dists`` does."""
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def _min_sq_dist_to_all(point: np.ndarray, centers: np.ndarray, chunk: int) -> float:
+    return min(exact_sq_dists(centers[s:s + chunk], point).min() for s in range(0, len(centers), chunk))
+
+
+def k_center_greedy(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
+                    ids: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+    """Indices into ``unlabeled`` of the ``budget`` greedy k-center picks, in pick order."""
+    return k_center_greedy_with_distances(unlabeled, labeled, budget, ids, chunk)[0]
+
+
+def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
+                                   ids: np.ndarray | None = None, chunk: int = 4096
+                                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(pick indices, each pick's distance to its nearest center when it was picked), in pick order.
+
+    ``unlabeled`` (N, d) and ``labeled`` (L, d) are embeddings (L may be 0); ties between equally far
+    points go to the smallest id (``ids``, default: the row index). Memory is O(N d) for the input plus
+    O(N) working vectors and O(chunk L) for the labeled search; ``chunk`` does not change the picks.
+    """
+    unlabeled, labeled = _check(unlabeled, labeled, budget)
+    order = np.argsort(np.asarray(ids, dtype=str), kind="stable") if ids is not None else None
+    x = unlabeled[order] if order is not None else unlabeled    # row order == id order: argmax ties
+    n, d = x.shape
+    min_dist = nearest_sq_dists(x, labeled, chunk=chunk)       # (N,) float64, exact
+    norms_sq = np.einsum("ij,ij->i", x, x)                     # (N,) float32, for the GEMV form
+    norms = np.sqrt(norms_sq.astype(np.float64))
+    picks = np.empty(budget, dtype=np.int64)
+    radii = np.empty(budget)
+    for step in range(budget):
+        best = int(np.argmax(min_dist))                        # first maximum = smallest id
+        picks[step], radii[step] = best, np.sqrt(min_dist[best])
+        center = x[best]
+        approx = norms_sq + norms_sq[best] - 2.0 * (x @ center)   # (N,) float32
+        maybe_closer = approx - _gemm_error_bound(d, norms, norms[best]) <= min_dist
+        rows = np.flatnonzero(maybe_closer)
+        min_dist[rows] = np.minimum(min_dist[rows], exact_sq_dists(x[rows], center))
+        min_dist[best] = -np.inf                               # never picked twice (distance is 0)
+    return (order[picks] if order is not None else picks), radii
+
+
+def coverage_radius(points: np.ndarray, centers: np.ndarray) -> float:
+    """max over points of the Euclidean distance to the nearest center: what k-center minimises."""
+    points, centers = (np.ascontiguousarray(a, dtype=np.float32) for a in (points, centers))
+    return float(np.sqrt(nearest_sq_dists(points, centers).max())) if len(points) else 0.0
