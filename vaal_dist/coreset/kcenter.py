@@ -60,6 +60,8 @@ def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
     import faiss
 
     index = faiss.IndexFlatL2(d)
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:   # faiss-gpu build with a visible GPU
+        index = faiss.index_cpu_to_all_gpus(index)
     index.add(centers)
     k = min(k, len(centers))
     center_norms = np.sqrt((centers.astype(np.float64) ** 2).sum(1))

@@ -42,10 +42,19 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps the worker's exception and loses its type, not its text
-        marker = f"{InputError.__module__}.{InputError.__name__}: "
-        if marker in str(e):     # bad input met while training (e.g. an undecodable image)
-            raise InputError(str(e).split(marker, 1)[1].splitlines()[0]) from e
+        input_error = _input_error_in(e)
+        if input_error:          # bad input met while training (e.g. an undecodable image)
+            raise InputError(input_error) from e
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
     return result
+
+
+def _input_error_in(e: Exception) -> str | None:
+    """The message of an InputError raised on a worker, from the full (untruncated) worker errors."""
+    marker = f"{InputError.__module__}.{InputError.__name__}: "
+    for text in [str(e), *map(str, getattr(e, "worker_failures", {}).values())]:
+        if marker in text:
+            return text.split(marker, 1)[1].splitlines()[0]
+    return None
