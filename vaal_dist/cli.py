@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
 
 from vaal_dist.config import PRESETS, RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import VaalDistError
+from vaal_dist.strategies import STRATEGIES
 
 DEFAULT_POOL = "data/mnist-pool"
 DEFAULT_LABELED = "data/mnist-labeled.parquet"
@@ -22,7 +22,7 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--labeled", help="labeled-id manifest (.parquet with an id column, or text)")
     p.add_argument("--budget", type=int, help="b, the number of images to select")
     p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
-    p.add_argument("--strategy", default="vaal")
+    p.add_argument("--strategy", default="vaal", choices=sorted(STRATEGIES))
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="VAAL hyperparameters (default: cpu for the embedded pool, else cifar10)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
@@ -95,6 +95,41 @@ def round_command(args: argparse.Namespace) -> int:
     return 0
 
 
+PREPARE_OPTIONS = ("image_size", "channels", "files_per_shard", "max_pixels", "labels", "cpus_per_shard",
+                   "read_threads")
+
+
+def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options left out keep prepare_pool's defaults."""
+    p.add_argument("source", help="folder or URI of .jpg/.jpeg/.png files (class sub-folders become labels)")
+    p.add_argument("dest", help="pool folder or URI to write; rerunning the same dest resumes it")
+    p.add_argument("--image-size", type=int, help="side of the square pool images (default 32)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="3 for RGB (default), 1 for grayscale")
+    p.add_argument("--files-per-shard", type=int, help="source files per Parquet shard (default 1000)")
+    p.add_argument("--max-pixels", type=int, help="skip images with more pixels (default PIL's limit)")
+    p.add_argument("--labels", choices=("auto", "folders", "none"),
+                   help="labels from class sub-folders: auto (default), folders, none")
+    p.add_argument("--cpus-per-shard", type=float, help="CPUs each shard task asks of Ray (default 0.5)")
+    p.add_argument("--read-threads", type=int, help="concurrent file reads per shard (default 8)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
+    return p
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from vaal_dist.pool.prepare import prepare_pool
+
+    options = {name: getattr(args, name) for name in PREPARE_OPTIONS if getattr(args, name) is not None}
+    with ray_session(args.ray_address):
+        s = prepare_pool(args.source, args.dest, **options)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in s["skipped_by_reason"].items()) or "none"
+    print(f"pool: {s['dest']}")
+    print(f"prepared {s['prepared']} of {s['files_seen']} files in {s['shards']} shards "
+          f"({s['shards_reused']} already written); skipped {s['skipped']} ({reasons})")
+    print(f"this run: {s['prepared_this_run']} images in {s['seconds']:.1f} s "
+          f"({s['images_per_second']:.1f} images/s); summary in prepare.json, skipped files in errors-*.pq")
+    return 0
+
+
 def run_safely(command, args) -> int:
     """Run a command; errors about the user's input print one line and exit 2, not a stack trace."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -109,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vaal-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
+    add_prepare_args(sub.add_parser("prepare", help="make a raw pool from a folder or bucket of JPEG/PNG files"))
     args = parser.parse_args(argv)
-    return run_safely({"round": round_command}[args.command], args)
+    return run_safely({"round": round_command, "prepare": prepare_command}[args.command], args)
 
 
 if __name__ == "__main__":

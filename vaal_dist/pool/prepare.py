@@ -1,0 +1,314 @@
+"""A folder or bucket of JPEG/PNG files -> a raw pool (Parquet shards of resized uint8 pixels).
+
+The sorted file listing is cut into shards of ``files_per_shard`` files; shard k is
+``part-{k:05d}.parquet`` and its report of skipped files ``errors-{k:05d}.pq``. Both are written
+atomically, the report first, so a shard whose two files exist is finished and a rerun skips it.
+``prepare-inputs.json`` pins the listing and settings a dest was started with (a rerun on another
+listing would shift files between shards), ``classes.json`` maps class folders to labels,
+``prepare.json`` is the summary and ``pool.json`` comes last. See docs/prepare.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import re
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray.data
+from PIL import Image
+
+from vaal_dist.errors import InputError
+from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, write_json, write_parquet, write_pool
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")   # compared lower-cased
+DEFAULT_MAX_PIXELS = 89_478_485                # PIL's default Image.MAX_IMAGE_PIXELS
+INPUTS, CLASSES, SUMMARY = "prepare-inputs.json", "classes.json", "prepare.json"
+
+NOT_IMAGE_EXTENSION = "not an image extension"
+EMPTY_FILE = "empty file"
+NOT_JPEG_OR_PNG = "not a JPEG or PNG image"
+TOO_MANY_PIXELS = "too many pixels"
+CORRUPT_IMAGE = "corrupt image"
+
+REPORT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """What a shard worker needs besides its file list; all of it is pinned by the dest's fingerprint."""
+
+    image_size: int
+    channels: int
+    max_pixels: int
+    classes: dict[str, int] | None     # class folder -> label; None: the pool has no labels
+
+
+class SkippedFile(Exception):
+    """A file that is not made into a pool image, with a reason from the fixed list above."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3, files_per_shard: int = 1000,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, labels: str = "auto", cpus_per_shard: float = 0.5,
+                 read_threads: int = 8) -> dict:
+    """Prepare (or resume preparing) the raw pool ``dest`` from the JPEG/PNG files under ``source``.
+
+    ``labels``: ``auto`` (class folders when every image lies in a sub-folder, none when all lie at the
+    root), ``folders`` or ``none``. Each shard is one Ray Data task asking ``cpus_per_shard`` CPUs and
+    reading its files with ``read_threads`` threads; Ray must be initialised. Files that cannot be made
+    into images are skipped and reported. Returns the summary also written to ``dest/prepare.json``.
+    """
+    start = time.perf_counter()
+    _check_arguments(image_size, channels, files_per_shard, max_pixels, labels, cpus_per_shard, read_threads)
+    ids = list_source(source, dest)
+    settings = ShardSettings(image_size, channels, max_pixels, class_folders(source, ids, labels))
+    shards = [ids[i:i + files_per_shard] for i in range(0, len(ids), files_per_shard)]
+    _claim_dest(dest, ids, settings, files_per_shard)
+    todo = unfinished_shards(dest, len(shards))
+    log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
+    written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads)
+    summary = _summarize(source, dest, len(ids), len(shards), written, settings, time.perf_counter() - start)
+    write_json(join(dest, SUMMARY), summary)
+    if summary["prepared"] == 0:
+        raise InputError(f"no file under {redact(source)!r} could be prepared: {summary['skipped_by_reason']}")
+    write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels)))   # no shards: pool.json only
+    return summary
+
+
+def _check_arguments(image_size, channels, files_per_shard, max_pixels, labels, cpus_per_shard, read_threads):
+    for name, value in (("image_size", image_size), ("files_per_shard", files_per_shard),
+                        ("max_pixels", max_pixels), ("read_threads", read_threads)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if channels not in (1, 3):
+        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if labels not in ("auto", "folders", "none"):
+        raise InputError(f"labels must be 'auto', 'folders' or 'none', got {labels!r}")
+    if cpus_per_shard <= 0:
+        raise InputError(f"cpus_per_shard must be positive, got {cpus_per_shard}")
+
+
+def redact(uri: str) -> str:
+    """The URI without credentials (s3://key:secret@bucket/... -> s3://bucket/...), for logs and summaries."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+
+
+def list_source(source: str, dest: str) -> list[str]:
+    """Every file under ``source`` as a sorted POSIX path relative to it (the pool ids)."""
+    fs, root = resolve(source)
+    root = root.rstrip("/")
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"source {redact(source)!r} does not exist")
+    if info.type != pafs.FileType.Directory:
+        raise InputError(f"source {redact(source)!r} is not a folder")
+    dest_fs, dest_root = resolve(dest)
+    if dest_fs.type_name == fs.type_name and (dest_root.rstrip("/") + "/").startswith(root + "/"):
+        raise InputError(f"dest {redact(dest)!r} lies inside source {redact(source)!r}; a rerun would list "
+                         f"the pool as source files")
+    ids = sorted(f.path[len(root) + 1:] for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                 if f.type == pafs.FileType.File)
+    if not ids:
+        raise InputError(f"source {redact(source)!r} has no files")
+    return ids
+
+
+def is_image_name(file_id: str) -> bool:
+    """Whether the file counts as an image, by its extension."""
+    return file_id.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def class_folders(source: str, ids: list[str], labels: str) -> dict[str, int] | None:
+    """Class folder -> label (folders sorted by name), or None when the pool has no labels."""
+    images = [i for i in ids if is_image_name(i)]
+    if not images:
+        raise InputError(f"source {redact(source)!r} has no {'/'.join(IMAGE_EXTENSIONS)} files "
+                         f"(e.g. {ids[0]!r})")
+    if labels == "none":
+        return None
+    at_root = [i for i in images if "/" not in i]
+    if labels == "auto" and len(at_root) == len(images):
+        return None
+    if at_root:
+        nested = next((i for i in images if "/" in i), None)
+        raise InputError(f"source {redact(source)!r}: image {at_root[0]!r} is not inside a class folder"
+                         + (f" while {nested!r} is" if nested else "") + "; pass labels='none' to prepare "
+                         "it without labels, or move the stray images")
+    return {name: label for label, name in enumerate(sorted({i.split("/", 1)[0] for i in images}))}
+
+
+def _fingerprint(ids: list[str], settings: ShardSettings, files_per_shard: int) -> str:
+    h = hashlib.sha256(json.dumps([asdict(settings), files_per_shard], sort_keys=True).encode())
+    h.update(b"\x00".join(i.encode() for i in ids))
+    return h.hexdigest()
+
+
+def _claim_dest(dest: str, ids: list[str], settings: ShardSettings, files_per_shard: int) -> None:
+    """Pin dest to this listing and these settings, or refuse if it was started with others."""
+    inputs_uri = join(dest, INPUTS)
+    fingerprint = _fingerprint(ids, settings, files_per_shard)
+    if exists(inputs_uri):
+        if read_json(inputs_uri)["fingerprint"] != fingerprint:
+            raise InputError(f"dest {redact(dest)!r} was prepared from another file listing or with other "
+                             f"settings; choose a new dest (or delete this one)")
+        return
+    if settings.classes is not None:
+        write_json(join(dest, CLASSES), settings.classes)
+    write_json(inputs_uri, {"fingerprint": fingerprint, "files": len(ids), "files_per_shard": files_per_shard,
+                            **asdict(settings)})
+
+
+def shard_name(k: int) -> str:
+    """File name of shard k in dest."""
+    return f"part-{k:05d}.parquet"
+
+
+def report_name(k: int) -> str:
+    """File name of shard k's report of skipped files (Parquet: id, reason, detail)."""
+    # Not *.parquet: pool readers take every .parquet file under the pool for a shard.
+    return f"errors-{k:05d}.pq"
+
+
+def unfinished_shards(dest: str, n_shards: int) -> list[int]:
+    """The shards of dest whose Parquet file or report is missing (one listing of dest, not 2n lookups)."""
+    fs, root = resolve(dest)
+    names = {posixpath.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))}
+    return [k for k in range(n_shards) if shard_name(k) not in names or report_name(k) not in names]
+
+
+def _run_shards(source, dest, shards: dict[int, list[str]], settings, cpus_per_shard, read_threads) -> list[dict]:
+    """Write the given shards as Ray Data tasks, one block (one task) per shard; their result rows."""
+    if not shards:
+        return []
+    specs = [{"shard": k, "ids": ids} for k, ids in shards.items()]
+    rows = ray.data.from_items(specs, override_num_blocks=len(specs)).map(
+        prepare_shard, num_cpus=cpus_per_shard,
+        fn_kwargs={"source": source, "dest": dest, "settings": settings, "read_threads": read_threads},
+    ).take_all()
+    failed = [r for r in rows if r["read_error"]]
+    if failed:
+        raise InputError(f"{len(failed)} of {len(rows)} shards were not written because a source file could "
+                         f"not be read, e.g. {failed[0]['read_error']}; rerun to retry them (finished shards "
+                         f"are kept)")
+    return rows
+
+
+def prepare_shard(spec: dict, source: str, dest: str, settings: ShardSettings, read_threads: int) -> dict:
+    """Ray Data row fn: read, decode and write one shard; returns its counts.
+
+    A file that cannot be read (network, permissions) leaves the shard unwritten, so a rerun retries it;
+    the error travels back as data (``read_error``) rather than as an exception that would lose its type.
+    """
+    fs, root = resolve(source)
+    ids = [str(i) for i in spec["ids"]]
+    try:
+        contents = _read_files(fs, root.rstrip("/"), ids, read_threads)
+    except OSError as e:
+        return {"shard": spec["shard"], "prepared": 0, "skipped": 0, "read_error": str(e)}
+    images, skipped = {}, []
+    for file_id, data in zip(ids, contents):
+        try:
+            images[file_id] = decode_file(data, settings)
+        except SkippedFile as s:
+            skipped.append((file_id, s.reason, s.detail))
+    write_parquet(join(dest, report_name(spec["shard"])), pa.Table.from_pylist(
+        [dict(zip(REPORT_SCHEMA.names, row)) for row in skipped], schema=REPORT_SCHEMA))
+    write_parquet(join(dest, shard_name(spec["shard"])), _shard_table(images, settings))
+    return {"shard": spec["shard"], "prepared": len(images), "skipped": len(skipped), "read_error": ""}
+
+
+def _read_files(fs: pafs.FileSystem, root: str, ids: list[str], threads: int) -> list[bytes | None]:
+    """The bytes of each image file (None for other files); threads hide object-store latency."""
+    def read(file_id: str) -> bytes | None:
+        if not is_image_name(file_id):
+            return None
+        path = f"{root}/{file_id}"
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as e:
+            raise OSError(f"cannot read {path!r}: {e}") from e
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(read, ids))
+
+
+def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
+    """Raw uint8 HWC pixels of one file's bytes (None: not an image name), resized; raises SkippedFile."""
+    if data is None:
+        raise SkippedFile(NOT_IMAGE_EXTENSION)
+    if not data:
+        raise SkippedFile(EMPTY_FILE)
+    mode = "RGB" if settings.channels == 3 else "L"
+    try:
+        with warnings.catch_warnings():   # PIL warns above its own limit; max_pixels decides here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
+    except Image.DecompressionBombError as e:
+        raise SkippedFile(TOO_MANY_PIXELS, str(e)) from None
+    except Exception as e:   # PIL reports unrecognised bytes with many exception types
+        raise SkippedFile(NOT_JPEG_OR_PNG, str(e)) from None
+    with img:
+        width, height = img.size
+        if width * height > settings.max_pixels:   # checked on the header, before any pixel is decoded
+            raise SkippedFile(TOO_MANY_PIXELS, f"{width}x{height} is over {settings.max_pixels} pixels")
+        try:
+            img.draft(mode, (settings.image_size, settings.image_size))   # JPEG: decode at a reduced scale
+            return _to_8bit_without_alpha(img).convert(mode).resize(
+                (settings.image_size, settings.image_size), Image.BILINEAR).tobytes()
+        except Exception as e:   # truncated or broken data surfaces from the decoder in many types
+            raise SkippedFile(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
+
+
+def _to_8bit_without_alpha(img: Image.Image) -> Image.Image:
+    """16-bit grey scaled to 8 bits (PIL's convert clips it); alpha composited onto black."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((grey + 128) // 257).astype(np.uint8))   # uint8 2-D: mode L
+    if img.has_transparency_data:   # an alpha band, or a PNG tRNS colour / palette entry
+        rgba = img.convert("RGBA")
+        on_black = Image.new("RGB", rgba.size)
+        on_black.paste(rgba, mask=rgba.getchannel("A"))
+        return on_black
+    return img
+
+
+def _shard_table(images: dict[str, bytes], settings: ShardSettings) -> pa.Table:
+    columns = {"id": pa.array(list(images), pa.string()), "image": pa.array(list(images.values()), pa.binary())}
+    if settings.classes is not None:
+        columns["label"] = pa.array([settings.classes[i.split("/", 1)[0]] for i in images], pa.int64())
+    return pa.table(columns)
+
+
+def _summarize(source, dest, n_files, n_shards, written: list[dict], settings: ShardSettings, seconds) -> dict:
+    """Counts over every shard of dest (this run's and earlier runs'), timings over this run."""
+    fs, root = resolve(dest)
+    reports = pads.dataset([f"{root.rstrip('/')}/{report_name(k)}" for k in range(n_shards)],
+                           filesystem=fs, format="parquet").to_table(columns=["reason"])
+    by_reason = {r["values"]: r["counts"] for r in pc.value_counts(reports.column("reason")).to_pylist()}
+    prepared_now = sum(r["prepared"] for r in written)
+    return {
+        "source": redact(source), "dest": redact(dest),
+        "files_seen": n_files, "prepared": n_files - len(reports), "skipped": len(reports),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "image_shape": [settings.image_size, settings.image_size, settings.channels],
+        "classes": None if settings.classes is None else len(settings.classes),
+        "shards": n_shards, "shards_written": len(written), "shards_reused": n_shards - len(written),
+        "prepared_this_run": prepared_now, "seconds": seconds,
+        "images_per_second": prepared_now / seconds,
+    }
