@@ -30,14 +30,16 @@ def sklearn_greedy(unlabeled, labeled, budget):
 
 
 def torch_chunked_greedy(unlabeled, labeled, budget, chunk=8192):
-    """A plain torch loop: chunked min-distance init, one distance update per pick."""
+    """A plain torch loop: chunked min-distance init, then per pick a chunked distance update."""
     x, l = torch.from_numpy(unlabeled), torch.from_numpy(labeled)
     min_dist = torch.cat([torch.cdist(x[s:s + chunk], l).min(1).values for s in range(0, len(x), chunk)])
     picks = []
     for _ in range(budget):
         best = int(torch.argmax(min_dist))
         picks.append(best)
-        min_dist = torch.minimum(min_dist, ((x - x[best]) ** 2).sum(1).sqrt())
+        for s in range(0, len(x), chunk):
+            new = torch.cdist(x[s:s + chunk], x[best:best + 1]).squeeze(1)
+            torch.minimum(min_dist[s:s + chunk], new, out=min_dist[s:s + chunk])
     return np.array(picks)
 
 

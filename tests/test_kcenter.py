@@ -43,6 +43,15 @@ def test_chunk_size_does_not_change_the_picks(chunk):
     np.testing.assert_array_equal(k_center_greedy(u, l, 25, ids, chunk=chunk), textbook_greedy(u, l, 25, ids))
 
 
+@pytest.mark.parametrize("speculate", [1, 2, 16, 1000])
+def test_speculation_changes_work_not_picks(speculate):
+    from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
+
+    u, l, ids = gaussian(13, 300, 0, 16, dup=15)
+    picks, _ = k_center_greedy_with_distances(u, l, 60, ids, speculate=speculate)
+    np.testing.assert_array_equal(picks, textbook_greedy(u, l, 60, ids))
+
+
 def test_all_duplicates_and_budget_equal_to_the_pool():
     u = np.ones((12, 4), np.float32)
     ids = np.array([f"z{i:02d}" for i in range(12)])[::-1]

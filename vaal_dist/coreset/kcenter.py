@@ -9,9 +9,13 @@ Speed comes from doing the bulk arithmetic in float32 and only the decisions in 
 - the distance of every point to its nearest labeled point starts from a FAISS k-NN search in float32;
   each row's true nearest is provably among the returned neighbours unless the k-th lies within the
   float32 error bound of the best, and then that row is recomputed exactly against all labeled points;
-- each greedy step computes the new center's float32 distance to all N points with one matrix-vector
-  product, and recomputes in float64 only the rows whose float32 distance, less its error bound, could
-  undercut their current minimum (a handful per step).
+- each greedy step computes the new center's float32 dot product with all N points (one matrix-vector
+  product: the only pass over the embeddings), and recomputes in float64 only the rows whose float32
+  dot product, allowing for its error bound, could put them closer than their current minimum (a
+  handful per step);
+- a pass over the embeddings costs about the same for one center as for a few (it is memory-bound), so
+  each pass also computes the dot products of the next likely picks (the currently farthest points);
+  a step whose pick was speculated needs no pass.
 The min-distance vector is therefore exact at every step, and so is every pick.
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ def exact_sq_dists(points: np.ndarray, center: np.ndarray) -> np.ndarray:
 
 
 def _gemm_error_bound(d: int, norms_a: np.ndarray, norm_b) -> np.ndarray:
-    """Bound on |fl32(|a|^2 + |b|^2 - 2 a.b) - |a - b|^2| for any summation order (gamma_{d+4})."""
+    """Bound on |fl32(|a|^2 + |b|^2 - 2 a.b) - |a - b|^2| for any summation order (2 gamma_{d+4})."""
     return (d + 4) * _UNIT * (norms_a + norm_b) ** 2
 
 
@@ -69,14 +73,16 @@ def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
     for start in range(0, n, chunk):
         block = points[start:start + chunk]
         approx, nbrs = index.search(block, k)                 # (m, k) float32, ascending
-        exact = np.stack([_rowwise_sq_dists(block, centers[nbrs[:, j]]) for j in range(k)], axis=1)
-        best = exact.min(1)
         norms = np.sqrt((block.astype(np.float64) ** 2).sum(1))
         eps = _gemm_error_bound(d, norms, center_norms.max())
-        # The true nearest has approx <= best + 2 eps; if the k-th neighbour is not beyond that,
-        # a closer center may be missing from the list: recompute those rows against every center.
-        unsure = (k < len(centers)) & (approx[:, -1] <= best + 2 * eps)
-        for i in np.flatnonzero(unsure):
+        # The true nearest has approx <= approx_min + 2 eps: measure exactly only those neighbours.
+        close = approx <= approx[:, :1] + 2 * eps[:, None]
+        rows, cols = np.nonzero(close)
+        best = np.full(len(block), np.inf)
+        np.minimum.at(best, rows, _rowwise_sq_dists(block[rows], centers[nbrs[rows, cols]]))
+        # If even the k-th neighbour is that close, a closer center may be missing from the list:
+        # recompute those rows against every center.
+        for i in np.flatnonzero(close[:, -1] & (k < len(centers))):
             best[i] = _min_sq_dist_to_all(block[i], centers, chunk)
         out[start:start + len(block)] = best
     return out
@@ -99,33 +105,53 @@ def k_center_greedy(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
 
 
 def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
-                                   ids: np.ndarray | None = None, chunk: int = 4096
+                                   ids: np.ndarray | None = None, chunk: int = 4096, speculate: int = 16
                                    ) -> tuple[np.ndarray, np.ndarray]:
     """(pick indices, each pick's distance to its nearest center when it was picked), in pick order.
 
     ``unlabeled`` (N, d) and ``labeled`` (L, d) are embeddings (L may be 0); ties between equally far
     points go to the smallest id (``ids``, default: the row index). Memory is O(N d) for the input plus
     O(N) working vectors and O(chunk L) for the labeled search; ``chunk`` does not change the picks.
+
+    ``speculate``: each pass over the embeddings computes the dot products of the ``speculate`` farthest
+    points at once, the likely next picks; a later step whose pick is among them needs no pass of its
+    own. This changes only the work done, never the picks.
     """
     unlabeled, labeled = _check(unlabeled, labeled, budget)
     order = np.argsort(np.asarray(ids, dtype=str), kind="stable") if ids is not None else None
     x = unlabeled[order] if order is not None else unlabeled    # row order == id order: argmax ties
     n, d = x.shape
     min_dist = nearest_sq_dists(x, labeled, chunk=chunk)       # (N,) float64, exact
-    norms_sq = np.einsum("ij,ij->i", x, x)                     # (N,) float32, for the GEMV form
-    norms = np.sqrt(norms_sq.astype(np.float64))
+    norms_sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))   # (N,) exact enough
+    # Row i can only get closer to center c if fl32(x_i . c) >= floor_i + (1 - 2k) |c|^2 / 2, where
+    # k = (d + 4) 2^-22 over-covers the float32 dot-product error (gamma_d |x||c|) eight times.
+    k = (d + 4) * 2.0 ** -22
+    floor = ((1 - 2 * k) * norms_sq - min_dist) / 2
     picks = np.empty(budget, dtype=np.int64)
     radii = np.empty(budget)
+    speculated = np.empty((n, max(1, min(speculate, n))), dtype=np.float32)
+    column: dict[int, int] = {}                                # row -> its column of dot products
     for step in range(budget):
         best = int(np.argmax(min_dist))                        # first maximum = smallest id
         picks[step], radii[step] = best, np.sqrt(min_dist[best])
         center = x[best]
-        approx = norms_sq + norms_sq[best] - 2.0 * (x @ center)   # (N,) float32
-        maybe_closer = approx - _gemm_error_bound(d, norms, norms[best]) <= min_dist
-        rows = np.flatnonzero(maybe_closer)
+        if best not in column:                                 # one pass over x: (N, d) @ (d, m)
+            guesses = [best, *_farthest(min_dist, speculated.shape[1], besides=best)]
+            np.dot(x, np.ascontiguousarray(x[guesses].T), out=speculated)
+            column = {g: j for j, g in enumerate(guesses)}
+        dots = speculated[:, column[best]]                     # (N,) float32 dot products with center
+        rows = np.flatnonzero(dots >= floor + (1 - 2 * k) * norms_sq[best] / 2)
         min_dist[rows] = np.minimum(min_dist[rows], exact_sq_dists(x[rows], center))
         min_dist[best] = -np.inf                               # never picked twice (distance is 0)
+        floor[rows] = ((1 - 2 * k) * norms_sq[rows] - min_dist[rows]) / 2
+        floor[best] = np.inf
     return (order[picks] if order is not None else picks), radii
+
+
+def _farthest(min_dist: np.ndarray, m: int, besides: int) -> list[int]:
+    """Up to m - 1 other rows among the m farthest: the likely next picks (any choice is correct)."""
+    m = min(m, len(min_dist))
+    return [int(i) for i in np.argpartition(-min_dist, m - 1)[:m] if i != besides][:m - 1]
 
 
 def coverage_radius(points: np.ndarray, centers: np.ndarray) -> float:
