@@ -50,12 +50,15 @@ def test_job_submit_runs_the_round_and_writes_the_manifest(tmp_path, tiny_pool):
         address = f"http://127.0.0.1:{dashboard}"
         wait_for_dashboard(address, head)
         out = tmp_path / "round"
-        job = subprocess.run(
-            [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "data", "results"]}), "--",
-             "python", "jobs/imagenet_round.py", "--pool", pool, "--labeled", labeled, "--budget", "10",
-             "--out", str(out), "--preset", "cpu", "--epochs", "1", "--batch-size", "32"],
-            env=env, capture_output=True, text=True, timeout=900)
+        submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+                  "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "data", "results"]}), "--",
+                  "python", "jobs/imagenet_round.py", "--pool", pool, "--labeled", labeled, "--budget", "10",
+                  "--out", str(out), "--preset", "cpu", "--epochs", "1", "--batch-size", "32"]
+        for _ in range(30):   # the dashboard answers before its job agent is up: no job is made then
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in job.stderr + job.stdout:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert f"selection: {out}/selection.parquet" in job.stdout
         assert pq.read_table(out / "selection.parquet").num_rows == 10
