@@ -7,7 +7,6 @@ Seeded Gaussian features; partitions are random, equal-sized. Prints one markdow
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -16,18 +15,15 @@ import ray
 from vaal_dist.coreset.distributed import distributed_k_center
 from vaal_dist.coreset.kcenter import coverage_radius, k_center_greedy
 
+from kcenter_speed import gaussian_problem, problem_parser   # benchmarks/ is the script's folder
+
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=50000)
-    p.add_argument("--labeled", type=int, default=5000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--budget", type=int, default=2500)
+    p = problem_parser(__doc__)
     p.add_argument("--partitions", type=int, nargs="+", default=[1, 2, 4, 8])
     args = p.parse_args()
-    rng = np.random.default_rng(0)
-    unlabeled = rng.normal(size=(args.n, args.dim)).astype(np.float32)
-    labeled = rng.normal(size=(args.labeled, args.dim)).astype(np.float32)
+    unlabeled, labeled = gaussian_problem(args)
+    rng = np.random.default_rng(1)
     ids = np.array([f"u{i:08d}" for i in range(args.n)])
 
     start = time.perf_counter()

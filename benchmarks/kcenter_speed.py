@@ -65,19 +65,30 @@ def pruning_fraction(unlabeled, labeled, steps):
     return prunable / (steps * len(unlabeled))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def problem_parser(doc: str) -> argparse.ArgumentParser:
+    """The benchmark problem's size arguments (issue 4's setting by default)."""
+    p = argparse.ArgumentParser(description=doc)
     p.add_argument("--n", type=int, default=50000)
     p.add_argument("--labeled", type=int, default=5000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--budget", type=int, default=2500)
+    return p
+
+
+def gaussian_problem(args) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (unlabeled (n, dim), labeled (labeled, dim)) float32 Gaussian features."""
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(args.n, args.dim)).astype(np.float32),
+            rng.normal(size=(args.labeled, args.dim)).astype(np.float32))
+
+
+def main() -> None:
+    p = problem_parser(__doc__)
     p.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "torch"])
     p.add_argument("--pruning-steps", type=int, default=0,
                    help="also report how much triangle-inequality pruning could skip in this many steps")
     args = p.parse_args()
-    rng = np.random.default_rng(0)
-    unlabeled = rng.normal(size=(args.n, args.dim)).astype(np.float32)
-    labeled = rng.normal(size=(args.labeled, args.dim)).astype(np.float32)
+    unlabeled, labeled = gaussian_problem(args)
 
     start = time.perf_counter()
     ours = k_center_greedy(unlabeled, labeled, args.budget)

@@ -112,15 +112,21 @@ def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypa
 
     untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
     monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
-    rng = np.random.default_rng(0)
-    images = [png_bytes(rng) for _ in range(30)]
-    images[17] = images[17][:40]                      # truncated PNG
-    ids = [f"photos/{i:03d}.png" for i in range(30)]
-    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
-    write_manifest(str(tmp_path / "l.parquet"), ids[:3])
+    pool, labeled = photo_pool(tmp_path, 30, bad=17, bad_bytes=png_bytes(np.random.default_rng(1))[:40])
     with pytest.raises(InputError, match="image 'photos/017.png' cannot be decoded"):
-        run_round(round_config(str(tmp_path / "pool"), str(tmp_path / "l.parquet"), tmp_path / "out", budget=5))
+        run_round(round_config(pool, labeled, tmp_path / "out", budget=5))
     _assert_nothing_written(tmp_path / "out")
+
+
+def photo_pool(tmp_path, n: int, bad: int, bad_bytes: bytes) -> tuple[str, str]:
+    """An encoded pool of n PNGs with image ``bad`` replaced by ``bad_bytes``; the first 8 are labeled."""
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng, 32) for _ in range(n)]
+    images[bad] = bad_bytes
+    ids = [f"photos/{i:03d}.png" for i in range(n)]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
+    write_manifest(str(tmp_path / "l.parquet"), ids[:8])
+    return str(tmp_path / "pool"), str(tmp_path / "l.parquet")
 
 
 def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny_pool):
@@ -132,14 +138,9 @@ def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny
 
 
 def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path):
-    rng = np.random.default_rng(0)
-    images = [png_bytes(rng, 32) for _ in range(40)]
-    images[33] = b"GIF89a not really"
-    ids = [f"photos/{i:03d}.png" for i in range(40)]
-    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": images})], PoolMeta())
-    write_manifest(str(tmp_path / "l.parquet"), ids[:8])
+    pool, labeled = photo_pool(tmp_path, 40, bad=33, bad_bytes=b"GIF89a not really")
     with pytest.raises(InputError, match="image 'photos/033.png' cannot be decoded"):
-        run_round(round_config(str(tmp_path / "pool"), str(tmp_path / "l.parquet"), tmp_path / "out", budget=5))
+        run_round(round_config(pool, labeled, tmp_path / "out", budget=5))
     _assert_nothing_written(tmp_path / "out")
 
 
