@@ -94,6 +94,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
     sizes, labeled_ids, fingerprint = validate_inputs(cfg, strategy.needs_labeled)
+    meta = read_pool_meta(cfg.pool)
     inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
     if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
         raise InputError(f"{cfg.out!r} holds a round started with another config, pool or labeled set; "
@@ -102,7 +103,6 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         log.info("round in %s is already complete; nothing to do", cfg.out)
         return RoundResult(selection_uri, read_json(record_uri))
     write_json(inputs_uri, {"fingerprint": fingerprint})
-    meta = read_pool_meta(cfg.pool)
     log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
              cfg.budget)
 
