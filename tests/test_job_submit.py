@@ -38,23 +38,28 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, seconds: float = 120) -
 
 def test_job_submit_runs_the_round_and_writes_the_manifest(tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
-    dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    # Every port of its own: the test session's local Ray already holds the default agent ports, and a
+    # head whose job agent cannot bind answers every submission with "No available agent".
+    ports = {flag: free_port() for flag in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                            "metrics-export-port")}
     head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", "--port", str(free_port()), "--node-ip-address", "127.0.0.1",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+        [BIN / "ray", "start", "--head", "--block", *(f"--{flag}={port}" for flag, port in ports.items()),
+         "--node-ip-address", "127.0.0.1",
+         "--dashboard-host", "127.0.0.1", "--num-cpus", "2",
          "--temp-dir", tempfile.mkdtemp(prefix="ray-", dir="/tmp")],   # short: Unix socket paths are capped
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        address = f"http://127.0.0.1:{dashboard}"
+        address = f"http://127.0.0.1:{ports['dashboard-port']}"
         wait_for_dashboard(address, head)
         out = tmp_path / "round"
         submit = [BIN / "ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
                   "--runtime-env-json", json.dumps({"excludes": [".git", ".venv", "data", "results"]}), "--",
                   "python", "jobs/imagenet_round.py", "--pool", pool, "--labeled", labeled, "--budget", "10",
                   "--out", str(out), "--preset", "cpu", "--epochs", "1", "--batch-size", "32"]
-        for _ in range(30):   # the dashboard answers before its job agent is up: no job is made then
+        for _ in range(15):   # the dashboard answers before its job agent is up: no job is made then
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
             if "No available agent to submit job" not in job.stderr + job.stdout:
                 break
