@@ -10,43 +10,22 @@ this process for reference. Prints one markdown row per setting.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.pool.dataset import read_pool
-from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
-from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
+from vaal_dist.train.vaal_loop import build_models
 
-
-def synthetic_pool(path: str, n: int, shard_rows: int = 5000) -> None:
-    import pyarrow as pa
-
-    rng = np.random.default_rng(0)
-    shards = []
-    for start in range(0, n, shard_rows):
-        rows = min(shard_rows, n - start)
-        pixels = rng.integers(0, 256, (rows, 32 * 32 * 3), dtype=np.uint8)
-        shards.append(pa.table({"id": [f"syn-{i:08d}" for i in range(start, start + rows)],
-                                "image": pa.array([row.tobytes() for row in pixels], pa.binary())}))
-    write_pool(path, shards, PoolMeta("raw", (32, 32, 3)))
-
-
-def checkpoint(path: str) -> ray.train.Checkpoint:
-    torch.manual_seed(0)
-    cfg = preset("cifar10")
-    vae, disc = build_models(cfg, 3)
-    opt = torch.optim.Adam(vae.parameters())
-    os.makedirs(path, exist_ok=True)
-    save_checkpoint(os.path.join(path, CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, 3)
-    return ray.train.Checkpoint.from_directory(path)
+from scale import checkpoint   # benchmarks/ is the script's folder
 
 
 def bare_encoder(batch: int, threads: int, seconds: float = 10.0) -> float:
@@ -74,13 +53,13 @@ def main() -> None:
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="vaal-bench-")
-    synthetic_pool(f"{work}/pool", args.images)
+    write_synthetic_pool(f"{work}/pool", args.images, shard_rows=5000)
     print(f"| setting | images | seconds | img/s |\n|---|---|---|---|")
     for threads in args.threads:
         print(f"| bare encoder, in process, {threads} thread(s), batch {args.batch} | - | - | "
               f"{bare_encoder(args.batch, threads):.0f} |", flush=True)
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    ckpt, meta = checkpoint(f"{work}/ckpt"), read_pool_meta(f"{work}/pool")
+    ckpt, meta = checkpoint(Path(work) / "ckpt", "cifar10"), read_pool_meta(f"{work}/pool")
     for actors in args.actors:
         for threads in args.threads:
             cfg = ScoringConfig(batch_size=args.batch, num_actors=actors, threads_per_actor=threads)

@@ -28,7 +28,8 @@ _UNIT = 2.0 ** -23   # twice float32's unit roundoff: a safety factor of 2 on th
 
 
 def exact_sq_dists(points: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """(n,) float64 squared distances of ``points`` (n, d) to one ``center`` (d,), row by row."""
+    """(n,) float64 squared distances of ``points`` (n, d) to one ``center`` (d,), or to the matching
+    rows of ``center`` (n, d)."""
     diff = points.astype(np.float64) - center.astype(np.float64)
     return np.einsum("ij,ij->i", diff, diff)
 
@@ -42,8 +43,9 @@ def _check(unlabeled: np.ndarray, labeled: np.ndarray, budget: int) -> tuple[np.
     unlabeled = np.ascontiguousarray(unlabeled, dtype=np.float32)
     if unlabeled.ndim != 2:
         raise InputError(f"unlabeled embeddings must be 2-d (n, d), got shape {unlabeled.shape}")
-    labeled = np.ascontiguousarray(labeled, dtype=np.float32).reshape(-1, unlabeled.shape[1]) \
-        if np.size(labeled) == 0 else np.ascontiguousarray(labeled, dtype=np.float32)
+    labeled = np.ascontiguousarray(labeled, dtype=np.float32)
+    if labeled.size == 0:
+        labeled = labeled.reshape(0, unlabeled.shape[1])
     if labeled.ndim != 2 or labeled.shape[1] != unlabeled.shape[1]:
         raise InputError(f"labeled embeddings have shape {labeled.shape}, unlabeled {unlabeled.shape}: "
                          f"the dimensions differ")
@@ -79,19 +81,13 @@ def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
         close = approx <= approx[:, :1] + 2 * eps[:, None]
         rows, cols = np.nonzero(close)
         best = np.full(len(block), np.inf)
-        np.minimum.at(best, rows, _rowwise_sq_dists(block[rows], centers[nbrs[rows, cols]]))
+        np.minimum.at(best, rows, exact_sq_dists(block[rows], centers[nbrs[rows, cols]]))
         # If even the k-th neighbour is that close, a closer center may be missing from the list:
         # recompute those rows against every center.
         for i in np.flatnonzero(close[:, -1] & (k < len(centers))):
             best[i] = _min_sq_dist_to_all(block[i], centers, chunk)
         out[start:start + len(block)] = best
     return out
-
-
-def _rowwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(m,) float64 squared distances between matching rows of a and b, as ``exact_sq_dists`` does."""
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    return np.einsum("ij,ij->i", diff, diff)
 
 
 def _min_sq_dist_to_all(point: np.ndarray, centers: np.ndarray, chunk: int) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vaal_dist.pool.io import PoolMeta, exists, join, write_json, write_parquet
+from vaal_dist.pool.io import PoolMeta, exists, join, write_parquet, write_pool
 
 
 def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels: int = 3,
@@ -26,5 +26,4 @@ def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels:
             "id": pa.array([f"syn-{i:08d}" for i in range(start, start + rows)], pa.string()),
             "image": pa.array([row.tobytes() for row in pixels], pa.binary()),
         }))
-    write_json(join(dest, "pool.json"), {"format": "vaal_dist.pool", "version": 1, "encoding": "raw",
-                                         "image_shape": list(PoolMeta("raw", shape).image_shape)})
+    write_pool(dest, [], PoolMeta("raw", shape))      # no shards to add: pool.json, written last

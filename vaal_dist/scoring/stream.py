@@ -44,13 +44,14 @@ class BatchTopK(_ScorerActor):
         try:
             scores = np.asarray(self.scorer(batch), dtype=np.float64)
         except InputError as e:   # a bad image: hand it to the driver, which raises it by name
-            return _rows(ids[:1], np.array([np.nan]), error=str(e))
+            return _rows(ids[:1], error=str(e), score=np.array([np.nan]))
         if scores.shape != ids.shape:
             raise ValueError(f"scorer returned shape {scores.shape} for {len(ids)} rows")
         bad = ~np.isfinite(scores)
         if bad.any():             # a diverged model: the driver raises DivergedModelError
-            return _rows(ids[bad], scores[bad])
-        return _rows(*top_k(ids, scores, self.k))
+            return _rows(ids[bad], score=scores[bad])
+        top_ids, top_scores = top_k(ids, scores, self.k)
+        return _rows(top_ids, score=top_scores)
 
 
 class BatchEmbed(_ScorerActor):
@@ -61,16 +62,14 @@ class BatchEmbed(_ScorerActor):
         try:
             embedding = np.asarray(self.scorer.embed(batch), dtype=np.float32)
         except InputError as e:
-            embedding, ids, error = np.full((1, self.scorer.embedding_dim), np.nan, np.float32), ids[:1], str(e)
-        else:
-            error = ""
-        return {"id": ids, "embedding": embedding, "error": np.full(len(ids), error, dtype=object)}
+            return _rows(ids[:1], error=str(e), embedding=np.full((1, self.scorer.embedding_dim), np.nan, np.float32))
+        return _rows(ids, embedding=embedding)
 
 
-def _rows(ids: np.ndarray, scores: np.ndarray, error: str = "") -> dict[str, np.ndarray]:
+def _rows(ids: np.ndarray, error: str = "", **columns: np.ndarray) -> dict[str, np.ndarray]:
     # Errors travel as data: an exception raised in a Ray Data actor reaches the driver as a
     # UserCodeException that no longer carries its type.
-    return {"id": ids, "score": scores, "error": np.full(len(ids), error, dtype=object)}
+    return {"id": ids, **columns, "error": np.full(len(ids), error, dtype=object)}
 
 
 def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> None:
@@ -81,8 +80,9 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
     bad = np.flatnonzero(~(finite.all(axis=1) if finite.ndim == 2 else finite))
     if len(bad):
         raise DivergedModelError(
-            f"the model gave non-finite {values}s, e.g. for id {str(batch['id'][bad[0]])!r}; the trained model has diverged and nothing was selected. Rerun with "
-            f"a new --out (its checkpoints would resume the diverged model), e.g. at a lower learning rate")
+            f"the model gave non-finite {values}s, e.g. for id {str(batch['id'][bad[0]])!r}; the trained model "
+            f"has diverged and nothing was selected. Rerun with a new --out (its checkpoints would resume the "
+            f"diverged model), e.g. at a lower learning rate")
 
 
 @dataclass(frozen=True)

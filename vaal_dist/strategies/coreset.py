@@ -34,8 +34,7 @@ class Coreset:
         _, labeled_emb = stream_embeddings(labeled, self.scorer, scorer_kwargs, cfg.scoring, cfg.use_gpu)
         ids, unlabeled_emb = stream_embeddings(unlabeled, self.scorer, scorer_kwargs, cfg.scoring, cfg.use_gpu)
         greedy_start = time.perf_counter()
-        picks, radii = k_center_greedy_with_distances(unlabeled_emb, labeled_emb.reshape(-1, unlabeled_emb.shape[1]),
-                                                      cfg.budget, ids)
+        picks, radii = k_center_greedy_with_distances(unlabeled_emb, labeled_emb, cfg.budget, ids)
         end = time.perf_counter()
         return ScoredTopK(ids[picks], radii, candidates=len(ids), seconds=end - start,
                           merge_seconds=end - greedy_start)
