@@ -5,7 +5,8 @@
 Builds a seeded synthetic raw pool (32x32x3, like CIFAR) once, an untrained checkpoint of the cifar10
 preset (128..1024 channels, z=32: the paper's VAE), then times ``stream_top_k`` (read -> decode ->
 encoder + D -> per-batch top-b -> driver merge) for each actor/thread setting, and the bare encoder in
-this process for reference. Prints one markdown row per setting.
+this process for reference. Prints one markdown row per setting. ``--breakdown`` first times each
+stage of the scoring path in this process, one batch at a time, over the whole pool: where the time goes.
 """
 from __future__ import annotations
 
@@ -43,6 +44,47 @@ def bare_encoder(batch: int, threads: int, seconds: float = 10.0) -> float:
     return n / (time.perf_counter() - start)
 
 
+def breakdown(pool: str, ckpt, batch: int, budget: int, threads: int) -> list[tuple[str, float]]:
+    """Seconds spent in each stage of scoring ``pool`` in one process (``threads`` torch threads)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from vaal_dist.models.vaal import pixels_to_input
+    from vaal_dist.pool.images import decode_images
+    from vaal_dist.pool.io import pool_files
+    from vaal_dist.scoring.topk import RunningTopK, top_k
+
+    torch.set_num_threads(threads)
+    meta = read_pool_meta(pool)
+    scorer = VAALScorer(ckpt, meta)
+    spent = dict.fromkeys(["read Parquet", "decode", "uint8 -> float", "encoder", "discriminator",
+                           "per-batch top-b", "driver merge"], 0.0)
+    best = RunningTopK(budget)
+
+    def timed(stage, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        spent[stage] += time.perf_counter() - t
+        return out
+
+    fs, files = pool_files(pool)
+    with torch.inference_mode():
+        for f in files:
+            table = timed("read Parquet", lambda: pq.read_table(f, filesystem=fs))
+            for start in range(0, table.num_rows, batch):
+                part = table.slice(start, batch)
+                ids = part.column("id").to_numpy(zero_copy_only=False)
+                images = part.column("image").to_numpy(zero_copy_only=False)
+                pixels = timed("decode", decode_images, ids, images, meta, scorer.size)
+                x = timed("uint8 -> float", lambda: pixels_to_input(torch.from_numpy(pixels)))
+                mu = timed("encoder", scorer.encoder, x)
+                scores = timed("discriminator", lambda: (-scorer.disc(mu)).double().numpy())
+                top_ids, top_scores = timed("per-batch top-b", top_k, ids, np.asarray(scores), budget)
+                timed("driver merge", best.add, top_ids, top_scores)
+    timed("driver merge", best.result)
+    return list(spent.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--images", type=int, default=20000)
@@ -50,11 +92,20 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--breakdown", action="store_true", help="first time each stage in this process")
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="vaal-bench-")
     write_synthetic_pool(f"{work}/pool", args.images, shard_rows=5000)
-    print(f"| setting | images | seconds | img/s |\n|---|---|---|---|")
+    if args.breakdown:
+        stages = breakdown(f"{work}/pool", checkpoint(Path(work) / "ckpt-breakdown", "cifar10"), args.batch,
+                           args.budget, max(args.threads))
+        total = sum(s for _, s in stages)
+        print(f"| stage (1 process, {max(args.threads)} threads, batch {args.batch}) | seconds | share |\n|---|---|---|")
+        for stage, seconds in stages:
+            print(f"| {stage} | {seconds:.2f} | {seconds / total:.1%} |")
+        print(f"| total | {total:.2f} | {args.images / total:.0f} img/s |\n", flush=True)
+    print("| setting | images | seconds | img/s |\n|---|---|---|---|")
     for threads in args.threads:
         print(f"| bare encoder, in process, {threads} thread(s), batch {args.batch} | - | - | "
               f"{bare_encoder(args.batch, threads):.0f} |", flush=True)

@@ -17,3 +17,17 @@ def test_synthetic_pool_is_deterministic_and_resumable(tmp_path):
     for k in range(3):
         name = f"part-{k:05d}.parquet"
         assert pq.read_table(tmp_path / "a" / name).equals(pq.read_table(tmp_path / "b" / name))
+
+
+def test_synthetic_files_are_deterministic_jpegs_in_class_folders(tmp_path):
+    from PIL import Image
+
+    from vaal_dist.pool.synthetic import write_synthetic_files
+
+    write_synthetic_files(str(tmp_path / "a"), 25, image_size=16, classes=3, files_per_folder=10)
+    write_synthetic_files(str(tmp_path / "b"), 25, image_size=16, classes=3, files_per_folder=10)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 25 and {f.parts[0] for f in files} == {"class-0", "class-1", "class-2"}
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    with Image.open(tmp_path / "a" / files[0]) as im:
+        assert im.format == "JPEG" and im.size == (16, 16)

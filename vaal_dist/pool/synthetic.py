@@ -27,3 +27,29 @@ def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels:
             "image": pa.array([row.tobytes() for row in pixels], pa.binary()),
         }))
     write_pool(dest, [], PoolMeta("raw", shape))      # no shards to add: pool.json, written last
+
+
+def write_synthetic_files(dest: str, images: int, image_size: int = 64, classes: int = 10, seed: int = 0,
+                          files_per_folder: int = 10_000) -> None:
+    """Write ``images`` JPEGs as an ImageNet-style tree ``dest/class-c/i.jpg``, for prepare benchmarks.
+
+    Image i is a smooth random colour field (JPEG compresses it to a few KB, like a photo thumbnail)
+    from a generator seeded by (seed, i), in class folder i % classes; existing files are kept.
+    """
+    import io
+    import os
+
+    from PIL import Image
+
+    for i in range(images):
+        folder = os.path.join(dest, f"class-{i % classes}", f"{i // files_per_folder:04d}")
+        path = os.path.join(folder, f"{i:08d}.jpg")
+        if os.path.exists(path):
+            continue
+        os.makedirs(folder, exist_ok=True)
+        coarse = np.random.default_rng([seed, i]).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(coarse).resize((image_size, image_size), Image.BILINEAR).save(buf, "JPEG", quality=90)
+        with open(path + ".tmp", "wb") as f:      # a killed run leaves no truncated .jpg behind
+            f.write(buf.getvalue())
+        os.replace(path + ".tmp", path)
