@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from vaal_dist.cli import DEFAULT_LABELED, DEFAULT_POOL, ray_session
-from vaal_dist.config import RoundConfig, preset
+from vaal_dist.config import RoundConfig, aalu_preset, preset, task_preset
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
@@ -33,7 +33,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             record = run_round(RoundConfig(pool=DEFAULT_POOL, labeled=DEFAULT_LABELED, out=str(out),
                                            budget=args.budget, strategy=name, preset=args.preset,
-                                           vaal=preset(args.preset))).record
+                                           vaal=preset(args.preset), task=task_preset(args.preset),
+                                           aalu=aalu_preset(args.preset))).record
             t = record["timings"]
             rows.append(f"| {name} | {t['train_seconds']:.1f} | {t['score_seconds']:.1f} | "
                         f"{t['merge_seconds']:.3f} | {t['total_seconds']:.1f} | {record['per_100_query_seconds']:.2f} |")

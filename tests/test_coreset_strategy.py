@@ -36,7 +36,7 @@ def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaa
 
 def test_coreset_round_equals_greedy_on_the_embeddings(ray_local, tmp_path, tiny_pool, untrained_vaal):
     pool, labeled_uri, ids, labeled_ids = tiny_pool
-    cfg = RoundConfig(pool=pool, labeled=labeled_uri, out=str(tmp_path / "out"), budget=15, strategy="coreset",
+    cfg = RoundConfig(pool=pool, labeled=labeled_uri, out=str(tmp_path / "out"), budget=15, strategy="coreset_vae",
                       vaal=preset("cpu"), scoring=ScoringConfig(batch_size=32, num_actors=2))
     result = run_round(cfg)
     selection = pq.read_table(tmp_path / "out" / "selection.parquet").to_pydict()

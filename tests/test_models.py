@@ -76,10 +76,35 @@ def test_train_epoch_runs_two_vae_steps_per_disc_step():
         return wrapped
     loop.vae_step, loop.disc_step = count("vae", real_v), count("disc", real_d)
     try:
-        labeled = iter([torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)] * 10)
-        unlabeled = [torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)] * 5
+        labeled = iter([{"pixels": torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)}] * 10)
+        unlabeled = [{"pixels": torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)}] * 5
         metrics = train_epoch(vae, disc, opt_v, opt_d, labeled, unlabeled, cfg)
     finally:
         loop.vae_step, loop.disc_step = real_v, real_d
     assert calls == {"vae": 5, "disc": 2}
     assert {"recon", "kl", "vae_adv", "disc_loss"} <= set(metrics)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg16_bn", "cnn"])
+def test_task_models_expose_logits_features_and_four_stages(arch):
+    from vaal_dist.config import task_preset
+    from vaal_dist.models.task import TaskModel
+
+    model = TaskModel(task_preset("cifar10", arch=arch), num_classes=10, in_channels=3, with_loss_module=True).eval()
+    out, predicted_loss = model(torch.zeros(2, 3, 32, 32))
+    assert out.logits.shape == (2, 10) and out.features.shape == (2, model.net.feature_dim)
+    assert len(out.stages) == 4 and predicted_loss.shape == (2,)
+    if arch == "resnet18":      # the small-image stem keeps 32x32 into layer1
+        assert out.stages[0].shape[-1] == 32 and out.features.shape[1] == 512
+
+
+def test_ta_vaal_vae_and_discriminator_take_the_rank():
+    from vaal_dist.train.vaal_loop import build_models
+
+    cfg = preset("cpu")
+    vae, disc = build_models(cfg, 1, conditioned=True)
+    x, r = torch.zeros(3, 1, 32, 32), torch.tensor([0.1, -2.0, 5.0])
+    recon, mu, _ = vae(x, torch.sigmoid(r))
+    assert recon.shape == x.shape and disc(mu, r).shape == (3,)
+    with pytest.raises(RuntimeError):
+        disc(mu)                  # a conditioned D cannot score without r

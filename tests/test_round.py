@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_raw_pool, png_bytes
+from conftest import png_bytes
 from vaal_dist.cli import main
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from vaal_dist.config import PRESETS, RoundConfig, ScoringConfig, preset
+from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, aalu_preset, preset, \
+    task_preset
 from vaal_dist.errors import VaalDistError
 from vaal_dist.strategies import STRATEGIES
 
@@ -24,9 +25,21 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
     p.add_argument("--strategy", default="vaal", choices=sorted(STRATEGIES))
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="VAAL hyperparameters (default: cpu for the embedded pool, else cifar10)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--batch-size", type=int, help="override the preset's training batch size")
+                   help="the papers' hyperparameters for VAAL, the task model and AALU "
+                        "(default: cpu for the embedded pool, else cifar10)")
+    p.add_argument("--epochs", type=int, help="override the preset's VAE/discriminator epochs")
+    p.add_argument("--batch-size", type=int, help="override the preset's VAE/discriminator batch size")
+    p.add_argument("--task-epochs", type=int, help="override the preset's task-model epochs")
+    p.add_argument("--aalu-epochs", type=int, help="override the preset's AALU epochs")
+    p.add_argument("--mc-passes", type=int, default=AcquisitionConfig.mc_passes,
+                   help="stochastic passes for mc_dropout and dbal")
+    p.add_argument("--members", type=int, default=AcquisitionConfig.ensemble_members,
+                   help="ensemble members (trained in parallel over --workers)")
+    p.add_argument("--subset-factor", type=int,
+                   help="score a seeded random subset of this many times b unlabeled images (0: the whole "
+                        "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
+    p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
+                                     "their accuracy on them")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
@@ -52,10 +65,17 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
             raise VaalDistError(f"with --pool, also give {', '.join(missing)}")
         pool, labeled, budget, out = args.pool, args.labeled, args.budget, args.out
         preset_name = args.preset or "cifar10"
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    def given(**options):
+        return {k: v for k, v in options.items() if v is not None}
+
     return RoundConfig(
         pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy, preset=preset_name,
-        vaal=preset(preset_name, **overrides),
+        vaal=preset(preset_name, **given(epochs=args.epochs, batch_size=args.batch_size)),
+        task=task_preset(preset_name, **given(epochs=args.task_epochs)),
+        aalu=aalu_preset(preset_name, **given(epochs=args.aalu_epochs)),
+        acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
+                                      subset_factor=args.subset_factor),
+        holdout=args.holdout,
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
                               threads_per_actor=args.threads_per_actor),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)

@@ -27,6 +27,65 @@ class VAALConfig:
     batch_size: int = 64                   # per pool per step, per worker
     epochs: int = 100                      # one epoch = one pass over the unlabeled shard
     hflip: bool = True                     # authors' CIFAR transform: RandomHorizontalFlip
+    train_vae: bool = True                 # False: the "frozen VAE + D" ablation (D on an untrained VAE)
+    disc_on_pixels: bool = False           # True: the "D only" ablation (D on the flattened image, no VAE)
+
+    def __post_init__(self):
+        if self.disc_on_pixels and self.train_vae:
+            raise ValueError("a discriminator on pixels trains no VAE: set train_vae=False with disc_on_pixels")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The task model (classifier), its loss-prediction module, and how both are trained.
+
+    Defaults are the CIFAR setting shared by Learning Loss (Yoo & Kweon 2019, authors' code) and TA-VAAL
+    (Kim et al. 2021, Sec. 4.2): ResNet-18, SGD momentum 0.9, lr 0.1 for 160 epochs then 0.01 for 40.
+    """
+
+    arch: str = "resnet18"                 # resnet18 | vgg16_bn | cnn (a small CPU net)
+    image_size: int = 32
+    epochs: int = 200
+    batch_size: int = 128                  # per worker
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4             # Learning Loss code; TA-VAAL's text says 0.005
+    milestones: tuple[int, ...] = (160,)   # lr x gamma at each
+    gamma: float = 0.1
+    crop_padding: int = 4                  # random 32x32 crop of the zero-padded image; 0: none
+    hflip: bool = True
+    dropout: float = 0.0                   # before the classifier; MC-Dropout and DBAL train with mc_dropout
+    mc_dropout: float = 0.5                # dropout p for MC-Dropout / DBAL models
+    loss_hidden: int = 128                 # loss-prediction module: per-stage linear width
+    loss_weight: float = 1.0               # lambda (Learning Loss) / eta (TA-VAAL) on the ranking loss
+    loss_margin: float = 1.0               # xi of Learning Loss' margin ranking loss
+    loss_detach_epoch: int = 120           # from this epoch the module's input features are detached
+
+
+@dataclass(frozen=True)
+class AALUConfig:
+    """AALU (Zhu & Wang, ICIP 2020, Sec. 3): a feature VAE and an assistant A, and its ablation switches."""
+
+    hidden: int = 512                      # width of the 3-layer MLPs (the paper gives none)
+    latent_dim: int = 32
+    beta: float = 1.0                      # weight of the VAE's adversarial term, Eq. (3)/(6)
+    rank_weight: float = 10.0              # lambda, Eq. (9); 0 drops the ranking loss
+    margin: float = 0.1                    # xi, Eq. (8)
+    lr: float = 5e-4                       # Adam, VAE and A
+    batch_size: int = 128
+    epochs: int = 100
+    use_prediction: bool = True            # A sees [z, softmax]; False: z only (advVAE ablations)
+    adversarial: bool = True               # False: A learns from Eq. (8) alone (lossLearn ablation)
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    """How uncertainty strategies turn models into scores."""
+
+    mc_passes: int = 25                    # T stochastic passes for MC-Dropout / DBAL
+    ensemble_members: int = 5              # M task models, trained in parallel
+    subset_factor: int | None = None       # score a seeded random subset of factor x b; 0: whole pool;
+                                           # None: the strategy's paper default (10 for TA-VAAL, LL)
 
 
 @dataclass(frozen=True)
@@ -51,6 +110,10 @@ class RoundConfig:
     strategy: str = "vaal"
     preset: str = "cifar10"
     vaal: VAALConfig = field(default_factory=VAALConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    aalu: AALUConfig = field(default_factory=AALUConfig)
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    holdout: str | None = None             # manifest of ids kept out of training and selection, for evaluation
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     workers: int = 1
     use_gpu: bool = False
@@ -74,8 +137,38 @@ PRESETS: dict[str, VAALConfig] = {
 }
 
 
+TASK_PRESETS: dict[str, TaskConfig] = {
+    "cifar10": TaskConfig(),
+    "cifar100": TaskConfig(),
+    # ImageNet-scale pools: the same ResNet-18 recipe on the pool's 64x64 images.
+    "imagenet": TaskConfig(image_size=64),
+    # A 2-core CPU: a 4-stage conv net, 10 epochs, lr 0.05 stepped at 8, no flips (digits).
+    "cpu": TaskConfig(arch="cnn", epochs=10, batch_size=64, lr=0.05, milestones=(8,), hflip=False,
+                      crop_padding=2, loss_detach_epoch=6),
+}
+
+AALU_PRESETS: dict[str, AALUConfig] = {
+    "cifar10": AALUConfig(), "cifar100": AALUConfig(), "imagenet": AALUConfig(),
+    "cpu": AALUConfig(hidden=128, epochs=10),
+}
+
+
+def _from_presets(table: dict, name: str, overrides: dict):
+    if name not in table:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
+    return dataclasses.replace(table[name], **overrides)
+
+
 def preset(name: str, **overrides) -> VAALConfig:
-    """The named paper preset, with field overrides (e.g. ``epochs=1``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    """The named VAAL preset, with field overrides (e.g. ``epochs=1``)."""
+    return _from_presets(PRESETS, name, overrides)
+
+
+def task_preset(name: str, **overrides) -> TaskConfig:
+    """The named task-model preset, with field overrides."""
+    return _from_presets(TASK_PRESETS, name, overrides)
+
+
+def aalu_preset(name: str, **overrides) -> AALUConfig:
+    """The named AALU preset, with field overrides."""
+    return _from_presets(AALU_PRESETS, name, overrides)

@@ -47,43 +47,55 @@ class RoundResult:
 class _Sizes:
     pool: int
     labeled: int
+    holdout: int = 0
 
     @property
     def unlabeled(self) -> int:
-        return self.pool - self.labeled
+        return self.pool - self.labeled - self.holdout
 
 
-def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array, str]:
-    """Check pool, labeled manifest and numbers before any work.
+def _ids_in_pool(uri: str, what: str, pool_ids) -> pa.Array:
+    ids = read_manifest(uri)
+    unknown = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=pool_ids)))
+    if len(unknown):
+        raise InputError(f"{what} manifest {uri!r} names {len(unknown)} ids that are not in the pool, "
+                         f"e.g. {unknown[:5].to_pylist()}")
+    return ids
 
-    Returns the sizes, the labeled ids and a fingerprint of the inputs (config, pool ids, labeled ids).
+
+def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array, pa.Array | None, str]:
+    """Check pool, labeled (and held-out) manifests and numbers before any work.
+
+    Returns the sizes, the labeled ids, the held-out ids (or None) and a fingerprint of the inputs
+    (config, pool ids, labeled ids, held-out ids).
     """
     for name, value in (("budget", cfg.budget), ("workers", cfg.workers),
                         ("scoring batch size", cfg.scoring.batch_size)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     pool_ids = read_pool_ids(cfg.pool)
-    labeled = read_manifest(cfg.labeled)
-    unknown = pc.filter(labeled, pc.invert(pc.is_in(labeled, value_set=pool_ids)))
-    if len(unknown):
-        raise InputError(f"labeled manifest {cfg.labeled!r} names {len(unknown)} ids that are not in the pool, "
-                         f"e.g. {unknown[:5].to_pylist()}")
-    sizes = _Sizes(pool=len(pool_ids), labeled=len(labeled))
+    labeled = _ids_in_pool(cfg.labeled, "labeled", pool_ids)
+    holdout = None if cfg.holdout is None else _ids_in_pool(cfg.holdout, "held-out", pool_ids)
+    if holdout is not None:
+        both = pc.filter(holdout, pc.is_in(holdout, value_set=labeled))
+        if len(both):
+            raise InputError(f"{len(both)} ids are both labeled and held out, e.g. {both[:5].to_pylist()}")
+    sizes = _Sizes(pool=len(pool_ids), labeled=len(labeled), holdout=0 if holdout is None else len(holdout))
     if cfg.budget > sizes.unlabeled:
         raise InputError(f"budget {cfg.budget} is larger than the unlabeled pool ({sizes.unlabeled} of "
-                         f"{sizes.pool} images are unlabeled)")
+                         f"{sizes.pool} images are unlabeled and not held out)")
     if needs_labeled and min(sizes.labeled, sizes.unlabeled) < cfg.workers:
         raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
-    return sizes, labeled, _fingerprint(cfg, pool_ids, labeled)
+    return sizes, labeled, holdout, _fingerprint(cfg, pool_ids, labeled, holdout)
 
 
-def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids) -> str:
-    """What the selection depends on: the config (less scoring layout) and the pool and labeled ids."""
+def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
+    """What the selection depends on: the config (less scoring layout) and the pool, labeled, held-out ids."""
     h = hashlib.sha256()
     config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out")}
     h.update(json.dumps(config, sort_keys=True).encode())
-    for ids in (pool_ids, labeled_ids):
+    for ids in (pool_ids, labeled_ids, pa.array([], pa.string()) if holdout_ids is None else holdout_ids):
         h.update(b"\x01".join(i.encode() for i in sorted(ids.to_pylist())))
         h.update(b"\x02")
     return h.hexdigest()
@@ -93,7 +105,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    sizes, labeled_ids, fingerprint = validate_inputs(cfg, strategy.needs_labeled)
+    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, strategy.needs_labeled)
     meta = read_pool_meta(cfg.pool)
     inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
     if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
@@ -107,7 +119,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
              cfg.budget)
 
     t = time.perf_counter()
-    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"))
+    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     scorer_kwargs, train_facts = strategy.train(inputs)
     train_seconds = time.perf_counter() - t
 
@@ -126,7 +138,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         "versions": _versions(),
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
         "pool": {"uri": cfg.pool, "images": sizes.pool, "labeled": sizes.labeled,
-                 "unlabeled": sizes.unlabeled, "encoding": meta.encoding},
+                 "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": meta.encoding},
         "selection": selection_uri,
         "inputs_fingerprint": fingerprint,
         "budget": cfg.budget,

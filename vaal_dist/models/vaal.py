@@ -26,7 +26,7 @@ def _conv_block(c_in: int, c_out: int, transpose: bool = False) -> list[nn.Modul
 class VAE(nn.Module):
     """Four stride-2 convs down to (C4, S/16, S/16), a Gaussian latent, and the mirror image up."""
 
-    def __init__(self, cfg: VAALConfig, in_channels: int):
+    def __init__(self, cfg: VAALConfig, in_channels: int, cond_dim: int = 0):
         super().__init__()
         if cfg.image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16, got {cfg.image_size}")
@@ -41,7 +41,7 @@ class VAE(nn.Module):
         flat = c4 * self.bottom ** 2
         self.fc_mu = nn.Linear(flat, cfg.latent_dim)
         self.fc_logvar = nn.Linear(flat, cfg.latent_dim)
-        self.fc_up = nn.Linear(cfg.latent_dim, c4 * self.top ** 2)
+        self.fc_up = nn.Linear(cfg.latent_dim + cond_dim, c4 * self.top ** 2)   # TA-VAAL decodes [z, r]
         self.decoder = nn.Sequential(
             *_conv_block(c4, c3, transpose=True), *_conv_block(c3, c2, transpose=True),
             *_conv_block(c2, c1, transpose=True), nn.ConvTranspose2d(c1, in_channels, 1),
@@ -52,22 +52,26 @@ class VAE(nn.Module):
         """mu only: all that selection needs."""
         return self.fc_mu(self.encoder(x))  # (B, z)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(recon, mu, logvar); ``cond`` (B,) is appended to z before decoding (TA-VAAL's sigmoid(r))."""
         h = self.encoder(x)                                   # (B, C4 * bottom^2)
         mu, logvar = self.fc_mu(h), self.fc_logvar(h)         # (B, z) each
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        if cond is not None:
+            z = torch.cat([z, cond[:, None]], 1)
         up = self.fc_up(z).view(-1, self.c4, self.top, self.top)
         return self.decoder(up), mu, logvar                    # recon (B, C, S, S)
 
 
 class Discriminator(nn.Module):
-    """MLP on the latent mean; returns the logit of P(labeled)."""
+    """MLP on the latent mean (TA-VAAL: on [mu, r]; the "D only" ablation: on pixels); the logit of P(labeled)."""
 
-    def __init__(self, cfg: VAALConfig):
+    def __init__(self, cfg: VAALConfig, cond_dim: int = 0, in_dim: int | None = None):
         super().__init__()
         if cfg.disc_layers < 2:
             raise ValueError(f"disc_layers must be >= 2, got {cfg.disc_layers}")
-        dims = [cfg.latent_dim] + [cfg.disc_hidden] * (cfg.disc_layers - 1)
+        dims = [(in_dim or cfg.latent_dim) + cond_dim] + [cfg.disc_hidden] * (cfg.disc_layers - 1)
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims, dims[1:]):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(True)]
@@ -75,7 +79,9 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.apply(_kaiming_init)
 
-    def forward(self, mu: torch.Tensor) -> torch.Tensor:
+    def forward(self, mu: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if cond is not None:
+            mu = torch.cat([mu, cond[:, None]], 1)
         return self.net(mu).squeeze(-1)  # (B,) logits; sigmoid gives D(mu)
 
 

@@ -12,6 +12,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -158,6 +159,32 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
         raise InputError(f"pool {pool!r}: {ids.null_count} rows have a null id")
     _raise_on_bad_ids(ids, f"pool {pool!r}")
     return ids
+
+
+def read_labels(pool: str, ids: pa.Array) -> tuple[np.ndarray, int]:
+    """(labels of ``ids`` in their order, number of classes = 1 + the pool's largest label).
+
+    The labels are the pool's ``label`` column: the oracle's answers for labeled images (or, for
+    prepared folders, the class sub-folder). Task models need one for every labeled image.
+    """
+    fs, files = pool_files(pool)
+    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    if "label" not in dataset.schema.names:
+        raise InputError(f"pool {pool!r} has no 'label' column; this strategy trains a classifier on the "
+                         f"labeled images and needs their labels")
+    if not pa.types.is_integer(dataset.schema.field("label").type):
+        raise InputError(f"pool {pool!r}: column 'label' must be integers, got {dataset.schema.field('label').type}")
+    all_labels = dataset.to_table(columns=["label"]).column("label")
+    table = dataset.to_table(columns=["id", "label"], filter=pc.field("id").isin(ids))
+    missing = pc.filter(table.column("id"), pc.is_null(table.column("label")))
+    if len(missing):
+        raise InputError(f"pool {pool!r}: {len(missing)} labeled images have no label, e.g. "
+                         f"{missing[:5].to_pylist()}")
+    low = pc.min(all_labels).as_py()
+    if low is not None and low < 0:
+        raise InputError(f"pool {pool!r}: labels must be class indices >= 0, found {low}")
+    order = pc.index_in(ids, value_set=table.column("id"))
+    return table.column("label").take(order).to_numpy(), int(pc.max(all_labels).as_py() or 0) + 1
 
 
 def read_manifest(uri: str) -> pa.Array:

@@ -66,6 +66,13 @@ class BatchEmbed(_ScorerActor):
         return _rows(ids, embedding=embedding)
 
 
+class BatchColumns(_ScorerActor):
+    """Ray Data actor: the training columns the scorer's ``columns`` derives from each batch."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.scorer.columns(batch)
+
+
 def _rows(ids: np.ndarray, error: str = "", **columns: np.ndarray) -> dict[str, np.ndarray]:
     # Errors travel as data: an exception raised in a Ray Data actor reaches the driver as a
     # UserCodeException that no longer carries its type.
@@ -140,6 +147,22 @@ def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg
     if not ids:
         return np.array([], dtype=str), np.zeros((0, 0), np.float32)
     return np.concatenate(ids), np.concatenate(embeddings)
+
+
+def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
+                   use_gpu: bool = False) -> ray.data.Dataset:
+    """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
+    from vaal_dist.train.trainer import _input_error_in
+
+    mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs,
+                                                "threads": cfg.threads_per_actor}, cfg, use_gpu)
+    try:
+        return mapped.materialize()
+    except Exception as e:     # the actor's InputError arrives as text inside Ray's wrapper
+        message = _input_error_in(e)
+        if message:
+            raise InputError(message) from e
+        raise
 
 
 def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,

@@ -6,11 +6,14 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
 
 from vaal_dist.config import RoundConfig
-from vaal_dist.pool.dataset import read_pool, split_labeled
-from vaal_dist.pool.io import PoolMeta
+from vaal_dist.pool.dataset import filter_ids, read_pool, split_labeled
+from vaal_dist.pool.io import PoolMeta, read_pool_ids
 from vaal_dist.scoring.stream import ScoredTopK, stream_top_k
+from vaal_dist.scoring.topk import top_k
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,17 @@ class RoundInputs:
     meta: PoolMeta
     labeled_ids: pa.Array
     train_dir: str            # checkpoint storage for this round (local path or URI)
+    holdout_ids: pa.Array | None = None   # never trained on, never selected; task models evaluate on them
+
+    @property
+    def not_unlabeled(self) -> pa.Array:
+        """Ids outside the unlabeled pool: the labeled ones and the held-out ones."""
+        if self.holdout_ids is None:
+            return self.labeled_ids
+        return pa.concat_arrays([self.labeled_ids, self.holdout_ids])
+
+    def unlabeled(self) -> ray.data.Dataset:
+        return split_labeled(read_pool(self.config.pool), self.not_unlabeled)[1]
 
 
 class Scorer(Protocol):
@@ -43,9 +57,36 @@ class Strategy(Protocol):
 
 
 class TopKStrategy:
-    """Selection by independent per-image scores: the pool streams through the exact top-b."""
+    """Selection by independent per-image scores: the pool streams through the exact top-b.
+
+    ``subset_factor``: score only a seeded uniform subset of factor x b unlabeled images (the "subset
+    method" of Learning Loss and TA-VAAL, against outliers and overlap); None scores the whole pool.
+    ``AcquisitionConfig.subset_factor`` overrides it (0: whole pool).
+    """
+
+    subset_factor: ClassVar[int | None] = None
 
     def select(self, inputs: RoundInputs, scorer_kwargs: dict) -> ScoredTopK:
         cfg = inputs.config
-        _, unlabeled = split_labeled(read_pool(cfg.pool), inputs.labeled_ids)
+        unlabeled = inputs.unlabeled()
+        factor = self.subset_factor if cfg.acquisition.subset_factor is None else cfg.acquisition.subset_factor
+        if factor:
+            candidates = random_subset(unlabeled_ids(inputs), factor * cfg.budget, cfg.seed)
+            unlabeled = filter_ids(unlabeled, candidates)
         return stream_top_k(unlabeled, self.scorer, scorer_kwargs, cfg.budget, cfg.scoring, cfg.use_gpu)
+
+
+def unlabeled_ids(inputs: RoundInputs) -> pa.Array:
+    ids = read_pool_ids(inputs.config.pool)
+    return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=inputs.not_unlabeled))).combine_chunks()
+
+
+def random_subset(ids: pa.Array, size: int, seed: int) -> pa.Array:
+    """A seeded uniform sample of ``size`` ids (all when fewer), independent of their order."""
+    from vaal_dist.strategies.random import RandomScorer   # the same seeded id hash as random sampling
+
+    if size >= len(ids):
+        return ids
+    names = ids.to_numpy(zero_copy_only=False).astype(str)
+    chosen, _ = top_k(names, RandomScorer(seed)({"id": names}), size)
+    return pa.array(chosen, pa.string())

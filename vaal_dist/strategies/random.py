@@ -12,14 +12,19 @@ import numpy as np
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 
 
+def id_hash(ids, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each id, (N,) uint64: the same for an id wherever and whenever it is scored."""
+    key = seed.to_bytes(8, "little", signed=True)
+    digests = (hashlib.blake2b(str(i).encode(), digest_size=8, key=key).digest() for i in ids)
+    return np.fromiter((int.from_bytes(d, "little") for d in digests), np.uint64, count=len(ids))
+
+
 class RandomScorer:
     def __init__(self, seed: int):
-        self.key = seed.to_bytes(8, "little", signed=True)
+        self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        digests = (hashlib.blake2b(str(i).encode(), digest_size=8, key=self.key).digest() for i in batch["id"])
-        return np.fromiter((int.from_bytes(d, "little") >> 11 for d in digests), np.float64,
-                           count=len(batch["id"])) / 2.0 ** 53     # uniform in [0, 1), exact in float64
+        return (id_hash(batch["id"], self.seed) >> np.uint64(11)).astype(np.float64) / 2.0 ** 53  # [0, 1), exact
 
 
 class Random(TopKStrategy):

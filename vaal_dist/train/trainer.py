@@ -17,11 +17,12 @@ class TrainingError(VaalDistError, RuntimeError):
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[str, ray.data.Dataset], *,
         storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float,
-        max_failures: int = 0) -> ray.train.Result:
+        max_failures: int = 0, split: list[str] | None = None) -> ray.train.Result:
     """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
     one (Ray Train V2 resumes by run name), and the loop finds it with ``ray.train.get_checkpoint()``.
+    ``split`` names the datasets sharded across workers (default: all); the others reach every worker whole.
     """
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
@@ -37,7 +38,8 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if split is None else split,
+                                            execution_options=ingest),
     )
     try:
         result = trainer.fit()

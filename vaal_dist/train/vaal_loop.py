@@ -28,17 +28,26 @@ def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else torch.cat([a, b])
+
+
 def vae_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
-             x_u: torch.Tensor, cfg: VAALConfig) -> dict[str, float]:
-    """One VAE update on float inputs (B, C, S, S); D's gradients are left for the D step to zero."""
+             x_u: torch.Tensor, cfg: VAALConfig, r_l: torch.Tensor | None = None,
+             r_u: torch.Tensor | None = None) -> dict[str, float]:
+    """One VAE update on float inputs (B, C, S, S); D's gradients are left for the D step to zero.
+
+    TA-VAAL: ``r_l``/``r_u`` (B,) are the ranker's outputs; the decoder gets sigmoid(r), D gets r.
+    """
     n_l = x_l.shape[0]
     x = torch.cat([x_l, x_u])               # one forward: BatchNorm runs once per step (DDP-safe)
-    recon, mu, logvar = vae(x)
+    r = _cat(r_l, r_u)
+    recon, mu, logvar = vae(x, None if r is None else torch.sigmoid(r))
     mse = F.mse_loss(recon[:n_l], x_l) + F.mse_loss(recon[n_l:], x_u)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())   # summed, as in the authors' code
     no_sync = disc.no_sync() if hasattr(disc, "no_sync") else contextlib.nullcontext()
     with no_sync:                            # D's gradients here are discarded: don't all-reduce them
-        logits = disc(mu)
+        logits = disc(mu, r)
         ones = torch.ones_like(logits)
         adv = (F.binary_cross_entropy_with_logits(logits[:n_l], ones[:n_l])
                + F.binary_cross_entropy_with_logits(logits[n_l:], ones[n_l:]))
@@ -50,12 +59,18 @@ def vae_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: t
 
 
 def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
-              x_u: torch.Tensor) -> dict[str, float]:
-    """One discriminator update: labeled -> 1, unlabeled -> 0."""
+              x_u: torch.Tensor, r_l: torch.Tensor | None = None, r_u: torch.Tensor | None = None,
+              on_pixels: bool = False) -> dict[str, float]:
+    """One discriminator update: labeled -> 1, unlabeled -> 0; D sees mu, or the pixels (``on_pixels``)."""
     n_l = x_l.shape[0]
-    with torch.no_grad():
-        _, mu, _ = vae(torch.cat([x_l, x_u]))
-    logits = disc(mu)
+    r = _cat(r_l, r_u)
+    x = torch.cat([x_l, x_u])
+    if on_pixels:
+        seen = x.flatten(1)
+    else:
+        with torch.no_grad():
+            _, seen, _ = vae(x, None if r is None else torch.sigmoid(r))
+    logits = disc(seen, r)
     target = torch.cat([torch.ones(n_l), torch.zeros(x_u.shape[0])]).to(logits.device)
     loss = (F.binary_cross_entropy_with_logits(logits[:n_l], target[:n_l])
             + F.binary_cross_entropy_with_logits(logits[n_l:], target[n_l:]))
@@ -67,10 +82,12 @@ def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: 
             "d_unlabeled": prob[n_l:].mean().item()}
 
 
-def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[torch.Tensor],
-                unlabeled: Iterable[torch.Tensor], cfg: VAALConfig,
-                generator: torch.Generator | None = None) -> dict[str, float]:
-    """One pass over ``unlabeled`` uint8 batches, drawing labeled uint8 batches from ``labeled``."""
+def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled: Iterable[dict],
+                cfg: VAALConfig, generator: torch.Generator | None = None) -> dict[str, float]:
+    """One pass over ``unlabeled`` batches, drawing labeled batches from ``labeled``.
+
+    Batches are dicts: ``pixels`` (B, C, S, S) uint8 and, for TA-VAAL, ``rank`` (B,) float.
+    """
     vae.train()
     disc.train()
     sums: dict[str, float] = {}
@@ -82,24 +99,34 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[torch.Tensor],
             counts[k] = counts.get(k, 0) + 1
 
     for step, u in enumerate(unlabeled, start=1):
-        x_l, x_u = pixels_to_input(next(labeled)), pixels_to_input(u)
+        lab = next(labeled)
+        x_l, x_u = pixels_to_input(lab["pixels"]), pixels_to_input(u["pixels"])
+        r_l, r_u = lab.get("rank"), u.get("rank")
         if cfg.hflip:
             x_l, x_u = _flip(x_l, generator), _flip(x_u, generator)
-        add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg))
+        if cfg.train_vae:
+            add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg, r_l, r_u))
         if step % cfg.vae_steps == 0:
-            add(disc_step(vae, disc, opt_disc, x_l, x_u))
+            add(disc_step(vae, disc, opt_disc, x_l, x_u, r_l, r_u, cfg.disc_on_pixels))
     return {k: sums[k] / counts[k] for k in sums}
 
 
-def build_models(cfg: VAALConfig, in_channels: int) -> tuple[VAE, Discriminator]:
-    return VAE(cfg, in_channels), Discriminator(cfg)
+def build_models(cfg: VAALConfig, in_channels: int, conditioned: bool = False) -> tuple[VAE, Discriminator]:
+    """VAAL's VAE and D; ``conditioned``: TA-VAAL's, whose decoder and D also take the rank r.
+
+    With ``cfg.disc_on_pixels`` D reads the flattened (C, S, S) image instead of mu.
+    """
+    cond = 1 if conditioned else 0
+    disc_in = in_channels * cfg.image_size ** 2 if cfg.disc_on_pixels else None
+    return VAE(cfg, in_channels, cond), Discriminator(cfg, cond, disc_in)
 
 
 def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VAALConfig,
-                    in_channels: int) -> None:
+                    in_channels: int, conditioned: bool = False) -> None:
     torch.save({"vae": vae.state_dict(), "disc": disc.state_dict(),
                 "opt_vae": opt_vae.state_dict(), "opt_disc": opt_disc.state_dict(),
-                "epoch": epoch, "config": dataclasses.asdict(cfg), "in_channels": in_channels},
+                "epoch": epoch, "config": dataclasses.asdict(cfg), "in_channels": in_channels,
+                "conditioned": conditioned},
                path)
 
 
@@ -118,14 +145,14 @@ def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) * 1009 + rank
 
 
-def _labeled_cycle(shard, cfg: VAALConfig, seed: int) -> Iterator[torch.Tensor]:
+def _labeled_cycle(shard, batch_size: int, seed: int) -> Iterator[dict]:
     """Endless labeled batches, reshuffled on every pass."""
     for cycle in range(1 << 62):
         empty = True
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_seed=seed + cycle,
-                                              local_shuffle_buffer_size=4 * cfg.batch_size):
+        for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_seed=seed + cycle,
+                                              local_shuffle_buffer_size=4 * batch_size):
             empty = False
-            yield batch["pixels"]
+            yield batch
         if empty:
             raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
 
@@ -136,26 +163,18 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg = VAALConfig(**config["vaal"])
-    seed, in_channels = config["seed"], config["in_channels"]
+    seed, in_channels, conditioned = config["seed"], config["in_channels"], config["conditioned"]
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(seed)                  # identical initial weights on every rank
     ddp = {"broadcast_buffers": False}
     vae, disc = (ray.train.torch.prepare_model(m, parallel_strategy_kwargs=ddp)
-                 for m in build_models(cfg, in_channels))
+                 for m in build_models(cfg, in_channels, conditioned))
     # Optimizers after prepare_model: their state must live on the parameters' device.
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
-    start_epoch = 0
+    start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
     resumed = ray.train.get_checkpoint()
-    if resumed:                              # every rank loads the same state: no broadcast needed
-        with resumed.as_directory() as d:
-            state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
-        _unwrap(vae).load_state_dict(state["vae"])
-        _unwrap(disc).load_state_dict(state["disc"])
-        opt_vae.load_state_dict(state["opt_vae"])
-        opt_disc.load_state_dict(state["opt_disc"])
-        start_epoch = state["epoch"]
     labeled_shard = ray.train.get_dataset_shard("labeled")
     unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
 
@@ -167,10 +186,10 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_seed = _epoch_seed(seed, rank, epoch)
         torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
         flips = torch.Generator().manual_seed(epoch_seed)
-        labeled = _labeled_cycle(labeled_shard, cfg, epoch_seed)
-        unlabeled = (b["pixels"] for b in unlabeled_shard.iter_torch_batches(
+        labeled = _labeled_cycle(labeled_shard, cfg.batch_size, epoch_seed)
+        unlabeled = unlabeled_shard.iter_torch_batches(
             batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed,
-            local_shuffle_buffer_size=4 * cfg.batch_size))
+            local_shuffle_buffer_size=4 * cfg.batch_size)
         metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
         labeled.close()
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
@@ -178,9 +197,27 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
-                                opt_vae, opt_disc, epoch + 1, cfg, in_channels)
+                                opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def resume_into(file: str, **parts) -> int:
+    """Load ``file`` of the run's latest checkpoint, if any, into ``parts`` (state key -> module, optimizer
+    or scheduler; DDP wrappers are looked through). Returns the epoch it reached, 0 for a fresh run.
+
+    Every rank loads the same state, so no broadcast is needed.
+    """
+    import ray.train
+
+    resumed = ray.train.get_checkpoint()
+    if not resumed:
+        return 0
+    with resumed.as_directory() as d:
+        state = load_checkpoint(os.path.join(d, file))
+    for key, part in parts.items():
+        _unwrap(part).load_state_dict(state[key])
+    return state["epoch"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -1,0 +1,60 @@
+"""The papers' ranking losses and acquisition functions against values computed by hand."""
+import math
+
+import pytest
+import torch
+
+from vaal_dist.strategies.task import entropy, variation_ratio
+from vaal_dist.train.losses import hinge_rank_loss, margin_ranking_loss, ranking_bce_loss
+
+# B = 4: Learning Loss / TA-VAAL pair (0, 3) and (1, 2).
+PRED = torch.tensor([0.5, 2.0, 1.0, 0.0])
+TRUE = torch.tensor([3.0, 1.0, 2.0, 1.0])   # l0 > l3 (sign +1), l1 < l2 (sign -1)
+
+
+def test_margin_ranking_loss_by_hand():
+    # pair (0,3): p diff 0.5, s=+1 -> max(0, 1 - 0.5) = 0.5; pair (1,2): diff 1.0, s=-1 -> max(0, 1 + 1) = 2
+    assert margin_ranking_loss(PRED, TRUE, margin=1.0).item() == pytest.approx((0.5 + 2.0) / 2)
+
+
+def test_margin_ranking_loss_counts_ties_as_minus_one():
+    # equal losses: s = -1, as in the authors' LossPredLoss; diff -1 -> max(0, 1 + (-1)) = 0
+    assert margin_ranking_loss(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 2.0])).item() == 0.0
+
+
+def test_ranking_bce_loss_is_eq_1_by_hand():
+    # pair (0,3): I=1, d=0.5 -> -log sigmoid(0.5); pair (1,2): I=0, d=1.0 -> -log(1 - sigmoid(1.0))
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    want = (-math.log(sig(0.5)) - math.log(1 - sig(1.0))) / 2
+    assert ranking_bce_loss(PRED, TRUE).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_hinge_rank_loss_is_aalu_eq_8_by_hand():
+    # n = 2: pairs (0, 2) and (1, 3). sgn(3-2)=+1, A diff 0.5-1.0=-0.5 -> max(0, 0.5+0.1) = 0.6;
+    # sgn(1-1)=0 -> max(0, 0.1) = 0.1
+    assert hinge_rank_loss(PRED, TRUE, margin=0.1).item() == pytest.approx((0.6 + 0.1) / 2)
+
+
+def test_ranking_losses_only_train_the_prediction():
+    pred = PRED.clone().requires_grad_()
+    target = TRUE.clone().requires_grad_()
+    (margin_ranking_loss(pred, target) + ranking_bce_loss(pred, target) + hinge_rank_loss(pred, target)).backward()
+    assert target.grad is None and pred.grad is not None
+
+
+@pytest.mark.parametrize("loss", [margin_ranking_loss, ranking_bce_loss, hinge_rank_loss])
+def test_ranking_losses_need_a_pair(loss):
+    with pytest.raises(ValueError, match="at least 2"):
+        loss(torch.tensor([1.0]), torch.tensor([1.0]))
+
+
+def test_entropy_by_hand():
+    probs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]], dtype=torch.float64)
+    want = [0.0, math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    assert entropy(probs).tolist() == pytest.approx(want)
+
+
+def test_variation_ratio_by_hand():
+    votes = torch.tensor([[0, 1, 2], [0, 1, 1], [0, 2, 0], [0, 1, 1]])   # (T=4, B=3)
+    # image 0: 4/4 agree -> 0; image 1: class 1 three times -> 1 - 3/4; image 2: 2,1,0,1 -> mode 1 twice
+    assert variation_ratio(votes, 3).tolist() == pytest.approx([0.0, 0.25, 0.5])

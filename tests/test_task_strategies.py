@@ -1,0 +1,277 @@
+"""Task-model scorers without Ray: the sign of each score on planted images, determinism, batch independence.
+
+The task model here is trained in-process (plain torch, a few seconds) on dark digits of class 0 and
+light ones of class 1; a mid-gray image is the one the model should be least sure of.
+"""
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray.train
+import torch
+
+from vaal_dist.config import AALUConfig, task_preset
+from vaal_dist.pool.io import PoolMeta
+from vaal_dist.strategies.base import random_subset
+from vaal_dist.strategies.ensemble import EnsembleScorer
+from vaal_dist.strategies.entropy import EntropyScorer
+from vaal_dist.strategies.learning_loss import PredictedLossScorer
+from vaal_dist.strategies.mc_dropout import MCDropoutScorer
+from vaal_dist.strategies.task import entropy
+from vaal_dist.train.aalu_loop import aalu_step, build_aalu
+from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, save_task_checkpoint,
+                                       train_task_epoch)
+
+META = PoolMeta("raw", (32, 32, 1))
+CFG = task_preset("cpu", crop_padding=0, lr=0.05)
+
+
+def two_tone_batch(n=64, seed=0):
+    """(batch dict as Ray Data hands it, labels): dark images are class 0, light ones class 1, plus gray."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels[:, None, None, None] == 0, 20, 235)
+    pixels = np.clip(base + rng.integers(-20, 21, (n, 32, 32, 1)), 0, 255).astype(np.uint8)
+    pixels = np.concatenate([pixels, np.full((1, 32, 32, 1), 128, np.uint8)])
+    ids = np.array([f"img-{i:03d}" for i in range(n)] + ["zz-gray"])
+    return {"id": ids, "image": np.array([p.tobytes() for p in pixels], dtype=object)}, labels
+
+
+def trained_checkpoint(directory, seeds=(0,), rank_loss=None, dropout=None) -> ray.train.Checkpoint:
+    """Task model(s) trained on the two tones (one file, or one per ensemble member)."""
+    batch, labels = two_tone_batch()
+    pixels = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(32, 32, 1) for b in batch["image"][:-1]])
+                              ).permute(0, 3, 1, 2).contiguous()
+    model_args = {"num_classes": 2, "in_channels": 1, "rank_loss": rank_loss, "dropout": dropout}
+    directory.mkdir()
+    for member, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        model = build_task_model(CFG, **model_args)
+        opt, sched = build_optimizer(model, CFG)
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(8):
+            order = torch.randperm(len(labels), generator=gen)
+            batches = [{"pixels": pixels[order[i:i + 16]], "label": torch.from_numpy(labels)[order[i:i + 16]]}
+                       for i in range(0, len(labels), 16)]
+            train_task_epoch(model, opt, batches, CFG, epoch, rank_loss, gen)
+        save_task_checkpoint(str(directory / member_file(member if len(seeds) > 1 else None)), model, opt, sched,
+                             8, CFG, model_args)
+    return ray.train.Checkpoint.from_directory(str(directory))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return trained_checkpoint(tmp_path_factory.mktemp("plain") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def with_dropout(tmp_path_factory):
+    return trained_checkpoint(tmp_path_factory.mktemp("mc") / "ckpt", dropout=0.5)
+
+
+def test_entropy_picks_the_ambiguous_image_first(plain):
+    batch, _ = two_tone_batch()
+    scores = EntropyScorer(plain, META)(batch)
+    assert batch["id"][np.argmax(scores)] == "zz-gray"
+    assert scores.shape == (len(batch["id"]),) and np.all(scores >= 0) and np.all(scores <= np.log(2) + 1e-9)
+
+
+def test_dbal_picks_the_ambiguous_image_first_and_is_the_entropy_of_the_mean(with_dropout):
+    batch, _ = two_tone_batch()
+    scorer = MCDropoutScorer(with_dropout, META, passes=20, seed=3, acquisition="max_entropy")
+    scores = scorer(batch)
+    assert batch["id"][np.argmax(scores)] == "zz-gray"
+    with torch.no_grad():
+        want = entropy(scorer.probs(batch).mean(0)).numpy()
+    np.testing.assert_allclose(scores, want)
+
+
+def test_mc_dropout_scores_do_not_depend_on_the_batch_an_image_is_in(with_dropout):
+    batch, _ = two_tone_batch()
+    scorer = MCDropoutScorer(with_dropout, META, passes=10, seed=3, acquisition="variation_ratio")
+    whole = scorer(batch)
+    order = np.random.default_rng(0).permutation(len(batch["id"]))
+    halves = [{k: v[order[s]] for k, v in batch.items()} for s in (slice(0, 20), slice(20, None))]
+    split = np.empty_like(whole)
+    split[order[:20]], split[order[20:]] = scorer(halves[0]), scorer(halves[1])
+    np.testing.assert_array_equal(split, whole)
+    again = MCDropoutScorer(with_dropout, META, passes=10, seed=3, acquisition="variation_ratio")(batch)
+    np.testing.assert_array_equal(again, whole)                      # same seed, same masks
+    other = MCDropoutScorer(with_dropout, META, passes=10, seed=4, acquisition="max_entropy")
+    assert not np.array_equal(other(batch), MCDropoutScorer(with_dropout, META, passes=10, seed=3,
+                                                            acquisition="max_entropy")(batch))
+    assert set(np.round(whole * 10).astype(int)) <= set(range(11))   # a ratio of votes out of T=10
+
+
+def test_mc_dropout_refuses_a_model_trained_without_dropout(plain):
+    with pytest.raises(ValueError, match="dropout"):
+        MCDropoutScorer(plain, META, passes=5, seed=0, acquisition="variation_ratio")
+
+
+def test_ensemble_variation_ratio_counts_disagreeing_members(tmp_path):
+    ckpt = trained_checkpoint(tmp_path / "ens", seeds=(0, 1, 2))
+    scorer = EnsembleScorer(ckpt, META)
+    assert len(scorer.models) == 3
+    batch, labels = two_tone_batch()
+    scores = scorer(batch)
+    with torch.no_grad():
+        votes = torch.stack([m.net(scorer.inputs(batch)).logits.argmax(1) for m in scorer.models])
+    for i in range(len(scores)):
+        top = np.bincount(votes[:, i].numpy(), minlength=2).max()
+        assert scores[i] == pytest.approx(1 - top / 3)
+    assert np.all(scores[:-1][votes[0, :-1].numpy() == labels] <= scores.max())
+
+
+def test_predicted_loss_scorer_is_the_loss_module_output(tmp_path):
+    ckpt = trained_checkpoint(tmp_path / "ll", rank_loss="margin")
+    scorer = PredictedLossScorer(ckpt, META)
+    batch, _ = two_tone_batch()
+    with torch.no_grad():
+        _, want = scorer.model(scorer.inputs(batch))
+    scores = scorer(batch)
+    np.testing.assert_allclose(scores, want.double().numpy())
+    assert scores.std() > 0                                          # a trained module tells images apart
+
+
+def test_random_subset_is_seeded_uniform_and_order_free():
+    ids = pa.array([f"id-{i}" for i in range(1000)])
+    a = random_subset(ids, 100, seed=1)
+    assert len(set(a.to_pylist())) == 100 and set(a.to_pylist()) <= set(ids.to_pylist())
+    assert random_subset(ids[::-1], 100, seed=1).to_pylist() == a.to_pylist()
+    assert random_subset(ids, 100, seed=2).to_pylist() != a.to_pylist()
+    assert random_subset(ids, 5000, seed=1) is ids
+
+
+def test_aalu_assistant_scores_unlabeled_looking_features_highest():
+    """AALU's sign: A(z_L) -> 0, A(z_U) -> 1, so an image unlike the labeled set gets the *highest* A."""
+    torch.manual_seed(0)
+    cfg = AALUConfig(hidden=32, latent_dim=4, batch_size=32, rank_weight=0.0)
+    vae, assistant = build_aalu(cfg, feature_dim=8, num_classes=2)
+    opt_v, opt_a = torch.optim.Adam(vae.parameters(), 5e-3), torch.optim.Adam(assistant.parameters(), 5e-3)
+    probs = torch.full((32, 2), 0.5)
+    for _ in range(150):
+        lab = {"features": torch.randn(32, 8), "probs": probs, "loss": torch.rand(32)}
+        unl = {"features": torch.randn(32, 8) + 4.0, "probs": probs}
+        aalu_step(vae, assistant, opt_v, opt_a, lab, unl, cfg)
+    vae.eval(), assistant.eval()
+    with torch.no_grad():
+        a = assistant(vae.encode(torch.cat([torch.zeros(1, 8), torch.full((1, 8), 4.0)]))[0], probs[:2])
+    assert a[1] > a[0]
+
+
+def test_aalu_ranking_loss_orders_the_assistant_by_task_loss():
+    torch.manual_seed(0)
+    cfg = AALUConfig(hidden=32, latent_dim=4, adversarial=False, rank_weight=10.0)
+    vae, assistant = build_aalu(cfg, feature_dim=8, num_classes=2)
+    opt_v, opt_a = torch.optim.Adam(vae.parameters(), 5e-3), torch.optim.Adam(assistant.parameters(), 5e-3)
+    for _ in range(200):
+        f = torch.randn(32, 8)
+        lab = {"features": f, "probs": torch.full((32, 2), 0.5), "loss": f[:, 0]}   # loss grows with f_0
+        aalu_step(vae, assistant, opt_v, opt_a, lab, {"features": torch.randn(32, 8),
+                                                      "probs": torch.full((32, 2), 0.5)}, cfg)
+    f = torch.zeros(2, 8)
+    f[1, 0] = 2.0
+    with torch.no_grad():
+        a = assistant(vae.encode(f)[0], torch.full((2, 2), 0.5))
+    assert a[1] > a[0]
+
+
+def test_vae_only_w2_is_the_closed_form_distance_to_the_centroid(tmp_path, tiny_pool):
+    from test_scoring import pool_batch, vaal_checkpoint
+    from vaal_dist.pool.io import read_pool_meta
+    from vaal_dist.strategies.vaal_ablations import W2Scorer
+
+    pool = tiny_pool[0]
+    ckpt = vaal_checkpoint(tmp_path / "ckpt")
+    batch = pool_batch(pool)
+    gaussians = W2Scorer(ckpt, read_pool_meta(pool)).embed(batch).astype(np.float64)   # (B, 2z) [mu, sigma]
+    centroid = gaussians[:10].mean(0)
+    scores = W2Scorer(ckpt, read_pool_meta(pool), centroid=centroid.tolist())(batch)
+    z = gaussians.shape[1] // 2
+    want = np.sqrt(((gaussians[:, :z] - centroid[:z]) ** 2).sum(1) + ((gaussians[:, z:] - centroid[z:]) ** 2).sum(1))
+    np.testing.assert_allclose(scores, want, rtol=1e-5)
+    assert np.all(gaussians[:, z:] > 0)                 # sigma, not log-variance
+
+
+@pytest.fixture(scope="module")
+def two_tone_pool(tmp_path_factory):
+    from vaal_dist.pool.io import write_pool
+
+    batch, _ = two_tone_batch()
+    path = tmp_path_factory.mktemp("two-tone") / "pool"
+    rows = len(batch["id"])
+    write_pool(str(path), [pa.table({"id": batch["id"][a:b], "image": pa.array(list(batch["image"][a:b]), pa.binary())})
+                           for a, b in ((0, rows // 2), (rows // 2, rows))], META)
+    return str(path), batch
+
+
+@pytest.mark.parametrize("scorer,extra,rank_loss,dropout,seeds", [
+    (EntropyScorer, {}, None, None, (0,)),
+    (MCDropoutScorer, {"passes": 6, "seed": 1, "acquisition": "max_entropy"}, None, 0.5, (0,)),
+    (EnsembleScorer, {}, None, None, (0, 1)),
+    (PredictedLossScorer, {}, "bce", None, (0,)),
+])
+def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool, scorer, extra, rank_loss,
+                                              dropout, seeds):
+    from vaal_dist.config import ScoringConfig
+    from vaal_dist.pool.dataset import read_pool
+    from vaal_dist.scoring.stream import stream_top_k
+    from vaal_dist.scoring.topk import top_k
+
+    pool, batch = two_tone_pool
+    kwargs = {"checkpoint": trained_checkpoint(tmp_path / "ckpt", seeds=seeds, rank_loss=rank_loss, dropout=dropout),
+              "meta": META, **extra}
+    want_ids, want_scores = top_k(batch["id"], scorer(**kwargs)(batch), 9)
+    got = stream_top_k(read_pool(pool), scorer, kwargs, 9, ScoringConfig(batch_size=8, num_actors=2))
+    np.testing.assert_array_equal(got.ids, want_ids)
+    np.testing.assert_allclose(got.scores, want_scores, rtol=1e-6)
+
+
+def test_ta_vaal_scores_minus_the_logit_of_d_on_mu_and_the_rank(tmp_path):
+    from vaal_dist.config import preset
+    from vaal_dist.strategies.ta_vaal import RankScorer, TAVAALScorer
+    from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
+
+    task_ckpt = trained_checkpoint(tmp_path / "task", rank_loss="bce")
+    torch.manual_seed(0)
+    vae, disc = build_models(preset("cpu"), 1, conditioned=True)
+    (tmp_path / "vaal").mkdir()
+    opt = torch.optim.Adam(vae.parameters())
+    save_checkpoint(str(tmp_path / "vaal" / CHECKPOINT_FILE), vae, disc, opt, opt, 1, preset("cpu"), 1,
+                    conditioned=True)
+    batch, _ = two_tone_batch()
+    scores = TAVAALScorer(task_ckpt, ray.train.Checkpoint.from_directory(str(tmp_path / "vaal")), META)(batch)
+    ranker = RankScorer(task_ckpt, META)
+    r = torch.from_numpy(ranker(batch)).float()
+    vae.eval(), disc.eval()
+    with torch.no_grad():
+        want = -disc(vae.encode_mean(ranker.inputs(batch)), r).double().numpy()
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+    columns = ranker.columns(batch)
+    assert columns["pixels"].shape == (len(batch["id"]), 1, 32, 32) and columns["rank"].dtype == np.float32
+
+
+@pytest.mark.parametrize("ablation", [{}, {"train_vae": False}, {"train_vae": False, "disc_on_pixels": True}],
+                         ids=["vaal", "vaal_frozen_vae", "vaal_disc_only"])
+def test_vaal_family_picks_the_image_unlike_the_labeled_set_first(tmp_path, ablation):
+    """Labeled: dark images; unlabeled: dark and light. D learns light = unlabeled, so light ranks first."""
+    from vaal_dist.config import preset
+    from vaal_dist.strategies.vaal import VAALScorer
+    from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint, train_epoch
+
+    cfg = preset("cpu", hflip=False, **ablation)
+    torch.manual_seed(0)
+    vae, disc = build_models(cfg, 1)
+    opt_v, opt_d = torch.optim.Adam(vae.parameters(), cfg.vae_lr), torch.optim.Adam(disc.parameters(), cfg.disc_lr)
+    batch, labels = two_tone_batch(n=64)
+    pixels = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(32, 32, 1) for b in batch["image"]])
+                              ).permute(0, 3, 1, 2).contiguous()
+    dark = pixels[:-1][labels == 0]
+    for _ in range(40):
+        train_epoch(vae, disc, opt_v, opt_d, iter([{"pixels": dark[:16]}, {"pixels": dark[16:]}] * 8),
+                    [{"pixels": pixels[i:i + 16]} for i in range(0, 64, 16)], cfg)
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(str(tmp_path / "ckpt" / CHECKPOINT_FILE), vae, disc, opt_v, opt_d, 15, cfg, 1)
+    scores = VAALScorer(ray.train.Checkpoint.from_directory(str(tmp_path / "ckpt")), META)(batch)
+    first_half = np.argsort(-scores[:-1], kind="stable")[:16]        # the 16 picked first of 32 light
+    assert np.all(labels[first_half] == 1)
+    assert scores[:-1][labels == 1].mean() > scores[:-1][labels == 0].mean()

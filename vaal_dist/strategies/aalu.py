@@ -1,0 +1,108 @@
+"""AALU (Zhu & Wang, ICIP 2020): an assistant A on [VAE latent of task features, task prediction].
+
+1. The task model trains on the labeled images (Ray Train).
+2. Its penultimate features, softmax predictions and (labeled images only) cross-entropies are computed
+   once for the pool (Ray Data actors).
+3. The feature VAE and A train adversarially on Ray Train, A also with the ranking loss of Eq. (8).
+4. Selection: the b unlabeled images with the **highest** A -- A(z_L) -> 0, A(z_U) -> 1, so the sign is the
+   opposite of VAAL's discriminator.
+
+The paper's ablations (Table 1) are the same pipeline with parts switched off:
+``aalu_advvae`` (A on z, adversarial only), ``aalu_advvae_pred`` (A on [z, p], adversarial only),
+``aalu_losslearn`` (A on [z, p], ranking loss only), ``aalu_advvae_losslearn`` (A on z, both losses).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import ray.train
+import torch
+import torch.nn.functional as F
+
+from vaal_dist.pool.dataset import filter_ids, read_pool
+from vaal_dist.pool.io import PoolMeta, read_labels
+from vaal_dist.scoring.stream import stream_columns
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.strategies.task import TaskScorer, train_task_model
+from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
+from vaal_dist.train.trainer import fit
+from vaal_dist.train.vaal_loop import load_checkpoint
+
+
+class FeatureColumns(TaskScorer):
+    """Training columns from the task model: features, softmax and, where labels come along, the loss."""
+
+    @torch.inference_mode()
+    def columns(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.model.net(self.inputs(batch))
+        cols = {"features": out.features.float().cpu().numpy(),
+                "probs": torch.softmax(out.logits.float(), -1).cpu().numpy()}
+        if "label" in batch:
+            labels = torch.from_numpy(np.asarray(batch["label"], np.int64)).to(out.logits.device)
+            cols["loss"] = F.cross_entropy(out.logits.float(), labels, reduction="none").cpu().numpy()
+        return cols
+
+
+class AALUScorer(TaskScorer):
+    """score = logit A([mu(f), softmax]): the highest A first."""
+
+    def __init__(self, checkpoint: ray.train.Checkpoint, aalu_checkpoint: ray.train.Checkpoint, meta: PoolMeta,
+                 use_gpu: bool = False):
+        super().__init__(checkpoint, meta, use_gpu)
+        with aalu_checkpoint.as_directory() as d:
+            vae, assistant = aalu_from_state(load_checkpoint(os.path.join(d, CHECKPOINT_FILE)))
+        self.vae, self.assistant = vae.to(self.device), assistant.to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.model.net(self.inputs(batch))
+        mu, _ = self.vae.encode(out.features)
+        return self.assistant(mu, torch.softmax(out.logits, -1)).double().cpu().numpy()
+
+
+class AALU(TopKStrategy):
+    name = "aalu"
+    scorer = AALUScorer
+    needs_labeled = True
+    ablation: dict = {}
+
+    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+        cfg = inputs.config
+        aalu = dataclasses.replace(cfg.aalu, **self.ablation)
+        if not aalu.adversarial and not aalu.rank_weight:
+            raise ValueError("AALU's assistant needs the adversarial loss, the ranking loss, or both")
+        task_kwargs, facts = train_task_model(inputs)
+        _, num_classes = read_labels(cfg.pool, inputs.labeled_ids)
+        labeled = filter_ids(read_pool(cfg.pool, ("id", "image", "label")), inputs.labeled_ids)
+        unlabeled = filter_ids(read_pool(cfg.pool), inputs.not_unlabeled, keep=False)
+        datasets = {name: stream_columns(ds, FeatureColumns, task_kwargs, cfg.scoring, cfg.use_gpu)
+                    for name, ds in (("labeled", labeled), ("unlabeled", unlabeled))}
+        feature_dim = datasets["labeled"].take(1)[0]["features"].shape[0]
+        loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "feature_dim": feature_dim,
+                       "num_classes": num_classes}
+        result = fit(aalu_train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir, name="aalu",
+                     workers=cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+        return ({**task_kwargs, "aalu_checkpoint": result.checkpoint},
+                {**facts, "aalu_checkpoint": result.checkpoint.path, "aalu_last_epoch": result.metrics})
+
+
+class AdvVAE(AALU):
+    name = "aalu_advvae"
+    ablation = {"use_prediction": False, "rank_weight": 0.0}
+
+
+class AdvVAEPrediction(AALU):
+    name = "aalu_advvae_pred"
+    ablation = {"rank_weight": 0.0}
+
+
+class LossLearn(AALU):
+    name = "aalu_losslearn"
+    ablation = {"adversarial": False}
+
+
+class AdvVAELossLearn(AALU):
+    name = "aalu_advvae_losslearn"
+    ablation = {"use_prediction": False}

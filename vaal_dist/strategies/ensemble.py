@@ -1,0 +1,32 @@
+"""Ensembles with variation ratio (Beluch et al., CVPR 2018): M task models, trained in parallel on Ray.
+
+Each Ray Train worker trains its share of the M members (different seeds, the whole labeled set each);
+an image's score is 1 - (members voting for the modal class) / M.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.strategies.task import TaskScorer, train_task_model, variation_ratio
+
+
+class EnsembleScorer(TaskScorer):
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        x = self.inputs(batch)
+        logits = torch.stack([m.net(x).logits for m in self.models])           # (M, B, C)
+        return variation_ratio(logits.argmax(-1), logits.shape[-1]).cpu().numpy()
+
+
+class Ensemble(TopKStrategy):
+    name = "ensemble"
+    scorer = EnsembleScorer
+    needs_labeled = True
+
+    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+        members = inputs.config.acquisition.ensemble_members
+        if members < 1:
+            raise ValueError(f"an ensemble needs at least 1 member, got {members}")
+        return train_task_model(inputs, members=members)

@@ -1,0 +1,37 @@
+"""Learning Loss (Yoo & Kweon, CVPR 2019): pick the images whose predicted task loss is highest.
+
+The loss-prediction module rides on the task model's four stages and is trained jointly with it:
+- ``learning_loss``: the paper's margin ranking loss (margin 1, weight 1);
+- ``learning_loss_v2``: TA-VAAL's ablation, the same module trained with its ranking BCE, Eq. (1).
+Both score a seeded random subset of 10 x b unlabeled images, as the authors' code does (10,000 for 1,000).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.strategies.task import TaskScorer, train_task_model
+
+
+class PredictedLossScorer(TaskScorer):
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        _, predicted = self.model(self.inputs(batch))
+        return predicted.double().cpu().numpy()
+
+
+class LearningLoss(TopKStrategy):
+    name = "learning_loss"
+    scorer = PredictedLossScorer
+    needs_labeled = True
+    subset_factor = 10
+    rank_loss = "margin"
+
+    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+        return train_task_model(inputs, rank_loss=self.rank_loss)
+
+
+class LearningLossV2(LearningLoss):
+    name = "learning_loss_v2"
+    rank_loss = "bce"

@@ -1,0 +1,66 @@
+"""MC-Dropout (Gal et al., ICML 2017): T stochastic passes with dropout left on at test time.
+
+- ``mc_dropout``: variation ratio, 1 - (votes for the modal class) / T;
+- ``dbal``: max entropy, the entropy of the mean softmax over the T passes.
+
+The task model is trained with dropout ``mc_dropout`` before its classifier, and only that layer is
+stochastic, so each pass reuses one backbone forward. Each image's T dropout masks are drawn from a
+generator seeded by (seed, id): its score does not depend on the batch, block or actor it lands in.
+"""
+from __future__ import annotations
+
+import numpy as np
+import ray.train
+import torch
+
+from vaal_dist.pool.io import PoolMeta
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.strategies.random import id_hash
+from vaal_dist.strategies.task import TaskScorer, entropy, train_task_model, variation_ratio
+
+
+class MCDropoutScorer(TaskScorer):
+    def __init__(self, checkpoint: ray.train.Checkpoint, meta: PoolMeta, passes: int, seed: int,
+                 acquisition: str, use_gpu: bool = False):
+        super().__init__(checkpoint, meta, use_gpu)
+        self.passes, self.seed, self.acquisition = passes, seed, acquisition
+        self.p = self.model.net.dropout.p
+        if not 0 < self.p < 1:
+            raise ValueError(f"MC-Dropout needs a model trained with dropout in (0, 1), got {self.p}")
+
+    def masks(self, ids: np.ndarray, dim: int) -> torch.Tensor:
+        """(T, B, dim) inverted-dropout masks, each image's from its own seeded generator."""
+        keep = np.stack([np.random.default_rng([self.seed, int(h)]).random((self.passes, dim)) >= self.p
+                         for h in id_hash(ids, self.seed)], axis=1)
+        return torch.from_numpy(keep).to(self.device, torch.float32) / (1 - self.p)
+
+    def probs(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """(T, B, C) softmax of each stochastic pass."""
+        features = self.model.net(self.inputs(batch)).features                # (B, D), deterministic
+        logits = self.model.net.fc(features[None] * self.masks(batch["id"], features.shape[1]))
+        return torch.softmax(logits.double(), -1)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        probs = self.probs(batch)
+        if self.acquisition == "variation_ratio":
+            return variation_ratio(probs.argmax(-1), probs.shape[-1]).cpu().numpy()
+        return entropy(probs.mean(0)).cpu().numpy()
+
+
+class MCDropout(TopKStrategy):
+    name = "mc_dropout"
+    scorer = MCDropoutScorer
+    needs_labeled = True
+    acquisition = "variation_ratio"
+
+    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+        cfg = inputs.config
+        kwargs, facts = train_task_model(inputs, dropout=cfg.task.mc_dropout)
+        return {**kwargs, "passes": cfg.acquisition.mc_passes, "seed": cfg.seed,
+                "acquisition": self.acquisition}, facts
+
+
+class DBAL(MCDropout):
+    name = "dbal"
+    acquisition = "max_entropy"

@@ -1,0 +1,187 @@
+"""Task-model training: plain-torch steps and epochs, and the thin Ray Train shell around them.
+
+One step: cross-entropy of the classifier, plus ``loss_weight`` x a ranking loss of the loss-prediction
+module against the detached per-sample cross-entropies (Learning Loss: margin loss; TA-VAAL: Eq. (1)).
+After ``loss_detach_epoch`` the module's input features are detached, so the ranking loss stops shaping
+the backbone (both authors' codes: ``if epoch > epoch_loss``).
+
+Two ways to use the workers:
+- ``members == 0``: one model, DDP over the workers, each worker on its shard of the labeled set;
+- ``members == M``: an ensemble, worker r trains member r (seed + r) on the whole labeled set, no DDP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from vaal_dist.config import TaskConfig
+from vaal_dist.models.task import TaskModel
+from vaal_dist.models.vaal import pixels_to_input
+from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
+from vaal_dist.train.vaal_loop import _unwrap, resume_into
+
+
+def member_file(member: int | None) -> str:
+    return "task.pt" if member is None else f"task-{member}.pt"
+
+
+def augment(x: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the zero-padded image and horizontal flip, per sample; x is float (B, C, S, S)."""
+    b, _, s, _ = x.shape
+    if cfg.crop_padding:
+        p = cfg.crop_padding
+        padded = F.pad(x, (p, p, p, p))                        # zero in input space, as in the papers
+        dy, dx = (torch.randint(0, 2 * p + 1, (b,), generator=generator) for _ in range(2))
+        rows = (dy[:, None] + torch.arange(s))[:, None, :, None].to(x.device)    # (B, 1, S, 1)
+        cols = (dx[:, None] + torch.arange(s))[:, None, None, :].to(x.device)    # (B, 1, 1, S)
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        x = padded[batch, torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if cfg.hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def task_step(model, opt, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, rank_loss: str | None,
+              detach: bool) -> dict[str, float]:
+    """One SGD step on float inputs (B, C, S, S) and labels (B,)."""
+    out, predicted_loss = model(x, detach_stages=detach)
+    per_sample = F.cross_entropy(out.logits, y, reduction="none")
+    loss = per_sample.mean()
+    metrics = {"task_loss": loss.item(), "train_accuracy": (out.logits.argmax(1) == y).float().mean().item()}
+    if rank_loss and x.shape[0] >= 2:
+        ranking = (margin_ranking_loss(predicted_loss, per_sample, cfg.loss_margin) if rank_loss == "margin"
+                   else ranking_bce_loss(predicted_loss, per_sample))
+        loss = loss + cfg.loss_weight * ranking
+        metrics["rank_loss"] = ranking.item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return metrics
+
+
+def train_task_epoch(model, opt, batches: Iterable[dict], cfg: TaskConfig, epoch: int, rank_loss: str | None,
+                     generator: torch.Generator) -> dict[str, float]:
+    """One pass over uint8 ``{'pixels', 'label'}`` batches; returns the mean of each metric."""
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for batch in batches:
+        x = augment(pixels_to_input(batch["pixels"]), cfg, generator)
+        metrics = task_step(model, opt, x, batch["label"].long(), cfg, rank_loss,
+                            detach=epoch > cfg.loss_detach_epoch)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps += 1
+    if steps == 0:
+        raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
+    return {k: v / steps for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable[dict]) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on uint8 ``{'pixels', 'label'}`` batches."""
+    model.eval()
+    correct = total = 0
+    loss = 0.0
+    for batch in batches:
+        out, _ = model(pixels_to_input(batch["pixels"]))
+        y = batch["label"].long()
+        correct += (out.logits.argmax(1) == y).sum().item()
+        loss += F.cross_entropy(out.logits, y, reduction="sum").item()
+        total += len(y)
+    return {"eval_accuracy": correct / total, "eval_loss": loss / total} if total else {}
+
+
+def build_task_model(cfg: TaskConfig, num_classes: int, in_channels: int, rank_loss: str | None,
+                     dropout: float | None = None) -> TaskModel:
+    return TaskModel(cfg, num_classes, in_channels, with_loss_module=rank_loss is not None, dropout=dropout)
+
+
+def build_optimizer(model, cfg: TaskConfig):
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
+
+
+def save_task_checkpoint(path: str, model, opt, sched, epoch: int, cfg: TaskConfig, model_args: dict) -> None:
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "epoch": epoch, "config": dataclasses.asdict(cfg), "model_args": model_args}, path)
+
+
+def task_config(d: dict) -> TaskConfig:
+    return TaskConfig(**{**d, "milestones": tuple(d["milestones"])})
+
+
+def task_model_from_state(state: dict) -> TaskModel:
+    """The trained model of a checkpoint's state, in eval mode on the CPU."""
+    model = build_task_model(task_config(state["config"]), **state["model_args"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def members_of(rank: int, world: int, members: int) -> list[int | None]:
+    """The ensemble members worker ``rank`` trains (round-robin), or [None]: one model shared by DDP."""
+    return list(range(rank, members, world)) if members else [None]
+
+
+def task_train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry; ``config``: task (TaskConfig dict), seed, members, model_args, datasets."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = task_config(config["task"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    members = members_of(rank, ctx.get_world_size(), config["members"])
+    resumed = ray.train.get_checkpoint()
+    trained = [_TrainedModel(cfg, config, m) for m in members]
+    start_epoch = min(t.epoch for t in trained)    # the driver gives every worker at least one member
+
+    def batches(name, shuffle_seed=None):
+        kwargs = ({"local_shuffle_seed": shuffle_seed, "local_shuffle_buffer_size": 4 * cfg.batch_size}
+                  if shuffle_seed is not None else {})
+        yield from ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=cfg.batch_size, **kwargs)
+
+    if start_epoch >= cfg.epochs:                   # finished before a restart: hand the checkpoint back
+        ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
+                         checkpoint=resumed if rank == 0 else None)
+        return
+    for epoch in range(start_epoch, cfg.epochs):
+        metrics = {}
+        for t in trained:
+            epoch_seed = (t.seed * 1_000_003 + epoch) * 1009 + rank
+            torch.manual_seed(epoch_seed)
+            metrics = train_task_epoch(t.model, t.opt, batches("train", epoch_seed), cfg, epoch,
+                                       config["model_args"]["rank_loss"], torch.Generator().manual_seed(epoch_seed))
+            t.sched.step()
+            if epoch + 1 == cfg.epochs and "eval" in config["datasets"]:
+                metrics.update(evaluate(t.model, batches("eval")))
+        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0])
+        with tempfile.TemporaryDirectory() as d:
+            writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
+            for t in writers:
+                save_task_checkpoint(os.path.join(d, member_file(t.member)), _unwrap(t.model), t.opt, t.sched,
+                                     epoch + 1, cfg, config["model_args"])
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if writers else None)
+
+
+class _TrainedModel:
+    """One model on this worker (an ensemble member, or the DDP replica) with its optimizer and schedule."""
+
+    def __init__(self, cfg: TaskConfig, config: dict, member: int | None):
+        import ray.train.torch
+
+        self.member = member
+        self.seed = config["seed"] + (member or 0)
+        torch.manual_seed(self.seed)                 # DDP: identical initial weights on every rank
+        ddp = member is None
+        self.model = ray.train.torch.prepare_model(
+            build_task_model(cfg, **config["model_args"]), parallel_strategy="ddp" if ddp else None,
+            parallel_strategy_kwargs={"broadcast_buffers": False} if ddp else None)
+        self.opt, self.sched = build_optimizer(self.model, cfg)   # after prepare_model: on the params' device
+        self.epoch = resume_into(member_file(member), model=self.model, opt=self.opt, sched=self.sched)
