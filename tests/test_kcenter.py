@@ -114,3 +114,14 @@ def test_one_partition_is_exact_greedy(ray_local):
 
     u, l, ids = gaussian(9, 200, 5, 8)
     np.testing.assert_array_equal(distributed_k_center([(u, ids)], l, 20), ids[k_center_greedy(u, l, 20, ids)])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_greedy_equals_cpu_greedy():
+    from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
+
+    u, l, ids = gaussian(5, 2000, 50, 64, dup=30)
+    cpu = k_center_greedy_with_distances(u, l, 200, ids, device="cpu")
+    gpu = k_center_greedy_with_distances(u, l, 200, ids, device="cuda")
+    np.testing.assert_array_equal(gpu[0], cpu[0])
+    np.testing.assert_array_equal(gpu[1], cpu[1])

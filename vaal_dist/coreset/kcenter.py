@@ -16,11 +16,17 @@ Speed comes from doing the bulk arithmetic in float32 and only the decisions in 
 - a pass over the embeddings costs about the same for one center as for a few (it is memory-bound), so
   each pass also computes the dot products of the next likely picks (the currently farthest points);
   a step whose pick was speculated needs no pass.
-The min-distance vector is therefore exact at every step, and so is every pick.
+The min-distance vector is therefore exact at every step, and so is every pick. The start runs on
+FAISS (a GPU index when faiss-gpu sees a GPU); the greedy steps run in torch, on a GPU when there is
+one (TF32 off: the bounds assume float32 products) and on the CPU otherwise, at numpy's speed there.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
+import torch
 
 from vaal_dist.errors import InputError
 
@@ -101,8 +107,8 @@ def k_center_greedy(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
 
 
 def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
-                                   ids: np.ndarray | None = None, chunk: int = 4096, speculate: int = 16
-                                   ) -> tuple[np.ndarray, np.ndarray]:
+                                   ids: np.ndarray | None = None, chunk: int = 4096, speculate: int = 16,
+                                   device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pick indices, each pick's distance to its nearest center when it was picked), in pick order.
 
     ``unlabeled`` (N, d) and ``labeled`` (L, d) are embeddings (L may be 0); ties between equally far
@@ -112,42 +118,76 @@ def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, b
     ``speculate``: each pass over the embeddings computes the dot products of the ``speculate`` farthest
     points at once, the likely next picks; a later step whose pick is among them needs no pass of its
     own. This changes only the work done, never the picks.
+
+    ``device``: where the greedy steps run (torch); default a GPU when torch sees one, else the CPU.
     """
     unlabeled, labeled = _check(unlabeled, labeled, budget)
     order = np.argsort(np.asarray(ids, dtype=str), kind="stable") if ids is not None else None
     x = unlabeled[order] if order is not None else unlabeled    # row order == id order: argmax ties
-    n, d = x.shape
     min_dist = nearest_sq_dists(x, labeled, chunk=chunk)       # (N,) float64, exact
-    norms_sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))   # (N,) exact enough
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with _full_float32_matmul():
+        picks, radii = _greedy(torch.from_numpy(x).to(device), torch.from_numpy(min_dist).to(device), budget,
+                               speculate, chunk)
+    return (order[picks] if order is not None else picks), radii
+
+
+def _greedy(x: torch.Tensor, min_dist: torch.Tensor, budget: int, speculate: int, chunk: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy steps on ``x`` (N, d) float32 from the exact ``min_dist`` (N,) float64, on x's device."""
+    n, d = x.shape
+    norms_sq = torch.cat([_exact_norms_sq(x[s:s + chunk]) for s in range(0, n, chunk)])   # (N,) float64
     # Row i can only get closer to center c if fl32(x_i . c) >= floor_i + (1 - 2k) |c|^2 / 2, where
     # k = (d + 4) 2^-22 over-covers the float32 dot-product error (gamma_d |x||c|) eight times.
     k = (d + 4) * 2.0 ** -22
     floor = ((1 - 2 * k) * norms_sq - min_dist) / 2
     picks = np.empty(budget, dtype=np.int64)
     radii = np.empty(budget)
-    speculated = np.empty((n, max(1, min(speculate, n))), dtype=np.float32)
+    width = max(1, min(speculate, n))
+    speculated = torch.empty((n, width), dtype=torch.float32, device=x.device)
     column: dict[int, int] = {}                                # row -> its column of dot products
     for step in range(budget):
-        best = int(np.argmax(min_dist))                        # first maximum = smallest id
-        picks[step], radii[step] = best, np.sqrt(min_dist[best])
-        center = x[best]
+        best = int(torch.argmax(min_dist))                     # first maximum = smallest id
+        picks[step], radii[step] = best, float(min_dist[best]) ** 0.5
         if best not in column:                                 # one pass over x: (N, d) @ (d, m)
-            guesses = [best, *_farthest(min_dist, speculated.shape[1], besides=best)]
-            np.dot(x, np.ascontiguousarray(x[guesses].T), out=speculated)
+            guesses = [best, *_farthest(min_dist, width, besides=best)]
+            torch.mm(x, x[guesses].T, out=speculated)
             column = {g: j for j, g in enumerate(guesses)}
         dots = speculated[:, column[best]]                     # (N,) float32 dot products with center
-        rows = np.flatnonzero(dots >= floor + (1 - 2 * k) * norms_sq[best] / 2)
-        min_dist[rows] = np.minimum(min_dist[rows], exact_sq_dists(x[rows], center))
-        min_dist[best] = -np.inf                               # never picked twice (distance is 0)
-        floor[rows] = ((1 - 2 * k) * norms_sq[rows] - min_dist[rows]) / 2
-        floor[best] = np.inf
-    return (order[picks] if order is not None else picks), radii
+        rows = torch.nonzero(dots >= floor + (1 - 2 * k) * float(norms_sq[best]) / 2).squeeze(1)
+        closer = torch.minimum(min_dist[rows], _exact_sq_dists_torch(x[rows], x[best]))
+        min_dist[rows] = closer
+        floor[rows] = ((1 - 2 * k) * norms_sq[rows] - closer) / 2
+        min_dist[best], floor[best] = -math.inf, math.inf      # never picked twice (distance is 0)
+    return picks, radii
 
 
-def _farthest(min_dist: np.ndarray, m: int, besides: int) -> list[int]:
+def _exact_norms_sq(x: torch.Tensor) -> torch.Tensor:
+    x64 = x.double()
+    return (x64 * x64).sum(1)
+
+
+def _exact_sq_dists_torch(points: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """``exact_sq_dists`` on torch tensors: float64 sum((x - c) ** 2)."""
+    diff = points.double() - center.double()
+    return (diff * diff).sum(1)
+
+
+@contextlib.contextmanager
+def _full_float32_matmul():
+    """The error bounds assume float32 products; TF32 (allowed on some GPUs) would break them."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def _farthest(min_dist: torch.Tensor, m: int, besides: int) -> list[int]:
     """Up to m - 1 other rows among the m farthest: the likely next picks (any choice is correct)."""
     m = min(m, len(min_dist))
-    return [int(i) for i in np.argpartition(-min_dist, m - 1)[:m] if i != besides][:m - 1]
+    return [i for i in torch.topk(min_dist, m).indices.tolist() if i != besides][:m - 1]
 
 
 def coverage_radius(points: np.ndarray, centers: np.ndarray) -> float:
