@@ -60,9 +60,11 @@ def test_discriminator_learns_to_separate_the_pools():
     assert m["d_labeled"] > 0.9 and m["d_unlabeled"] < 0.1
 
 
-def test_train_epoch_runs_two_vae_steps_per_disc_step():
+@pytest.mark.parametrize("train_vae,want", [(True, {"vae": 5, "disc": 2}), (False, {"vae": 0, "disc": 5})])
+def test_train_epoch_runs_two_vae_steps_per_disc_step(train_vae, want):
+    """VAAL: 2 VAE steps per D step. Without a VAE to train (the ablations), D steps on every pair."""
     torch.manual_seed(0)
-    cfg = preset("cpu", vae_steps=2)
+    cfg = preset("cpu", vae_steps=2, train_vae=train_vae)
     vae, disc = VAE(cfg, 1), Discriminator(cfg)
     opt_v = torch.optim.Adam(vae.parameters()); opt_d = torch.optim.Adam(disc.parameters())
     calls = {"vae": 0, "disc": 0}
@@ -81,8 +83,8 @@ def test_train_epoch_runs_two_vae_steps_per_disc_step():
         metrics = train_epoch(vae, disc, opt_v, opt_d, labeled, unlabeled, cfg)
     finally:
         loop.vae_step, loop.disc_step = real_v, real_d
-    assert calls == {"vae": 5, "disc": 2}
-    assert {"recon", "kl", "vae_adv", "disc_loss"} <= set(metrics)
+    assert calls == want
+    assert {"disc_loss"} | ({"recon", "kl", "vae_adv"} if train_vae else set()) <= set(metrics)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg16_bn", "cnn"])
@@ -108,3 +110,24 @@ def test_ta_vaal_vae_and_discriminator_take_the_rank():
     assert recon.shape == x.shape and disc(mu, r).shape == (3,)
     with pytest.raises(RuntimeError):
         disc(mu)                  # a conditioned D cannot score without r
+
+
+def test_a_one_image_batch_keeps_the_loss_module_in_the_ddp_graph(tmp_path):
+    """With no pair to rank, the loss module still takes part in backward; else DDP's next step fails."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from vaal_dist.config import task_preset
+    from vaal_dist.train.task_loop import build_optimizer, build_task_model, task_step
+
+    cfg = task_preset("cpu")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(build_task_model(cfg, 10, 1, "bce"))
+        opt, _ = build_optimizer(model, cfg)
+        for n in (1, 4, 1, 4):
+            metrics = task_step(model, opt, torch.zeros(n, 1, 32, 32), torch.zeros(n, dtype=torch.long), cfg,
+                                "bce", detach=False)
+            assert ("rank_loss" in metrics) == (n > 1)
+    finally:
+        dist.destroy_process_group()

@@ -14,10 +14,10 @@ from conftest import make_raw_pool
 
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, aalu_preset, preset, task_preset
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES, get_strategy
-from vaal_dist.strategies.base import random_subset
+from vaal_dist.strategies.base import RoundInputs, random_subset, round_seed
 
 ROUND_TESTED = ["entropy", "mc_dropout", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
                 "vaal_vae_w2", "vaal_disc_only", "coreset"]
@@ -63,7 +63,8 @@ def test_learning_loss_picks_from_a_seeded_subset_of_ten_times_b(ray_local, spli
     sel = pq.read_table(run_round(cfg).selection).column("id").to_pylist()
     unlabeled = np.setdiff1d(read_pool_ids(pool).to_numpy(zero_copy_only=False).astype(str),
                              np.concatenate([labeled_ids, holdout_ids]))
-    candidates = set(random_subset(pa.array(unlabeled), 50, cfg.seed).to_pylist())
+    inputs = RoundInputs(cfg, read_pool_meta(pool), read_manifest(labeled), "")
+    candidates = set(random_subset(pa.array(unlabeled), 50, round_seed(inputs)).to_pylist())
     assert len(candidates) == 50 and set(sel) <= candidates    # 5 picks from 50 of 192 by chance: p < 0.002
 
 

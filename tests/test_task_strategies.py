@@ -141,6 +141,22 @@ def test_random_subset_is_seeded_uniform_and_order_free():
     assert random_subset(ids, 5000, seed=1) is ids
 
 
+def test_the_subset_is_drawn_afresh_when_the_labeled_set_grows():
+    """Round k+1 must not score mostly round k's rejected candidates again (the authors reshuffle)."""
+    from vaal_dist.config import RoundConfig
+    from vaal_dist.strategies.base import RoundInputs, round_seed
+
+    ids = pa.array([f"id-{i}" for i in range(2000)])
+
+    def seed(labeled, config_seed=0):
+        return round_seed(RoundInputs(RoundConfig("p", "l", "o", 1, seed=config_seed), META, pa.array(labeled), ""))
+
+    first = set(random_subset(ids, 100, seed(["a", "b"])).to_pylist())
+    later = set(random_subset(ids, 100, seed(["a", "b", "c"])).to_pylist())
+    assert len(first & later) < 30                                       # ~5 expected by chance
+    assert seed(["b", "a"]) == seed(["a", "b"]) != seed(["a", "b"], config_seed=1)
+
+
 def test_aalu_assistant_scores_unlabeled_looking_features_highest():
     """AALU's sign: A(z_L) -> 0, A(z_U) -> 1, so an image unlike the labeled set gets the *highest* A."""
     torch.manual_seed(0)
@@ -275,3 +291,15 @@ def test_vaal_family_picks_the_image_unlike_the_labeled_set_first(tmp_path, abla
     first_half = np.argsort(-scores[:-1], kind="stable")[:16]        # the 16 picked first of 32 light
     assert np.all(labels[first_half] == 1)
     assert scores[:-1][labels == 1].mean() > scores[:-1][labels == 0].mean()
+
+
+def test_aalu_losslearn_steps_over_a_one_image_labeled_batch():
+    cfg = AALUConfig(hidden=16, latent_dim=4, adversarial=False)
+    vae, assistant = build_aalu(cfg, feature_dim=8, num_classes=2)
+    opt_v, opt_a = torch.optim.Adam(vae.parameters()), torch.optim.Adam(assistant.parameters())
+    before = [p.clone() for p in assistant.parameters()]
+    lab = {"features": torch.randn(1, 8), "probs": torch.full((1, 2), 0.5), "loss": torch.rand(1)}
+    metrics = aalu_step(vae, assistant, opt_v, opt_a, lab, {"features": torch.randn(4, 8),
+                                                            "probs": torch.full((4, 2), 0.5)}, cfg)
+    assert "a_rank" not in metrics
+    assert all(torch.equal(a, b) for a, b in zip(before, assistant.parameters()))   # nothing to learn from

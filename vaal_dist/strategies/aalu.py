@@ -27,7 +27,6 @@ from vaal_dist.scoring.stream import stream_columns
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 from vaal_dist.strategies.task import TaskScorer, train_task_model
 from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
-from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import load_checkpoint
 
 
@@ -82,8 +81,7 @@ class AALU(TopKStrategy):
         feature_dim = datasets["labeled"].take(1)[0]["features"].shape[0]
         loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "feature_dim": feature_dim,
                        "num_classes": num_classes}
-        result = fit(aalu_train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir, name="aalu",
-                     workers=cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+        result = inputs.fit(aalu_train_loop_per_worker, loop_config, datasets, name="aalu")
         return ({**task_kwargs, "aalu_checkpoint": result.checkpoint},
                 {**facts, "aalu_checkpoint": result.checkpoint.path, "aalu_last_epoch": result.metrics})
 

@@ -1,6 +1,7 @@
 """The strategy interface: train what you need, then score batches (higher = pick)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -8,12 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
+import ray.train
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.pool.dataset import filter_ids, read_pool, split_labeled
 from vaal_dist.pool.io import PoolMeta, read_pool_ids
 from vaal_dist.scoring.stream import ScoredTopK, stream_top_k
 from vaal_dist.scoring.topk import top_k
+from vaal_dist.train.trainer import fit
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,14 @@ class RoundInputs:
 
     def unlabeled(self) -> ray.data.Dataset:
         return split_labeled(read_pool(self.config.pool), self.not_unlabeled)[1]
+
+    def fit(self, train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], name: str,
+            workers: int | None = None, split: list[str] | None = None) -> ray.train.Result:
+        """``train.trainer.fit`` under this round's checkpoint folder, workers, devices and failure budget."""
+        cfg = self.config
+        return fit(train_loop, loop_config, datasets, storage_path=self.train_dir, name=name,
+                   workers=workers or cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+                   max_failures=cfg.max_failures, split=split)
 
 
 class Scorer(Protocol):
@@ -71,7 +82,7 @@ class TopKStrategy:
         unlabeled = inputs.unlabeled()
         factor = self.subset_factor if cfg.acquisition.subset_factor is None else cfg.acquisition.subset_factor
         if factor:
-            candidates = random_subset(unlabeled_ids(inputs), factor * cfg.budget, cfg.seed)
+            candidates = random_subset(unlabeled_ids(inputs), factor * cfg.budget, round_seed(inputs))
             unlabeled = filter_ids(unlabeled, candidates)
         return stream_top_k(unlabeled, self.scorer, scorer_kwargs, cfg.budget, cfg.scoring, cfg.use_gpu)
 
@@ -79,6 +90,14 @@ class TopKStrategy:
 def unlabeled_ids(inputs: RoundInputs) -> pa.Array:
     ids = read_pool_ids(inputs.config.pool)
     return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=inputs.not_unlabeled))).combine_chunks()
+
+
+def round_seed(inputs: RoundInputs) -> int:
+    """The config's seed mixed with the labeled set: a fresh draw each round, the same on a rerun."""
+    digest = hashlib.sha256(str(inputs.config.seed).encode())
+    for i in sorted(inputs.labeled_ids.to_pylist()):
+        digest.update(b"\x00" + i.encode())
+    return int.from_bytes(digest.digest()[:8], "little", signed=True)
 
 
 def random_subset(ids: pa.Array, size: int, seed: int) -> pa.Array:

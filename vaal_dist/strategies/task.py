@@ -17,7 +17,6 @@ from vaal_dist.pool.images import check_image_size, decode_images
 from vaal_dist.pool.io import PoolMeta, read_labels
 from vaal_dist.strategies.base import RoundInputs
 from vaal_dist.train.task_loop import task_config, task_model_from_state, task_train_loop_per_worker
-from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import load_checkpoint
 
 
@@ -40,10 +39,9 @@ def train_task_model(inputs: RoundInputs, *, rank_loss: str | None = None, dropo
                   "dropout": dropout}
     loop_config = {"task": dataclasses.asdict(cfg.task), "seed": cfg.seed, "members": members,
                    "model_args": model_args, "datasets": list(datasets)}
-    result = fit(task_train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir,
-                 name="ensemble" if members else "task", workers=min(cfg.workers, members) if members else cfg.workers,
-                 use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                 split=[] if members else ["train"])     # each ensemble member sees every labeled image
+    result = inputs.fit(task_train_loop_per_worker, loop_config, datasets, name="ensemble" if members else "task",
+                        workers=min(cfg.workers, members) if members else None,
+                        split=[] if members else ["train"])     # each ensemble member sees every labeled image
     return ({"checkpoint": result.checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},
             {"task_checkpoint": result.checkpoint.path, "task_last_epoch": result.metrics})
 

@@ -15,7 +15,6 @@ from vaal_dist.pool.dataset import training_datasets
 from vaal_dist.pool.images import check_image_size, decode_images
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, load_checkpoint, \
     train_loop_per_worker
 
@@ -68,8 +67,7 @@ def train_vaal(inputs: RoundInputs, datasets: dict, conditioned: bool, vaal: VAA
     cfg = inputs.config
     loop_config = {"vaal": dataclasses.asdict(vaal or cfg.vaal), "seed": cfg.seed, "in_channels": inputs.meta.channels,
                    "conditioned": conditioned}
-    return fit(train_loop_per_worker, loop_config, datasets, storage_path=inputs.train_dir, name=name,
-               workers=cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    return inputs.fit(train_loop_per_worker, loop_config, datasets, name=name)
 
 
 class VAAL(TopKStrategy):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from vaal_dist.config import AALUConfig
 from vaal_dist.models.aalu import Assistant, FeatureVAE
 from vaal_dist.train.losses import hinge_rank_loss
-from vaal_dist.train.vaal_loop import _epoch_seed, _labeled_cycle, _unwrap, resume_into
+from vaal_dist.train.vaal_loop import _epoch_seed, _labeled_cycle, _unwrap, handed_back, resume_into
 
 CHECKPOINT_FILE = "aalu.pt"
 
@@ -48,7 +48,9 @@ def aalu_step(vae, assistant, opt_vae, opt_a, lab: dict, unl: dict, cfg: AALUCon
         loss.backward()
     opt_vae.step()
 
-    logits = assistant(mu.detach(), probs)
+    with torch.no_grad():                   # A learns from the VAE as it is after its step (as VAAL's D)
+        mu, _ = _unwrap(vae).encode(f)
+    logits = assistant(mu, probs)
     a_loss = torch.zeros((), device=logits.device)
     if cfg.adversarial:
         target = torch.cat([torch.zeros(n_l), torch.ones(len(logits) - n_l)]).to(logits.device)
@@ -59,9 +61,10 @@ def aalu_step(vae, assistant, opt_vae, opt_a, lab: dict, unl: dict, cfg: AALUCon
         rank = hinge_rank_loss(torch.sigmoid(logits[:n_l]), lab["loss"], cfg.margin)
         a_loss = a_loss + cfg.rank_weight * rank
         metrics["a_rank"] = rank.item()
-    opt_a.zero_grad(set_to_none=True)
-    a_loss.backward()
-    opt_a.step()
+    if a_loss.requires_grad:                # lossLearn on a 1-image labeled batch has nothing to learn
+        opt_a.zero_grad(set_to_none=True)
+        a_loss.backward()
+        opt_a.step()
     prob = torch.sigmoid(logits.detach())
     metrics.update(a_labeled=prob[:n_l].mean().item(), a_unlabeled=prob[n_l:].mean().item())
     return metrics
@@ -105,9 +108,7 @@ def aalu_train_loop_per_worker(config: dict) -> None:
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(assistant.parameters(), lr=cfg.lr)
     start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, assistant=assistant, opt_vae=opt_vae, opt_a=opt_a)
-    if start_epoch >= cfg.epochs:            # finished before a restart: hand the checkpoint back
-        ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
-                         checkpoint=ray.train.get_checkpoint() if rank == 0 else None)
+    if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = _epoch_seed(config["seed"], rank, epoch)

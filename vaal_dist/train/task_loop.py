@@ -23,7 +23,7 @@ from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
-from vaal_dist.train.vaal_loop import _unwrap, resume_into
+from vaal_dist.train.vaal_loop import _epoch_seed, _unwrap, handed_back, resume_into
 
 
 def member_file(member: int | None) -> str:
@@ -35,7 +35,7 @@ def augment(x: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> tor
     b, _, s, _ = x.shape
     if cfg.crop_padding:
         p = cfg.crop_padding
-        padded = F.pad(x, (p, p, p, p))                        # zero in input space, as in the papers
+        padded = F.pad(x, (p, p, p, p), value=-1.0)            # black, as the papers' RandomCrop pads
         dy, dx = (torch.randint(0, 2 * p + 1, (b,), generator=generator) for _ in range(2))
         rows = (dy[:, None] + torch.arange(s))[:, None, :, None].to(x.device)    # (B, 1, S, 1)
         cols = (dx[:, None] + torch.arange(s))[:, None, None, :].to(x.device)    # (B, 1, 1, S)
@@ -59,6 +59,8 @@ def task_step(model, opt, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, ran
                    else ranking_bce_loss(predicted_loss, per_sample))
         loss = loss + cfg.loss_weight * ranking
         metrics["rank_loss"] = ranking.item()
+    elif rank_loss:     # a 1-image batch has no pair: keep the module in the graph (DDP wants every gradient)
+        loss = loss + 0.0 * predicted_loss.sum()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -138,7 +140,6 @@ def task_train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     members = members_of(rank, ctx.get_world_size(), config["members"])
-    resumed = ray.train.get_checkpoint()
     trained = [_TrainedModel(cfg, config, m) for m in members]
     start_epoch = min(t.epoch for t in trained)    # the driver gives every worker at least one member
 
@@ -147,20 +148,23 @@ def task_train_loop_per_worker(config: dict) -> None:
                   if shuffle_seed is not None else {})
         yield from ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=cfg.batch_size, **kwargs)
 
-    if start_epoch >= cfg.epochs:                   # finished before a restart: hand the checkpoint back
-        ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
-                         checkpoint=resumed if rank == 0 else None)
+    if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
-        metrics = {}
+        per_model = []
         for t in trained:
-            epoch_seed = (t.seed * 1_000_003 + epoch) * 1009 + rank
+            # An ensemble member's randomness is its own (seed + m), whichever worker trains it.
+            epoch_seed = _epoch_seed(t.seed, rank if t.member is None else 0, epoch)
             torch.manual_seed(epoch_seed)
             metrics = train_task_epoch(t.model, t.opt, batches("train", epoch_seed), cfg, epoch,
                                        config["model_args"]["rank_loss"], torch.Generator().manual_seed(epoch_seed))
             t.sched.step()
             if epoch + 1 == cfg.epochs and "eval" in config["datasets"]:
                 metrics.update(evaluate(t.model, batches("eval")))
+            per_model.append(metrics)
+        metrics = _mean_metrics(per_model)
+        if config["members"]:                       # and each of this worker's members on its own
+            metrics.update({f"member_{t.member}/{k}": v for t, m in zip(trained, per_model) for k, v in m.items()})
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0])
         with tempfile.TemporaryDirectory() as d:
             writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
@@ -168,6 +172,10 @@ def task_train_loop_per_worker(config: dict) -> None:
                 save_task_checkpoint(os.path.join(d, member_file(t.member)), _unwrap(t.model), t.opt, t.sched,
                                      epoch + 1, cfg, config["model_args"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if writers else None)
+
+
+def _mean_metrics(per_model: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(m[k] for m in per_model) / len(per_model) for k in per_model[0]}
 
 
 class _TrainedModel:

@@ -106,7 +106,7 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled
             x_l, x_u = _flip(x_l, generator), _flip(x_u, generator)
         if cfg.train_vae:
             add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg, r_l, r_u))
-        if step % cfg.vae_steps == 0:
+        if not cfg.train_vae or step % cfg.vae_steps == 0:     # no VAE step to wait for: D sees every pair
             add(disc_step(vae, disc, opt_disc, x_l, x_u, r_l, r_u, cfg.disc_on_pixels))
     return {k: sums[k] / counts[k] for k in sums}
 
@@ -174,14 +174,10 @@ def train_loop_per_worker(config: dict) -> None:
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
     start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
-    resumed = ray.train.get_checkpoint()
+    if handed_back(start_epoch, cfg.epochs, rank):
+        return
     labeled_shard = ray.train.get_dataset_shard("labeled")
     unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
-
-    if start_epoch >= cfg.epochs:            # finished before a restart: hand the checkpoint back
-        ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
-                         checkpoint=resumed if rank == 0 else None)
-        return
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = _epoch_seed(seed, rank, epoch)
         torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
@@ -218,6 +214,17 @@ def resume_into(file: str, **parts) -> int:
     for key, part in parts.items():
         _unwrap(part).load_state_dict(state[key])
     return state["epoch"]
+
+
+def handed_back(start_epoch: int, epochs: int, rank: int) -> bool:
+    """Whether the run had finished before this (re)start; if so its checkpoint is reported again."""
+    import ray.train
+
+    if start_epoch < epochs:
+        return False
+    ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
+                     checkpoint=ray.train.get_checkpoint() if rank == 0 else None)
+    return True
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
