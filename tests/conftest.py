@@ -15,8 +15,9 @@ from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-             log_to_driver=False)
+    from vaal_dist.cli import start_local_ray
+
+    start_local_ray(num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

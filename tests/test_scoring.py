@@ -61,6 +61,28 @@ def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool)
     assert np.all(np.diff(d[np.argsort(-got)]) >= 0)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp, rtol", [(False, 1e-2), (True, 5e-2)])     # TF32 convs; bfloat16
+def test_a_gpu_actor_scores_as_the_cpu_does(tmp_path, tiny_pool, amp, rtol):
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(tiny_pool[0])}
+    batch = pool_batch(tiny_pool[0])
+    cpu = BatchTopK(VAALScorer, kwargs, k=64)(batch)
+    gpu = BatchTopK(VAALScorer, {**kwargs, "use_gpu": True}, k=64, amp=amp)(batch)
+    assert gpu["score"].dtype == np.float64
+    by_id = dict(zip(cpu["id"], cpu["score"]))
+    np.testing.assert_allclose(gpu["score"], [by_id[i] for i in gpu["id"]], rtol=rtol, atol=rtol)
+
+
+def test_amp_without_gpus_is_refused_by_name(tiny_pool):
+    from vaal_dist.errors import InputError
+
+    with pytest.raises(InputError, match="amp"):
+        stream_top_k(read_pool(tiny_pool[0]), VAALScorer, {}, 5, ScoringConfig(amp=True), use_gpu=False)
+
+
 def test_batch_top_k_passes_a_diverged_model_on(tmp_path, tiny_pool):
     actor = BatchTopK(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True),
                                    "meta": read_pool_meta(tiny_pool[0])}, k=5)

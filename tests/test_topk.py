@@ -70,3 +70,29 @@ def test_mismatched_lengths_and_negative_k_are_rejected():
         top_k(["a"], [0.0, 1.0], 1)
     with pytest.raises(ValueError, match="k must be"):
         top_k(["a"], [0.0], -1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_block_delivered_again_counts_once(seed):
+    """A restarted scoring actor may hand the driver a block twice: the top-b must not hold an id twice."""
+    rng = np.random.default_rng(seed)
+    n, k = 600, 50
+    ids = np.array([f"{v:05d}" for v in rng.permutation(n)])
+    scores = np.where(rng.random(n) < 0.5, tied_scores(rng, n), rng.normal(size=n))
+    blocks = list(zip(np.split(ids, 12), np.split(scores, 12)))
+    acc = RunningTopK(k, fold_at=int(rng.integers(1, 120)))
+    for i in rng.choice(12, 30):                    # random blocks delivered early, some several times
+        acc.add(*top_k(*blocks[i], k))
+    for block in blocks:
+        acc.add(*top_k(*block, k))
+    got_ids, got_scores = acc.result()
+    want_ids, want_scores = full_sort(list(ids), list(scores), k)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_scores, want_scores)
+
+
+def test_an_id_seen_with_two_scores_keeps_the_higher():
+    acc = RunningTopK(2, fold_at=1)
+    acc.add(["a", "b"], [1.0, 3.0])
+    acc.add(["a", "c"], [5.0, 0.0])
+    assert [list(x) for x in acc.result()] == [["a", "b"], [5.0, 3.0]]

@@ -43,9 +43,12 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--max-failures", type=int, default=RoundConfig.max_failures,
+                   help="times a training run restarts its workers from the latest checkpoint after a failure")
     p.add_argument("--score-batch-size", type=int, default=ScoringConfig.batch_size)
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, else per CPU)")
     p.add_argument("--threads-per-actor", type=int, help="torch threads in each scoring actor")
+    p.add_argument("--amp", action="store_true", help="score under bfloat16 autocast (with --use-gpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     return p
@@ -77,8 +80,21 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
                                       subset_factor=args.subset_factor),
         holdout=args.holdout,
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
-                              threads_per_actor=args.threads_per_actor),
-        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
+                              threads_per_actor=args.threads_per_actor, amp=args.amp),
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures, seed=args.seed)
+
+
+def start_local_ray(**init_kwargs) -> None:
+    """A private Ray on this machine: node and dashboard on 127.0.0.1, token authentication on.
+
+    Ray >= 2.59 turns tokens on for local clusters by itself (RAY_AUTH_MODE cannot be set from here: Ray
+    reads it when imported, and a late change starts the GCS and this driver in different modes). The
+    dashboard serves the state API that Ray Train's cleanup polls.
+    """
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **init_kwargs)
 
 
 @contextlib.contextmanager
@@ -93,8 +109,7 @@ def ray_session(address: str | None):
     if address:
         ray.init(address=address)
     else:
-        # The dashboard (bound to 127.0.0.1) serves the state API that Ray Train's cleanup polls.
-        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1")
+        start_local_ray()
     try:
         yield
     finally:

@@ -97,6 +97,10 @@ class ScoringConfig:
     cpus_per_actor: float = 0.5            # fractional: 1 CPU/actor on a 2-CPU node starves the reads
     threads_per_actor: int | None = None   # torch intra-op threads; None: Ray's default
     block_bytes: int = 8 * 1024 ** 2       # Ray Data block size for the scoring read
+    amp: bool = False                      # bfloat16 autocast in GPU scorers: faster, scores rounded
+    batch_retries: int = 3                 # a batch whose actor process died is rescored on a restarted
+                                           # actor this many times (Ray's default, forever, would loop on
+                                           # an input that crashes the process every time)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class RoundConfig:
     workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
+    max_failures: int = 2                  # times Ray Train restarts failed workers from the latest checkpoint
     seed: int = 0
 
     def to_dict(self) -> dict:

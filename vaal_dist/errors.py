@@ -11,3 +11,7 @@ class InputError(VaalDistError, ValueError):
 
 class DivergedModelError(VaalDistError, FloatingPointError):
     """A trained model produced NaN or infinite scores."""
+
+
+class ScoringFailedError(VaalDistError, RuntimeError):
+    """Scoring actors kept dying on the same batch after every allowed retry."""

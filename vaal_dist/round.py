@@ -7,6 +7,7 @@ training from its latest checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
     write_json, write_parquet
 from vaal_dist.strategies import RoundInputs, get_strategy
 
@@ -93,7 +94,8 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
     """What the selection depends on: the config (less scoring layout) and the pool, labeled, held-out ids."""
     h = hashlib.sha256()
-    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out")}
+    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out", "max_failures")}
+    config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
     h.update(json.dumps(config, sort_keys=True).encode())
     for ids in (pool_ids, labeled_ids, pa.array([], pa.string()) if holdout_ids is None else holdout_ids):
         h.update(b"\x01".join(i.encode() for i in sorted(ids.to_pylist())))
@@ -120,10 +122,10 @@ def run_round(cfg: RoundConfig) -> RoundResult:
 
     t = time.perf_counter()
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
-    scorer_kwargs, train_facts = strategy.train(inputs)
-    train_seconds = time.perf_counter() - t
-
-    top = strategy.select(inputs, scorer_kwargs)
+    with _damage_named(cfg.pool):
+        scorer_kwargs, train_facts = strategy.train(inputs)
+        train_seconds = time.perf_counter() - t
+        top = strategy.select(inputs, scorer_kwargs)
     if len(top.ids) != cfg.budget:
         raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
 
@@ -151,6 +153,20 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     }
     write_json(record_uri, record)
     return RoundResult(selection_uri, record)
+
+
+@contextlib.contextmanager
+def _damage_named(pool: str):
+    """A shard page that fails its CRC check, met on a Ray worker, becomes an error naming the pool."""
+    try:
+        yield
+    except Exception as e:
+        if PAGE_CRC_FAILURE not in str(e):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if PAGE_CRC_FAILURE in line]
+        where = next((line for line in lines if "shard " in line), lines[0])    # the one naming the file
+        raise InputError(f"pool {pool!r} has a damaged shard: a Parquet page failed its checksum "
+                         f"({where}); re-create or restore the pool") from e
 
 
 def _jsonable(obj):

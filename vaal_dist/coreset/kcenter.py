@@ -17,7 +17,8 @@ Speed comes from doing the bulk arithmetic in float32 and only the decisions in 
   each pass also computes the dot products of the next likely picks (the currently farthest points);
   a step whose pick was speculated needs no pass.
 The min-distance vector is therefore exact at every step, and so is every pick. The start runs on
-FAISS (a GPU index when faiss-gpu sees a GPU); the greedy steps run in torch, on a GPU when there is
+FAISS (a GPU index when faiss-gpu sees a GPU; torch on the GPU when only torch sees one); the greedy
+steps run in torch, on a GPU when there is
 one (TF32 off: the bounds assume float32 products) and on the CPU otherwise, at numpy's speed there.
 """
 from __future__ import annotations
@@ -63,24 +64,23 @@ def _check(unlabeled: np.ndarray, labeled: np.ndarray, budget: int) -> tuple[np.
     return unlabeled, labeled
 
 
-def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
-                     chunk: int = 4096) -> np.ndarray:
-    """Exact (float64) squared distance of each point to its nearest center; +inf with no centers."""
+def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8, chunk: int = 4096,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """Exact (float64) squared distance of each point to its nearest center; +inf with no centers.
+
+    The float32 k-NN search runs on FAISS (its GPU index when faiss-gpu sees a GPU), or in torch when
+    ``device`` is a CUDA device and FAISS has no GPU; the exact re-checks are the same for both.
+    """
     n, d = points.shape
     if len(centers) == 0:
         return np.full(n, np.inf)
-    import faiss
-
-    index = faiss.IndexFlatL2(d)
-    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:   # faiss-gpu build with a visible GPU
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(centers)
     k = min(k, len(centers))
+    search = _knn_search(centers, torch.device(device))
     center_norms = np.sqrt((centers.astype(np.float64) ** 2).sum(1))
     out = np.empty(n)
     for start in range(0, n, chunk):
         block = points[start:start + chunk]
-        approx, nbrs = index.search(block, k)                 # (m, k) float32, ascending
+        approx, nbrs = search(block, k)                       # (m, k) float32, ascending
         norms = np.sqrt((block.astype(np.float64) ** 2).sum(1))
         eps = _gemm_error_bound(d, norms, center_norms.max())
         # The true nearest has approx <= approx_min + 2 eps: measure exactly only those neighbours.
@@ -96,14 +96,39 @@ def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8,
     return out
 
 
+def _knn_search(centers: np.ndarray, device: torch.device):
+    """``search(block, k) -> (float32 squared distances, indices)``, each (m, k) ascending, over
+    ``centers``: a FAISS flat index, or torch on ``device`` when that is a GPU FAISS cannot use."""
+    import faiss
+
+    faiss_gpus = getattr(faiss, "get_num_gpus", lambda: 0)()    # > 0 only in a faiss-gpu build
+    if device.type == "cuda" and not faiss_gpus:
+        on_device = torch.from_numpy(centers).to(device)
+        center_norms = (on_device * on_device).sum(1)
+
+        def torch_search(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            b = torch.from_numpy(block).to(device)
+            with _full_float32_matmul():    # same arithmetic as FAISS: norms + float32 GEMM, so same bound
+                approx = (b * b).sum(1, keepdim=True) + center_norms - 2 * (b @ on_device.T)
+            dists, nbrs = torch.topk(approx, k, dim=1, largest=False)
+            return dists.cpu().numpy(), nbrs.cpu().numpy()
+
+        return torch_search
+    index = faiss.IndexFlatL2(centers.shape[1])
+    if faiss_gpus:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(centers)
+    return index.search
+
+
 def _min_sq_dist_to_all(point: np.ndarray, centers: np.ndarray, chunk: int) -> float:
     return min(exact_sq_dists(centers[s:s + chunk], point).min() for s in range(0, len(centers), chunk))
 
 
 def k_center_greedy(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
-                    ids: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
+                    ids: np.ndarray | None = None, chunk: int = 4096, device: str | None = None) -> np.ndarray:
     """Indices into ``unlabeled`` of the ``budget`` greedy k-center picks, in pick order."""
-    return k_center_greedy_with_distances(unlabeled, labeled, budget, ids, chunk)[0]
+    return k_center_greedy_with_distances(unlabeled, labeled, budget, ids, chunk, device=device)[0]
 
 
 def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, budget: int,
@@ -124,8 +149,8 @@ def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, b
     unlabeled, labeled = _check(unlabeled, labeled, budget)
     order = np.argsort(np.asarray(ids, dtype=str), kind="stable") if ids is not None else None
     x = unlabeled[order] if order is not None else unlabeled    # row order == id order: argmax ties
-    min_dist = nearest_sq_dists(x, labeled, chunk=chunk)       # (N,) float64, exact
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    min_dist = nearest_sq_dists(x, labeled, chunk=chunk, device=device)   # (N,) float64, exact
     with _full_float32_matmul():
         picks, radii = _greedy(torch.from_numpy(x).to(device), torch.from_numpy(min_dist).to(device), budget,
                                speculate, chunk)

@@ -74,9 +74,15 @@ def read_json(uri: str):
         return json.loads(f.read())
 
 
+# Every page carries a CRC (written below, checked on every read), so damaged storage is refused, not read.
+PAGE_CRC_FAILURE = "CRC checksum verification failed"        # pyarrow's words when a page fails it
+VERIFIED_PARQUET = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
 def write_parquet(uri: str, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, write_page_checksum=True)
     write_atomic(uri, sink.getvalue().to_pybytes())
 
 
@@ -145,12 +151,18 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
     """Every id in the pool (only the id column is read). Errors name what is wrong with the pool."""
     fs, files = pool_files(pool)
     try:
-        dataset = pads.dataset(files, filesystem=fs, format="parquet")
+        dataset = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET)
+        names = dataset.schema.names
+        _check_same_schema(dataset, pool)
         ids = dataset.to_table(columns=["id"]).column("id")
-    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        ids.validate(full=True)                               # e.g. ids that are not valid UTF-8
+    except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read pool {pool!r}: {e}") from e
-    if "image" not in dataset.schema.names:
-        raise InputError(f"pool {pool!r} has no 'image' column (columns: {dataset.schema.names})")
+    if "image" not in names:
+        raise InputError(f"pool {pool!r} has no 'image' column (columns: {names})")
+    image_type = dataset.schema.field("image").type
+    if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
+        raise InputError(f"pool {pool!r}: column 'image' must be bytes (binary), got {image_type}")
     if len(ids) == 0:
         raise InputError(f"pool {pool!r} has no images")
     if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
@@ -161,6 +173,18 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
     return ids
 
 
+def _check_same_schema(dataset: pads.FileSystemDataset, pool: str) -> None:
+    """Every shard must have the first one's columns and types (a dataset would cast the others to it)."""
+    for fragment in dataset.get_fragments():
+        if not fragment.physical_schema.equals(dataset.schema):
+            raise InputError(f"pool {pool!r}: shard {fragment.path!r} has columns "
+                             f"{_columns(fragment.physical_schema)} but the first has {_columns(dataset.schema)}")
+
+
+def _columns(schema: pa.Schema) -> str:
+    return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
+
+
 def read_labels(pool: str, ids: pa.Array) -> tuple[np.ndarray, int]:
     """(labels of ``ids`` in their order, number of classes = 1 + the pool's largest label).
 
@@ -168,7 +192,7 @@ def read_labels(pool: str, ids: pa.Array) -> tuple[np.ndarray, int]:
     prepared folders, the class sub-folder). Task models need one for every labeled image.
     """
     fs, files = pool_files(pool)
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    dataset = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET)
     if "label" not in dataset.schema.names:
         raise InputError(f"pool {pool!r} has no 'label' column; this strategy trains a classifier on the "
                          f"labeled images and needs their labels")
@@ -194,7 +218,9 @@ def read_manifest(uri: str) -> pa.Array:
     fs, path = resolve(uri)
     try:
         if path.endswith(".parquet"):
-            ids = pq.read_table(path, filesystem=fs, columns=["id"]).column("id").combine_chunks()
+            ids = pq.read_table(path, filesystem=fs, columns=["id"], page_checksum_verification=True
+                                ).column("id").combine_chunks()
+            ids.validate(full=True)
         else:
             with fs.open_input_stream(path) as f:
                 lines = f.read().decode().splitlines()

@@ -6,6 +6,7 @@ that each batch leaves the actor as its own top-b only, and ``RunningTopK`` fold
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -15,34 +16,42 @@ import ray
 import ray.data
 
 from vaal_dist.config import ScoringConfig
-from vaal_dist.errors import DivergedModelError, InputError
+from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError
 from vaal_dist.scoring.topk import RunningTopK, top_k
 
 log = logging.getLogger(__name__)
 
 
 class _ScorerActor:
-    """Builds the strategy's scorer once per Ray Data actor."""
+    """Builds the strategy's scorer once per Ray Data actor; ``amp``: run it under bfloat16 autocast."""
 
-    def __init__(self, scorer_cls, scorer_kwargs: dict, threads: int | None = None):
+    def __init__(self, scorer_cls, scorer_kwargs: dict, threads: int | None = None, amp: bool = False):
+        import torch
+
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = True     # fixed batch shapes: pick the fastest conv kernels once
         self.scorer = scorer_cls(**scorer_kwargs)
+        self.amp = amp
+
+    def precision(self):
+        import torch
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
 
 class BatchTopK(_ScorerActor):
     """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
 
-    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None):
-        super().__init__(scorer_cls, scorer_kwargs, threads)
+    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None, amp: bool = False):
+        super().__init__(scorer_cls, scorer_kwargs, threads, amp)
         self.k = k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
         try:
-            scores = np.asarray(self.scorer(batch), dtype=np.float64)
+            with self.precision():
+                scores = np.asarray(self.scorer(batch), dtype=np.float64)
         except InputError as e:   # a bad image: hand it to the driver, which raises it by name
             return _rows(ids[:1], error=str(e), score=np.array([np.nan]))
         if scores.shape != ids.shape:
@@ -60,7 +69,8 @@ class BatchEmbed(_ScorerActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
         try:
-            embedding = np.asarray(self.scorer.embed(batch), dtype=np.float32)
+            with self.precision():
+                embedding = np.asarray(self.scorer.embed(batch), dtype=np.float32)
         except InputError as e:
             return _rows(ids[:1], error=str(e), embedding=np.full((1, self.scorer.embedding_dim), np.nan, np.float32))
         return _rows(ids, embedding=embedding)
@@ -70,7 +80,8 @@ class BatchColumns(_ScorerActor):
     """Ray Data actor: the training columns the scorer's ``columns`` derives from each batch."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.scorer.columns(batch)
+        with self.precision():
+            return self.scorer.columns(batch)
 
 
 def _rows(ids: np.ndarray, error: str = "", **columns: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,19 +120,27 @@ def actor_pool_size(cfg: ScoringConfig, use_gpu: bool) -> int:
     return max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
 
 
+def _gpus_per_actor(actors: int) -> float:
+    """A whole GPU each, or a share of one when asked for more actors than there are GPUs: several
+    actors on one GPU overlap one's decoding with another's model."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return min(1.0, gpus / actors) if gpus else 1.0    # none yet: an autoscaler may add GPU nodes
+
+
 def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, cfg: ScoringConfig,
                  use_gpu: bool = False) -> ScoredTopK:
     """Exact top-k of ``scorer_cls`` scores over ``ds`` (columns id, image, ...), ties by smallest id."""
     start = time.perf_counter()
-    scored = _through_actors(ds, BatchTopK, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k,
-                                             "threads": cfg.threads_per_actor}, cfg, use_gpu)
+    scored = _through_actors(ds, BatchTopK, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k},
+                             cfg, use_gpu)
     best = RunningTopK(k)
     merge_seconds = 0.0
-    for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
-        _raise_on_bad_rows(batch)
-        t = time.perf_counter()
-        best.add(batch["id"], batch["score"])
-        merge_seconds += time.perf_counter() - t
+    with _actor_deaths_named(cfg):
+        for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
+            _raise_on_bad_rows(batch)
+            t = time.perf_counter()
+            best.add(batch["id"], batch["score"])
+            merge_seconds += time.perf_counter() - t
     t = time.perf_counter()
     ids, scores = best.result()
     merge_seconds += time.perf_counter() - t
@@ -130,6 +149,18 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
     return ScoredTopK(ids, scores, best.rows_seen, seconds, merge_seconds)
 
 
+@contextlib.contextmanager
+def _actor_deaths_named(cfg: ScoringConfig):
+    """Ray's error for an actor that died on every retry names only an actor id; say what happened."""
+    try:
+        yield
+    except ray.exceptions.RayActorError as e:
+        raise ScoringFailedError(
+            f"a scoring actor process died on the same batch {cfg.batch_retries + 1} times (the first try "
+            f"and ScoringConfig.batch_retries={cfg.batch_retries} retries), so nothing was selected; the "
+            f"actor's log (ray logs, or the dashboard) says why: often out of memory (lower the batch size) "
+            f"or an input that crashes a native decoder") from e
+
 
 def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
                       use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -137,13 +168,13 @@ def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg
 
     For strategies that need a global view (Core-set): the driver holds all N embeddings.
     """
-    embedded = _through_actors(ds, BatchEmbed, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs,
-                                                "threads": cfg.threads_per_actor}, cfg, use_gpu)
+    embedded = _through_actors(ds, BatchEmbed, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
     ids, embeddings = [], []
-    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
-        _raise_on_bad_rows(batch, values="embedding")
-        ids.append(batch["id"].astype(str))
-        embeddings.append(batch["embedding"])
+    with _actor_deaths_named(cfg):
+        for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+            _raise_on_bad_rows(batch, values="embedding")
+            ids.append(batch["id"].astype(str))
+            embeddings.append(batch["embedding"])
     if not ids:
         return np.array([], dtype=str), np.zeros((0, 0), np.float32)
     return np.concatenate(ids), np.concatenate(embeddings)
@@ -154,10 +185,14 @@ def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: S
     """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
     from vaal_dist.train.trainer import _input_error_in
 
-    mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs,
-                                                "threads": cfg.threads_per_actor}, cfg, use_gpu)
+    mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
+    # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
+    mapped.context.execution_options.preserve_order = True
     try:
-        return mapped.materialize()
+        with _actor_deaths_named(cfg):
+            return mapped.materialize()
+    except ScoringFailedError:
+        raise
     except Exception as e:     # the actor's InputError arrives as text inside Ray's wrapper
         message = _input_error_in(e)
         if message:
@@ -167,11 +202,15 @@ def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: S
 
 def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,
                     use_gpu: bool) -> ray.data.Dataset:
+    if cfg.amp and not use_gpu:
+        raise InputError("bfloat16 scoring (amp) runs on GPUs only: add use_gpu (--use-gpu) or drop --amp")
     # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
     # 20k-image pool to one actor as a single block.
     ds.context.target_max_block_size = cfg.block_bytes
+    size = actor_pool_size(cfg, use_gpu)
     return ds.map_batches(
-        actor_cls, fn_constructor_kwargs=kwargs,
-        compute=ray.data.ActorPoolStrategy(size=actor_pool_size(cfg, use_gpu)),
+        actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp},
+        compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=cfg.batch_size, batch_format="numpy",
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cfg.cpus_per_actor)
+        num_gpus=_gpus_per_actor(size) if use_gpu else 0, num_cpus=0 if use_gpu else cfg.cpus_per_actor,
+        max_restarts=-1, max_task_retries=cfg.batch_retries)

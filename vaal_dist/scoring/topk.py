@@ -38,7 +38,8 @@ class RunningTopK:
     """Folds (ids, scores) batches into the exact top-k, holding O(k + pending) rows.
 
     Rows are buffered and folded once the buffer outgrows ``max(k, fold_at)``, so a long stream of
-    small batches costs O(N log k), not one sort per batch.
+    small batches costs O(N log k), not one sort per batch. An id folded more than once (a block that a
+    restarted scoring actor delivered again) is kept once, with its highest score.
     """
 
     def __init__(self, k: int, fold_at: int = 65536):
@@ -67,11 +68,20 @@ class RunningTopK:
 
     def _fold(self) -> None:
         parts = [(self._ids, self._scores), *self._pending]
-        self._ids, self._scores = top_k(
-            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), self.k)
+        ids, scores = _one_per_id(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        self._ids, self._scores = top_k(ids, scores, self.k)
         self._pending, self._pending_rows = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """The exact top-k so far, best first."""
         self._fold()
         return self._ids, self._scores
+
+
+def _one_per_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each id once, with its highest score."""
+    order = np.lexsort((-scores, ids))
+    ids, scores = ids[order], scores[order]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return ids[first], scores[first]

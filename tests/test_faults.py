@@ -1,0 +1,127 @@
+"""Injected faults: a training worker and a scoring actor killed for real, mid-run; the selection is the
+one an undisturbed run makes."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from test_round import read_selection, round_config
+from test_scoring import vaal_checkpoint
+from vaal_dist.config import ScoringConfig, preset
+from vaal_dist.errors import ScoringFailedError
+from vaal_dist.pool.dataset import read_pool
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.round import run_round
+from vaal_dist.scoring.stream import stream_top_k
+from vaal_dist.strategies.vaal import VAALScorer
+
+
+def _kill_training_worker_after_two_checkpoints(run_dir, killed: list, timeout: float = 300.0) -> None:
+    """SIGKILL the Ray Train worker process once ``run_dir`` holds two checkpoints (the first is then
+    surely committed: a checkpoint folder appears when its upload starts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run_dir.exists() and len(list(run_dir.glob("checkpoint_*"))) >= 2:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    proc.kill()
+                    killed.append(proc.info["pid"])
+            if killed:
+                return
+        time.sleep(0.1)
+
+
+def test_a_training_worker_killed_mid_run_resumes_and_selects_as_undisturbed(ray_local, tmp_path, tiny_pool):
+    pool, labeled = tiny_pool[:2]
+    vaal = preset("cpu", epochs=6, batch_size=32)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_training_worker_after_two_checkpoints,
+                              args=(tmp_path / "killed" / "train" / "vaal", killed))
+    killer.start()
+    hit = run_round(round_config(pool, labeled, tmp_path / "killed", vaal=vaal))
+    killer.join()
+    assert killed, "no training worker was killed"
+    last = hit.record["train"]["last_epoch"]
+    assert last["epoch"] == 6 and 1 <= last["resumed_from_epoch"] < 6    # restarted from a checkpoint
+    calm = run_round(round_config(pool, labeled, tmp_path / "calm", vaal=vaal))
+    assert calm.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
+    assert read_selection(tmp_path / "killed") == read_selection(tmp_path / "calm")
+
+
+def test_a_scoring_actor_killed_mid_stream_changes_nothing(ray_local, tmp_path, tiny_pool):
+    """The actor scoring the batch that holds ``victim`` dies (SIGKILL) once; Ray restarts it and rescores
+    the batch. The top-b holds each id once and equals the undisturbed stream's."""
+    pool, _, ids, _ = tiny_pool
+    marker, victim = tmp_path / "killed-pid", str(ids[150])
+
+    class DiesOnce(VAALScorer):
+        def __call__(self, batch):
+            if victim in batch["id"] and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(batch)
+
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)}
+    cfg = ScoringConfig(batch_size=16, num_actors=2)
+    calm = stream_top_k(read_pool(pool), VAALScorer, kwargs, 40, cfg)
+    hit = stream_top_k(read_pool(pool), DiesOnce, kwargs, 40, cfg)
+    assert marker.exists() and not psutil.pid_exists(int(marker.read_text()))
+    assert len(set(hit.ids)) == 40
+    np.testing.assert_array_equal(hit.ids, calm.ids)
+    np.testing.assert_array_equal(hit.scores, calm.scores)
+
+
+def test_a_batch_that_kills_its_actor_every_time_fails_the_stream(ray_local, tmp_path, tiny_pool):
+    """A poison input that crashes the process on every try ends the stream after ``batch_retries``
+    rescoring attempts, instead of restarting actors forever."""
+    pool, _, ids, _ = tiny_pool
+    attempts, victim = tmp_path / "attempts", str(ids[10])
+    attempts.mkdir()
+
+    class AlwaysDies(VAALScorer):
+        def __call__(self, batch):
+            if victim in batch["id"]:
+                (attempts / str(os.getpid())).touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().__call__(batch)
+
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)}
+    with pytest.raises(ScoringFailedError, match="died on the same batch 3 times"):
+        stream_top_k(read_pool(pool), AlwaysDies, kwargs, 5, ScoringConfig(batch_size=16, num_actors=1,
+                                                                           batch_retries=2))
+    assert len(list(attempts.iterdir())) == 3          # the first try and 2 retries, each in a new process
+
+
+@pytest.mark.parametrize("stage", ["scoring", "writing run.json"])
+def test_a_crash_leaves_no_round_and_a_rerun_completes_without_retraining(ray_local, tmp_path, tiny_pool,
+                                                                           monkeypatch, stage):
+    """Crash after training: no run.json (the round's commit mark) is left, and the rerun resumes from
+    the finished checkpoint instead of training again, then writes the whole round."""
+    import vaal_dist.round as round_module
+    from vaal_dist.strategies.base import TopKStrategy
+
+    pool, labeled = tiny_pool[:2]
+    cfg = round_config(pool, labeled, tmp_path / "out")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError(f"injected crash while {stage}")
+
+    if stage == "scoring":
+        monkeypatch.setattr(TopKStrategy, "select", crash)
+    else:
+        real_write_json = round_module.write_json
+        monkeypatch.setattr(round_module, "write_json", lambda uri, obj: (
+            crash() if uri.endswith("run.json") else real_write_json(uri, obj)))
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run_round(cfg)
+    assert not (tmp_path / "out" / "run.json").exists()
+    assert (tmp_path / "out" / "selection.parquet").exists() == (stage == "writing run.json")
+    monkeypatch.undo()
+    result = run_round(cfg)
+    assert result.record["train"]["last_epoch"]["resumed_from_epoch"] == cfg.vaal.epochs    # nothing retrained
+    selection = read_selection(tmp_path / "out")
+    assert len(selection["id"]) == cfg.budget and selection["rank"] == list(range(1, cfg.budget + 1))

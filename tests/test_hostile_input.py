@@ -1,0 +1,142 @@
+"""Hostile pools, manifests and images: each is refused with an error that names it (or,
+for a corrupt shard, refused wholesale), never another exception and never a wrong answer."""
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_raw_pool
+from vaal_dist.errors import InputError
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import PoolMeta, read_labels, read_manifest, read_pool_ids, write_pool
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_damaged_shard_is_read_whole_or_refused_by_name(tmp_path, seed):
+    """Truncations and flipped bytes anywhere in a shard: read_pool_ids returns exactly the ids written,
+    or raises InputError naming the pool; nothing else escapes."""
+    ids = make_raw_pool(tmp_path / "pool", 64, shards=1)
+    shard = tmp_path / "pool" / "part-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        data = data[: int(rng.integers(0, len(data)))]                      # truncated
+    else:
+        for at in rng.integers(0, len(data), int(rng.integers(1, 16))):     # bytes flipped
+            data[at] ^= int(rng.integers(1, 256))
+    shard.write_bytes(bytes(data))
+    try:
+        got = read_pool_ids(str(tmp_path / "pool"))
+    except InputError as e:
+        assert str(tmp_path / "pool") in str(e)
+    else:
+        assert got.to_pylist() == list(ids)
+
+
+@pytest.mark.parametrize("columns,match", [
+    ({"id": pa.array(["a", "b"]), "image": pa.array([1, 2])}, "'image' must be bytes"),
+    ({"id": pa.array(["a", "b"]), "image": pa.array(["x", "y"])}, "'image' must be bytes"),
+    ({"id": pa.array([1, 2]), "image": pa.array([b"", b""])}, "'id' must be strings"),
+    ({"id": pa.array(["a", None]), "image": pa.array([b"", b""])}, "null id"),
+    ({"image": pa.array([b"", b""])}, "cannot read pool"),
+])
+def test_wrong_schemas_and_dtypes_are_named(tmp_path, columns, match):
+    write_pool(str(tmp_path / "p"), [pa.table(columns)], PoolMeta())
+    with pytest.raises(InputError, match=match):
+        read_pool_ids(str(tmp_path / "p"))
+
+
+def test_shards_that_disagree_on_the_schema_are_refused(tmp_path):
+    write_pool(str(tmp_path / "p"), [pa.table({"id": ["a"], "image": [b""]}),
+                                     pa.table({"id": [1], "image": [b""]})], PoolMeta())
+    with pytest.raises(InputError, match=r"part-00001.parquet' has columns \(id: int64, image: binary\) but the "
+                                         r"first has \(id: string, image: binary\)"):
+        read_pool_ids(str(tmp_path / "p"))
+
+
+@pytest.mark.parametrize("labels,match", [
+    (pa.array([0.0, 1.5]), "'label' must be integers"),
+    (pa.array([0, -1]), "class indices >= 0"),
+    (pa.array([0, None], pa.int64()), "have no label"),
+])
+def test_bad_labels_are_named(tmp_path, labels, match):
+    write_pool(str(tmp_path / "p"), [pa.table({"id": ["a", "b"], "image": [b"", b""], "label": labels})],
+               PoolMeta())
+    with pytest.raises(InputError, match=match):
+        read_labels(str(tmp_path / "p"), pa.array(["a", "b"]))
+
+
+def test_odd_ids_survive_parquet_manifests_exactly(tmp_path):
+    odd = ["with space", " lead", "trail ", "tab\there", "new\nline", "ünïcødé", "emoji-🙂", "a/b/../c",
+           "quote'\"", "x" * 4096, ""]
+    pq.write_table(pa.table({"id": odd}), tmp_path / "m.parquet")
+    assert read_manifest(str(tmp_path / "m.parquet")).to_pylist() == odd
+
+
+def test_text_manifests_refuse_what_they_cannot_hold(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"ok\n\xff\xfe not utf-8\n")
+    with pytest.raises(InputError, match="cannot read manifest"):
+        read_manifest(str(tmp_path / "bin.txt"))
+    (tmp_path / "dup.txt").write_text("a\n a \n")          # surrounding spaces are stripped: a duplicate
+    with pytest.raises(InputError, match="more than once"):
+        read_manifest(str(tmp_path / "dup.txt"))
+
+
+def test_a_decompression_bomb_in_an_encoded_pool_is_named():
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buf, format="PNG")      # 400 Mpx in a few dozen KB
+    assert len(buf.getvalue()) < 1_000_000
+    with pytest.raises(InputError, match="image 'bomb.png' cannot be decoded"):
+        decode_images(np.array(["bomb.png"]), [buf.getvalue()], PoolMeta(), 32)
+
+
+def test_a_huge_but_legal_image_is_resized(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 10, 10)).save(buf, format="JPEG")
+    out = decode_images(np.array(["big.jpg"]), [buf.getvalue()], PoolMeta(), 32)
+    assert out.shape == (1, 3, 32, 32) and abs(int(out[0, 0].mean()) - 200) < 5
+
+
+ODD_IDS = ["with space", " lead", "trail ", "tab\there", "new\nline", "ünïcødé", "emoji-🙂", "a/b/../c",
+           "quote'\"", "x" * 4096, "", "CON", "..", "%2F", "back\\slash"]
+
+
+def _round(pool, labeled, out, budget, strategy="random"):
+    from vaal_dist.config import RoundConfig, ScoringConfig
+    from vaal_dist.round import run_round
+
+    return run_round(RoundConfig(pool=str(pool), labeled=str(labeled), out=str(out), budget=budget,
+                                 strategy=strategy, scoring=ScoringConfig(batch_size=4, num_actors=2)))
+
+
+def test_odd_ids_round_trip_through_a_round(ray_local, tmp_path):
+    from vaal_dist.pool.io import write_manifest
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, 32 * 32, dtype=np.uint8).tobytes() for _ in ODD_IDS]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ODD_IDS[:7], "image": pixels[:7]}),
+                                        pa.table({"id": ODD_IDS[7:], "image": pixels[7:]})],
+               PoolMeta("raw", (32, 32, 1)))
+    write_manifest(str(tmp_path / "labeled.parquet"), ODD_IDS[:3])
+    result = _round(tmp_path / "pool", tmp_path / "labeled.parquet", tmp_path / "out", len(ODD_IDS) - 3)
+    selected = pq.read_table(result.selection).column("id").to_pylist()
+    assert sorted(selected) == sorted(ODD_IDS[3:])
+
+
+def test_a_damaged_image_page_fails_the_round_naming_the_pool(ray_local, tmp_path):
+    """The ids read fine, an image page does not: the round stops with the pool named, selects nothing."""
+    ids = make_raw_pool(tmp_path / "pool", 64, shards=1)
+    from vaal_dist.pool.io import write_manifest
+
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:4])
+    shard = tmp_path / "pool" / "part-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF                   # random pixels fill the file: the middle is image data
+    shard.write_bytes(bytes(data))
+    assert read_pool_ids(str(tmp_path / "pool")).to_pylist() == list(ids)
+    with pytest.raises(InputError, match="has a damaged shard: a Parquet page failed its checksum.*part-00000"):
+        _round(tmp_path / "pool", tmp_path / "labeled.parquet", tmp_path / "out", 5)
+    assert not (tmp_path / "out" / "selection.parquet").exists()
