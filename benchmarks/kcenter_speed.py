@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from vaal_dist.coreset.kcenter import k_center_greedy
+from vaal_dist.coreset.kcenter import k_center_greedy, nearest_sq_dists
 
 
 def sklearn_greedy(unlabeled, labeled, budget):
@@ -85,13 +85,19 @@ def gaussian_problem(args) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     p = problem_parser(__doc__)
     p.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "torch"])
+    p.add_argument("--device", help="where our greedy runs (default: a GPU when torch sees one)")
+    p.add_argument("--time-search", action="store_true", help="also time the labeled search alone")
     p.add_argument("--pruning-steps", type=int, default=0,
                    help="also report how much triangle-inequality pruning could skip in this many steps")
     args = p.parse_args()
     unlabeled, labeled = gaussian_problem(args)
 
+    if args.time_search:
+        start = time.perf_counter()
+        nearest_sq_dists(unlabeled, labeled, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        print(f"| of which: exact distance to the nearest labeled point | {time.perf_counter() - start:.1f} s | |")
     start = time.perf_counter()
-    ours = k_center_greedy(unlabeled, labeled, args.budget)
+    ours = k_center_greedy(unlabeled, labeled, args.budget, device=args.device)
     print(f"| vaal_dist k_center_greedy | {time.perf_counter() - start:.1f} s | reference |", flush=True)
     for name, fn in (("torch", torch_chunked_greedy), ("sklearn", sklearn_greedy)):
         if name in args.skip:

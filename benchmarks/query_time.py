@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=250)
     p.add_argument("--preset", default="cpu")
     p.add_argument("--strategies", nargs="+", default=sorted(STRATEGIES))
+    p.add_argument("--use-gpu", action="store_true", help="train and score on the GPU")
     args = p.parse_args()
     build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=preset(args.preset).image_size)
     rows = []
@@ -34,7 +35,7 @@ def main() -> None:
             record = run_round(RoundConfig(pool=DEFAULT_POOL, labeled=DEFAULT_LABELED, out=str(out),
                                            budget=args.budget, strategy=name, preset=args.preset,
                                            vaal=preset(args.preset), task=task_preset(args.preset),
-                                           aalu=aalu_preset(args.preset))).record
+                                           aalu=aalu_preset(args.preset), use_gpu=args.use_gpu)).record
             t = record["timings"]
             rows.append(f"| {name} | {t['train_seconds']:.1f} | {t['score_seconds']:.1f} | "
                         f"{t['merge_seconds']:.3f} | {t['total_seconds']:.1f} | {record['per_100_query_seconds']:.2f} |")
