@@ -16,6 +16,7 @@ DEFAULT_POOL = "data/mnist-pool"
 DEFAULT_LABELED = "data/mnist-labeled.parquet"
 DEFAULT_OUT = "results/mnist-round"
 DEFAULT_BUDGET = 250          # 5% of the 5,000 digits, the papers' per-round step
+DEFAULT_EXPERIMENT_OUT = "results/mnist-experiment"
 
 
 def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,6 +25,14 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="b, the number of images to select")
     p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
     p.add_argument("--strategy", default="vaal", choices=sorted(STRATEGIES))
+    p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
+                                     "their accuracy on them")
+    p.add_argument("--seed", type=int, default=0)
+    return add_training_args(p)
+
+
+def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """How models are trained and the pool scored: shared by rounds and experiments."""
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="the papers' hyperparameters for VAAL, the task model and AALU "
                         "(default: cpu for the embedded pool, else cifar10)")
@@ -38,8 +47,6 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--subset-factor", type=int,
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
-    p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
-                                     "their accuracy on them")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
@@ -49,7 +56,6 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, else per CPU)")
     p.add_argument("--threads-per-actor", type=int, help="torch threads in each scoring actor")
     p.add_argument("--amp", action="store_true", help="score under bfloat16 autocast (with --use-gpu)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     return p
 
@@ -165,6 +171,40 @@ def prepare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_experiment_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from vaal_dist.experiment import ExperimentConfig as E
+
+    p.add_argument("--pool", help="pool with a label column; omit for the embedded MNIST pool")
+    p.add_argument("--out", default=DEFAULT_EXPERIMENT_OUT, help="experiment folder; rerunning it resumes")
+    p.add_argument("--strategies", nargs="+", default=list(E.strategies), choices=sorted(STRATEGIES),
+                   metavar="STRATEGY", help=f"any of {', '.join(sorted(STRATEGIES))}")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(E.seeds))
+    p.add_argument("--initial", type=float, default=E.initial, help="fraction labeled at the start")
+    p.add_argument("--step", type=float, default=E.step, help="fraction added per round")
+    p.add_argument("--final", type=float, default=E.final, help="last fraction evaluated")
+    p.add_argument("--test-fraction", type=float, default=E.test_fraction,
+                   help="share of the pool held out to measure accuracy")
+    return add_training_args(p)
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    from vaal_dist.experiment import ExperimentConfig, run_experiment, summarize
+
+    # Labeled sets, budgets, strategies and seeds are set round by round by the experiment.
+    args.labeled, args.budget, args.strategy, args.holdout, args.seed = "-", 0, "random", None, 0
+    base = config_from_args(args)
+    cfg = ExperimentConfig(base=base, out=args.out, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
+                           initial=args.initial, step=args.step, final=args.final,
+                           test_fraction=args.test_fraction)
+    with ray_session(args.ray_address):
+        curves = run_experiment(cfg)
+    print(f"results: {args.out}/curves.csv, summary.csv, curves.png")
+    for row in summarize(curves):
+        print(f"{row['strategy']:>20}: AULC {row['aulc_mean']:.4f} +- {row['aulc_std']:.4f} over {row['seeds']} "
+              f"seeds; minus random {row['minus_random_mean']:+.4f} +- {row['minus_random_std']:.4f}")
+    return 0
+
+
 def run_safely(command, args) -> int:
     """Run a command; errors about the user's input print one line and exit 2, not a stack trace."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -180,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
     add_prepare_args(sub.add_parser("prepare", help="make a raw pool from a folder or bucket of JPEG/PNG files"))
+    add_experiment_args(sub.add_parser("experiment", help="multi-round learning curves with a simulated oracle"))
     args = parser.parse_args(argv)
-    return run_safely({"round": round_command, "prepare": prepare_command}[args.command], args)
+    commands = {"round": round_command, "prepare": prepare_command, "experiment": experiment_command}
+    return run_safely(commands[args.command], args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""Multi-round experiments: the AULC and the summary against hand-computed values, and a 2-round
+experiment that is interrupted, resumed without re-labeling, and writes its table and plot."""
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import vaal_dist.experiment as experiment
+from conftest import make_raw_pool
+from test_round import round_config
+from vaal_dist.config import task_preset
+from vaal_dist.errors import InputError
+from vaal_dist.experiment import ExperimentConfig, aulc, run_experiment, summarize
+
+
+def test_aulc_against_hand_computed_values():
+    # trapezoids 0.1 * (0.5 + 0.7) / 2 + 0.2 * (0.7 + 0.9) / 2 = 0.22 over a width of 0.3
+    assert aulc([0.1, 0.2, 0.4], [0.5, 0.7, 0.9]) == pytest.approx(0.22 / 0.3)
+    assert aulc([0.4, 0.1, 0.2], [0.9, 0.5, 0.7]) == pytest.approx(0.22 / 0.3)     # any order
+    assert aulc([0.1, 0.4], [0.6, 0.6]) == pytest.approx(0.6)                     # flat: its level
+    assert aulc([0.25], [0.8]) == 0.8
+    with pytest.raises(ValueError, match="as many"):
+        aulc([0.1, 0.2], [0.5])
+
+
+def test_summary_pairs_each_strategy_with_random_by_seed():
+    rows = []
+    for strategy, seed, accs in (("random", 0, [0.5, 0.6]), ("random", 1, [0.4, 0.6]),
+                                 ("vaal", 0, [0.5, 0.8]), ("vaal", 1, [0.5, 0.5])):
+        rows += [{"strategy": strategy, "seed": seed, "labeled_fraction": f, "accuracy": a}
+                 for f, a in zip([0.1, 0.2], accs)]
+    by_name = {r["strategy"]: r for r in summarize(pa.Table.from_pylist(rows))}
+    # AULCs: random 0.55, 0.50; vaal 0.65, 0.50 -> differences 0.10, 0.00
+    assert by_name["random"]["aulc_mean"] == pytest.approx(0.525)
+    assert by_name["random"]["aulc_std"] == pytest.approx(np.std([0.55, 0.5], ddof=1))
+    assert by_name["random"]["minus_random_mean"] == pytest.approx(0.0)
+    assert by_name["vaal"]["aulc_mean"] == pytest.approx(0.575)
+    assert by_name["vaal"]["minus_random_mean"] == pytest.approx(0.05)
+    assert by_name["vaal"]["minus_random_std"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
+    assert by_name["vaal"]["seeds"] == 2
+
+
+def test_paper_fractions_and_bad_settings_are_named():
+    base = round_config("pool", "-", "out", budget=0)
+    assert ExperimentConfig(base, "x").fractions() == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+    with pytest.raises(InputError, match="unknown strategies"):
+        ExperimentConfig(base, "x", strategies=("vaal", "nope"))
+    with pytest.raises(InputError, match="initial"):
+        ExperimentConfig(base, "x", initial=0.5, final=0.4)
+    with pytest.raises(InputError, match="seeds"):
+        ExperimentConfig(base, "x", seeds=(1, 1))
+
+
+def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):
+    ids = make_raw_pool(tmp_path / "pool", 200, shards=2)
+    base = round_config(str(tmp_path / "pool"), "-", "-", budget=0, task=task_preset("cpu", epochs=1))
+    cfg = ExperimentConfig(base, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
+                           step=0.1, final=0.3, test_fraction=0.25)
+    trained = []
+    real_train = experiment.train_task_model
+    monkeypatch.setattr(experiment, "train_task_model", lambda inputs: (trained.append(inputs.train_dir),
+                                                                        real_train(inputs))[1])
+    real_evaluate = experiment._evaluate
+
+    def crash_in_round_1(round_cfg, folder, test_ids):
+        if folder.endswith("round-1"):
+            raise RuntimeError("injected crash")
+        return real_evaluate(round_cfg, folder, test_ids)
+
+    monkeypatch.setattr(experiment, "_evaluate", crash_in_round_1)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run_experiment(cfg)
+    run = tmp_path / "exp" / "runs" / "random" / "seed-3"
+    assert trained == [str(tmp_path / "exp" / "splits" / "seed-3" / "eval")]     # round 0: once per seed
+    first_selection = (run / "round-0" / "select" / "run.json").stat().st_mtime_ns
+    assert len(trained) == 1 and not (tmp_path / "exp" / "curves.parquet").exists()
+
+    monkeypatch.setattr(experiment, "_evaluate", real_evaluate)
+    curves = run_experiment(cfg)
+    assert len(trained) == 2 and trained[1].endswith(os.path.join("round-1", "eval"))   # only round 1 trained
+    assert (run / "round-0" / "select" / "run.json").stat().st_mtime_ns == first_selection   # not selected again
+
+    def manifest(path):
+        return set(pq.read_table(path).column("id").to_pylist())
+
+    test = manifest(tmp_path / "exp" / "splits" / "seed-3" / "test.parquet")
+    round_0, round_1 = manifest(run / "round-0" / "labeled.parquet"), manifest(run / "round-1" / "labeled.parquet")
+    selected = manifest(run / "round-0" / "select" / "selection.parquet")
+    assert len(test) == 50 and len(round_0) == 30 and len(selected) == 15           # 20% and +10% of 150
+    assert round_1 == round_0 | selected and not round_0 & selected and not round_1 & test
+    assert round_1 <= set(ids)
+
+    table = curves.to_pylist()
+    assert [(r["round"], r["labeled"], r["labeled_fraction"]) for r in table] == [(0, 30, 0.2), (1, 45, 0.3)]
+    assert all(0 <= r["accuracy"] <= 1 for r in table)
+    assert table[0]["query_seconds_per_100"] > 0 and np.isnan(table[1]["query_seconds_per_100"])
+    assert pq.read_table(tmp_path / "exp" / "curves.parquet").column("accuracy").to_pylist() == \
+        [r["accuracy"] for r in table]
+    assert (tmp_path / "exp" / "curves.csv").read_text().startswith('"strategy","seed","round"')
+    assert "random" in (tmp_path / "exp" / "summary.csv").read_text()
+    assert (tmp_path / "exp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
