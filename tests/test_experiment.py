@@ -55,7 +55,7 @@ def test_paper_fractions_and_bad_settings_are_named():
 
 def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):
     ids = make_raw_pool(tmp_path / "pool", 200, shards=2)
-    base = round_config(str(tmp_path / "pool"), "-", "-", budget=0, task=task_preset("cpu", epochs=1))
+    base = round_config(str(tmp_path / "pool"), "-", "-", budget=0, task=task_preset("cpu", epochs=1), workers=0)
     cfg = ExperimentConfig(base, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
                            step=0.1, final=0.3, test_fraction=0.25)
     trained = []
@@ -101,3 +101,15 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
     assert (tmp_path / "exp" / "curves.csv").read_text().startswith('"strategy","seed","round"')
     assert "random" in (tmp_path / "exp" / "summary.csv").read_text()
     assert (tmp_path / "exp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_folder_table_keeps_what_earlier_invocations_finished(tmp_path):
+    def rows(strategy, seed, accs):
+        return [{"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": 0.1 * (r + 1), "accuracy": a}
+                for r, a in enumerate(accs)]
+
+    experiment.write_results(str(tmp_path), pa.Table.from_pylist(rows("random", 0, [0.5, 0.6]) + rows("vaal", 0, [0.4, 0.5])))
+    rerun = pa.Table.from_pylist([{**r, "d_auc": 0.7} for r in rows("vaal", 0, [0.5, 0.7])])   # a new column too
+    merged = experiment._with_earlier_curves(str(tmp_path), rerun).to_pylist()
+    assert [(r["strategy"], r["accuracy"]) for r in merged] == [("random", 0.5), ("random", 0.6), ("vaal", 0.5), ("vaal", 0.7)]
+    assert merged[0]["d_auc"] is None and merged[3]["d_auc"] == 0.7

@@ -6,6 +6,7 @@ import torch
 
 from vaal_dist.strategies.task import entropy, variation_ratio
 from vaal_dist.train.losses import hinge_rank_loss, margin_ranking_loss, ranking_bce_loss
+from vaal_dist.train.vaal_loop import separation_auc
 
 # B = 4: Learning Loss / TA-VAAL pair (0, 3) and (1, 2).
 PRED = torch.tensor([0.5, 2.0, 1.0, 0.0])
@@ -58,3 +59,16 @@ def test_variation_ratio_by_hand():
     votes = torch.tensor([[0, 1, 2], [0, 1, 1], [0, 2, 0], [0, 1, 1]])   # (T=4, B=3)
     # image 0: 4/4 agree -> 0; image 1: class 1 three times -> 1 - 3/4; image 2: 2,1,0,1 -> mode 1 twice
     assert variation_ratio(votes, 3).tolist() == pytest.approx([0.0, 0.25, 0.5])
+
+
+def test_separation_auc_by_hand_and_against_sklearn():
+    high, low = torch.tensor([0.9, 0.8]), torch.tensor([0.1, 0.8])
+    assert separation_auc(high, low) == pytest.approx(3.5 / 4)       # 3 pairs ordered, 1 tie counts half
+    assert separation_auc(low, high) == pytest.approx(1 - 3.5 / 4)
+    assert separation_auc(torch.full((5,), 0.5), torch.full((7,), 0.5)) == 0.5     # D stuck at 0.5
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(64, generator=g).round(decimals=1), torch.rand(48, generator=g).round(decimals=1) - 0.1
+    expected = roc_auc_score([1] * 64 + [0] * 48, torch.cat([a, b]).numpy())
+    assert separation_auc(a, b) == pytest.approx(expected, abs=1e-6)

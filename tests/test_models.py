@@ -55,9 +55,11 @@ def test_discriminator_learns_to_separate_the_pools():
     vae, disc = VAE(cfg, 1), Discriminator(cfg)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     x_l, x_u = torch.rand(16, 1, 32, 32), -torch.rand(16, 1, 32, 32)   # two visibly different pools
+    first = disc_step(vae, disc, opt_d, x_l, x_u)
     for _ in range(30):
         m = disc_step(vae, disc, opt_d, x_l, x_u)
     assert m["d_labeled"] > 0.9 and m["d_unlabeled"] < 0.1
+    assert m["d_auc"] == 1.0 and first["d_auc"] < 1.0      # the AUC logged per round shows it
 
 
 @pytest.mark.parametrize("train_vae,want", [(True, {"vae": 5, "disc": 2}), (False, {"vae": 0, "disc": 5})])

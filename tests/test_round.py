@@ -43,17 +43,24 @@ def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_pa
     assert result.per_100_seconds == record["per_100_query_seconds"]
 
 
-def test_same_seed_same_selection_and_a_restart_resumes(ray_local, tmp_path, tiny_pool):
+def test_same_selection_from_a_worker_or_the_driver_and_a_driver_restart_resumes(ray_local, tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
     two_epochs = round_config(pool, labeled, tmp_path / "a", vaal=preset("cpu", epochs=2, batch_size=32))
-    first = run_round(two_epochs)
-    # An interrupted run: epoch 1 trained and checkpointed under b/, then the round is started again.
-    interrupted = round_config(pool, labeled, tmp_path / "b", vaal=preset("cpu", epochs=1, batch_size=32))
-    VAAL().train(RoundInputs(interrupted, read_pool_meta(pool), read_manifest(labeled), str(tmp_path / "b/train")))
-    resumed = run_round(round_config(pool, labeled, tmp_path / "b", vaal=preset("cpu", epochs=2, batch_size=32)))
+    first = run_round(two_epochs)                       # one Ray Train worker
+    # In the driver (workers=0), interrupted: epoch 1 trained and checkpointed under b/, then a crash
+    # while writing epoch 2's checkpoint (a folder without its completion mark), then the round again.
+    in_driver = dict(workers=0, vaal=preset("cpu", epochs=1, batch_size=32))
+    VAAL().train(RoundInputs(round_config(pool, labeled, tmp_path / "b", **in_driver), read_pool_meta(pool),
+                             read_manifest(labeled), str(tmp_path / "b/train")))
+    half_written = tmp_path / "b/train/vaal/checkpoint_000002"
+    half_written.mkdir()
+    (half_written / "vaal.pt").write_bytes(b"cut short")
+    in_driver["vaal"] = preset("cpu", epochs=2, batch_size=32)
+    resumed = run_round(round_config(pool, labeled, tmp_path / "b", **in_driver))
     assert resumed.record["train"]["last_epoch"]["resumed_from_epoch"] == 1
     assert first.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
-    assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")
+    assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")      # scores equal to the bit
+    assert sorted(p.name for p in (tmp_path / "b/train/vaal").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
     # Rerunning a finished round is a no-op that returns the same record.
     assert run_round(two_epochs).record == first.record
     with pytest.raises(InputError, match="started with another config, pool or labeled set"):
@@ -67,7 +74,7 @@ def _assert_nothing_written(out):
 @pytest.mark.parametrize("case,match", [
     ("budget_too_big", r"budget 225 is larger than the unlabeled pool \(224 of 256"),
     ("budget_zero", "budget must be at least 1"),
-    ("no_workers", "workers must be at least 1"),
+    ("negative_workers", "workers must be at least 0"),
     ("wrong_size", "pool images are 32x32 but the model expects 64x64"),
     ("unknown_labeled", r"names 2 ids that are not in the pool, e.g. \['ghost-1', 'ghost-2'\]"),
     ("missing_pool", "does not exist"),
@@ -80,8 +87,8 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
         kw["budget"] = 225
     elif case == "budget_zero":
         kw["budget"] = 0
-    elif case == "no_workers":
-        kw["workers"] = 0
+    elif case == "negative_workers":
+        kw["workers"] = -1
     elif case == "wrong_size":       # refused before any training starts
         kw.update(strategy="vaal", vaal=preset("imagenet"))
     elif case == "unknown_labeled":

@@ -47,7 +47,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--subset-factor", type=int,
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
+                        "worker start-up, for small runs)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--max-failures", type=int, default=RoundConfig.max_failures,

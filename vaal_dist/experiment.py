@@ -20,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import exists, join, read_json, read_labels, read_manifest, read_pool_ids, \
-    read_pool_meta, write_atomic, write_json, write_manifest, write_parquet
+    read_pool_meta, resolve, write_atomic, write_json, write_manifest, write_parquet
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
 from vaal_dist.strategies.base import RoundInputs
@@ -32,9 +33,10 @@ from vaal_dist.strategies.task import train_task_model
 
 log = logging.getLogger(__name__)
 
-# Per-round training facts worth a glance: is the VAE/D game being played? (recon and KL bounded,
-# D's mean output on labeled vs unlabeled batches apart from each other.)
-GAME_METRICS = ("recon", "kl", "disc_loss", "d_labeled", "d_unlabeled")
+# Per-round facts of the selecting round's last training epoch: is the adversarial game being played?
+# VAE recon and KL bounded; D's labeled-vs-unlabeled AUC (d_auc) above 0.5 - at 0.5 D cannot tell the
+# sets apart and its scores rank nothing. AALU: its VAE's recon+KL and the assistant's AUC (a_auc).
+GAME_METRICS = ("recon", "kl", "disc_loss", "d_labeled", "d_unlabeled", "d_auc", "recon_kl", "a_auc")
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,21 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
         test_uri, initial_uri = _splits(cfg, pool_ids, seed)
         for strategy in cfg.strategies:
             rows += _curve(cfg, strategy, seed, test_uri, initial_uri, len(pool_ids))
-    curves = pa.Table.from_pylist(rows)
-    write_results(cfg.out, curves)
-    return curves
+            write_results(cfg.out, _with_earlier_curves(cfg.out, pa.Table.from_pylist(rows)))
+    return pa.Table.from_pylist(rows)
+
+
+def _with_earlier_curves(out: str, curves: pa.Table) -> pa.Table:
+    """``curves`` plus the folder's rows of (strategy, seed) pairs that earlier invocations finished and this
+    one did not run: the folder's results grow with every invocation (one per group of strategies, say)."""
+    uri = join(out, "curves.parquet")
+    if not exists(uri):
+        return curves
+    fs, path = resolve(uri)
+    earlier = pq.read_table(path, filesystem=fs)
+    ran = {(r["strategy"], r["seed"]) for r in curves.select(["strategy", "seed"]).to_pylist()}
+    keep = [(r["strategy"], r["seed"]) not in ran for r in earlier.select(["strategy", "seed"]).to_pylist()]
+    return pa.concat_tables([earlier.filter(pa.array(keep, pa.bool_())), curves], promote_options="default")
 
 
 def _splits(cfg: ExperimentConfig, pool_ids: pa.Array, seed: int) -> tuple[str, str]:

@@ -70,10 +70,11 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     Returns the sizes, the labeled ids, the held-out ids (or None) and a fingerprint of the inputs
     (config, pool ids, labeled ids, held-out ids).
     """
-    for name, value in (("budget", cfg.budget), ("workers", cfg.workers),
-                        ("scoring batch size", cfg.scoring.batch_size)):
+    for name, value in (("budget", cfg.budget), ("scoring batch size", cfg.scoring.batch_size)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
+    if cfg.workers < 0:
+        raise InputError(f"workers must be at least 0 (0: train in the driver process), got {cfg.workers}")
     pool_ids = read_pool_ids(cfg.pool)
     labeled = _ids_in_pool(cfg.labeled, "labeled", pool_ids)
     holdout = None if cfg.holdout is None else _ids_in_pool(cfg.holdout, "held-out", pool_ids)
@@ -85,7 +86,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     if cfg.budget > sizes.unlabeled:
         raise InputError(f"budget {cfg.budget} is larger than the unlabeled pool ({sizes.unlabeled} of "
                          f"{sizes.pool} images are unlabeled and not held out)")
-    if needs_labeled and min(sizes.labeled, sizes.unlabeled) < cfg.workers:
+    if needs_labeled and min(sizes.labeled, sizes.unlabeled) < max(cfg.workers, 1):
         raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
     return sizes, labeled, holdout, _fingerprint(cfg, pool_ids, labeled, holdout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -20,7 +19,9 @@ import torch.nn.functional as F
 from vaal_dist.config import AALUConfig
 from vaal_dist.models.aalu import Assistant, FeatureVAE
 from vaal_dist.train.losses import hinge_rank_loss
-from vaal_dist.train.vaal_loop import _epoch_seed, _labeled_cycle, _unwrap, handed_back, resume_into
+from vaal_dist.train.trainer import report
+from vaal_dist.train.vaal_loop import _epoch_seed, _labeled_cycle, _unwrap, handed_back, resume_into, \
+    separation_auc
 
 CHECKPOINT_FILE = "aalu.pt"
 
@@ -66,7 +67,8 @@ def aalu_step(vae, assistant, opt_vae, opt_a, lab: dict, unl: dict, cfg: AALUCon
         a_loss.backward()
         opt_a.step()
     prob = torch.sigmoid(logits.detach())
-    metrics.update(a_labeled=prob[:n_l].mean().item(), a_unlabeled=prob[n_l:].mean().item())
+    metrics.update(a_labeled=prob[:n_l].mean().item(), a_unlabeled=prob[n_l:].mean().item(),
+                   a_auc=separation_auc(prob[n_l:], prob[:n_l]))       # A: unlabeled high, labeled low
     return metrics
 
 
@@ -119,12 +121,8 @@ def aalu_train_loop_per_worker(config: dict) -> None:
         metrics = train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled, unlabeled, cfg)
         labeled.close()
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"vae": _unwrap(vae).state_dict(), "assistant": _unwrap(assistant).state_dict(),
-                            "opt_vae": opt_vae.state_dict(), "opt_a": opt_a.state_dict(), "epoch": epoch + 1,
-                            "config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
-                            "num_classes": config["num_classes"]}, os.path.join(d, CHECKPOINT_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        state = {"vae": _unwrap(vae).state_dict(), "assistant": _unwrap(assistant).state_dict(),
+                 "opt_vae": opt_vae.state_dict(), "opt_a": opt_a.state_dict(), "epoch": epoch + 1,
+                 "config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
+                 "num_classes": config["num_classes"]}
+        report(metrics, (lambda d: torch.save(state, os.path.join(d, CHECKPOINT_FILE))) if rank == 0 else None)

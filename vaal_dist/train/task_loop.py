@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable
 
 import torch
@@ -23,6 +22,7 @@ from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
+from vaal_dist.train.trainer import report
 from vaal_dist.train.vaal_loop import _epoch_seed, _unwrap, handed_back, resume_into
 
 
@@ -166,12 +166,13 @@ def task_train_loop_per_worker(config: dict) -> None:
         if config["members"]:                       # and each of this worker's members on its own
             metrics.update({f"member_{t.member}/{k}": v for t, m in zip(trained, per_model) for k, v in m.items()})
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0])
-        with tempfile.TemporaryDirectory() as d:
-            writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
+        writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
+
+        def write(d, epoch=epoch + 1):
             for t in writers:
                 save_task_checkpoint(os.path.join(d, member_file(t.member)), _unwrap(t.model), t.opt, t.sched,
-                                     epoch + 1, cfg, config["model_args"])
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if writers else None)
+                                     epoch, cfg, config["model_args"])
+        report(metrics, write if writers else None)
 
 
 def _mean_metrics(per_model: list[dict[str, float]]) -> dict[str, float]:

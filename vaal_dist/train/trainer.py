@@ -1,14 +1,28 @@
-"""Running a training loop on Ray Train: DDP workers, dataset shards, checkpoints that a rerun resumes."""
+"""Running a training loop on Ray Train: DDP workers, dataset shards, checkpoints that a rerun resumes.
+
+``workers=0`` runs the loop in the driver process (Ray Train's local mode): no worker start-up, which
+dominates the short trainings of small experiments (34 s -> 7 s for the MNIST judge here). Local mode
+keeps only the last reported checkpoint object, so there ``report`` writes each checkpoint to the run's
+storage itself and ``latest_checkpoint`` finds it again: a rerun resumes in both modes.
+"""
 from __future__ import annotations
 
+import posixpath
+import tempfile
 from collections.abc import Callable
 
+import pyarrow.fs as pafs
 import ray.data
 import ray.train
+import torch
 from ray.train.torch import TorchTrainer
 
 from vaal_dist.errors import InputError, VaalDistError
 from vaal_dist.pool.io import resolve
+
+KEEP_CHECKPOINTS = 2
+_COMPLETE = ".complete"        # written last into a local-mode checkpoint folder: the folder is whole
+_driver_run: tuple[pafs.FileSystem, str] | None = None    # (fs, folder) of the local-mode run training now
 
 
 class TrainingError(VaalDistError, RuntimeError):
@@ -21,12 +35,15 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
-    one (Ray Train V2 resumes by run name), and the loop finds it with ``ray.train.get_checkpoint()``.
+    one (Ray Train V2 resumes by run name), and the loop finds it with ``latest_checkpoint()``.
     ``split`` names the datasets sharded across workers (default: all); the others reach every worker whole.
     """
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
+    if workers == 0:
+        return _fit_in_driver(train_loop, loop_config, datasets, fs, posixpath.join(path, name), ingest,
+                              threads=max(1, int(cpus_per_worker)))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -51,6 +68,83 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
     return result
+
+
+def _fit_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], fs: pafs.FileSystem,
+                   folder: str, ingest, threads: int) -> ray.train.Result:
+    """Ray Train local mode, with checkpoints kept under ``folder`` by ``report``. Torch computes on as
+    many threads as a worker would (Ray sets a worker's to its CPU count): same threads, same sums, so
+    the driver trains exactly what one worker trains."""
+    global _driver_run
+    for ds in datasets.values():
+        ds.context.execution_options = ingest
+    trainer = TorchTrainer(train_loop, train_loop_config=loop_config,
+                           scaling_config=ray.train.ScalingConfig(num_workers=0),
+                           run_config=ray.train.RunConfig(name=posixpath.basename(folder),
+                                                          storage_path=posixpath.dirname(folder),
+                                                          storage_filesystem=fs),
+                           datasets=datasets)
+    _driver_run, driver_threads = (fs, folder), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = trainer.fit()
+    except InputError:
+        raise
+    except Exception as e:
+        raise TrainingError(f"training {folder!r} failed: {e}") from e
+    finally:
+        _driver_run = None
+        torch.set_num_threads(driver_threads)
+    if result.checkpoint is None:
+        raise TrainingError(f"training {folder!r} finished without a checkpoint")
+    return result
+
+
+def report(metrics: dict, write: Callable[[str], None] | None = None) -> None:
+    """``ray.train.report`` with a checkpoint that ``write(folder)`` fills, or metrics only (None)."""
+    if write is None:
+        ray.train.report(metrics)
+    elif _driver_run is None:
+        with tempfile.TemporaryDirectory() as d:
+            write(d)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(metrics, checkpoint=_keep_in_storage(write, metrics["epoch"]))
+
+
+def latest_checkpoint() -> ray.train.Checkpoint | None:
+    """The checkpoint a (re)started run continues from: Ray Train's, or in local mode the newest whole
+    one in the run's storage."""
+    if _driver_run is None:
+        return ray.train.get_checkpoint()
+    fs, folder = _driver_run
+    done = sorted(_checkpoints(fs, folder, complete=True))
+    return ray.train.Checkpoint(posixpath.join(folder, done[-1]), filesystem=fs) if done else None
+
+
+def _keep_in_storage(write: Callable[[str], None], epoch: int) -> ray.train.Checkpoint:
+    """Local mode: the checkpoint of ``epoch`` copied under the run's folder, marked whole, older pruned."""
+    fs, folder = _driver_run
+    dest = posixpath.join(folder, f"checkpoint_{epoch:06d}")
+    with tempfile.TemporaryDirectory() as d:
+        write(d)
+        fs.create_dir(dest)
+        pafs.copy_files(d, dest, destination_filesystem=fs)
+    with fs.open_output_stream(posixpath.join(dest, _COMPLETE)):
+        pass
+    for old in sorted(_checkpoints(fs, folder, complete=False))[:-KEEP_CHECKPOINTS]:
+        fs.delete_dir(posixpath.join(folder, old))
+    return ray.train.Checkpoint(dest, filesystem=fs)
+
+
+def _checkpoints(fs: pafs.FileSystem, folder: str, complete: bool) -> list[str]:
+    """Names of the local-mode checkpoint folders under ``folder`` (only whole ones if ``complete``)."""
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    if complete:
+        names = [n for n in names
+                 if fs.get_file_info(posixpath.join(folder, n, _COMPLETE)).type == pafs.FileType.File]
+    return names
 
 
 def _input_error_in(e: Exception) -> str | None:

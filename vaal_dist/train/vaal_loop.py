@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from vaal_dist.config import VAALConfig
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
+from vaal_dist.train.trainer import latest_checkpoint, report
 
 CHECKPOINT_FILE = "vaal.pt"
 
@@ -77,9 +77,16 @@ def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    prob = torch.sigmoid(logits.detach())
+    prob = torch.sigmoid(logits.detach())       # before this step's update: D on a pair it has not learned
     return {"disc_loss": loss.item(), "d_labeled": prob[:n_l].mean().item(),
-            "d_unlabeled": prob[n_l:].mean().item()}
+            "d_unlabeled": prob[n_l:].mean().item(), "d_auc": separation_auc(prob[:n_l], prob[n_l:])}
+
+
+def separation_auc(high: torch.Tensor, low: torch.Tensor) -> float:
+    """ROC AUC of telling ``high`` from ``low`` by their values: P(h > l) + P(h = l) / 2 over all pairs.
+    0.5: the two sets look alike (an adversary that is not playing); 1: perfectly told apart."""
+    h, lo = high.float().flatten()[:, None], low.float().flatten()[None, :]
+    return ((h > lo).float().mean() + 0.5 * (h == lo).float().mean()).item()
 
 
 def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled: Iterable[dict],
@@ -189,13 +196,9 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
         labeled.close()
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
-                                opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned)
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
+                                                   opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned))
+               if rank == 0 else None)
 
 
 def resume_into(file: str, **parts) -> int:
@@ -204,9 +207,7 @@ def resume_into(file: str, **parts) -> int:
 
     Every rank loads the same state, so no broadcast is needed.
     """
-    import ray.train
-
-    resumed = ray.train.get_checkpoint()
+    resumed = latest_checkpoint()
     if not resumed:
         return 0
     with resumed.as_directory() as d:
@@ -223,7 +224,7 @@ def handed_back(start_epoch: int, epochs: int, rank: int) -> bool:
     if start_epoch < epochs:
         return False
     ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
-                     checkpoint=ray.train.get_checkpoint() if rank == 0 else None)
+                     checkpoint=latest_checkpoint() if rank == 0 else None)
     return True
 
 
