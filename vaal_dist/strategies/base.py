@@ -45,7 +45,7 @@ class RoundInputs:
         cfg = self.config
         return fit(train_loop, loop_config, datasets, storage_path=self.train_dir, name=name,
                    workers=workers or cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                   max_failures=cfg.max_failures, split=split)
+                   seed=cfg.seed, max_failures=cfg.max_failures, split=split)
 
 
 class Scorer(Protocol):

