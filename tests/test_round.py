@@ -75,6 +75,7 @@ def _assert_nothing_written(out):
     ("budget_too_big", r"budget 225 is larger than the unlabeled pool \(224 of 256"),
     ("budget_zero", "budget must be at least 1"),
     ("negative_workers", "workers must be at least 0"),
+    ("gpu_in_driver", "workers=0 trains in the driver process"),
     ("wrong_size", "pool images are 32x32 but the model expects 64x64"),
     ("unknown_labeled", r"names 2 ids that are not in the pool, e.g. \['ghost-1', 'ghost-2'\]"),
     ("missing_pool", "does not exist"),
@@ -89,6 +90,8 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
         kw["budget"] = 0
     elif case == "negative_workers":
         kw["workers"] = -1
+    elif case == "gpu_in_driver":
+        kw.update(workers=0, use_gpu=True)
     elif case == "wrong_size":       # refused before any training starts
         kw.update(strategy="vaal", vaal=preset("imagenet"))
     elif case == "unknown_labeled":
@@ -144,10 +147,11 @@ def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny
         run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
 
 
-def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path):
+@pytest.mark.parametrize("workers", [1, 0])
+def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):
     pool, labeled = photo_pool(tmp_path, 40, bad=33, bad_bytes=b"GIF89a not really")
     with pytest.raises(InputError, match="image 'photos/033.png' cannot be decoded"):
-        run_round(round_config(pool, labeled, tmp_path / "out", budget=5))
+        run_round(round_config(pool, labeled, tmp_path / "out", budget=5, workers=workers))
     _assert_nothing_written(tmp_path / "out")
 
 

@@ -139,7 +139,8 @@ def _curve(cfg: ExperimentConfig, strategy: str, seed: int, test_uri: str, initi
             budget = _labeled_count(fractions[r + 1], train_size) - row["labeled"]
             record = run_round(dataclasses.replace(round_cfg, budget=budget)).record
             row["query_seconds_per_100"] = record["per_100_query_seconds"]
-            last = (record["train"] or {}).get("last_epoch") or {}
+            train = record["train"] or {}
+            last = train.get("last_epoch") or train.get("aalu_last_epoch") or {}     # VAE/D, or AALU's
             row.update({k: float(last[k]) for k in GAME_METRICS if k in last})
             labeled_uri = _revealed(labeled_uri, round_cfg.out)
         log.info("%s seed %d round %d: %d labeled (%.0f%%), test accuracy %.4f", strategy, seed, r,

@@ -75,6 +75,9 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
             raise InputError(f"{name} must be at least 1, got {value}")
     if cfg.workers < 0:
         raise InputError(f"workers must be at least 0 (0: train in the driver process), got {cfg.workers}")
+    if cfg.workers == 0 and cfg.use_gpu:
+        raise InputError("workers=0 trains in the driver process, which holds no GPU of the cluster: "
+                         "train on GPUs with workers >= 1")
     pool_ids = read_pool_ids(cfg.pool)
     labeled = _ids_in_pool(cfg.labeled, "labeled", pool_ids)
     holdout = None if cfg.holdout is None else _ids_in_pool(cfg.holdout, "held-out", pool_ids)

