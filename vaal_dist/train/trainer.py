@@ -7,6 +7,7 @@ storage itself and ``latest_checkpoint`` finds it again: a rerun resumes in both
 """
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import re
 import tempfile
@@ -52,28 +53,31 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
     if workers == 0:
-        return _fit_in_driver(train_loop, loop_config, datasets, fs, posixpath.join(path, name), ingest,
-                              threads=max(1, int(cpus_per_worker)))
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=path, storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split="all" if split is None else split,
-                                            execution_options=ingest),
-    )
+        trainer = _trainer_in_driver(train_loop, loop_config, datasets, fs, path, name, ingest)
+        running = _in_driver(fs, posixpath.join(path, name), threads=max(1, int(cpus_per_worker)))
+    else:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu,
+                resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=path, storage_filesystem=fs,
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split="all" if split is None else split,
+                                                execution_options=ingest),
+        )
+        running = contextlib.nullcontext()
     try:
-        result = trainer.fit()
+        with running:
+            result = trainer.fit()
+    except InputError:
+        raise
     except Exception as e:  # Ray wraps the worker's exception and loses its type, not its text
-        input_error = _input_error_in(e)
-        if input_error:          # bad input met while training (e.g. an undecodable image)
-            raise InputError(input_error) from e
+        _raise_named_input_error(e)          # bad input met while training (e.g. an undecodable image)
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
@@ -84,44 +88,35 @@ def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray
     try:
         return {k: ds.random_shuffle(seed=seed).materialize() for k, ds in datasets.items()}
     except Exception as e:      # e.g. an undecodable image, met while reading the data
-        input_error = _input_error_in(e)
-        if input_error:
-            raise InputError(input_error) from e
+        _raise_named_input_error(e)
         raise
 
 
-def _fit_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], fs: pafs.FileSystem,
-                   folder: str, ingest, threads: int) -> ray.train.Result:
-    """Ray Train local mode, with checkpoints kept under ``folder`` by ``report``. Torch computes on as
-    many threads as a worker would (Ray sets a worker's to its CPU count): same threads, same sums, so
-    the driver trains exactly what one worker trains."""
-    global _driver_run
+def _trainer_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset],
+                       fs: pafs.FileSystem, path: str, name: str, ingest) -> TorchTrainer:
+    """Ray Train local mode (no workers): the loop runs in this process."""
     for ds in datasets.values():
         ds.context.execution_options = ingest
-    trainer = TorchTrainer(train_loop, train_loop_config=loop_config,
-                           scaling_config=ray.train.ScalingConfig(num_workers=0),
-                           run_config=ray.train.RunConfig(name=posixpath.basename(folder),
-                                                          storage_path=posixpath.dirname(folder),
-                                                          storage_filesystem=fs),
-                           datasets=datasets)
+    return TorchTrainer(train_loop, train_loop_config=loop_config,
+                        scaling_config=ray.train.ScalingConfig(num_workers=0),
+                        run_config=ray.train.RunConfig(name=name, storage_path=path, storage_filesystem=fs),
+                        datasets=datasets)
+
+
+@contextlib.contextmanager
+def _in_driver(fs: pafs.FileSystem, folder: str, threads: int):
+    """While a local-mode run trains: ``report`` keeps its checkpoints under ``folder``, and torch
+    computes on as many threads as a worker would (Ray sets a worker's to its CPU count): same threads,
+    same sums, so the driver trains exactly what one worker trains."""
+    global _driver_run
     _driver_run, driver_threads = (fs, folder), torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = trainer.fit()
-    except InputError:
-        raise
-    except Exception as e:      # a bad image met by a Ray Data task arrives wrapped, with its text
-        input_error = _input_error_in(e)
-        if input_error:
-            raise InputError(input_error) from e
-        raise TrainingError(f"training {folder!r} failed: {e}") from e
+        yield
     finally:
         _driver_run = None
         torch.set_num_threads(driver_threads)
         _leave_local_mode()
-    if result.checkpoint is None:
-        raise TrainingError(f"training {folder!r} finished without a checkpoint")
-    return result
 
 
 def _leave_local_mode() -> None:
@@ -178,6 +173,13 @@ def _checkpoints(fs: pafs.FileSystem, folder: str, complete: bool) -> list[str]:
         names = [n for n in names
                  if fs.get_file_info(posixpath.join(folder, n, _COMPLETE)).type == pafs.FileType.File]
     return names
+
+
+def _raise_named_input_error(e: Exception) -> None:
+    """Raise the InputError whose text ``e`` carries (Ray wraps errors of its tasks and workers), if any."""
+    input_error = _input_error_in(e)
+    if input_error:
+        raise InputError(input_error) from e
 
 
 def _input_error_in(e: Exception) -> str | None:
