@@ -65,11 +65,13 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
 
 
-def test_decode_raw_and_encoded():
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decode_raw_and_encoded(channels):
     rng = np.random.default_rng(0)
-    raw = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    out = decode_images(np.array(["a", "b"]), [r.tobytes() for r in raw], PoolMeta("raw", (8, 8, 3)), 8)
+    raw = rng.integers(0, 256, (2, 8, 8, channels), dtype=np.uint8)
+    out = decode_images(np.array(["a", "b"]), [r.tobytes() for r in raw], PoolMeta("raw", (8, 8, channels)), 8)
     np.testing.assert_array_equal(out, raw.transpose(0, 3, 1, 2))
+    assert out.flags.writeable          # torch.from_numpy warns on read-only arrays in every scoring actor
     enc = decode_images(np.array(["a", "b"]), [png_bytes(rng), png_bytes(rng, 17)], PoolMeta(), 32)
     assert enc.shape == (2, 3, 32, 32) and enc.dtype == np.uint8
 

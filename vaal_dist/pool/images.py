@@ -39,7 +39,7 @@ def _decode_raw(ids, images, shape, size) -> np.ndarray:
     bad = np.flatnonzero(lengths != h * w * c)
     if len(bad):
         raise InputError(f"image {str(ids[bad[0]])!r} has {lengths[bad[0]]} bytes, expected {h}x{w}x{c}")
-    flat = np.frombuffer(b"".join(images), dtype=np.uint8)
+    flat = np.frombuffer(bytearray().join(images), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only
     return np.ascontiguousarray(flat.reshape(len(images), h, w, c).transpose(0, 3, 1, 2))  # (B, C, H, W)
 
 
