@@ -42,6 +42,24 @@ def test_summary_pairs_each_strategy_with_random_by_seed():
     assert by_name["vaal"]["seeds"] == 2
 
 
+def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
+    nan = float("nan")
+    rows = []
+    for strategy, seed, accs, d_auc in (("random", 0, [0.5, 0.6], nan), ("random", 1, [0.4, 0.6], nan),
+                                        ("vaal", 0, [0.5, 0.8], 0.7), ("vaal", 1, [0.5, 0.5], 0.5)):
+        rows += [{"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": f, "accuracy": a,
+                  "query_seconds_per_100": [2.0, nan][r] * (3 if strategy == "vaal" else 1),
+                  "d_auc": [d_auc, nan][r], "kl": nan}
+                 for r, (f, a) in enumerate(zip([0.1, 0.2], accs))]
+    summary, accuracy, paired, game = experiment.report(pa.Table.from_pylist(rows)).strip().split("\n\n")
+    assert summary.splitlines()[2:] == ["| vaal | 2 | 0.5750 ± 0.1061 | +0.0500 ± 0.0707 |",   # best first
+                                        "| random | 2 | 0.5250 ± 0.0354 | – |"]
+    assert accuracy.splitlines()[0] == "| strategy | 10% | 20% | query s / 100 (mean) |"
+    assert accuracy.splitlines()[2] == "| vaal | 0.500 ± 0.000 | 0.650 ± 0.212 | 6.0 |"
+    assert paired.splitlines()[2:] == ["| vaal | +0.050 ± 0.212 |"]                  # 0.8-0.6, 0.5-0.6
+    assert game.splitlines() == ["| strategy | round | d_auc |", "| --- | --- | --- |", "| vaal | 0 | 0.600 |"]
+
+
 def test_paper_fractions_and_bad_settings_are_named():
     base = round_config("pool", "-", "out", budget=0)
     assert ExperimentConfig(base, "x").fractions() == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
@@ -100,6 +118,7 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
         [r["accuracy"] for r in table]
     assert (tmp_path / "exp" / "curves.csv").read_text().startswith('"strategy","seed","round"')
     assert "random" in (tmp_path / "exp" / "summary.csv").read_text()
+    assert "| random |" in (tmp_path / "exp" / "report.md").read_text()
     assert (tmp_path / "exp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

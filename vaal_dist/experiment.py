@@ -9,7 +9,7 @@ adding them to the labeled set. Every step leaves a file, so a rerun of the same
 
 Layout under ``out``: ``splits/seed-S/`` with ``test.parquet``, ``initial.parquet`` and the round-0
 evaluation, shared by the strategies; ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the
-set entering round R), ``eval.json`` (R > 0) and the selection round in ``select/``; results in ``curves.parquet``, ``curves.csv``, ``summary.csv`` and ``curves.png``.
+set entering round R), ``eval.json`` (R > 0) and the selection round in ``select/``; results in ``curves.parquet``, ``curves.csv``, ``summary.csv``, ``report.md`` and ``curves.png``.
 """
 from __future__ import annotations
 
@@ -216,8 +216,69 @@ def summarize(curves: pa.Table) -> list[dict]:
     return summary
 
 
+def report(curves: pa.Table) -> str:
+    """Markdown tables of a curves table: AULC per strategy (best first), accuracy per fraction with the
+    mean query time, accuracy minus random's paired by seed per fraction, and the game's vitals per round."""
+    rows = [r for r in curves.to_pylist() if r["accuracy"] is not None]
+    summary = {s["strategy"]: s for s in summarize(curves)}
+    strategies = sorted(summary, key=lambda s: -summary[s]["aulc_mean"])
+    fractions = sorted({r["labeled_fraction"] for r in rows})
+    columns = [f"{100 * f:g}%" for f in fractions]
+    accuracy = {(r["strategy"], r["seed"], r["labeled_fraction"]): r["accuracy"] for r in rows}
+
+    def paired(strategy, fraction):
+        return [a - accuracy["random", seed, f] for (s, seed, f), a in accuracy.items()
+                if (s, f) == (strategy, fraction) and ("random", seed, f) in accuracy]
+
+    tables = [
+        _markdown(["strategy", "seeds", "AULC (mean ± std)", "minus random, paired (mean ± std)"],
+                  [[s, summary[s]["seeds"], _mean_std(summary[s]["aulc_mean"], summary[s]["aulc_std"], 4),
+                    "–" if s == "random" else
+                    _mean_std(summary[s]["minus_random_mean"], summary[s]["minus_random_std"], 4, sign=True)]
+                   for s in strategies]),
+        _markdown(["strategy", *columns, "query s / 100 (mean)"],
+                  [[s, *(_stats(_measured(rows, "accuracy", strategy=s, labeled_fraction=f), 3) for f in fractions),
+                    _mean(_measured(rows, "query_seconds_per_100", strategy=s))] for s in strategies]),
+        _markdown(["strategy", *columns[1:]],
+                  [[s, *(_stats(paired(s, f), 3, sign=True) for f in fractions[1:])]
+                   for s in strategies if s != "random"])]
+    vitals = [m for m in GAME_METRICS if _measured(rows, m)]
+    game = [[s, r, *(_mean(_measured(rows, m, strategy=s, round=r), 3) for m in vitals)]
+            for s in sorted(strategies) for r in sorted({r["round"] for r in rows if r["strategy"] == s})
+            if any(_measured(rows, m, strategy=s, round=r) for m in vitals)]
+    if game:
+        tables.append(_markdown(["strategy", "round", *vitals], game))
+    return "\n\n".join(tables) + "\n"
+
+
+def _measured(rows: list[dict], key: str, **match) -> list[float]:
+    """``key``'s values in the rows that match, where measured (not missing, not NaN)."""
+    values = (r.get(key) for r in rows if all(r[k] == v for k, v in match.items()))
+    return [v for v in values if v is not None and not np.isnan(v)]
+
+
+def _markdown(header: list, body: list[list]) -> str:
+    lines = [header, ["---"] * len(header), *body]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
+def _mean_std(mean: float, std: float, digits: int, sign: bool = False) -> str:
+    fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{fmt.format(mean)} ± {std:.{digits}f}" if not np.isnan(std) else fmt.format(mean)
+
+
+def _stats(values: list[float], digits: int, sign: bool = False) -> str:
+    if not values:
+        return ""
+    return _mean_std(np.mean(values), np.std(values, ddof=1) if len(values) > 1 else float("nan"), digits, sign)
+
+
+def _mean(values: list[float], digits: int = 1) -> str:
+    return f"{np.mean(values):.{digits}f}" if values else ""
+
+
 def write_results(out: str, curves: pa.Table) -> None:
-    """curves.parquet / curves.csv, summary.csv and curves.png under ``out``."""
+    """curves.parquet / curves.csv, summary.csv, report.md and curves.png under ``out``."""
     import pyarrow.csv as pacsv
 
     write_parquet(join(out, "curves.parquet"), curves)
@@ -226,6 +287,7 @@ def write_results(out: str, curves: pa.Table) -> None:
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink)
         write_atomic(join(out, name), sink.getvalue().to_pybytes())
+    write_atomic(join(out, "report.md"), report(curves).encode())
     write_atomic(join(out, "curves.png"), plot(curves))
 
 
