@@ -40,6 +40,7 @@ def test_summary_pairs_each_strategy_with_random_by_seed():
     assert by_name["vaal"]["minus_random_mean"] == pytest.approx(0.05)
     assert by_name["vaal"]["minus_random_std"] == pytest.approx(np.std([0.1, 0.0], ddof=1))
     assert by_name["vaal"]["seeds"] == 2
+    assert by_name["vaal"]["seeds_above_random"] == 1
 
 
 def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
@@ -52,8 +53,8 @@ def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
                   "d_auc": [d_auc, nan][r], "kl": nan}
                  for r, (f, a) in enumerate(zip([0.1, 0.2], accs))]
     summary, accuracy, paired, game = experiment.report(pa.Table.from_pylist(rows)).strip().split("\n\n")
-    assert summary.splitlines()[2:] == ["| vaal | 2 | 0.5750 ± 0.1061 | +0.0500 ± 0.0707 |",   # best first
-                                        "| random | 2 | 0.5250 ± 0.0354 | – |"]
+    assert summary.splitlines()[2:] == ["| vaal | 2 | 0.5750 ± 0.1061 | +0.0500 ± 0.0707 | 1 |",   # best first
+                                        "| random | 2 | 0.5250 ± 0.0354 | – | – |"]
     assert accuracy.splitlines()[0] == "| strategy | 10% | 20% | query s / 100 (mean) |"
     assert accuracy.splitlines()[2] == "| vaal | 0.500 ± 0.000 | 0.650 ± 0.212 | 6.0 |"
     assert paired.splitlines()[2:] == ["| vaal | +0.050 ± 0.212 |"]                  # 0.8-0.6, 0.5-0.6

@@ -197,7 +197,7 @@ def aulc(fractions, accuracies) -> float:
 
 def summarize(curves: pa.Table) -> list[dict]:
     """Per strategy: AULC mean and std over seeds and, where random ran with the same seeds, the mean
-    and std of the per-seed difference AULC(strategy) - AULC(random)."""
+    and std of the per-seed difference AULC(strategy) - AULC(random) and how many seeds it is above 0."""
     by_run: dict[tuple[str, int], float] = {}
     rows = curves.to_pylist()
     for strategy, seed in sorted({(r["strategy"], r["seed"]) for r in rows}):
@@ -212,7 +212,8 @@ def summarize(curves: pa.Table) -> list[dict]:
         summary.append({"strategy": strategy, "seeds": len(seeds), "aulc_mean": values.mean(),
                         "aulc_std": values.std(ddof=1) if len(values) > 1 else 0.0,
                         "minus_random_mean": paired.mean() if len(paired) else float("nan"),
-                        "minus_random_std": paired.std(ddof=1) if len(paired) > 1 else float("nan")})
+                        "minus_random_std": paired.std(ddof=1) if len(paired) > 1 else float("nan"),
+                        "seeds_above_random": int((paired > 0).sum())})
     return summary
 
 
@@ -231,10 +232,11 @@ def report(curves: pa.Table) -> str:
                 if (s, f) == (strategy, fraction) and ("random", seed, f) in accuracy]
 
     tables = [
-        _markdown(["strategy", "seeds", "AULC (mean ± std)", "minus random, paired (mean ± std)"],
+        _markdown(["strategy", "seeds", "AULC (mean ± std)", "minus random, paired (mean ± std)", "seeds above random"],
                   [[s, summary[s]["seeds"], _mean_std(summary[s]["aulc_mean"], summary[s]["aulc_std"], 4),
-                    "–" if s == "random" else
-                    _mean_std(summary[s]["minus_random_mean"], summary[s]["minus_random_std"], 4, sign=True)]
+                    *(["–", "–"] if s == "random" else
+                      [_mean_std(summary[s]["minus_random_mean"], summary[s]["minus_random_std"], 4, sign=True),
+                       summary[s]["seeds_above_random"]])]
                    for s in strategies]),
         _markdown(["strategy", *columns, "query s / 100 (mean)"],
                   [[s, *(_stats(_measured(rows, "accuracy", strategy=s, labeled_fraction=f), 3) for f in fractions),
