@@ -97,6 +97,8 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
     assert len(trained) == 1 and not (tmp_path / "exp" / "curves.parquet").exists()
 
     monkeypatch.setattr(experiment, "_evaluate", real_evaluate)
+    earlier = {"strategy": "entropy", "seed": 3, "round": 0, "labeled_fraction": 0.2, "accuracy": 0.5}
+    experiment.write_results(str(tmp_path / "exp"), pa.Table.from_pylist([earlier]))   # another invocation's curve
     curves = run_experiment(cfg)
     assert len(trained) == 2 and trained[1].endswith(os.path.join("round-1", "eval"))   # only round 1 trained
     assert (run / "round-0" / "select" / "run.json").stat().st_mtime_ns == first_selection   # not selected again
@@ -111,12 +113,13 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
     assert round_1 == round_0 | selected and not round_0 & selected and not round_1 & test
     assert round_1 <= set(ids)
 
-    table = curves.to_pylist()
+    assert curves.to_pylist()[0] | earlier == curves.to_pylist()[0]     # the folder's table, earlier curve kept
+    table = curves.to_pylist()[1:]
     assert [(r["round"], r["labeled"], r["labeled_fraction"]) for r in table] == [(0, 30, 0.2), (1, 45, 0.3)]
     assert all(0 <= r["accuracy"] <= 1 for r in table)
     assert table[0]["query_seconds_per_100"] > 0 and np.isnan(table[1]["query_seconds_per_100"])
     assert pq.read_table(tmp_path / "exp" / "curves.parquet").column("accuracy").to_pylist() == \
-        [r["accuracy"] for r in table]
+        [0.5] + [r["accuracy"] for r in table]
     assert (tmp_path / "exp" / "curves.csv").read_text().startswith('"strategy","seed","round"')
     assert "random" in (tmp_path / "exp" / "summary.csv").read_text()
     assert "| random |" in (tmp_path / "exp" / "report.md").read_text()

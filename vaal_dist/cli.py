@@ -200,7 +200,7 @@ def experiment_command(args: argparse.Namespace) -> int:
                            test_fraction=args.test_fraction)
     with ray_session(args.ray_address):
         curves = run_experiment(cfg)
-    print(f"results: {args.out}/curves.csv, summary.csv, curves.png")
+    print(f"results: {args.out}/curves.csv, summary.csv, report.md, curves.png")
     for row in summarize(curves):
         print(f"{row['strategy']:>20}: AULC {row['aulc_mean']:.4f} +- {row['aulc_std']:.4f} over {row['seeds']} "
               f"seeds; minus random {row['minus_random_mean']:+.4f} +- {row['minus_random_std']:.4f}")

@@ -68,7 +68,8 @@ class ExperimentConfig:
 
 
 def run_experiment(cfg: ExperimentConfig) -> pa.Table:
-    """Run (or resume) every strategy x seed; returns the learning-curve table, also written to ``out``."""
+    """Run (or resume) every strategy x seed; returns the folder's learning-curve table as written to
+    ``out``: this run's curves and those earlier invocations into ``out`` finished."""
     ids = read_pool_ids(cfg.base.pool).combine_chunks()
     pool_ids = ids.take(pc.sort_indices(ids))      # in id order: the splits do not depend on the shard layout
     read_labels(cfg.base.pool, pool_ids)    # the oracle: every image needs a label, checked up front
@@ -77,8 +78,9 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
         test_uri, initial_uri = _splits(cfg, pool_ids, seed)
         for strategy in cfg.strategies:
             rows += _curve(cfg, strategy, seed, test_uri, initial_uri, len(pool_ids))
-            write_results(cfg.out, _with_earlier_curves(cfg.out, pa.Table.from_pylist(rows)))
-    return pa.Table.from_pylist(rows)
+            curves = _with_earlier_curves(cfg.out, pa.Table.from_pylist(rows))
+            write_results(cfg.out, curves)
+    return curves
 
 
 def _with_earlier_curves(out: str, curves: pa.Table) -> pa.Table:
