@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_raw_pool
-from vaal_dist.errors import InputError
+from vaal_dist.errors import InputError, raise_if_input_error
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta, read_labels, read_manifest, read_pool_ids, write_pool
 
@@ -140,3 +140,15 @@ def test_a_damaged_image_page_fails_the_round_naming_the_pool(ray_local, tmp_pat
     with pytest.raises(InputError, match="has a damaged shard: a Parquet page failed its checksum.*part-00000"):
         _round(tmp_path / "pool", tmp_path / "labeled.parquet", tmp_path / "out", 5)
     assert not (tmp_path / "out" / "selection.parquet").exists()
+
+
+def test_an_input_error_wrapped_by_ray_is_raised_again_by_name():
+    remote = "ray.exceptions.RayTaskError: vaal_dist.errors.InputError: image 'a.png' cannot be decoded\nTraceback"
+    with pytest.raises(InputError, match=r"^image 'a.png' cannot be decoded$"):
+        raise_if_input_error(RuntimeError(remote))
+
+    class WorkerGroupError(RuntimeError):          # Ray Train keeps each worker's whole error aside
+        worker_failures = {0: RuntimeError(remote)}
+    with pytest.raises(InputError, match=r"^image 'a.png' cannot be decoded$"):
+        raise_if_input_error(WorkerGroupError("training failed (truncated)"))
+    raise_if_input_error(RuntimeError("worker died: OOM"))      # no InputError inside: nothing raised

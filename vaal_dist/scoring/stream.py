@@ -16,7 +16,7 @@ import ray
 import ray.data
 
 from vaal_dist.config import ScoringConfig
-from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError
+from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error
 from vaal_dist.scoring.topk import RunningTopK, top_k
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,6 @@ def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg
 def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
                    use_gpu: bool = False) -> ray.data.Dataset:
     """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
-    from vaal_dist.train.trainer import _input_error_in
-
     mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
     # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
     mapped.context.execution_options.preserve_order = True
@@ -194,9 +192,7 @@ def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: S
     except ScoringFailedError:
         raise
     except Exception as e:     # the actor's InputError arrives as text inside Ray's wrapper
-        message = _input_error_in(e)
-        if message:
-            raise InputError(message) from e
+        raise_if_input_error(e)
         raise
 
 

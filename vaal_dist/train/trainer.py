@@ -19,7 +19,7 @@ import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from vaal_dist.errors import InputError, VaalDistError
+from vaal_dist.errors import InputError, VaalDistError, raise_if_input_error
 from vaal_dist.pool.io import resolve
 
 KEEP_CHECKPOINTS = 2
@@ -77,7 +77,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     except InputError:
         raise
     except Exception as e:  # Ray wraps the worker's exception and loses its type, not its text
-        _raise_named_input_error(e)          # bad input met while training (e.g. an undecodable image)
+        raise_if_input_error(e)          # bad input met while training (e.g. an undecodable image)
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
@@ -88,7 +88,7 @@ def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray
     try:
         return {k: ds.random_shuffle(seed=seed).materialize() for k, ds in datasets.items()}
     except Exception as e:      # e.g. an undecodable image, met while reading the data
-        _raise_named_input_error(e)
+        raise_if_input_error(e)
         raise
 
 
@@ -173,19 +173,3 @@ def _checkpoints(fs: pafs.FileSystem, folder: str, complete: bool) -> list[str]:
         names = [n for n in names
                  if fs.get_file_info(posixpath.join(folder, n, _COMPLETE)).type == pafs.FileType.File]
     return names
-
-
-def _raise_named_input_error(e: Exception) -> None:
-    """Raise the InputError whose text ``e`` carries (Ray wraps errors of its tasks and workers), if any."""
-    input_error = _input_error_in(e)
-    if input_error:
-        raise InputError(input_error) from e
-
-
-def _input_error_in(e: Exception) -> str | None:
-    """The message of an InputError raised on a worker, from the full (untruncated) worker errors."""
-    marker = f"{InputError.__module__}.{InputError.__name__}: "
-    for text in [str(e), *map(str, getattr(e, "worker_failures", {}).values())]:
-        if marker in text:
-            return text.split(marker, 1)[1].splitlines()[0]
-    return None
