@@ -70,6 +70,8 @@ def test_paper_fractions_and_bad_settings_are_named():
         ExperimentConfig(base, "x", initial=0.5, final=0.4)
     with pytest.raises(InputError, match="seeds"):
         ExperimentConfig(base, "x", seeds=(1, 1))
+    with pytest.raises(InputError, match="no strategies"):
+        ExperimentConfig(base, "x", strategies=())
 
 
 def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):

@@ -61,6 +61,8 @@ class ExperimentConfig:
                              f"> 0 and 0 < test_fraction ({self.test_fraction}) < 1")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
+        if not self.strategies:
+            raise InputError("no strategies to run: name at least one")
 
     def fractions(self) -> list[float]:
         rounds = int(round((self.final - self.initial) / self.step)) + 1
@@ -222,7 +224,7 @@ def summarize(curves: pa.Table) -> list[dict]:
 def report(curves: pa.Table) -> str:
     """Markdown tables of a curves table: AULC per strategy (best first), accuracy per fraction with the
     mean query time, accuracy minus random's paired by seed per fraction, and the game's vitals per round."""
-    rows = [r for r in curves.to_pylist() if r["accuracy"] is not None]
+    rows = curves.to_pylist()
     summary = {s["strategy"]: s for s in summarize(curves)}
     strategies = sorted(summary, key=lambda s: -summary[s]["aulc_mean"])
     fractions = sorted({r["labeled_fraction"] for r in rows})
@@ -247,9 +249,12 @@ def report(curves: pa.Table) -> str:
                   [[s, *(_stats(paired(s, f), 3, sign=True) for f in fractions[1:])]
                    for s in strategies if s != "random"])]
     vitals = [m for m in GAME_METRICS if _measured(rows, m)]
-    game = [[s, r, *(_mean(_measured(rows, m, strategy=s, round=r), 3) for m in vitals)]
-            for s in sorted(strategies) for r in sorted({r["round"] for r in rows if r["strategy"] == s})
-            if any(_measured(rows, m, strategy=s, round=r) for m in vitals)]
+    game = []
+    for s in sorted(strategies):
+        for r in sorted({r["round"] for r in rows if r["strategy"] == s}):
+            values = [_measured(rows, m, strategy=s, round=r) for m in vitals]
+            if any(values):
+                game.append([s, r, *(_mean(v, 3) for v in values)])
     if game:
         tables.append(_markdown(["strategy", "round", *vitals], game))
     return "\n\n".join(tables) + "\n"
