@@ -87,7 +87,9 @@ def test_text_manifests_refuse_what_they_cannot_hold(tmp_path):
 
 def test_a_decompression_bomb_in_an_encoded_pool_is_named():
     buf = io.BytesIO()
-    Image.new("1", (20_000, 20_000)).save(buf, format="PNG")      # 400 Mpx in a few dozen KB
+    side = 13_400                    # just over PIL's refusal at twice its default MAX_IMAGE_PIXELS
+    assert side * side > 2 * 89_478_485
+    Image.new("1", (side, side)).save(buf, format="PNG")      # 180 Mpx in a few dozen KB
     assert len(buf.getvalue()) < 1_000_000
     with pytest.raises(InputError, match="image 'bomb.png' cannot be decoded"):
         decode_images(np.array(["bomb.png"]), [buf.getvalue()], PoolMeta(), 32)

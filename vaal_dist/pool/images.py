@@ -9,8 +9,6 @@ from PIL import Image
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta
 
-Image.MAX_IMAGE_PIXELS = 178_956_970  # PIL's own default bomb limit; raised to an error below
-
 
 def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
     """Decode a batch of pool images to (B, C, size, size) uint8.
