@@ -95,7 +95,7 @@ def breakdown(pool: str, ckpt, batch: int, budget: int, threads: int, use_gpu: b
                 pixels = timed("decode", decode_images, ids, images, meta, scorer.size)
                 x = timed("host -> device, uint8 -> float",
                           lambda: pixels_to_input(torch.from_numpy(pixels).to(scorer.device)))
-                mu = timed("encoder", scorer.encoder, x)
+                mu = timed("encoder", scorer.vae.encode_mean, x)
                 scores = timed("discriminator", lambda: (-scorer.disc(mu)).double().cpu().numpy())
                 top_ids, top_scores = timed("per-batch top-b", top_k, ids, np.asarray(scores), budget)
                 timed("driver merge", best.add, top_ids, top_scores)

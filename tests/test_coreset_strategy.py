@@ -6,7 +6,7 @@ import pytest
 from test_scoring import vaal_checkpoint
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.coreset.kcenter import k_center_greedy
-from vaal_dist.pool.dataset import read_pool, split_labeled
+from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.round import run_round
 from vaal_dist.scoring.stream import stream_embeddings
@@ -24,7 +24,7 @@ def untrained_vaal(tmp_path, monkeypatch):
 def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaal):
     pool, labeled_uri = tiny_pool[:2]
     meta = read_pool_meta(pool)
-    _, unlabeled = split_labeled(read_pool(pool), read_manifest(labeled_uri))
+    unlabeled = filter_ids(read_pool(pool), read_manifest(labeled_uri), keep=False)
     ids, emb = stream_embeddings(unlabeled, VAALScorer, {"checkpoint": untrained_vaal, "meta": meta},
                                  ScoringConfig(batch_size=16, num_actors=2))
     table = unlabeled.to_pandas()

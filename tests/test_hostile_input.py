@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import make_raw_pool
 from vaal_dist.errors import InputError, raise_if_input_error
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import PoolMeta, read_labels, read_manifest, read_pool_ids, write_pool
+from vaal_dist.pool.io import PoolMeta, check_labels, read_manifest, read_pool_ids, write_pool
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -66,7 +66,7 @@ def test_bad_labels_are_named(tmp_path, labels, match):
     write_pool(str(tmp_path / "p"), [pa.table({"id": ["a", "b"], "image": [b"", b""], "label": labels})],
                PoolMeta())
     with pytest.raises(InputError, match=match):
-        read_labels(str(tmp_path / "p"), pa.array(["a", "b"]))
+        check_labels(str(tmp_path / "p"), pa.array(["a", "b"]))
 
 
 def test_odd_ids_survive_parquet_manifests_exactly(tmp_path):

@@ -8,9 +8,9 @@ import ray.train
 import torch
 
 from vaal_dist.config import ScoringConfig, preset
-from vaal_dist.errors import DivergedModelError
+from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.models.vaal import pixels_to_input
-from vaal_dist.pool.dataset import read_pool, split_labeled
+from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k
@@ -64,6 +64,14 @@ def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_gpu_scorer_without_cuda_is_refused_not_moved_to_the_cpu(tmp_path, tiny_pool):
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(tiny_pool[0])}
+    with pytest.raises(InputError, match=r"use_gpu \(--use-gpu\) was asked, but torch in this scoring actor sees no"):
+        VAALScorer(**kwargs, use_gpu=True)
+    assert VAALScorer(**kwargs).device == torch.device("cpu")
+
+
 @needs_cuda
 @pytest.mark.parametrize("amp, rtol", [(False, 1e-2), (True, 5e-2)])     # TF32 convs; bfloat16
 def test_a_gpu_actor_scores_as_the_cpu_does(tmp_path, tiny_pool, amp, rtol):
@@ -103,7 +111,7 @@ def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k,
     pool, labeled_uri, ids, labeled = tiny_pool
     ckpt = vaal_checkpoint(tmp_path / "ckpt")
     meta = read_pool_meta(pool)
-    _, unlabeled = split_labeled(read_pool(pool), read_manifest(labeled_uri))
+    unlabeled = filter_ids(read_pool(pool), read_manifest(labeled_uri), keep=False)
     got = stream_top_k(unlabeled, VAALScorer, {"checkpoint": ckpt, "meta": meta}, k,
                        ScoringConfig(batch_size=batch, num_actors=actors))
     # in memory: every unlabeled image scored at once, then one full sort

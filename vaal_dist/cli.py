@@ -24,10 +24,10 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--labeled", help="labeled-id manifest (.parquet with an id column, or text)")
     p.add_argument("--budget", type=int, help="b, the number of images to select")
     p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
-    p.add_argument("--strategy", default="vaal", choices=sorted(STRATEGIES))
+    p.add_argument("--strategy", default=RoundConfig.strategy, choices=sorted(STRATEGIES))
     p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
                                      "their accuracy on them")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=RoundConfig.seed)
     return add_training_args(p)
 
 
@@ -47,11 +47,11 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--subset-factor", type=int,
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=RoundConfig.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
-    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--cpus-per-worker", type=float, default=RoundConfig.cpus_per_worker)
     p.add_argument("--max-failures", type=int, default=RoundConfig.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
     p.add_argument("--score-batch-size", type=int, default=ScoringConfig.batch_size)

@@ -59,7 +59,7 @@ class TaskConfig:
     loss_hidden: int = 128                 # loss-prediction module: per-stage linear width
     loss_weight: float = 1.0               # lambda (Learning Loss) / eta (TA-VAAL) on the ranking loss
     loss_margin: float = 1.0               # xi of Learning Loss' margin ranking loss
-    loss_detach_epoch: int = 120           # from this epoch the module's input features are detached
+    loss_detach_epoch: int = 120           # after this (0-based) epoch the module's inputs are detached
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class RoundConfig:
     out: str
     budget: int
     strategy: str = "vaal"
-    preset: str = "cifar10"
+    preset: str = "cifar10"                # the name vaal/task/aalu were taken from, for the run record
     vaal: VAALConfig = field(default_factory=VAALConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     aalu: AALUConfig = field(default_factory=AALUConfig)

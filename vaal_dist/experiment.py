@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import exists, join, read_json, read_labels, read_manifest, read_pool_ids, \
+from vaal_dist.pool.io import exists, join, read_json, check_labels, read_manifest, read_pool_ids, \
     read_pool_meta, resolve, write_atomic, write_json, write_manifest, write_parquet
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
@@ -74,7 +74,7 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
     ``out``: this run's curves and those earlier invocations into ``out`` finished."""
     ids = read_pool_ids(cfg.base.pool).combine_chunks()
     pool_ids = ids.take(pc.sort_indices(ids))      # in id order: the splits do not depend on the shard layout
-    read_labels(cfg.base.pool, pool_ids)    # the oracle: every image needs a label, checked up front
+    check_labels(cfg.base.pool, pool_ids)    # the oracle: every image needs a label, checked up front
     rows = []
     for seed in cfg.seeds:
         test_uri, initial_uri = _splits(cfg, pool_ids, seed)

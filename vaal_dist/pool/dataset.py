@@ -54,11 +54,6 @@ def filter_ids(ds: ray.data.Dataset, ids: pa.Array, keep: bool = True) -> ray.da
                           fn_kwargs={"ids": ids, "keep_members": keep})
 
 
-def split_labeled(ds: ray.data.Dataset, labeled_ids: pa.Array) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """(labeled rows, unlabeled rows) of a pool dataset; nothing in the second has a labeled id."""
-    return filter_ids(ds, labeled_ids, True), filter_ids(ds, labeled_ids, False)
-
-
 class DecodeForTraining:
     """Ray Data batch fn: {'id', 'image'[, 'label']} -> {'pixels': (B, C, S, S) uint8[, 'label']}."""
 
@@ -70,15 +65,15 @@ class DecodeForTraining:
         return {**pixels, "label": batch["label"]} if "label" in batch else pixels
 
 
-def training_datasets(pool: str, labeled_ids: pa.Array, meta: PoolMeta, size: int,
-                      not_unlabeled: pa.Array | None = None) -> dict[str, ray.data.Dataset]:
+def training_datasets(pool: str, labeled_ids: pa.Array, not_unlabeled: pa.Array, meta: PoolMeta, size: int
+                      ) -> dict[str, ray.data.Dataset]:
     """{'labeled', 'unlabeled'} datasets of decoded pixels, ready for Ray Train's dataset shards.
 
-    ``not_unlabeled``: ids kept out of the unlabeled side (default: the labeled ones), e.g. a held-out split.
+    ``not_unlabeled``: ids kept out of the unlabeled side (the labeled ones and any held-out split).
     """
     ds = read_pool(pool)
-    labeled = filter_ids(ds, labeled_ids, True)
-    unlabeled = filter_ids(ds, labeled_ids if not_unlabeled is None else not_unlabeled, False)
+    labeled = filter_ids(ds, labeled_ids, keep=True)
+    unlabeled = filter_ids(ds, not_unlabeled, keep=False)
     decode = DecodeForTraining(meta, size)
     return {name: d.map_batches(decode, batch_format="numpy")
             for name, d in (("labeled", labeled), ("unlabeled", unlabeled))}

@@ -12,7 +12,6 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -122,10 +121,15 @@ def read_pool_meta(pool: str) -> PoolMeta:
     return PoolMeta("raw", shape)
 
 
+def shard_name(k: int) -> str:
+    """File name of a pool's shard k."""
+    return f"part-{k:05d}.parquet"
+
+
 def write_pool(pool: str, shards: list[pa.Table], meta: PoolMeta) -> None:
     """Write a pool: one Parquet file per table, then pool.json last (a pool without it is incomplete)."""
     for i, table in enumerate(shards):
-        write_parquet(join(pool, f"part-{i:05d}.parquet"), table)
+        write_parquet(join(pool, shard_name(i)), table)
     doc = {"format": "vaal_dist.pool", "version": 1, "encoding": meta.encoding}
     if meta.image_shape:
         doc["image_shape"] = list(meta.image_shape)
@@ -185,8 +189,8 @@ def _columns(schema: pa.Schema) -> str:
     return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
 
 
-def read_labels(pool: str, ids: pa.Array) -> tuple[np.ndarray, int]:
-    """(labels of ``ids`` in their order, number of classes = 1 + the pool's largest label).
+def check_labels(pool: str, ids: pa.Array) -> int:
+    """The number of classes (1 + the pool's largest label), once every one of ``ids`` has a label.
 
     The labels are the pool's ``label`` column: the oracle's answers for labeled images (or, for
     prepared folders, the class sub-folder). Task models need one for every labeled image.
@@ -199,16 +203,15 @@ def read_labels(pool: str, ids: pa.Array) -> tuple[np.ndarray, int]:
     if not pa.types.is_integer(dataset.schema.field("label").type):
         raise InputError(f"pool {pool!r}: column 'label' must be integers, got {dataset.schema.field('label').type}")
     all_labels = dataset.to_table(columns=["label"]).column("label")
-    table = dataset.to_table(columns=["id", "label"], filter=pc.field("id").isin(ids))
-    missing = pc.filter(table.column("id"), pc.is_null(table.column("label")))
+    table = dataset.to_table(columns=["id", "label"], filter=pc.field("id").isin(ids) & pc.field("label").is_null())
+    missing = table.column("id")
     if len(missing):
         raise InputError(f"pool {pool!r}: {len(missing)} labeled images have no label, e.g. "
                          f"{missing[:5].to_pylist()}")
     low = pc.min(all_labels).as_py()
     if low is not None and low < 0:
         raise InputError(f"pool {pool!r}: labels must be class indices >= 0, found {low}")
-    order = pc.index_in(ids, value_set=table.column("id"))
-    return table.column("label").take(order).to_numpy(), int(pc.max(all_labels).as_py() or 0) + 1
+    return int(pc.max(all_labels).as_py() or 0) + 1
 
 
 def read_manifest(uri: str) -> pa.Array:

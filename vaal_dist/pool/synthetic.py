@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vaal_dist.pool.io import PoolMeta, exists, join, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, exists, join, shard_name, write_parquet, write_pool
 
 
 def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels: int = 3,
@@ -17,7 +17,7 @@ def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels:
     """Write ``images`` random uint8 images as a raw pool at ``dest`` (ids ``syn-00000000``...)."""
     shape = (image_size, image_size, channels)
     for k, start in enumerate(range(0, images, shard_rows)):
-        uri = join(dest, f"part-{k:05d}.parquet")
+        uri = join(dest, shard_name(k))
         if exists(uri):
             continue
         rows = min(shard_rows, images - start)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vaal_dist.pool.dataset import filter_ids, read_pool
-from vaal_dist.pool.io import PoolMeta, read_labels
+from vaal_dist.pool.io import PoolMeta
 from vaal_dist.scoring.stream import stream_columns
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 from vaal_dist.strategies.task import TaskScorer, train_task_model
@@ -73,14 +73,13 @@ class AALU(TopKStrategy):
         if not aalu.adversarial and not aalu.rank_weight:
             raise ValueError("AALU's assistant needs the adversarial loss, the ranking loss, or both")
         task_kwargs, facts = train_task_model(inputs)
-        _, num_classes = read_labels(cfg.pool, inputs.labeled_ids)
         labeled = filter_ids(read_pool(cfg.pool, ("id", "image", "label")), inputs.labeled_ids)
         unlabeled = filter_ids(read_pool(cfg.pool), inputs.not_unlabeled, keep=False)
         datasets = {name: stream_columns(ds, FeatureColumns, task_kwargs, cfg.scoring, cfg.use_gpu)
                     for name, ds in (("labeled", labeled), ("unlabeled", unlabeled))}
         feature_dim = datasets["labeled"].take(1)[0]["features"].shape[0]
         loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "feature_dim": feature_dim,
-                       "num_classes": num_classes}
+                       "num_classes": facts["num_classes"]}
         result = inputs.fit(aalu_train_loop_per_worker, loop_config, datasets, name="aalu")
         return ({**task_kwargs, "aalu_checkpoint": result.checkpoint},
                 {**facts, "aalu_checkpoint": result.checkpoint.path, "aalu_last_epoch": result.metrics})

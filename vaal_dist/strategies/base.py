@@ -10,9 +10,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 import ray.train
+import torch
 
 from vaal_dist.config import RoundConfig
-from vaal_dist.pool.dataset import filter_ids, read_pool, split_labeled
+from vaal_dist.errors import InputError
+from vaal_dist.models.vaal import pixels_to_input
+from vaal_dist.pool.dataset import filter_ids, read_pool
+from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta, read_pool_ids
 from vaal_dist.scoring.stream import ScoredTopK, stream_top_k
 from vaal_dist.scoring.topk import top_k
@@ -37,7 +41,7 @@ class RoundInputs:
         return pa.concat_arrays([self.labeled_ids, self.holdout_ids])
 
     def unlabeled(self) -> ray.data.Dataset:
-        return split_labeled(read_pool(self.config.pool), self.not_unlabeled)[1]
+        return filter_ids(read_pool(self.config.pool), self.not_unlabeled, keep=False)
 
     def fit(self, train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], name: str,
             workers: int | None = None, split: list[str] | None = None) -> ray.train.Result:
@@ -53,6 +57,20 @@ class Scorer(Protocol):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """One float per row of ``batch`` (columns ``id``, ``image``); higher means label it first."""
+
+
+def scorer_device(use_gpu: bool) -> torch.device:
+    """Where a scorer runs: CUDA when the round asked for GPUs, never a silent fall back to the CPU."""
+    if use_gpu and not torch.cuda.is_available():
+        raise InputError("use_gpu (--use-gpu) was asked, but torch in this scoring actor sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+def model_input(batch: dict[str, np.ndarray], meta: PoolMeta, size: int, device: torch.device) -> torch.Tensor:
+    """A batch's images decoded, moved to ``device`` and scaled to [-1, 1]: (B, C, size, size) float."""
+    pixels = decode_images(batch["id"], batch["image"], meta, size)         # (B, C, S, S) uint8
+    return pixels_to_input(torch.from_numpy(pixels).to(device, non_blocking=True))
 
 
 class Strategy(Protocol):

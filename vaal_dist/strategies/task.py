@@ -11,11 +11,10 @@ import torch
 
 from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
-from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.dataset import labeled_datasets
-from vaal_dist.pool.images import check_image_size, decode_images
-from vaal_dist.pool.io import PoolMeta, read_labels
-from vaal_dist.strategies.base import RoundInputs
+from vaal_dist.pool.images import check_image_size
+from vaal_dist.pool.io import PoolMeta, check_labels
+from vaal_dist.strategies.base import RoundInputs, model_input, scorer_device
 from vaal_dist.train.task_loop import task_config, task_model_from_state, task_train_loop_per_worker
 from vaal_dist.train.vaal_loop import load_checkpoint
 
@@ -29,10 +28,10 @@ def train_task_model(inputs: RoundInputs, *, rank_loss: str | None = None, dropo
     """
     cfg = inputs.config
     check_image_size(inputs.meta, cfg.task.image_size)
-    _, num_classes = read_labels(cfg.pool, inputs.labeled_ids)
+    num_classes = check_labels(cfg.pool, inputs.labeled_ids)
     splits = {"train": inputs.labeled_ids}
     if inputs.holdout_ids is not None:
-        read_labels(cfg.pool, inputs.holdout_ids)          # evaluating needs their labels too
+        check_labels(cfg.pool, inputs.holdout_ids)          # evaluating needs their labels too
         splits["eval"] = inputs.holdout_ids
     datasets = labeled_datasets(cfg.pool, splits, inputs.meta, cfg.task.image_size)
     model_args = {"num_classes": num_classes, "in_channels": inputs.meta.channels, "rank_loss": rank_loss,
@@ -43,7 +42,7 @@ def train_task_model(inputs: RoundInputs, *, rank_loss: str | None = None, dropo
                         workers=min(cfg.workers, members) if members else None,
                         split=[] if members else ["train"])     # each ensemble member sees every labeled image
     return ({"checkpoint": result.checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},
-            {"task_checkpoint": result.checkpoint.path, "task_last_epoch": result.metrics})
+            {"task_checkpoint": result.checkpoint.path, "task_last_epoch": result.metrics, "num_classes": num_classes})
 
 
 def load_task_models(checkpoint: ray.train.Checkpoint, device: torch.device) -> tuple[list[TaskModel], TaskConfig]:
@@ -60,15 +59,14 @@ class TaskScorer:
     """Loads the task model(s) once per scoring actor; subclasses turn its outputs into scores."""
 
     def __init__(self, checkpoint: ray.train.Checkpoint, meta: PoolMeta, use_gpu: bool = False):
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = scorer_device(use_gpu)
         self.models, task_cfg = load_task_models(checkpoint, self.device)
         self.model = self.models[0]
         self.meta, self.size = meta, task_cfg.image_size
         self.embedding_dim = self.model.net.feature_dim
 
     def inputs(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        pixels = decode_images(batch["id"], batch["image"], self.meta, self.size)       # (B, C, S, S) uint8
-        return pixels_to_input(torch.from_numpy(pixels).to(self.device, non_blocking=True))
+        return model_input(batch, self.meta, self.size, self.device)
 
     @torch.inference_mode()
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -10,11 +10,10 @@ import ray.train
 import torch
 
 from vaal_dist.config import VAALConfig
-from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.dataset import training_datasets
-from vaal_dist.pool.images import check_image_size, decode_images
+from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.strategies.base import RoundInputs, TopKStrategy, model_input, scorer_device
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, load_checkpoint, \
     train_loop_per_worker
 
@@ -30,26 +29,24 @@ class VAALScorer:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
         cfg = config_from_state(state)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = scorer_device(use_gpu)
         vae, disc = build_models(cfg, state["in_channels"], state["conditioned"])
         vae.load_state_dict(state["vae"])
         disc.load_state_dict(state["disc"])
         self.vae = vae.to(self.device).eval()
-        self.encoder = torch.nn.Sequential(vae.encoder, vae.fc_mu)
         self.disc = disc.to(self.device).eval()
         self.meta, self.size, self.embedding_dim = meta, cfg.image_size, cfg.latent_dim
         self.disc_on_pixels = cfg.disc_on_pixels
 
-    def _input(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        pixels = decode_images(batch["id"], batch["image"], self.meta, self.size)   # (B, C, S, S) uint8
-        return pixels_to_input(torch.from_numpy(pixels).to(self.device, non_blocking=True))
+    def inputs(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        return model_input(batch, self.meta, self.size, self.device)
 
     def _mu(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        return self.encoder(self._input(batch))
+        return self.vae.encode_mean(self.inputs(batch))
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        seen = self._input(batch).flatten(1) if self.disc_on_pixels else self._mu(batch)
+        seen = self.inputs(batch).flatten(1) if self.disc_on_pixels else self._mu(batch)
         return (-self.disc(seen)).double().cpu().numpy()
 
     @torch.inference_mode()
@@ -58,8 +55,8 @@ class VAALScorer:
         return self._mu(batch).float().cpu().numpy()
 
 
-def train_vaal(inputs: RoundInputs, datasets: dict, conditioned: bool, vaal: VAALConfig | None = None,
-               name: str = "vaal") -> ray.train.Result:
+def train_vaal(inputs: RoundInputs, datasets: dict, conditioned: bool,
+               vaal: VAALConfig | None = None) -> ray.train.Result:
     """VAAL's VAE + D on Ray Train over {'labeled', 'unlabeled'} datasets of pixels (and, conditioned, rank).
 
     ``vaal`` replaces the round's VAALConfig (the ablations switch parts of it off).
@@ -67,7 +64,7 @@ def train_vaal(inputs: RoundInputs, datasets: dict, conditioned: bool, vaal: VAA
     cfg = inputs.config
     loop_config = {"vaal": dataclasses.asdict(vaal or cfg.vaal), "seed": cfg.seed, "in_channels": inputs.meta.channels,
                    "conditioned": conditioned}
-    return inputs.fit(train_loop_per_worker, loop_config, datasets, name=name)
+    return inputs.fit(train_loop_per_worker, loop_config, datasets, name="vaal")
 
 
 class VAAL(TopKStrategy):
@@ -79,8 +76,8 @@ class VAAL(TopKStrategy):
     def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
         cfg = inputs.config
         check_image_size(inputs.meta, cfg.vaal.image_size)
-        datasets = training_datasets(cfg.pool, inputs.labeled_ids, inputs.meta, cfg.vaal.image_size,
-                                     inputs.not_unlabeled)
+        datasets = training_datasets(cfg.pool, inputs.labeled_ids, inputs.not_unlabeled, inputs.meta,
+                                     cfg.vaal.image_size)
         result = train_vaal(inputs, datasets, conditioned=False,
                             vaal=dataclasses.replace(cfg.vaal, **self.vaal_overrides))
         return ({"checkpoint": result.checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},

@@ -43,7 +43,7 @@ class W2Scorer(VAALScorer):
         self.embedding_dim = 2 * self.embedding_dim
 
     def _gaussian(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        h = self.vae.encoder(self._input(batch))
+        h = self.vae.encoder(self.inputs(batch))
         return torch.cat([self.vae.fc_mu(h), torch.exp(0.5 * self.vae.fc_logvar(h))], 1)   # (B, 2z)
 
     @torch.inference_mode()

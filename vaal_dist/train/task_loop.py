@@ -7,7 +7,8 @@ the backbone (both authors' codes: ``if epoch > epoch_loss``).
 
 Two ways to use the workers:
 - ``members == 0``: one model, DDP over the workers, each worker on its shard of the labeled set;
-- ``members == M``: an ensemble, worker r trains member r (seed + r) on the whole labeled set, no DDP.
+- ``members == M``: an ensemble, no DDP; worker r of W trains members r, r + W, ... (member m seeded
+  seed + m), each on the whole labeled set.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.trainer import report
-from vaal_dist.train.vaal_loop import _epoch_seed, _unwrap, handed_back, resume_into
+from vaal_dist.train.vaal_loop import _epoch_seed, _flip, _unwrap, handed_back, resume_into
 
 
 def member_file(member: int | None) -> str:
@@ -41,10 +42,7 @@ def augment(x: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> tor
         cols = (dx[:, None] + torch.arange(s))[:, None, None, :].to(x.device)    # (B, 1, 1, S)
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         x = padded[batch, torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    if cfg.hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+    return _flip(x, generator) if cfg.hflip else x
 
 
 def task_step(model, opt, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, rank_loss: str | None,
