@@ -1,14 +1,18 @@
 """Pools, manifests and image decoding: what is read, and the errors that name the bad input."""
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from conftest import make_raw_pool, png_bytes
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import (PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_atomic,
                                write_manifest, write_pool)
+from vaal_dist.pool.prepare import ShardSettings, decode_file
 
 
 def test_raw_pool_round_trips_ids_and_meta(tmp_path):
@@ -74,6 +78,35 @@ def test_decode_raw_and_encoded(channels):
     assert out.flags.writeable          # torch.from_numpy warns on read-only arrays in every scoring actor
     enc = decode_images(np.array(["a", "b"]), [png_bytes(rng), png_bytes(rng, 17)], PoolMeta(), 32)
     assert enc.shape == (2, 3, 32, 32) and enc.dtype == np.uint8
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _odd_mode_pngs() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    palette = Image.fromarray(rng.integers(0, 4, (6, 6), dtype=np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 250])
+    palette.info["transparency"] = 3                                  # a tRNS entry: index 3 is see-through
+    return {
+        "rgba": _png(Image.fromarray(rng.integers(0, 256, (6, 6, 4), dtype=np.uint8), "RGBA")),
+        "la": _png(Image.fromarray(rng.integers(0, 256, (6, 6, 2), dtype=np.uint8), "LA")),
+        "palette-trns": _png(palette),
+        "gray16": _png(Image.fromarray(rng.integers(0, 65_536, (6, 6)).astype(np.uint16))),
+    }
+
+
+def test_encoded_pools_decode_odd_modes_as_prepare_does():
+    """An encoded pool and a prepared one hold the same pixels for the same PNG (alpha, 16-bit, palette)."""
+    pngs = _odd_mode_pngs()
+    settings = ShardSettings(image_size=4, channels=3, max_pixels=10_000, classes=None)
+    decoded = decode_images(np.array(list(pngs)), list(pngs.values()), PoolMeta(), 4)        # (B, 3, 4, 4)
+    for got, (name, data) in zip(decoded, pngs.items()):
+        prepared = np.frombuffer(decode_file(data, settings), np.uint8).reshape(4, 4, 3).transpose(2, 0, 1)
+        np.testing.assert_array_equal(got, prepared, err_msg=name)
 
 
 def test_decode_errors_name_the_image():

@@ -14,7 +14,8 @@ def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
     """Decode a batch of pool images to (B, C, size, size) uint8.
 
     ``raw`` pools must already be ``size`` x ``size``; encoded JPEG/PNG images are converted to RGB and
-    resized. A bad image raises InputError naming its id.
+    resized as ``vaal-dist prepare`` does (16-bit grey scaled, alpha onto black). A bad image raises
+    InputError naming its id.
     """
     if meta.encoding == "raw":
         return _decode_raw(ids, images, meta.image_shape, size)
@@ -44,7 +45,20 @@ def _decode_raw(ids, images, shape, size) -> np.ndarray:
 def _decode_one(image_id, data: bytes, size: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            img = to_8bit_without_alpha(img).convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (C, H, W)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise InputError(f"image {str(image_id)!r} cannot be decoded: {e}") from e
+
+
+def to_8bit_without_alpha(img: Image.Image) -> Image.Image:
+    """16-bit grey scaled to 8 bits (PIL's convert clips it); alpha composited onto black."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((grey + 128) // 257).astype(np.uint8))   # uint8 2-D: mode L
+    if img.has_transparency_data:   # an alpha band, or a PNG tRNS colour / palette entry
+        rgba = img.convert("RGBA")
+        on_black = Image.new("RGB", rgba.size)
+        on_black.paste(rgba, mask=rgba.getchannel("A"))
+        return on_black
+    return img

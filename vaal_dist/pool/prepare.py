@@ -20,7 +20,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -29,7 +28,9 @@ import ray.data
 from PIL import Image
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, write_json, write_parquet, write_pool
+from vaal_dist.pool.images import to_8bit_without_alpha
+from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, shard_name, write_json, write_parquet, \
+    write_pool
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +175,6 @@ def _claim_dest(dest: str, ids: list[str], settings: ShardSettings, files_per_sh
                             **asdict(settings)})
 
 
-def shard_name(k: int) -> str:
-    """File name of shard k in dest."""
-    return f"part-{k:05d}.parquet"
-
-
 def report_name(k: int) -> str:
     """File name of shard k's report of skipped files (Parquet: id, reason, detail)."""
     # Not *.parquet: pool readers take every .parquet file under the pool for a shard.
@@ -269,23 +265,10 @@ def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
             raise SkippedFile(TOO_MANY_PIXELS, f"{width}x{height} is over {settings.max_pixels} pixels")
         try:
             img.draft(mode, (settings.image_size, settings.image_size))   # JPEG: decode at a reduced scale
-            return _to_8bit_without_alpha(img).convert(mode).resize(
+            return to_8bit_without_alpha(img).convert(mode).resize(
                 (settings.image_size, settings.image_size), Image.BILINEAR).tobytes()
         except Exception as e:   # truncated or broken data surfaces from the decoder in many types
             raise SkippedFile(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
-
-
-def _to_8bit_without_alpha(img: Image.Image) -> Image.Image:
-    """16-bit grey scaled to 8 bits (PIL's convert clips it); alpha composited onto black."""
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        grey = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
-        return Image.fromarray(((grey + 128) // 257).astype(np.uint8))   # uint8 2-D: mode L
-    if img.has_transparency_data:   # an alpha band, or a PNG tRNS colour / palette entry
-        rgba = img.convert("RGBA")
-        on_black = Image.new("RGB", rgba.size)
-        on_black.paste(rgba, mask=rgba.getchannel("A"))
-        return on_black
-    return img
 
 
 def _shard_table(images: dict[str, bytes], settings: ShardSettings) -> pa.Table:
