@@ -8,11 +8,12 @@ import time
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from test_round import read_selection, round_config
 from test_scoring import vaal_checkpoint
 from vaal_dist.config import ScoringConfig, preset
-from vaal_dist.errors import ScoringFailedError
+from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import read_pool_meta
 from vaal_dist.round import run_round
@@ -94,6 +95,16 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_stream(ray_local, tmp
         stream_top_k(read_pool(pool), AlwaysDies, kwargs, 5, ScoringConfig(batch_size=16, num_actors=1,
                                                                            batch_retries=2))
     assert len(list(attempts.iterdir())) == 3          # the first try and 2 retries, each in a new process
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_scorer_that_refuses_to_start_is_named_not_called_an_actor_death(ray_local, tmp_path, tiny_pool):
+    """A scorer asked for a GPU where torch has no CUDA raises InputError in its actor's constructor; the
+    actor dies on every restart, and the stream stops with that error, not ScoringFailedError's guess."""
+    pool = tiny_pool[0]
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool), "use_gpu": True}
+    with pytest.raises(InputError, match=r"use_gpu \(--use-gpu\) was asked, but torch in this scoring actor"):
+        stream_top_k(read_pool(pool), VAALScorer, kwargs, 5, ScoringConfig(batch_size=16, num_actors=1))
 
 
 @pytest.mark.parametrize("stage", ["scoring", "writing run.json"])

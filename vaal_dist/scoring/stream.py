@@ -151,10 +151,14 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
 
 @contextlib.contextmanager
 def _actor_deaths_named(cfg: ScoringConfig):
-    """Ray's error for an actor that died on every retry names only an actor id; say what happened."""
+    """Ray's error for an actor that died on every retry names only an actor id; say what happened.
+
+    An actor whose scorer refused to start (an InputError in its constructor, e.g. no CUDA) dies too:
+    that error is raised by its own message."""
     try:
         yield
     except ray.exceptions.RayActorError as e:
+        raise_if_input_error(e)
         raise ScoringFailedError(
             f"a scoring actor process died on the same batch {cfg.batch_retries + 1} times (the first try "
             f"and ScoringConfig.batch_retries={cfg.batch_retries} retries), so nothing was selected; the "
