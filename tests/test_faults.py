@@ -100,7 +100,7 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_stream(ray_local, tmp
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
 def test_a_scorer_that_refuses_to_start_is_named_not_called_an_actor_death(ray_local, tmp_path, tiny_pool):
     """A scorer asked for a GPU where torch has no CUDA raises InputError in its actor's constructor; the
-    actor dies on every restart, and the stream stops with that error, not ScoringFailedError's guess."""
+    actor dies, and the stream stops with that error, not ScoringFailedError's guess about a batch."""
     pool = tiny_pool[0]
     kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool), "use_gpu": True}
     with pytest.raises(InputError, match=r"use_gpu \(--use-gpu\) was asked, but torch in this scoring actor"):

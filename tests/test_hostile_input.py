@@ -69,6 +69,12 @@ def test_bad_labels_are_named(tmp_path, labels, match):
         check_labels(str(tmp_path / "p"), pa.array(["a", "b"]))
 
 
+def test_only_the_labeled_ids_need_a_label(tmp_path):
+    write_pool(str(tmp_path / "p"), [pa.table({"id": ["a", "b", "c"], "image": [b""] * 3,
+                                               "label": pa.array([0, None, 4], pa.int64())})], PoolMeta())
+    assert check_labels(str(tmp_path / "p"), pa.array(["c", "a"])) == 5       # classes: 1 + the largest label
+
+
 def test_odd_ids_survive_parquet_manifests_exactly(tmp_path):
     odd = ["with space", " lead", "trail ", "tab\there", "new\nline", "ünïcødé", "emoji-🙂", "a/b/../c",
            "quote'\"", "x" * 4096, ""]

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import exists, join, read_json, check_labels, read_manifest, read_pool_ids, \
+from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manifest, read_pool_ids, \
     read_pool_meta, resolve, write_atomic, write_json, write_manifest, write_parquet
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
