@@ -153,8 +153,8 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
 def _actor_deaths_named(cfg: ScoringConfig):
     """Ray's error for an actor that died on every retry names only an actor id; say what happened.
 
-    An actor whose scorer refused to start (an InputError in its constructor, e.g. no CUDA) dies too:
-    that error is raised by its own message."""
+    An InputError raised in an actor reaches the driver as text inside Ray's wrapper (a failed batch, or
+    a scorer that refused to start, whose actor dies): it is raised again by its own message."""
     try:
         yield
     except ray.exceptions.RayActorError as e:
@@ -164,6 +164,9 @@ def _actor_deaths_named(cfg: ScoringConfig):
             f"and ScoringConfig.batch_retries={cfg.batch_retries} retries), so nothing was selected; the "
             f"actor's log (ray logs, or the dashboard) says why: often out of memory (lower the batch size) "
             f"or an input that crashes a native decoder") from e
+    except Exception as e:
+        raise_if_input_error(e)
+        raise
 
 
 def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
@@ -190,14 +193,8 @@ def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: S
     mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
     # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
     mapped.context.execution_options.preserve_order = True
-    try:
-        with _actor_deaths_named(cfg):
-            return mapped.materialize()
-    except ScoringFailedError:
-        raise
-    except Exception as e:     # the actor's InputError arrives as text inside Ray's wrapper
-        raise_if_input_error(e)
-        raise
+    with _actor_deaths_named(cfg):
+        return mapped.materialize()
 
 
 def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,
