@@ -61,6 +61,21 @@ def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
     assert game.splitlines() == ["| strategy | round | d_auc |", "| --- | --- | --- |", "| vaal | 0 | 0.600 |"]
 
 
+def test_the_figure_has_a_panel_per_strategy_best_first_each_over_random():
+    rows = [{"strategy": strategy, "seed": seed, "labeled_fraction": f, "accuracy": a + 0.01 * seed}
+            for strategy, accs in (("random", [0.5, 0.6]), ("vaal", [0.5, 0.7]), ("coreset", [0.5, 0.8]))
+            for seed in (0, 1) for f, a in zip([0.1, 0.2], accs)]
+    fig = experiment.figure(pa.Table.from_pylist(rows))
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title().split(" ")[0] for ax in panels] == ["coreset", "vaal"]
+    assert "AULC − random +0.1000" in panels[0].get_title()                    # (0.8 - 0.6) / 2
+    assert [[line.get_label() for line in ax.lines] for ax in panels] == [["random", "coreset"], ["random", "vaal"]]
+    assert list(panels[1].lines[1].get_ydata()) == pytest.approx([0.505, 0.705])   # mean over seeds
+
+    only_random = experiment.figure(pa.Table.from_pylist([r for r in rows if r["strategy"] == "random"]))
+    assert [[line.get_label() for line in ax.lines] for ax in only_random.axes if ax.get_visible()] == [["random"]]
+
+
 def test_paper_fractions_and_bad_settings_are_named():
     base = round_config("pool", "-", "out", budget=0)
     assert ExperimentConfig(base, "x").fractions() == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]

@@ -301,29 +301,57 @@ def write_results(out: str, curves: pa.Table) -> None:
 
 
 def plot(curves: pa.Table) -> bytes:
-    """PNG of test accuracy vs labeled fraction: mean over seeds, a band of +-1 std, one per strategy."""
+    """PNG of ``figure(curves)``."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig = figure(curves)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figure(curves: pa.Table):
+    """Test accuracy vs labeled fraction, one panel per strategy (best AULC first): its mean over seeds
+    with a band of +-1 std, over random's curve in grey where random ran. Panels rather than one axis
+    because twenty curves within two points of each other are unreadable on one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = curves.to_pylist()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy in sorted({r["strategy"] for r in rows}):
-        fractions = sorted({r["labeled_fraction"] for r in rows if r["strategy"] == strategy})
-        acc = [[r["accuracy"] for r in rows if r["strategy"] == strategy and r["labeled_fraction"] == f]
-               for f in fractions]
-        mean, std = np.array([np.mean(a) for a in acc]), np.array([np.std(a) for a in acc])
-        x = 100 * np.array(fractions)
-        ax.plot(x, mean, marker="o", label=f"{strategy} ({len(acc[0])} seeds)")
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("labeled, % of the training split")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    summary = {s["strategy"]: s for s in summarize(curves)}
+    panels = [s for s in sorted(summary, key=lambda s: -summary[s]["aulc_mean"]) if s != "random"] or ["random"]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    over_random = "random" in summary and panels != ["random"]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, strategy in zip(axes.flat, panels):
+        seeds = summary[strategy]["seeds"]
+        title = f"{strategy} ({seeds} seed{'s' if seeds > 1 else ''})"
+        if over_random:
+            _band(ax, rows, "random", color="0.55")
+            title += f"\nAULC − random {summary[strategy]['minus_random_mean']:+.4f}"
+        _band(ax, rows, strategy, color="C0")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.supxlabel("labeled, % of the training split")
+    fig.supylabel("test accuracy (grey: random)" if over_random else "test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, rows: list[dict], strategy: str, color) -> None:
+    fractions = sorted({r["labeled_fraction"] for r in rows if r["strategy"] == strategy})
+    acc = [_measured(rows, "accuracy", strategy=strategy, labeled_fraction=f) for f in fractions]
+    mean = np.array([np.mean(a) for a in acc])
+    std = np.array([np.std(a, ddof=1) if len(a) > 1 else 0.0 for a in acc])
+    x = 100 * np.array(fractions)
+    ax.plot(x, mean, marker="o", markersize=3, color=color, label=strategy)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
