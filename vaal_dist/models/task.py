@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torchvision
 from torch import nn
 
 from vaal_dist.config import TaskConfig
@@ -26,6 +25,8 @@ class TaskOutput(NamedTuple):
 def _resnet18(in_channels: int) -> tuple[nn.Module, list[nn.Module], int]:
     # The small-image stem of the CIFAR ResNets (Learning Loss / TA-VAAL code): a 3x3 stride-1 conv,
     # no max-pool, so 32x32 inputs keep their resolution into layer1.
+    import torchvision     # here, not at the top: its import costs every scoring actor ~1.4 s (torch._dynamo)
+
     net = torchvision.models.resnet18()
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), net.bn1, net.relu)
     return stem, [net.layer1, net.layer2, net.layer3, net.layer4], 512
@@ -34,6 +35,8 @@ def _resnet18(in_channels: int) -> tuple[nn.Module, list[nn.Module], int]:
 def _vgg16_bn(in_channels: int) -> tuple[nn.Module, list[nn.Module], int]:
     # torchvision's VGG16-BN convolutions; its five max-pooled blocks become a stem (block 1) and four
     # stages. The CIFAR VGG of the VAAL/Core-set code classifies the pooled 512 features with one linear.
+    import torchvision
+
     layers = list(torchvision.models.vgg16_bn().features)
     layers[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
     pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
