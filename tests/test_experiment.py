@@ -72,6 +72,10 @@ def test_the_figure_has_a_panel_per_strategy_best_first_each_over_random():
     assert [[line.get_label() for line in ax.lines] for ax in panels] == [["random", "coreset"], ["random", "vaal"]]
     assert list(panels[1].lines[1].get_ydata()) == pytest.approx([0.505, 0.705])   # mean over seeds
 
+    other_seeds = experiment.figure(pa.Table.from_pylist([{**r, "seed": r["seed"] + 2} if r["strategy"] == "vaal" else r
+                                                          for r in rows]))
+    assert [ax.get_title() for ax in other_seeds.axes if ax.get_title().startswith("vaal")] == ["vaal (2 seeds)"]
+
     only_random = experiment.figure(pa.Table.from_pylist([r for r in rows if r["strategy"] == "random"]))
     assert [[line.get_label() for line in ax.lines] for ax in only_random.axes if ax.get_visible()] == [["random"]]
 

@@ -335,6 +335,7 @@ def figure(curves: pa.Table):
         title = f"{strategy} ({seeds} seed{'s' if seeds > 1 else ''})"
         if over_random:
             _band(ax, rows, "random", color="0.55")
+        if over_random and not np.isnan(summary[strategy]["minus_random_mean"]):    # nan: no seed in common
             title += f"\nAULC − random {summary[strategy]['minus_random_mean']:+.4f}"
         _band(ax, rows, strategy, color="C0")
         ax.set_title(title, fontsize=9)
