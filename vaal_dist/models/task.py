@@ -25,7 +25,7 @@ class TaskOutput(NamedTuple):
 def _resnet18(in_channels: int) -> tuple[nn.Module, list[nn.Module], int]:
     # The small-image stem of the CIFAR ResNets (Learning Loss / TA-VAAL code): a 3x3 stride-1 conv,
     # no max-pool, so 32x32 inputs keep their resolution into layer1.
-    import torchvision     # here, not at the top: its import costs every scoring actor ~1.4 s (torch._dynamo)
+    import torchvision     # here, not at the top: its import costs every scoring actor ~1 s (torch._dynamo)
 
     net = torchvision.models.resnet18()
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), net.bn1, net.relu)
