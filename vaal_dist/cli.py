@@ -38,6 +38,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(default: cpu for the embedded pool, else cifar10)")
     p.add_argument("--epochs", type=int, help="override the preset's VAE/discriminator epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's VAE/discriminator batch size")
+    p.add_argument("--epoch-images", type=int,
+                   help="a VAE/discriminator epoch visits a fresh seeded sample of at most this many unlabeled "
+                        "images (default: all of them, as the papers)")
     p.add_argument("--task-epochs", type=int, help="override the preset's task-model epochs")
     p.add_argument("--aalu-epochs", type=int, help="override the preset's AALU epochs")
     p.add_argument("--mc-passes", type=int, default=AcquisitionConfig.mc_passes,
@@ -81,7 +84,8 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
 
     return RoundConfig(
         pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy, preset=preset_name,
-        vaal=preset(preset_name, **given(epochs=args.epochs, batch_size=args.batch_size)),
+        vaal=preset(preset_name, **given(epochs=args.epochs, batch_size=args.batch_size,
+                                         epoch_images=args.epoch_images)),
         task=task_preset(preset_name, **given(epochs=args.task_epochs)),
         aalu=aalu_preset(preset_name, **given(epochs=args.aalu_epochs)),
         acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,

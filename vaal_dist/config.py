@@ -26,6 +26,8 @@ class VAALConfig:
     vae_steps: int = 2                     # VAE steps per discriminator step (authors' code)
     batch_size: int = 64                   # per pool per step, per worker
     epochs: int = 100                      # one epoch = one pass over the unlabeled shard
+    epoch_images: int | None = None        # at most this many unlabeled images per epoch, a fresh seeded
+                                           # sample each epoch; None: all of them (the papers)
     hflip: bool = True                     # authors' CIFAR transform: RandomHorizontalFlip
     train_vae: bool = True                 # False: the "frozen VAE + D" ablation (D on an untrained VAE)
     disc_on_pixels: bool = False           # True: the "D only" ablation (D on the flattened image, no VAE)

@@ -65,20 +65,6 @@ class DecodeForTraining:
         return {**pixels, "label": batch["label"]} if "label" in batch else pixels
 
 
-def training_datasets(pool: str, labeled_ids: pa.Array, not_unlabeled: pa.Array, meta: PoolMeta, size: int
-                      ) -> dict[str, ray.data.Dataset]:
-    """{'labeled', 'unlabeled'} datasets of decoded pixels, ready for Ray Train's dataset shards.
-
-    ``not_unlabeled``: ids kept out of the unlabeled side (the labeled ones and any held-out split).
-    """
-    ds = read_pool(pool)
-    labeled = filter_ids(ds, labeled_ids, keep=True)
-    unlabeled = filter_ids(ds, not_unlabeled, keep=False)
-    decode = DecodeForTraining(meta, size)
-    return {name: d.map_batches(decode, batch_format="numpy")
-            for name, d in (("labeled", labeled), ("unlabeled", unlabeled))}
-
-
 def labeled_datasets(pool: str, splits: dict[str, pa.Array], meta: PoolMeta, size: int
                      ) -> dict[str, ray.data.Dataset]:
     """{name: decoded pixels and labels of the images whose ids are in ``splits[name]``}."""

@@ -79,9 +79,12 @@ VERIFIED_PARQUET = pads.ParquetFileFormat(
     default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+ROW_GROUP_ROWS = 1024      # training reads a pool a row group at a time (train/pool_batches.py)
+
+
+def write_parquet(uri: str, table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> None:
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, write_page_checksum=True)
+    pq.write_table(table, sink, row_group_size=row_group_rows, write_page_checksum=True)
     write_atomic(uri, sink.getvalue().to_pybytes())
 
 

@@ -74,7 +74,7 @@ class TAVAAL(TopKStrategy):
                                          cfg.use_gpu)
                     for name, ids, keep in (("labeled", inputs.labeled_ids, True),
                                             ("unlabeled", inputs.not_unlabeled, False))}
-        result = train_vaal(inputs, datasets, conditioned=True)
+        result = train_vaal(inputs, conditioned=True, datasets=datasets)
         return ({**task_kwargs, "vaal_checkpoint": result.checkpoint},
                 {**facts, "checkpoint": result.checkpoint.path, "last_epoch": result.metrics})
 

@@ -10,10 +10,11 @@ import ray.train
 import torch
 
 from vaal_dist.config import VAALConfig
-from vaal_dist.pool.dataset import training_datasets
 from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta
+from vaal_dist.pool.io import join
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy, model_input, scorer_device
+from vaal_dist.train.pool_batches import PoolSource, pool_source
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, load_checkpoint, \
     train_loop_per_worker
 
@@ -55,16 +56,17 @@ class VAALScorer:
         return self._mu(batch).float().cpu().numpy()
 
 
-def train_vaal(inputs: RoundInputs, datasets: dict, conditioned: bool,
-               vaal: VAALConfig | None = None) -> ray.train.Result:
-    """VAAL's VAE + D on Ray Train over {'labeled', 'unlabeled'} datasets of pixels (and, conditioned, rank).
+def train_vaal(inputs: RoundInputs, conditioned: bool, vaal: VAALConfig | None = None, *,
+               source: PoolSource | None = None, datasets: dict | None = None) -> ray.train.Result:
+    """VAAL's VAE + D on Ray Train over the pool streamed from its shards (``source``), or over
+    {'labeled', 'unlabeled'} datasets of pixels and rank (TA-VAAL, ``conditioned``).
 
     ``vaal`` replaces the round's VAALConfig (the ablations switch parts of it off).
     """
     cfg = inputs.config
     loop_config = {"vaal": dataclasses.asdict(vaal or cfg.vaal), "seed": cfg.seed, "in_channels": inputs.meta.channels,
-                   "conditioned": conditioned}
-    return inputs.fit(train_loop_per_worker, loop_config, datasets, name="vaal")
+                   "conditioned": conditioned, "source": source}
+    return inputs.fit(train_loop_per_worker, loop_config, datasets or {}, name="vaal")
 
 
 class VAAL(TopKStrategy):
@@ -76,9 +78,9 @@ class VAAL(TopKStrategy):
     def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
         cfg = inputs.config
         check_image_size(inputs.meta, cfg.vaal.image_size)
-        datasets = training_datasets(cfg.pool, inputs.labeled_ids, inputs.not_unlabeled, inputs.meta,
-                                     cfg.vaal.image_size)
-        result = train_vaal(inputs, datasets, conditioned=False,
-                            vaal=dataclasses.replace(cfg.vaal, **self.vaal_overrides))
+        source = pool_source(cfg.pool, inputs.labeled_ids, inputs.not_unlabeled, inputs.meta,
+                             join(inputs.train_dir, "labeled-images"), cfg.workers)
+        result = train_vaal(inputs, conditioned=False, vaal=dataclasses.replace(cfg.vaal, **self.vaal_overrides),
+                            source=source)
         return ({"checkpoint": result.checkpoint, "meta": inputs.meta, "use_gpu": cfg.use_gpu},
                 {"checkpoint": result.checkpoint.path, "last_epoch": result.metrics})

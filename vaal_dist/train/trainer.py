@@ -8,12 +8,14 @@ storage itself and ``latest_checkpoint`` finds it again: a rerun resumes in both
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 import re
 import tempfile
 from collections.abc import Callable
 
 import pyarrow.fs as pafs
+import ray
 import ray.data
 import ray.train
 import torch
@@ -49,12 +51,14 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     (materialized) rather than redone for every epoch and every pass over the labeled set.
     """
     datasets = _shuffled(datasets, seed)
+    threads = training_threads(workers)
+    train_loop = functools.partial(_on_threads, train_loop, threads)
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
     if workers == 0:
         trainer = _trainer_in_driver(train_loop, loop_config, datasets, fs, path, name, ingest)
-        running = _in_driver(fs, posixpath.join(path, name), threads=max(1, int(cpus_per_worker)))
+        running = _in_driver(fs, posixpath.join(path, name))
     else:
         trainer = TorchTrainer(
             train_loop,
@@ -84,6 +88,23 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     return result
 
 
+def training_threads(workers: int) -> int:
+    """Torch threads of each training process: the largest node's cores shared by all the workers.
+
+    Nothing else computes while a model trains, so a lone worker (or the driver, workers=0) takes every
+    core of its node, whatever fraction of a CPU it asked Ray for (0.5 by default, which would otherwise
+    leave it one thread). Ray Train may pack every worker on one node, so the cores are split as if it
+    did. The driver and one worker get the same count: the same sums, the same model.
+    """
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    return max(1, int(node_cpus // max(workers, 1)))
+
+
+def _on_threads(train_loop: Callable[[dict], None], threads: int, config: dict) -> None:
+    torch.set_num_threads(threads)
+    train_loop(config)
+
+
 def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray.data.Dataset]:
     try:
         return {k: ds.random_shuffle(seed=seed).materialize() for k, ds in datasets.items()}
@@ -104,13 +125,11 @@ def _trainer_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.da
 
 
 @contextlib.contextmanager
-def _in_driver(fs: pafs.FileSystem, folder: str, threads: int):
-    """While a local-mode run trains: ``report`` keeps its checkpoints under ``folder``, and torch
-    computes on as many threads as a worker would (Ray sets a worker's to its CPU count): same threads,
-    same sums, so the driver trains exactly what one worker trains."""
+def _in_driver(fs: pafs.FileSystem, folder: str):
+    """While a local-mode run trains, ``report`` keeps its checkpoints under ``folder``; the driver's torch
+    threads are restored afterwards (the loop sets them as a worker's)."""
     global _driver_run
     _driver_run, driver_threads = (fs, folder), torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
         yield
     finally:

@@ -4,6 +4,8 @@ One VAE step (Eqs. 1, 2 and 4 of the paper, as in the authors' solver):
     recon MSE(L) + recon MSE(U) + beta * KL(L + U, summed) + lambda_2 * [BCE(D(mu_L), 1) + BCE(D(mu_U), 1)]
 One discriminator step (Eq. 3): BCE(D(mu_L), 1) + BCE(D(mu_U), 0), with mu recomputed without gradient.
 ``vae_steps`` VAE steps (each on a fresh pair of batches) are followed by one D step on the last pair.
+Steps return their losses as tensors on the device; an epoch reads them once at its end, so a GPU step
+never waits for the host.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
 
 def vae_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
              x_u: torch.Tensor, cfg: VAALConfig, r_l: torch.Tensor | None = None,
-             r_u: torch.Tensor | None = None) -> dict[str, float]:
+             r_u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One VAE update on float inputs (B, C, S, S); D's gradients are left for the D step to zero.
 
     TA-VAAL: ``r_l``/``r_u`` (B,) are the ranker's outputs; the decoder gets sigmoid(r), D gets r.
@@ -55,12 +57,12 @@ def vae_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: t
         opt.zero_grad(set_to_none=True)
         loss.backward()
     opt.step()
-    return {"recon": mse.item(), "kl": kl.item(), "vae_adv": adv.item()}
+    return {"recon": mse.detach(), "kl": kl.detach(), "vae_adv": adv.detach()}
 
 
 def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: torch.Tensor,
               x_u: torch.Tensor, r_l: torch.Tensor | None = None, r_u: torch.Tensor | None = None,
-              on_pixels: bool = False) -> dict[str, float]:
+              on_pixels: bool = False) -> dict[str, torch.Tensor]:
     """One discriminator update: labeled -> 1, unlabeled -> 0; D sees mu, or the pixels (``on_pixels``)."""
     n_l = x_l.shape[0]
     r = _cat(r_l, r_u)
@@ -78,26 +80,32 @@ def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: 
     loss.backward()
     opt.step()
     prob = torch.sigmoid(logits.detach())       # before this step's update: D on a pair it has not learned
-    return {"disc_loss": loss.item(), "d_labeled": prob[:n_l].mean().item(),
-            "d_unlabeled": prob[n_l:].mean().item(), "d_auc": separation_auc(prob[:n_l], prob[n_l:])}
+    return {"disc_loss": loss.detach(), "d_labeled": prob[:n_l].mean(), "d_unlabeled": prob[n_l:].mean(),
+            "d_auc": _auc(prob[:n_l], prob[n_l:])}
 
 
 def separation_auc(high: torch.Tensor, low: torch.Tensor) -> float:
     """ROC AUC of telling ``high`` from ``low`` by their values: P(h > l) + P(h = l) / 2 over all pairs.
     0.5: the two sets look alike (an adversary that is not playing); 1: perfectly told apart."""
+    return _auc(high, low).item()
+
+
+def _auc(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     h, lo = high.float().flatten()[:, None], low.float().flatten()[None, :]
-    return ((h > lo).float().mean() + 0.5 * (h == lo).float().mean()).item()
+    return (h > lo).float().mean() + 0.5 * (h == lo).float().mean()
 
 
 def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled: Iterable[dict],
                 cfg: VAALConfig, generator: torch.Generator | None = None) -> dict[str, float]:
-    """One pass over ``unlabeled`` batches, drawing labeled batches from ``labeled``.
+    """One pass over ``unlabeled`` batches, drawing labeled batches from ``labeled``; the epoch's mean losses.
 
-    Batches are dicts: ``pixels`` (B, C, S, S) uint8 and, for TA-VAAL, ``rank`` (B,) float.
+    Batches are dicts: ``pixels`` (B, C, S, S) uint8 and, for TA-VAAL, ``rank`` (B,) float, on any device:
+    they move to the models' device here (asynchronously from pinned memory) and become floats there.
     """
     vae.train()
     disc.train()
-    sums: dict[str, float] = {}
+    device = next(vae.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def add(metrics):
@@ -105,17 +113,20 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
 
+    def on_device(batch, key):
+        return None if key not in batch else batch[key].to(device, non_blocking=True)
+
     for step, u in enumerate(unlabeled, start=1):
         lab = next(labeled)
-        x_l, x_u = pixels_to_input(lab["pixels"]), pixels_to_input(u["pixels"])
-        r_l, r_u = lab.get("rank"), u.get("rank")
+        x_l, x_u = pixels_to_input(on_device(lab, "pixels")), pixels_to_input(on_device(u, "pixels"))
+        r_l, r_u = on_device(lab, "rank"), on_device(u, "rank")
         if cfg.hflip:
             x_l, x_u = _flip(x_l, generator), _flip(x_u, generator)
         if cfg.train_vae:
             add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg, r_l, r_u))
         if not cfg.train_vae or step % cfg.vae_steps == 0:     # no VAE step to wait for: D sees every pair
             add(disc_step(vae, disc, opt_disc, x_l, x_u, r_l, r_u, cfg.disc_on_pixels))
-    return {k: sums[k] / counts[k] for k in sums}
+    return {k: (sums[k] / counts[k]).item() for k in sums}
 
 
 def build_models(cfg: VAALConfig, in_channels: int, conditioned: bool = False) -> tuple[VAE, Discriminator]:
@@ -164,6 +175,32 @@ def _labeled_cycle(shard, batch_size: int, seed: int) -> Iterator[dict]:
             raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
 
 
+@contextlib.contextmanager
+def _epoch_batches(config: dict, cfg: VAALConfig, epoch: int, ctx):
+    """(labeled, unlabeled) batches of one epoch: streamed from the pool's shards (``config["source"]``,
+    a ``PoolSource``), or, for TA-VAAL's model-output columns, from Ray Train's dataset shards."""
+    import ray.train
+    import ray.train.torch
+
+    rank, seed = ctx.get_world_rank(), config["seed"]
+    source = config.get("source")
+    if source is not None:
+        labeled, unlabeled = source.epoch(cfg.image_size, cfg.batch_size, rank=rank, workers=ctx.get_world_size(),
+                                          seed=_epoch_seed(seed, 0, epoch), limit=cfg.epoch_images,
+                                          pin=ray.train.torch.get_device().type == "cuda")
+    else:
+        epoch_seed = _epoch_seed(seed, rank, epoch)
+        labeled = _labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
+        unlabeled = ray.train.get_dataset_shard("unlabeled").iter_torch_batches(
+            batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed, local_shuffle_buffer_size=4 * cfg.batch_size)
+    try:
+        yield labeled, unlabeled
+    finally:
+        for batches in (labeled, unlabeled):
+            if hasattr(batches, "close"):
+                batches.close()
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry: DDP VAE + D over this worker's labeled/unlabeled shards, checkpoint per epoch."""
     import ray.train
@@ -183,18 +220,12 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
     if handed_back(start_epoch, cfg.epochs, rank):
         return
-    labeled_shard = ray.train.get_dataset_shard("labeled")
-    unlabeled_shard = ray.train.get_dataset_shard("unlabeled")
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = _epoch_seed(seed, rank, epoch)
         torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
         flips = torch.Generator().manual_seed(epoch_seed)
-        labeled = _labeled_cycle(labeled_shard, cfg.batch_size, epoch_seed)
-        unlabeled = unlabeled_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed,
-            local_shuffle_buffer_size=4 * cfg.batch_size)
-        metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
-        labeled.close()
+        with _epoch_batches(config, cfg, epoch, ctx) as (labeled, unlabeled):
+            metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
         report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
                                                    opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned))

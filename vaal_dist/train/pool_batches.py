@@ -1,0 +1,264 @@
+"""Training batches streamed from a pool's shards: each worker reads its own share, epoch by epoch.
+
+The unit of reading is a Parquet row group (pools that vaal_dist writes have ``ROW_GROUP_ROWS`` rows per
+group). The driver describes each side of the training data once (``PoolSide``: which rows of which row
+groups are unlabeled, or labeled). Every worker computes the same epoch plan from (seed, epoch): a
+seeded order of the row groups, cut at ``epoch_images`` if given, dealt out so that every worker gets the
+same number of images (DDP needs the same number of steps on every rank). A worker reads its row groups
+in a background thread, decodes them, and shuffles ``MIX_IMAGES`` rows at a time before cutting batches.
+A worker's memory is a few row groups and one mixing window whatever the pool's size, and the object
+store holds none of it. docs/design-choices.md says why this and not a global shuffle.
+
+The labeled images are scattered over the whole pool, and every epoch draws on them many times
+(one labeled batch per unlabeled batch), so the driver first copies them into compact shards of their
+own (``labeled_copy``): a pass over the labeled set then reads only labeled images.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files, shard_name, write_json, \
+    write_parquet
+
+MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
+PREFETCH = 4           # row groups read and decoded ahead of the training step
+COPY_SHARD_ROWS = 50_000
+_COPIED = "copy.json"  # written last into a labeled copy: the copy is whole
+
+
+@dataclass(frozen=True)
+class PoolSide:
+    """Which rows of which row groups make one side of the training data."""
+
+    fs: pafs.FileSystem
+    files: tuple[str, ...]
+    groups: np.ndarray          # (G, 2) file index, row-group index in that file
+    members: np.ndarray         # (rows of all G groups,) bool: the row belongs to this side
+    offsets: np.ndarray         # (G + 1,) where each group's rows start in ``members``
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Members per row group, (G,)."""
+        return np.diff(np.concatenate([[0], np.cumsum(self.members)])[self.offsets])
+
+    @property
+    def images(self) -> int:
+        return int(self.members.sum())
+
+    def read(self, g: int, start: int = 0, stop: int | None = None) -> pa.Table:
+        """Row group ``g``'s member rows (members ``start`` to ``stop`` of them), columns id and image."""
+        k, group = self.groups[g]
+        with _named(self.files[k]), self.fs.open_input_file(self.files[k]) as f:
+            table = pq.ParquetFile(f, page_checksum_verification=True).read_row_group(group, columns=["id", "image"])
+        rows = np.flatnonzero(self.members[self.offsets[g]:self.offsets[g + 1]])
+        return table.take(rows[start:stop])
+
+
+def pool_side(pool: str, ids: pa.Array, keep: bool) -> PoolSide:
+    """The pool's rows whose id is in ``ids`` (``keep``) or is not (``not keep``); reads only ids."""
+    fs, files = pool_files(pool)
+    groups, members, sizes = [], [], []
+    for k, path in enumerate(files):
+        with _named(path), fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f, page_checksum_verification=True)
+            member = pc.is_in(parquet.read(columns=["id"]).column("id"), value_set=ids)
+            meta = parquet.metadata
+        groups += [(k, g) for g in range(meta.num_row_groups)]
+        sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        members.append(np.asarray(member if keep else pc.invert(member), dtype=bool))
+    return PoolSide(fs, tuple(files), np.asarray(groups, np.int64).reshape(-1, 2),
+                    np.concatenate(members) if members else np.zeros(0, bool),
+                    np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]))
+
+
+@contextlib.contextmanager
+def _named(shard: str):
+    """A damaged page's error names its shard (round.py turns it into one line naming the pool)."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"shard {shard}: {e}") from e
+
+
+def labeled_copy(pool: str, ids: pa.Array, dest: str, workers: int) -> PoolSide:
+    """The labeled images copied to ``dest`` in shards whose row groups deal out to ``workers`` (at least
+    four groups each when there are enough images); a whole copy already there is reused."""
+    group_rows = int(min(ROW_GROUP_ROWS, max(1, len(ids) // (4 * workers))))
+    if not exists(join(dest, _COPIED)):
+        source = pool_side(pool, ids, keep=True)
+        tables, rows, shard = [], 0, 0
+        for g in np.flatnonzero(source.counts):
+            tables.append(source.read(int(g)))
+            rows += len(tables[-1])
+            if rows >= COPY_SHARD_ROWS:
+                write_parquet(join(dest, shard_name(shard)), pa.concat_tables(tables), group_rows)
+                tables, rows, shard = [], 0, shard + 1
+        if tables:
+            write_parquet(join(dest, shard_name(shard)), pa.concat_tables(tables), group_rows)
+        write_json(join(dest, _COPIED), {"images": len(ids), "row_group_rows": group_rows})
+    return pool_side(dest, ids, keep=True)
+
+
+def epoch_share(counts: np.ndarray, rank: int, workers: int, seed: int, limit: int | None = None
+                ) -> list[tuple[int, int, int]]:
+    """This worker's part of one epoch, as (row group, first member, end member). All workers compute
+    the same plan: the groups' members in a seeded group order, cut after ``limit`` images, split into
+    ``workers`` equal runs (the last ``total % workers`` images wait for another epoch)."""
+    order = np.random.default_rng(seed).permutation(len(counts))
+    order = order[counts[order] > 0]
+    ends = np.cumsum(counts[order])
+    total = int(ends[-1]) if len(ends) else 0
+    each = min(total, total if limit is None else limit) // workers
+    lo, hi = rank * each, (rank + 1) * each
+    share = []
+    for g, end, n in zip(order.tolist(), ends.tolist(), counts[order].tolist()):
+        start = end - n
+        if start < hi and end > lo:
+            share.append((g, max(lo, start) - start, min(hi, end) - start))
+    return share
+
+
+@dataclass(frozen=True)
+class PoolSource:
+    """What VAAL's training loop reads: the labeled copy, the pool's unlabeled rows, how to decode them."""
+
+    meta: PoolMeta
+    labeled: PoolSide
+    unlabeled: PoolSide
+
+    def epoch(self, size: int, batch_size: int, *, rank: int, workers: int, seed: int, limit: int | None,
+              pin: bool) -> tuple[Iterator[dict], Iterator[dict]]:
+        """(endless labeled batches, one epoch of unlabeled batches) for this worker, both seeded by ``seed``."""
+        labeled = endless_batches(self.labeled, self.meta, size, batch_size, rank=rank, workers=workers, seed=seed,
+                                  pin=pin)
+        unlabeled = epoch_batches(self.unlabeled, self.meta, size, batch_size, rank=rank, workers=workers,
+                                  seed=seed, limit=limit, pin=pin)
+        return labeled, unlabeled
+
+
+def pool_source(pool: str, labeled_ids: pa.Array, not_unlabeled: pa.Array, meta: PoolMeta, copy_dir: str,
+                workers: int) -> PoolSource:
+    """The training data of a VAAL round: the labeled images (copied to ``copy_dir``) and the rest of the
+    pool less ``not_unlabeled`` (the labeled and held-out ids)."""
+    return PoolSource(meta, labeled_copy(pool, labeled_ids, copy_dir, max(1, workers)),
+                      pool_side(pool, not_unlabeled, keep=False))
+
+
+def _decoded(side: PoolSide, share: list[tuple[int, int, int | None]], meta: PoolMeta, size: int
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, uint8 pixels (n, C, S, S)) of each (row group, first member, end member) in ``share``."""
+    for g, start, stop in share:
+        table = side.read(g, start, stop)
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        yield ids, decode_images(ids, table.column("image").to_pylist(), meta, size)
+
+
+def _mixed(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch_size: int, rng: np.random.Generator,
+           pin: bool) -> Iterator[dict]:
+    """Batches of ``batch_size`` (the last one smaller) cut from ``MIX_IMAGES`` rows shuffled at a time."""
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    rows = 0
+    for ids, pixels in chunks:
+        pending.append((ids, pixels))
+        rows += len(ids)
+        if rows >= MIX_IMAGES:
+            ids, pixels = _shuffled(pending, rng)
+            whole = rows - rows % batch_size
+            yield from _batches(ids[:whole], pixels[:whole], batch_size, pin)
+            pending, rows = [(ids[whole:], pixels[whole:])], rows - whole
+    if rows:
+        yield from _batches(*_shuffled(pending, rng), batch_size, pin)
+
+
+def _shuffled(pending: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    ids, pixels = np.concatenate([i for i, _ in pending]), np.concatenate([p for _, p in pending])
+    order = rng.permutation(len(ids))
+    return ids[order], pixels[order]
+
+
+def _batches(ids: np.ndarray, pixels: np.ndarray, batch_size: int, pin: bool) -> Iterator[dict]:
+    """{'id': (B,) str, 'pixels': (B, C, S, S) uint8 tensor, pinned for a fast copy to a GPU if ``pin``}."""
+    for start in range(0, len(ids), batch_size):
+        t = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+        yield {"id": ids[start:start + batch_size], "pixels": t.pin_memory() if pin else t}
+
+
+def epoch_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *, rank: int, workers: int,
+                  seed: int, limit: int | None = None, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of this worker's share of ``side``: uint8 ``pixels`` batches, the same count on every worker."""
+    share = epoch_share(side.counts, rank, workers, seed, limit)
+    rng = np.random.default_rng([seed, rank])
+    return _prefetched(_mixed(_decoded(side, share, meta, size), batch_size, rng, pin))
+
+
+def endless_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *, rank: int, workers: int,
+                    seed: int, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """This worker's row groups of ``side`` (every ``workers``-th of a seeded order), in a new order
+    each pass, for as long as they are asked for."""
+    def passes():
+        for p in range(1 << 62):
+            order = np.random.default_rng([seed, p]).permutation(len(side.counts))
+            share = [(int(g), 0, None) for g in order[rank::workers] if side.counts[g]]
+            if not share:
+                raise ValueError("this worker's labeled share is empty: use fewer workers or label more")
+            yield from _decoded(side, share, meta, size)
+
+    return _prefetched(_mixed(passes(), batch_size, np.random.default_rng([seed, rank]), pin))
+
+
+class _prefetched(Iterator):
+    """``items`` produced by a background thread, at most ``PREFETCH`` ahead; ``close`` stops it.
+
+    Reading and decoding (pyarrow, numpy) release the GIL, so they overlap the training step."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator):
+        self._queue: queue.Queue = queue.Queue(PREFETCH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:       # handed to the consumer, raised there
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._END:
+            self._queue.put(item)     # stays ended
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
