@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -97,7 +98,8 @@ def _auc(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
 
 def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled: Iterable[dict],
                 cfg: VAALConfig, generator: torch.Generator | None = None) -> dict[str, float]:
-    """One pass over ``unlabeled`` batches, drawing labeled batches from ``labeled``; the epoch's mean losses.
+    """One pass over ``unlabeled`` batches, drawing labeled batches from ``labeled``; the epoch's mean losses
+    and the number of unlabeled images it visited.
 
     Batches are dicts: ``pixels`` (B, C, S, S) uint8 and, for TA-VAAL, ``rank`` (B,) float, on any device:
     they move to the models' device here (asynchronously from pinned memory) and become floats there.
@@ -116,8 +118,10 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled
     def on_device(batch, key):
         return None if key not in batch else batch[key].to(device, non_blocking=True)
 
+    images = 0
     for step, u in enumerate(unlabeled, start=1):
         lab = next(labeled)
+        images += len(u["pixels"])
         x_l, x_u = pixels_to_input(on_device(lab, "pixels")), pixels_to_input(on_device(u, "pixels"))
         r_l, r_u = on_device(lab, "rank"), on_device(u, "rank")
         if cfg.hflip:
@@ -126,7 +130,7 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled
             add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg, r_l, r_u))
         if not cfg.train_vae or step % cfg.vae_steps == 0:     # no VAE step to wait for: D sees every pair
             add(disc_step(vae, disc, opt_disc, x_l, x_u, r_l, r_u, cfg.disc_on_pixels))
-    return {k: (sums[k] / counts[k]).item() for k in sums}
+    return {**{k: (sums[k] / counts[k]).item() for k in sums}, "unlabeled_images": images}
 
 
 def build_models(cfg: VAALConfig, in_channels: int, conditioned: bool = False) -> tuple[VAE, Discriminator]:
@@ -224,9 +228,10 @@ def train_loop_per_worker(config: dict) -> None:
         epoch_seed = _epoch_seed(seed, rank, epoch)
         torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
         flips = torch.Generator().manual_seed(epoch_seed)
+        started = time.perf_counter()
         with _epoch_batches(config, cfg, epoch, ctx) as (labeled, unlabeled):
             metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
-        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
+        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, epoch_seconds=time.perf_counter() - started)
         report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
                                                    opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned))
                if rank == 0 else None)
