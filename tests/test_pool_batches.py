@@ -91,8 +91,12 @@ def test_the_labeled_copy_holds_only_labeled_images_dealt_across_workers(pool, t
     assert all(set(s) <= set(labeled) for s in per_worker)
     # 600 labeled in 8 row groups of 75: each pass deals 4 groups to each worker, anew each pass.
     assert len(src.labeled.counts) == 8 and set(per_worker[0]) | set(per_worker[1]) == set(labeled)
-    again = source(pool, tmp_path, 2)             # the copy is reused, not written again
-    assert again.labeled.files == src.labeled.files
+    copied = (tmp_path / "copy" / "part-00000.parquet").stat().st_mtime_ns
+    assert source(pool, tmp_path, 2).labeled.images == len(labeled)             # the same copy, reused
+    assert (tmp_path / "copy" / "part-00000.parquet").stat().st_mtime_ns == copied
+    uri = pool[0]
+    other = pool_source(uri, pa.array(labeled[:7]), pa.array(labeled), read_pool_meta(uri), str(tmp_path / "copy"), 2)
+    assert other.labeled.images == 7                                          # other ids: copied anew
 
 
 def test_a_bad_image_read_in_the_background_is_raised_by_its_id(tmp_path):

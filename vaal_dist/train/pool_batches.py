@@ -16,6 +16,7 @@ own (``labeled_copy``): a pass over the labeled set then reads only labeled imag
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -29,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files, shard_name, write_json, \
-    write_parquet
+from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files, read_json, shard_name, \
+    write_json, write_parquet
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
@@ -94,20 +95,24 @@ def _named(shard: str):
 
 def labeled_copy(pool: str, ids: pa.Array, dest: str, workers: int) -> PoolSide:
     """The labeled images copied to ``dest`` in shards whose row groups deal out to ``workers`` (at least
-    four groups each when there are enough images); a whole copy already there is reused."""
+    four groups each when there are enough images); a whole copy of the same ids and layout is reused."""
     group_rows = int(min(ROW_GROUP_ROWS, max(1, len(ids) // (4 * workers))))
-    if not exists(join(dest, _COPIED)):
+    what = {"pool": pool, "ids": hashlib.sha256("\n".join(sorted(ids.to_pylist())).encode()).hexdigest(),
+            "row_group_rows": group_rows}
+    if not exists(join(dest, _COPIED)) or read_json(join(dest, _COPIED)) != what:
         source = pool_side(pool, ids, keep=True)
-        tables, rows, shard = [], 0, 0
-        for g in np.flatnonzero(source.counts):
+        tables, rows, written = [], 0, 0
+        groups = np.flatnonzero(source.counts)
+        for g in groups:
             tables.append(source.read(int(g)))
             rows += len(tables[-1])
-            if rows >= COPY_SHARD_ROWS:
-                write_parquet(join(dest, shard_name(shard)), pa.concat_tables(tables), group_rows)
-                tables, rows, shard = [], 0, shard + 1
-        if tables:
-            write_parquet(join(dest, shard_name(shard)), pa.concat_tables(tables), group_rows)
-        write_json(join(dest, _COPIED), {"images": len(ids), "row_group_rows": group_rows})
+            if rows >= COPY_SHARD_ROWS or g == groups[-1]:
+                write_parquet(join(dest, shard_name(written)), pa.concat_tables(tables), group_rows)
+                tables, rows, written = [], 0, written + 1
+        dest_fs, shards = pool_files(dest)
+        for path in shards[written:]:            # shards of an earlier, larger copy
+            dest_fs.delete_file(path)
+        write_json(join(dest, _COPIED), what)
     return pool_side(dest, ids, keep=True)
 
 
