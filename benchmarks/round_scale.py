@@ -68,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=RoundConfig.seed, help="round seed and labeled-sample seed")
     p.add_argument("--work", default="/tmp/vaal-round-scale")
     p.add_argument("--fit-only", action="store_true", help="no rounds: fit and tabulate stored results")
+    p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
+    p.add_argument("--object-store-mib", type=int, help="the local Ray's object store size (default: Ray's)")
     args = p.parse_args()
     args.image_size = args.image_size or preset(args.preset).image_size
     return args
@@ -100,7 +102,7 @@ def round_config(args: argparse.Namespace, images: int) -> RoundConfig:
         pool=pool, labeled=labeled, out=str(Path(args.work) / f"round-{images}"),
         budget=max(1, round(BUDGET_FRACTION * images)), strategy=args.strategy, preset=args.preset,
         vaal=preset(args.preset, **vaal_overrides), task=task_preset(args.preset), aalu=aalu_preset(args.preset),
-        workers=args.workers, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
 
 
 def descendants(root: int) -> set[int]:
@@ -181,7 +183,8 @@ def measure_round(args: argparse.Namespace, images: int) -> None:
     """One round on the size's pool in a fresh local Ray (run in a child process); writes results-<size>.json."""
     cfg = round_config(args, images)
     shutil.rmtree(cfg.out, ignore_errors=True)           # a fresh round, not the stored one
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, log_to_driver=False)
+    store = {"object_store_memory": args.object_store_mib * MIB} if args.object_store_mib else {}
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, log_to_driver=False, **store)
     try:
         sampler = RoundSampler()
         sampler.start()

@@ -35,7 +35,7 @@ from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
-COPY_SHARD_ROWS = 50_000
+COPY_SHARD_ROWS = 8192   # rows the driver holds while copying: 24 MiB of 32x32x3 images
 _COPIED = "copy.json"  # written last into a labeled copy: the copy is whole
 
 

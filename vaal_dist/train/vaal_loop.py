@@ -71,8 +71,8 @@ def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: 
     if on_pixels:
         seen = x.flatten(1)
     else:
-        with torch.no_grad():
-            _, seen, _ = vae(x, None if r is None else torch.sigmoid(r))
+        with torch.no_grad():       # the encoder alone: the authors' full forward also decodes, unused here
+            seen = _unwrap(vae).encode_mean(x)
     logits = disc(seen, r)
     target = torch.cat([torch.ones(n_l), torch.zeros(x_u.shape[0])]).to(logits.device)
     loss = (F.binary_cross_entropy_with_logits(logits[:n_l], target[:n_l])
