@@ -16,6 +16,7 @@ own (``labeled_copy``): a pass over the labeled set then reads only labeled imag
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import queue
 import threading
@@ -49,7 +50,7 @@ class PoolSide:
     members: np.ndarray         # (rows of all G groups,) bool: the row belongs to this side
     offsets: np.ndarray         # (G + 1,) where each group's rows start in ``members``
 
-    @property
+    @functools.cached_property
     def counts(self) -> np.ndarray:
         """Members per row group, (G,)."""
         return np.diff(np.concatenate([[0], np.cumsum(self.members)])[self.offsets])
@@ -206,7 +207,7 @@ def epoch_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *,
     """One epoch of this worker's share of ``side``: uint8 ``pixels`` batches, the same count on every worker."""
     share = epoch_share(side.counts, rank, workers, seed, limit)
     rng = np.random.default_rng([seed, rank])
-    return _prefetched(_mixed(_decoded(side, share, meta, size), batch_size, rng, pin))
+    return _Prefetched(_mixed(_decoded(side, share, meta, size), batch_size, rng, pin))
 
 
 def endless_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *, rank: int, workers: int,
@@ -221,10 +222,10 @@ def endless_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, 
                 raise ValueError("this worker's labeled share is empty: use fewer workers or label more")
             yield from _decoded(side, share, meta, size)
 
-    return _prefetched(_mixed(passes(), batch_size, np.random.default_rng([seed, rank]), pin))
+    return _Prefetched(_mixed(passes(), batch_size, np.random.default_rng([seed, rank]), pin))
 
 
-class _prefetched(Iterator):
+class _Prefetched(Iterator):
     """``items`` produced by a background thread, at most ``PREFETCH`` ahead; ``close`` stops it.
 
     Reading and decoding (pyarrow, numpy) release the GIL, so they overlap the training step."""
