@@ -8,7 +8,7 @@ import pytest
 from conftest import make_raw_pool
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
-from vaal_dist.train.pool_batches import MIX_IMAGES, epoch_share, pool_side, pool_source
+from vaal_dist.train.pool_batches import MIX_IMAGES, epoch_share, pool_sides, pool_source
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_a_bad_image_read_in_the_background_is_raised_by_its_id(tmp_path):
     images = [bytes(64)] * 30 + [b"short"] + [bytes(64)] * 29
     write_pool(str(tmp_path / "p"), [pa.table({"id": [f"i{k:02d}" for k in range(60)], "image": images})],
                PoolMeta("raw", (8, 8, 1)))
-    side = pool_side(str(tmp_path / "p"), pa.array(["i00"]), keep=False)
+    [side] = pool_sides(str(tmp_path / "p"), (pa.array(["i00"]), False))
     src = pool_source(str(tmp_path / "p"), pa.array(["i00"]), pa.array(["i00"]), PoolMeta("raw", (8, 8, 1)),
                       str(tmp_path / "copy"), 1)
     assert side.images == 59

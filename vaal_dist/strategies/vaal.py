@@ -11,8 +11,7 @@ import torch
 
 from vaal_dist.config import VAALConfig
 from vaal_dist.pool.images import check_image_size
-from vaal_dist.pool.io import PoolMeta
-from vaal_dist.pool.io import join
+from vaal_dist.pool.io import PoolMeta, join
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy, model_input, scorer_device
 from vaal_dist.train.pool_batches import PoolSource, pool_source
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, load_checkpoint, \

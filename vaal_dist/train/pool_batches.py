@@ -68,21 +68,25 @@ class PoolSide:
         return table.take(rows[start:stop])
 
 
-def pool_side(pool: str, ids: pa.Array, keep: bool) -> PoolSide:
-    """The pool's rows whose id is in ``ids`` (``keep``) or is not (``not keep``); reads only ids."""
+def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
+    """One side per (ids, keep): the pool's rows whose id is in ids (keep) or is not (not keep). Reads
+    only the id column, once for all the sides."""
     fs, files = pool_files(pool)
-    groups, members, sizes = [], [], []
+    groups, sizes, members = [], [], [[] for _ in selections]
     for k, path in enumerate(files):
         with _named(path), fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)
-            member = pc.is_in(parquet.read(columns=["id"]).column("id"), value_set=ids)
+            shard_ids = parquet.read(columns=["id"]).column("id")
             meta = parquet.metadata
         groups += [(k, g) for g in range(meta.num_row_groups)]
         sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-        members.append(np.asarray(member if keep else pc.invert(member), dtype=bool))
-    return PoolSide(fs, tuple(files), np.asarray(groups, np.int64).reshape(-1, 2),
-                    np.concatenate(members) if members else np.zeros(0, bool),
-                    np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]))
+        for side, (ids, keep) in zip(members, selections):
+            member = pc.is_in(shard_ids, value_set=ids)
+            side.append(np.asarray(member if keep else pc.invert(member), dtype=bool))
+    groups = np.asarray(groups, np.int64).reshape(-1, 2)
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    return [PoolSide(fs, tuple(files), groups, np.concatenate(side) if side else np.zeros(0, bool), offsets)
+            for side in members]
 
 
 @contextlib.contextmanager
@@ -94,14 +98,14 @@ def _named(shard: str):
         raise OSError(f"shard {shard}: {e}") from e
 
 
-def labeled_copy(pool: str, ids: pa.Array, dest: str, workers: int) -> PoolSide:
-    """The labeled images copied to ``dest`` in shards whose row groups deal out to ``workers`` (at least
-    four groups each when there are enough images); a whole copy of the same ids and layout is reused."""
+def labeled_copy(source: PoolSide, ids: pa.Array, dest: str, workers: int) -> PoolSide:
+    """The images of ``source`` (the pool's rows of ``ids``) copied to ``dest`` in shards whose row groups
+    deal out to ``workers`` (at least four groups each when there are enough images); a whole copy of
+    the same shards, ids and layout is reused."""
     group_rows = int(min(ROW_GROUP_ROWS, max(1, len(ids) // (4 * workers))))
-    what = {"pool": pool, "ids": hashlib.sha256("\n".join(sorted(ids.to_pylist())).encode()).hexdigest(),
-            "row_group_rows": group_rows}
+    what = {"shards": list(source.files), "row_group_rows": group_rows,
+            "ids": hashlib.sha256("\n".join(sorted(ids.to_pylist())).encode()).hexdigest()}
     if not exists(join(dest, _COPIED)) or read_json(join(dest, _COPIED)) != what:
-        source = pool_side(pool, ids, keep=True)
         tables, rows, written = [], 0, 0
         groups = np.flatnonzero(source.counts)
         for g in groups:
@@ -114,7 +118,7 @@ def labeled_copy(pool: str, ids: pa.Array, dest: str, workers: int) -> PoolSide:
         for path in shards[written:]:            # shards of an earlier, larger copy
             dest_fs.delete_file(path)
         write_json(join(dest, _COPIED), what)
-    return pool_side(dest, ids, keep=True)
+    return pool_sides(dest, (ids, True))[0]
 
 
 def epoch_share(counts: np.ndarray, rank: int, workers: int, seed: int, limit: int | None = None
@@ -158,8 +162,8 @@ def pool_source(pool: str, labeled_ids: pa.Array, not_unlabeled: pa.Array, meta:
                 workers: int) -> PoolSource:
     """The training data of a VAAL round: the labeled images (copied to ``copy_dir``) and the rest of the
     pool less ``not_unlabeled`` (the labeled and held-out ids)."""
-    return PoolSource(meta, labeled_copy(pool, labeled_ids, copy_dir, max(1, workers)),
-                      pool_side(pool, not_unlabeled, keep=False))
+    labeled, unlabeled = pool_sides(pool, (labeled_ids, True), (not_unlabeled, False))
+    return PoolSource(meta, labeled_copy(labeled, labeled_ids, copy_dir, max(1, workers)), unlabeled)
 
 
 def _decoded(side: PoolSide, share: list[tuple[int, int, int | None]], meta: PoolMeta, size: int
