@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import PoolMeta, pool_files
+from vaal_dist.pool.io import PoolMeta, pool_files, shard_named
 
 
 def read_pool(pool: str, columns: list[str] = ("id", "image")) -> ray.data.Dataset:
@@ -36,11 +36,9 @@ def _read_shards(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
             meta = parquet.metadata
             row_bytes = max(1, sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
                             // max(1, meta.num_rows))
-            try:
+            with shard_named(shard):
                 for part in parquet.iter_batches(batch_size=max(1, target // row_bytes), columns=columns):
                     yield pa.Table.from_batches([part])
-            except OSError as e:
-                raise OSError(f"shard {shard}: {e}") from e
 
 
 def _select_by_id(batch: pa.Table, ids: pa.Array, keep_members: bool) -> pa.Table:

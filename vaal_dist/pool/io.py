@@ -7,6 +7,7 @@ A manifest is a list of ids: Parquet with an ``id`` column, or a text file with 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import uuid
@@ -77,6 +78,15 @@ def read_json(uri: str):
 PAGE_CRC_FAILURE = "CRC checksum verification failed"        # pyarrow's words when a page fails it
 VERIFIED_PARQUET = pads.ParquetFileFormat(
     default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
+
+
+@contextlib.contextmanager
+def shard_named(shard: str):
+    """An OSError met reading ``shard`` (a damaged page's, say) names it: round.py finds the line that does."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(f"shard {shard}: {e}") from e
 
 
 ROW_GROUP_ROWS = 1024      # training reads a pool a row group at a time (train/pool_batches.py)

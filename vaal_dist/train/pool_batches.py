@@ -15,7 +15,6 @@ own (``labeled_copy``): a pass over the labeled set then reads only labeled imag
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import queue
@@ -32,7 +31,7 @@ import torch
 
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files, read_json, shard_name, \
-    write_json, write_parquet
+    shard_named, write_json, write_parquet
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
@@ -62,7 +61,7 @@ class PoolSide:
     def read(self, g: int, start: int = 0, stop: int | None = None) -> pa.Table:
         """Row group ``g``'s member rows (members ``start`` to ``stop`` of them), columns id and image."""
         k, group = self.groups[g]
-        with _named(self.files[k]), self.fs.open_input_file(self.files[k]) as f:
+        with shard_named(self.files[k]), self.fs.open_input_file(self.files[k]) as f:
             table = pq.ParquetFile(f, page_checksum_verification=True).read_row_group(group, columns=["id", "image"])
         rows = np.flatnonzero(self.members[self.offsets[g]:self.offsets[g + 1]])
         return table.take(rows[start:stop])
@@ -74,7 +73,7 @@ def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
     fs, files = pool_files(pool)
     groups, sizes, members = [], [], [[] for _ in selections]
     for k, path in enumerate(files):
-        with _named(path), fs.open_input_file(path) as f:
+        with shard_named(path), fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)
             shard_ids = parquet.read(columns=["id"]).column("id")
             meta = parquet.metadata
@@ -87,15 +86,6 @@ def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     return [PoolSide(fs, tuple(files), groups, np.concatenate(side) if side else np.zeros(0, bool), offsets)
             for side in members]
-
-
-@contextlib.contextmanager
-def _named(shard: str):
-    """A damaged page's error names its shard (round.py turns it into one line naming the pool)."""
-    try:
-        yield
-    except OSError as e:
-        raise OSError(f"shard {shard}: {e}") from e
 
 
 def labeled_copy(source: PoolSide, ids: pa.Array, dest: str, workers: int) -> PoolSide:
