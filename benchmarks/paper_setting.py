@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from vaal_dist.config import RoundConfig, ScoringConfig, aalu_preset, preset, task_preset
-from vaal_dist.pool.io import exists, read_pool_ids, write_manifest
+from vaal_dist.pool.io import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 
 PRESET = "cifar10"
@@ -115,10 +115,7 @@ def write_inputs(args: argparse.Namespace) -> tuple[str, str]:
     pool = str(work / f"pool-{args.images}-{IMAGE_SIZE}x{IMAGE_SIZE}x{CHANNELS}")
     labeled = str(work / f"labeled-{args.images}-{args.labeled}-seed{args.seed}.parquet")
     write_synthetic_pool(pool, args.images, image_size=IMAGE_SIZE, channels=CHANNELS)
-    if not exists(labeled):
-        ids = read_pool_ids(pool).to_numpy(zero_copy_only=False)
-        chosen = np.random.default_rng(args.seed).choice(len(ids), args.labeled, replace=False)
-        write_manifest(labeled, ids[np.sort(chosen)])
+    write_seeded_sample(pool, labeled, args.seed, count=args.labeled)
     return pool, labeled
 
 

@@ -36,7 +36,7 @@ import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from vaal_dist.config import PRESETS, RoundConfig, aalu_preset, preset, task_preset
-from vaal_dist.pool.io import exists, read_pool_ids, write_manifest
+from vaal_dist.pool.io import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
@@ -85,11 +85,7 @@ def write_inputs(args: argparse.Namespace, images: int) -> None:
     """The pool (shards already there are kept) and a manifest of a seeded 10% of its ids."""
     pool, labeled = input_paths(args, images)
     write_synthetic_pool(pool, images, image_size=args.image_size, channels=args.channels)
-    if exists(labeled):
-        return
-    ids = read_pool_ids(pool).to_numpy(zero_copy_only=False)
-    chosen = np.random.default_rng(args.seed).choice(len(ids), round(LABELED_FRACTION * len(ids)), replace=False)
-    write_manifest(labeled, ids[np.sort(chosen)])
+    write_seeded_sample(pool, labeled, args.seed, count=round(LABELED_FRACTION * images))
 
 
 def round_config(args: argparse.Namespace, images: int) -> RoundConfig:

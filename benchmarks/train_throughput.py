@@ -46,12 +46,11 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vaal_dist.cli import start_local_ray
 from vaal_dist.config import PRESETS, RoundConfig, preset
-from vaal_dist.pool.io import exists, read_manifest, read_pool_ids, read_pool_meta, write_manifest
+from vaal_dist.pool.io import read_manifest, read_pool_meta, write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.train import trainer
 from vaal_dist.train.pool_batches import PoolSource, epoch_share, pool_source
@@ -100,10 +99,7 @@ def write_inputs(args: argparse.Namespace, size: int) -> tuple[str, str]:
     pool = str(work / f"pool-{args.images}-{size}x{size}x{args.channels}")
     labeled = str(work / f"labeled-{args.images}-{size}x{size}x{args.channels}-seed{args.seed}.parquet")
     write_synthetic_pool(pool, args.images, image_size=size, channels=args.channels)
-    if not exists(labeled):
-        ids = read_pool_ids(pool).to_numpy(zero_copy_only=False)
-        chosen = np.random.default_rng(args.seed).choice(len(ids), round(LABELED_FRACTION * len(ids)), replace=False)
-        write_manifest(labeled, ids[np.sort(chosen)])
+    write_seeded_sample(pool, labeled, args.seed, count=round(LABELED_FRACTION * args.images))
     return pool, labeled
 
 

@@ -5,8 +5,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vaal_dist.pool.io import (POOL_META, PoolMeta, exists, join, read_pool_ids, write_manifest,
-                              write_pool)
+from vaal_dist.pool.io import POOL_META, PoolMeta, exists, join, write_pool, write_seeded_sample
 
 SHARD_ROWS = 1000
 
@@ -36,8 +35,4 @@ def build_default_pool(pool: str, labeled: str, size: int = 32, labeled_fraction
             for s in range(0, len(digits), SHARD_ROWS)
         ]
         write_pool(pool, shards, PoolMeta("raw", (size, size, 1)))
-    if not exists(labeled):
-        ids = np.sort(read_pool_ids(pool).to_numpy().astype(str))
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(len(ids), size=int(len(ids) * labeled_fraction), replace=False)
-        write_manifest(labeled, ids[np.sort(chosen)])
+    write_seeded_sample(pool, labeled, seed, fraction=labeled_fraction)

@@ -13,6 +13,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -253,6 +254,18 @@ def read_manifest(uri: str) -> pa.Array:
 
 def write_manifest(uri: str, ids) -> None:
     write_parquet(uri, pa.table({"id": pa.array(ids, pa.string())}))
+
+
+def write_seeded_sample(pool: str, manifest: str, seed: int, *, count: int | None = None,
+                        fraction: float | None = None) -> None:
+    """A manifest of ``count`` (or int(``fraction`` x the pool's size)) of the pool's ids, a seeded draw from
+    them sorted (whatever the shards' order), unless ``manifest`` is there already."""
+    if exists(manifest):
+        return
+    ids = np.sort(read_pool_ids(pool).to_numpy().astype(str))
+    chosen = np.random.default_rng(seed).choice(len(ids), size=int(len(ids) * fraction) if count is None else count,
+                                                replace=False)
+    write_manifest(manifest, ids[np.sort(chosen)])
 
 
 def _raise_on_bad_ids(ids, where: str) -> None:
