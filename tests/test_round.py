@@ -1,4 +1,5 @@
 """Whole rounds on a local Ray: VAAL end to end, determinism and resume, bad input, the CLI."""
+import hashlib
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
-from vaal_dist.round import run_round
+from vaal_dist.round import _hash_sorted, run_round
 from vaal_dist.strategies import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 
@@ -205,3 +206,14 @@ def test_default_pool_is_the_bundled_mnist_with_a_seeded_tenth_labeled(tmp_path)
     assert read_pool_meta(str(tmp_path / "p")) == PoolMeta("raw", (32, 32, 1))
     build_default_pool(str(tmp_path / "p2"), str(tmp_path / "l2.parquet"), size=32, seed=0)
     assert read_manifest(str(tmp_path / "l2.parquet")).to_pylist() == labeled
+
+
+def test_the_ids_fingerprint_hashes_the_sorted_ids_joined_whatever_the_chunks():
+    """A rerun's --out is matched by this hash: the chunked form must equal hashing the whole sorted join."""
+    rng = np.random.default_rng(0)
+    ids = [f"{c}{i}" for i, c in enumerate(rng.choice(list("aZé0-ü"), 50))]
+    whole = hashlib.sha256(b"\x01".join(i.encode() for i in sorted(ids))).hexdigest()
+    for chunk in (1, 7, 50, 64):
+        h = hashlib.sha256()
+        _hash_sorted(h, pa.chunked_array([pa.array(ids[:20]), pa.array(ids[20:])]), chunk)
+        assert h.hexdigest() == whole
