@@ -1,8 +1,13 @@
 """The errors a user can act on: each message names the bad input."""
+from vaal_dist.redaction import redact
 
 
 class VaalDistError(Exception):
-    """Base of the errors vaal_dist raises on purpose."""
+    """Base of the errors vaal_dist raises on purpose. Its message names URIs without their credentials,
+    whoever raised it and whatever it quotes (a storage library's error text, say)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class InputError(VaalDistError, ValueError):

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import posixpath
-import re
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from vaal_dist.errors import InputError
 from vaal_dist.pool.images import to_8bit_without_alpha
 from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, shard_name, write_json, write_parquet, \
     write_pool
+from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ def _check_arguments(image_size, channels, files_per_shard, max_pixels, labels, 
         raise InputError(f"labels must be 'auto', 'folders' or 'none', got {labels!r}")
     if cpus_per_shard <= 0:
         raise InputError(f"cpus_per_shard must be positive, got {cpus_per_shard}")
-
-
-def redact(uri: str) -> str:
-    """The URI without credentials (s3://key:secret@bucket/... -> s3://bucket/...), for logs and summaries."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", r"\1", uri)
 
 
 def list_source(source: str, dest: str) -> list[str]:
