@@ -240,8 +240,10 @@ def read_manifest(uri: str) -> pa.Array:
             ids.validate(full=True)
         else:
             with fs.open_input_stream(path) as f:
-                lines = f.read().decode().splitlines()
-            ids = pa.array([line.strip() for line in lines if line.strip()], pa.string())
+                text = f.read().decode("utf-8-sig")     # an editor's byte-order mark is no part of the first id
+            # Ids are kept as written (no Unicode normalisation); only \n ends a line (splitlines() would also
+            # cut an id at U+2028, U+0085, \x1c...), and spaces around an id (a \r of \r\n too) are dropped.
+            ids = pa.array([line.strip() for line in text.split("\n") if line.strip()], pa.string())
     except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read manifest {uri!r}: {e}") from e
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
