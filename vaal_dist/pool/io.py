@@ -32,10 +32,14 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        import fsspec  # pyarrow does not know the scheme: let fsspec open it
+        pass                            # pyarrow cannot parse the URI or does not know the scheme: try fsspec
+    import fsspec
 
+    try:
         fs, path = fsspec.core.url_to_fs(uri)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    except (ImportError, ValueError) as e:      # not chained: pyarrow's error quotes the URI unredacted
+        raise InputError(f"cannot open {uri!r}: {e}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def join(uri: str, *parts: str) -> str:
