@@ -8,6 +8,7 @@ training from its latest checkpoint.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
     write_json, write_parquet
+from vaal_dist.redaction import redact
 from vaal_dist.strategies import RoundInputs, get_strategy
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 SELECTION = "selection.parquet"
 INPUTS = "inputs.json"     # fingerprint of what the round was started with; a rerun must match
 RECORD = "run.json"
+NEAR_MISSES = 3            # ids not in the pool for which an error looks up the closest pool id
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,32 @@ def _ids_in_pool(uri: str, what: str, pool_ids) -> pa.Array:
     unknown = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=pool_ids)))
     if len(unknown):
         raise InputError(f"{what} manifest {uri!r} names {len(unknown)} ids that are not in the pool, "
-                         f"e.g. {unknown[:5].to_pylist()}")
+                         f"e.g. {unknown[:5].to_pylist()}{_closest_hint(unknown[:NEAR_MISSES], pool_ids)}")
     return ids
+
+
+def _closest_hint(missing: pa.Array, pool_ids) -> str:
+    """The closest pool id of each missing id, in ascii() so that what differs shows: ids are compared as
+    written, and 'caf\\xe9' and 'cafe\\u0301' (the same word, NFC and NFD) are two ids."""
+    pairs = [(name, match) for name in missing.to_pylist() for match in _closest(name, pool_ids)]
+    if not pairs:
+        return ""
+    return ("; closest pool ids (compared as written, no Unicode normalisation): "
+            + ", ".join(f"{ascii(name)} ~ {ascii(match)}" for name, match in pairs))
+
+
+def _closest(name: str, pool_ids, at_most: int = 1000) -> list[str]:
+    """[the pool id most like ``name``] by difflib, or []. Only ids sharing ``name``'s longest prefix found in
+    the pool are compared, at most ``at_most`` of them: difflib over a 1M-id pool took 107 s per id here."""
+    shared, longest = 0, len(name)          # binary search: the prefix of length ``shared`` starts some pool id
+    while shared < longest:
+        mid = (shared + longest + 1) // 2
+        if pc.any(pc.starts_with(pool_ids, name[:mid])).as_py():
+            shared = mid
+        else:
+            longest = mid - 1
+    candidates = pc.filter(pool_ids, pc.starts_with(pool_ids, name[:shared]))[:at_most]
+    return difflib.get_close_matches(name, candidates.to_pylist(), n=1)
 
 
 def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array, pa.Array | None, str]:
@@ -128,7 +155,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         raise InputError(f"{cfg.out!r} holds a round started with another config, pool or labeled set; "
                          f"choose a new --out")
     if exists(record_uri):
-        log.info("round in %s is already complete; nothing to do", cfg.out)
+        log.info("round in %s is already complete; nothing to do", redact(cfg.out))
         return RoundResult(selection_uri, read_json(record_uri))
     write_json(inputs_uri, {"fingerprint": fingerprint})
     log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
@@ -153,9 +180,9 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         "config": _jsonable(cfg.to_dict()),
         "versions": _versions(),
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
-        "pool": {"uri": cfg.pool, "images": sizes.pool, "labeled": sizes.labeled,
+        "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
                  "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": meta.encoding},
-        "selection": selection_uri,
+        "selection": redact(selection_uri),
         "inputs_fingerprint": fingerprint,
         "budget": cfg.budget,
         "train": _jsonable(train_facts),
@@ -184,6 +211,9 @@ def _damage_named(pool: str):
 
 
 def _jsonable(obj):
+    """``obj`` as JSON types, every string in it redacted (config and training facts hold URIs)."""
+    if isinstance(obj, str):
+        return redact(obj)
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
