@@ -123,7 +123,7 @@ def test_a_gpu_actor_scores_as_the_cpu_does(tmp_path, tiny_pool, amp, rtol):
     np.testing.assert_allclose(gpu["score"], [by_id[i] for i in gpu["id"]], rtol=rtol, atol=rtol)
 
 
-def test_amp_without_gpus_is_refused_by_name(tiny_pool):
+def test_amp_without_gpus_is_refused_by_name(ray_local, tiny_pool):
     from vaal_dist.errors import InputError
 
     with pytest.raises(InputError, match="amp"):
@@ -145,14 +145,16 @@ def test_random_scorer_is_seeded_uniform_and_order_free():
     assert 0 <= a.min() and a.max() < 1 and abs(a.mean() - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("k,actors,batch", [(10, 2, 16), (100, 2, 7), (224, 1, 64)])
-def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k, actors, batch):
+# The last case streams many 16 KiB blocks with room in the object store for one block per actor.
+@pytest.mark.parametrize("k,actors,batch,layout", [(10, 2, 16, {}), (100, 2, 7, {}), (224, 1, 64, {}),
+                                                   (50, 2, 8, {"block_bytes": 16 * 1024, "read_ahead_blocks": 1})])
+def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k, actors, batch, layout):
     pool, labeled_uri, ids, labeled = tiny_pool
     ckpt = vaal_checkpoint(tmp_path / "ckpt")
     meta = read_pool_meta(pool)
     unlabeled = filter_ids(read_pool(pool), read_manifest(labeled_uri), keep=False)
     got = stream_top_k(unlabeled, VAALScorer, {"checkpoint": ckpt, "meta": meta}, k,
-                       ScoringConfig(batch_size=batch, num_actors=actors))
+                       ScoringConfig(batch_size=batch, num_actors=actors, **layout))
     # in memory: every unlabeled image scored at once, then one full sort
     full = read_pool(pool).to_pandas()
     full = full[~full["id"].isin(set(labeled))]

@@ -99,6 +99,9 @@ class ScoringConfig:
     cpus_per_actor: float = 0.5            # fractional: 1 CPU/actor on a 2-CPU node starves the reads
     threads_per_actor: int | None = None   # torch intra-op threads; None: Ray's default
     block_bytes: int = 8 * 1024 ** 2       # Ray Data block size for the scoring read
+    read_ahead_blocks: int = 16            # blocks per actor a stream may hold read and not yet scored:
+                                           # without a bound Ray Data reads ahead into a share of the
+                                           # whole object store, which grows with the pool up to the store
     amp: bool = False                      # bfloat16 autocast in GPU scorers: faster, scores rounded
     batch_retries: int = 3                 # a batch whose actor process died is rescored on a restarted
                                            # actor this many times (Ray's default, forever, would loop on

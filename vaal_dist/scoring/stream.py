@@ -205,6 +205,9 @@ def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringC
     # 20k-image pool to one actor as a single block.
     ds.context.target_max_block_size = cfg.block_bytes
     size = actor_pool_size(cfg, use_gpu)
+    limits = ds.context.execution_options.resource_limits
+    ds.context.execution_options.resource_limits = limits.copy(
+        object_store_memory=cfg.read_ahead_blocks * size * cfg.block_bytes)
     return ds.map_batches(
         actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp},
         compute=ray.data.ActorPoolStrategy(size=size),
