@@ -98,15 +98,24 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
 
 
 def start_local_ray(**init_kwargs) -> None:
-    """A private Ray on this machine: node and dashboard on 127.0.0.1, token authentication on.
+    """A private Ray on this machine: dashboard / job API on 127.0.0.1, token authentication on, and
+    ~/.ray/auth_token readable by its owner only.
 
     Ray >= 2.59 turns tokens on for local clusters by itself (RAY_AUTH_MODE cannot be set from here: Ray
     reads it when imported, and a late change starts the GCS and this driver in different modes). The
-    dashboard serves the state API that Ray Train's cleanup polls.
+    dashboard serves the state API that Ray Train's cleanup polls. No Ray client server is started. Ray
+    2.60's gRPC servers listen on every interface whatever the node address, and on Linux it replaces a
+    127.0.0.1 node address by the host's, so none is passed (docs/security.md).
     """
+    from pathlib import Path
+
     import ray
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", **init_kwargs)
+    token = Path.home() / ".ray" / "auth_token"       # where Ray writes the token it generates
+    token.parent.mkdir(mode=0o700, exist_ok=True)       # a new ~/.ray keeps a new token private from the start
+    ray.init(address="local", dashboard_host="127.0.0.1", **init_kwargs)
+    if token.exists():
+        token.chmod(0o600)                              # Ray writes it 0644; an older one may be 0644 too
 
 
 @contextlib.contextmanager
