@@ -1,7 +1,9 @@
-"""Image bytes -> uint8 pixel batches (B, C, H, W), the one decoder training and scoring share."""
+"""Image bytes -> uint8 pixel batches (B, C, H, W), the one decoder training and scoring share, and
+``open_image``, the one door to Pillow for every image vaal_dist reads (prepare included)."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -9,13 +11,47 @@ from PIL import Image
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta
 
+# Pillow runs no other decoder: an EPS "image" would start Ghostscript (docs/security.md).
+IMAGE_FORMATS = ("JPEG", "PNG")
+MAX_PIXELS = 89_478_485          # Pillow's default Image.MAX_IMAGE_PIXELS; prepare's --max-pixels default
+
+NOT_JPEG_OR_PNG = "not a JPEG or PNG image"
+TOO_MANY_PIXELS = "too many pixels"
+
+
+class RefusedImage(ValueError):
+    """Bytes that ``open_image`` hands to no decoder; ``reason`` is NOT_JPEG_OR_PNG or TOO_MANY_PIXELS."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason} ({detail})")
+        self.reason, self.detail = reason, detail
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``data`` opened as a JPEG or PNG of at most ``max_pixels`` pixels: its header is read, no pixel is
+    decoded yet, and no other Pillow plugin ever sees the bytes. Raises RefusedImage."""
+    try:
+        with warnings.catch_warnings():   # Pillow warns above its own limit; max_pixels decides here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as e:     # over twice Pillow's limit: refused inside open
+        raise RefusedImage(TOO_MANY_PIXELS, str(e)) from None
+    except Exception as e:   # Pillow reports unrecognised bytes with many exception types
+        detail = f"starts with {bytes(data[:8])!r}" if isinstance(e, Image.UnidentifiedImageError) else str(e)
+        raise RefusedImage(NOT_JPEG_OR_PNG, detail) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise RefusedImage(TOO_MANY_PIXELS, f"{width}x{height} is over {max_pixels} pixels")
+    return img
+
 
 def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
     """Decode a batch of pool images to (B, C, size, size) uint8.
 
     ``raw`` pools must already be ``size`` x ``size``; encoded JPEG/PNG images are converted to RGB and
-    resized as ``vaal-dist prepare`` does (16-bit grey scaled, alpha onto black). A bad image raises
-    InputError naming its id.
+    resized as ``vaal-dist prepare`` does (16-bit grey scaled, alpha onto black). A bad image, one that
+    is not a JPEG or PNG, or one over MAX_PIXELS raises InputError naming its id.
     """
     if meta.encoding == "raw":
         return _decode_raw(ids, images, meta.image_shape, size)
@@ -44,10 +80,10 @@ def _decode_raw(ids, images, shape, size) -> np.ndarray:
 
 def _decode_one(image_id, data: bytes, size: int) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             img = to_8bit_without_alpha(img).convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (C, H, W)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError) as e:   # RefusedImage is a ValueError
         raise InputError(f"image {str(image_id)!r} cannot be decoded: {e}") from e
 
 

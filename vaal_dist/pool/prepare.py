@@ -10,12 +10,10 @@ listing would shift files between shards), ``classes.json`` maps class folders t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import posixpath
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -27,7 +25,7 @@ import ray.data
 from PIL import Image
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.images import to_8bit_without_alpha
+from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
 from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, shard_name, write_json, write_parquet, \
     write_pool
 from vaal_dist.redaction import redact
@@ -35,14 +33,11 @@ from vaal_dist.redaction import redact
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")   # compared lower-cased
-DEFAULT_MAX_PIXELS = 89_478_485                # PIL's default Image.MAX_IMAGE_PIXELS
 INPUTS, CLASSES, SUMMARY = "prepare-inputs.json", "classes.json", "prepare.json"
 
 NOT_IMAGE_EXTENSION = "not an image extension"
 EMPTY_FILE = "empty file"
-NOT_JPEG_OR_PNG = "not a JPEG or PNG image"
-TOO_MANY_PIXELS = "too many pixels"
-CORRUPT_IMAGE = "corrupt image"
+CORRUPT_IMAGE = "corrupt image"               # and NOT_JPEG_OR_PNG, TOO_MANY_PIXELS from open_image
 
 REPORT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -66,7 +61,7 @@ class SkippedFile(Exception):
 
 
 def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3, files_per_shard: int = 1000,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, labels: str = "auto", cpus_per_shard: float = 0.5,
+                 max_pixels: int = MAX_PIXELS, labels: str = "auto", cpus_per_shard: float = 0.5,
                  read_threads: int = 8) -> dict:
     """Prepare (or resume preparing) the raw pool ``dest`` from the JPEG/PNG files under ``source``.
 
@@ -247,17 +242,10 @@ def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
         raise SkippedFile(EMPTY_FILE)
     mode = "RGB" if settings.channels == 3 else "L"
     try:
-        with warnings.catch_warnings():   # PIL warns above its own limit; max_pixels decides here
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
-    except Image.DecompressionBombError as e:
-        raise SkippedFile(TOO_MANY_PIXELS, str(e)) from None
-    except Exception as e:   # PIL reports unrecognised bytes with many exception types
-        raise SkippedFile(NOT_JPEG_OR_PNG, str(e)) from None
+        img = open_image(data, settings.max_pixels)   # checked on the header, before any pixel is decoded
+    except RefusedImage as e:
+        raise SkippedFile(e.reason, e.detail) from None
     with img:
-        width, height = img.size
-        if width * height > settings.max_pixels:   # checked on the header, before any pixel is decoded
-            raise SkippedFile(TOO_MANY_PIXELS, f"{width}x{height} is over {settings.max_pixels} pixels")
         try:
             img.draft(mode, (settings.image_size, settings.image_size))   # JPEG: decode at a reduced scale
             return to_8bit_without_alpha(img).convert(mode).resize(
