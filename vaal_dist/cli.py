@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 
 from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, aalu_preset, preset, \
     task_preset
 from vaal_dist.errors import VaalDistError
+from vaal_dist.redaction import redact
 from vaal_dist.strategies import STRATEGIES
 
 DEFAULT_POOL = "data/mnist-pool"
@@ -17,17 +19,58 @@ DEFAULT_LABELED = "data/mnist-labeled.parquet"
 DEFAULT_OUT = "results/mnist-round"
 DEFAULT_BUDGET = 250          # 5% of the 5,000 digits, the papers' per-round step
 DEFAULT_EXPERIMENT_OUT = "results/mnist-experiment"
+MAX_SEED = 2**32 - 1
+
+
+# argparse types: a bad number stops parse_args with a one-line error naming the flag (exit 2), before any
+# file is written or Ray started.
+def at_least(low: int, at_most: int | None = None):
+    """An integer >= ``low`` (and <= ``at_most``)."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (at_most is not None and value > at_most):
+            bounds = f"at least {low}" if at_most is None else f"between {low} and {at_most}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return integer
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction above 0 and below 1, got {value:g}")
+    return value
 
 
 def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--pool", help="pool folder or URI (Parquet shards); omit for the embedded MNIST pool")
     p.add_argument("--labeled", help="labeled-id manifest (.parquet with an id column, or text)")
-    p.add_argument("--budget", type=int, help="b, the number of images to select")
+    p.add_argument("--budget", type=at_least(1), help="b, the number of images to select")
     p.add_argument("--out", help="output folder or URI (selection, run record, checkpoints)")
     p.add_argument("--strategy", default=RoundConfig.strategy, choices=sorted(STRATEGIES))
     p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
                                      "their accuracy on them")
-    p.add_argument("--seed", type=int, default=RoundConfig.seed)
+    p.add_argument("--seed", type=at_least(0, MAX_SEED), default=RoundConfig.seed)
     return add_training_args(p)
 
 
@@ -36,30 +79,30 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="the papers' hyperparameters for VAAL, the task model and AALU "
                         "(default: cpu for the embedded pool, else cifar10)")
-    p.add_argument("--epochs", type=int, help="override the preset's VAE/discriminator epochs")
-    p.add_argument("--batch-size", type=int, help="override the preset's VAE/discriminator batch size")
-    p.add_argument("--epoch-images", type=int,
+    p.add_argument("--epochs", type=at_least(1), help="override the preset's VAE/discriminator epochs")
+    p.add_argument("--batch-size", type=at_least(1), help="override the preset's VAE/discriminator batch size")
+    p.add_argument("--epoch-images", type=at_least(1),
                    help="a VAE/discriminator epoch visits a fresh seeded sample of at most this many unlabeled "
                         "images (default: all of them, as the papers)")
-    p.add_argument("--task-epochs", type=int, help="override the preset's task-model epochs")
-    p.add_argument("--aalu-epochs", type=int, help="override the preset's AALU epochs")
-    p.add_argument("--mc-passes", type=int, default=AcquisitionConfig.mc_passes,
+    p.add_argument("--task-epochs", type=at_least(1), help="override the preset's task-model epochs")
+    p.add_argument("--aalu-epochs", type=at_least(1), help="override the preset's AALU epochs")
+    p.add_argument("--mc-passes", type=at_least(1), default=AcquisitionConfig.mc_passes,
                    help="stochastic passes for mc_dropout and dbal")
-    p.add_argument("--members", type=int, default=AcquisitionConfig.ensemble_members,
+    p.add_argument("--members", type=at_least(1), default=AcquisitionConfig.ensemble_members,
                    help="ensemble members (trained in parallel over --workers)")
-    p.add_argument("--subset-factor", type=int,
+    p.add_argument("--subset-factor", type=at_least(0),
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
-    p.add_argument("--workers", type=int, default=RoundConfig.workers,
+    p.add_argument("--workers", type=at_least(0), default=RoundConfig.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
-    p.add_argument("--cpus-per-worker", type=float, default=RoundConfig.cpus_per_worker)
-    p.add_argument("--max-failures", type=int, default=RoundConfig.max_failures,
+    p.add_argument("--cpus-per-worker", type=positive_float, default=RoundConfig.cpus_per_worker)
+    p.add_argument("--max-failures", type=at_least(0), default=RoundConfig.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
-    p.add_argument("--score-batch-size", type=int, default=ScoringConfig.batch_size)
-    p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, else per CPU)")
-    p.add_argument("--threads-per-actor", type=int, help="torch threads in each scoring actor")
+    p.add_argument("--score-batch-size", type=at_least(1), default=ScoringConfig.batch_size)
+    p.add_argument("--actors", type=at_least(1), help="scoring actors (default: one per GPU, else per CPU)")
+    p.add_argument("--threads-per-actor", type=at_least(1), help="torch threads in each scoring actor")
     p.add_argument("--amp", action="store_true", help="score under bfloat16 autocast (with --use-gpu)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     return p
@@ -72,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
 
         build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=PRESETS[args.preset or "cpu"].image_size)
         pool, labeled = DEFAULT_POOL, args.labeled or DEFAULT_LABELED
-        budget, out, preset_name = args.budget or DEFAULT_BUDGET, args.out or DEFAULT_OUT, args.preset or "cpu"
+        budget = DEFAULT_BUDGET if args.budget is None else args.budget
+        out, preset_name = args.out or DEFAULT_OUT, args.preset or "cpu"
     else:
         missing = [f"--{n}" for n in ("labeled", "budget", "out") if getattr(args, n) is None]
         if missing:
@@ -144,7 +188,7 @@ def round_command(args: argparse.Namespace) -> int:
     with ray_session(args.ray_address):
         result = run_round(cfg)
     t = result.record["timings"]
-    print(f"selection: {result.selection}")
+    print(f"selection: {redact(result.selection)}")
     print(f"per-100-sample query time: {result.per_100_seconds:.2f} s "
           f"(b={cfg.budget}: train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, "
           f"merge {t['merge_seconds']:.2f} s, total {t['total_seconds']:.1f} s)")
@@ -159,14 +203,14 @@ def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options left out keep prepare_pool's defaults."""
     p.add_argument("source", help="folder or URI of .jpg/.jpeg/.png files (class sub-folders become labels)")
     p.add_argument("dest", help="pool folder or URI to write; rerunning the same dest resumes it")
-    p.add_argument("--image-size", type=int, help="side of the square pool images (default 32)")
+    p.add_argument("--image-size", type=at_least(1), help="side of the square pool images (default 32)")
     p.add_argument("--channels", type=int, choices=(1, 3), help="3 for RGB (default), 1 for grayscale")
-    p.add_argument("--files-per-shard", type=int, help="source files per Parquet shard (default 1000)")
-    p.add_argument("--max-pixels", type=int, help="skip images with more pixels (default PIL's limit)")
+    p.add_argument("--files-per-shard", type=at_least(1), help="source files per Parquet shard (default 1000)")
+    p.add_argument("--max-pixels", type=at_least(1), help="skip images with more pixels (default PIL's limit)")
     p.add_argument("--labels", choices=("auto", "folders", "none"),
                    help="labels from class sub-folders: auto (default), folders, none")
-    p.add_argument("--cpus-per-shard", type=float, help="CPUs each shard task asks of Ray (default 0.5)")
-    p.add_argument("--read-threads", type=int, help="concurrent file reads per shard (default 8)")
+    p.add_argument("--cpus-per-shard", type=positive_float, help="CPUs each shard task asks of Ray (default 0.5)")
+    p.add_argument("--read-threads", type=at_least(1), help="concurrent file reads per shard (default 8)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
     return p
 
@@ -193,11 +237,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_EXPERIMENT_OUT, help="experiment folder; rerunning it resumes")
     p.add_argument("--strategies", nargs="+", default=list(E.strategies), choices=sorted(STRATEGIES),
                    metavar="STRATEGY", help=f"any of {', '.join(sorted(STRATEGIES))}")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(E.seeds))
-    p.add_argument("--initial", type=float, default=E.initial, help="fraction labeled at the start")
-    p.add_argument("--step", type=float, default=E.step, help="fraction added per round")
-    p.add_argument("--final", type=float, default=E.final, help="last fraction evaluated")
-    p.add_argument("--test-fraction", type=float, default=E.test_fraction,
+    p.add_argument("--seeds", nargs="+", type=at_least(0, MAX_SEED), default=list(E.seeds))
+    p.add_argument("--initial", type=fraction, default=E.initial, help="fraction labeled at the start")
+    p.add_argument("--step", type=fraction, default=E.step, help="fraction added per round")
+    p.add_argument("--final", type=fraction, default=E.final, help="last fraction evaluated")
+    p.add_argument("--test-fraction", type=fraction, default=E.test_fraction,
                    help="share of the pool held out to measure accuracy")
     return add_training_args(p)
 
@@ -213,7 +257,7 @@ def experiment_command(args: argparse.Namespace) -> int:
                            test_fraction=args.test_fraction)
     with ray_session(args.ray_address):
         curves = run_experiment(cfg)
-    print(f"results: {args.out}/curves.csv, summary.csv, report.md, curves.png")
+    print(f"results: {redact(args.out)}/curves.csv, summary.csv, report.md, curves.png")
     for row in summarize(curves):
         print(f"{row['strategy']:>20}: AULC {row['aulc_mean']:.4f} +- {row['aulc_std']:.4f} over {row['seeds']} "
               f"seeds; minus random {row['minus_random_mean']:+.4f} +- {row['minus_random_std']:.4f}")
