@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session (bound to 127.0.0.1), tiny seeded pools."""
+"""Shared fixtures: a temporary HOME (Ray's token lives there), one local Ray per test session (job API on
+127.0.0.1), tiny seeded pools."""
 from __future__ import annotations
 
 import io
@@ -9,6 +10,15 @@ import pytest
 from PIL import Image
 
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory):
+    """Tests never touch the real ~/.ray: Ray writes and reads its auth token under $HOME, and every
+    subprocess a test starts inherits this one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        yield
 
 
 @pytest.fixture(scope="session")
