@@ -83,6 +83,11 @@ def test_token_auth_and_local_dashboard(config):
     assert "--dashboard-host=127.0.0.1" in head
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in worker
     assert "~/.ray/auth_token" in config["file_mounts"]
+    # Every node makes the synced token private before Ray starts (setup runs after the file mounts).
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert any("chmod 600 ~/.ray/auth_token" in c for c in config[key]), (key, config[key])
+    # The head keeps Ray's own (private) node address, which the Ray client server binds.
+    assert "--node-ip-address" not in head
 
 
 @pytest.mark.parametrize("mutate, error, match", [
