@@ -160,3 +160,35 @@ def test_an_input_error_wrapped_by_ray_is_raised_again_by_name():
     with pytest.raises(InputError, match=r"^image 'a.png' cannot be decoded$"):
         raise_if_input_error(WorkerGroupError("training failed (truncated)"))
     raise_if_input_error(RuntimeError("worker died: OOM"))      # no InputError inside: nothing raised
+
+
+def _accented_pool(path) -> list[str]:
+    """A raw pool whose ids are written in NFC ('é' as one code point), plus one holding U+2028."""
+    ids = [f"caf\xe9-{i:02d}" for i in range(20)] + ["line\u2028sep"]
+    pixels = np.random.default_rng(2).integers(0, 256, (len(ids), 32 * 32), dtype=np.uint8)
+    write_pool(str(path), [pa.table({"id": ids, "image": [p.tobytes() for p in pixels]})],
+               PoolMeta("raw", (32, 32, 1)))
+    return ids
+
+
+def test_a_text_manifest_with_a_byte_order_mark_selects_as_the_plain_one(ray_local, tmp_path):
+    ids = _accented_pool(tmp_path / "pool")
+    lines = "\r\n".join(ids[:3] + ids[-1:]) + "\r\n"
+    (tmp_path / "plain.txt").write_text(lines, encoding="utf-8")
+    (tmp_path / "bom.txt").write_text(lines, encoding="utf-8-sig")      # as Notepad saves "UTF-8 with BOM"
+    assert (tmp_path / "bom.txt").read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_manifest(str(tmp_path / "bom.txt")).to_pylist() == ids[:3] + ids[-1:]     # U+2028 kept inside
+    plain = _round(tmp_path / "pool", tmp_path / "plain.txt", tmp_path / "plain", 5)
+    bom = _round(tmp_path / "pool", tmp_path / "bom.txt", tmp_path / "bom", 5)
+    assert pq.read_table(bom.selection).equals(pq.read_table(plain.selection))
+
+
+def test_an_id_in_another_unicode_normalisation_is_refused_naming_the_closest_pool_id(tmp_path):
+    _accented_pool(tmp_path / "pool")
+    (tmp_path / "nfd.txt").write_text("caf\xe9-00\ncafe\u0301-01\n", encoding="utf-8")   # the second in NFD
+    with pytest.raises(InputError) as refused:
+        _round(tmp_path / "pool", tmp_path / "nfd.txt", tmp_path / "out", 5)
+    assert str(refused.value).endswith(
+        "names 1 ids that are not in the pool, e.g. ['cafe\u0301-01']; closest pool ids (compared as written, "
+        r"no Unicode normalisation): 'cafe\u0301-01' ~ 'caf\xe9-01'")
+    assert not (tmp_path / "out").exists()
