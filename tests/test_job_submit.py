@@ -1,4 +1,5 @@
-"""`ray job submit` to a `ray start --head` on 127.0.0.1 runs jobs/imagenet_round.py, token auth on."""
+"""`ray job submit` to a `ray start --head` on this machine runs jobs/imagenet_round.py, token auth on."""
+import ipaddress
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +21,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def unmapped(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``::ffff:127.0.0.1`` (how a dual-stack gRPC server lists an IPv4 address) as ``127.0.0.1``."""
+    address = ipaddress.ip_address(ip)
+    return getattr(address, "ipv4_mapped", None) or address
 
 
 def wait_for_dashboard(url: str, head: subprocess.Popen, seconds: float = 120) -> None:
@@ -38,13 +46,14 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, seconds: float = 120) -
 
 def test_job_submit_runs_the_round_and_writes_the_manifest(tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "HOME": str(tmp_path)}    # the token is generated in, and read from, tmp_path/.ray: never ~/.ray
     subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     # Every port of its own: the test session's local Ray already holds the default agent ports, and a
     # head whose job agent cannot bind answers every submission with "No available agent".
     ports = {flag: free_port() for flag in ("port", "dashboard-port", "dashboard-agent-listen-port",
                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port")}
+                                            "metrics-export-port", "ray-client-server-port")}
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", *(f"--{flag}={port}" for flag, port in ports.items()),
          "--node-ip-address", "127.0.0.1",
@@ -68,6 +77,11 @@ def test_job_submit_runs_the_round_and_writes_the_manifest(tmp_path, tiny_pool):
         assert f"selection: {out}/selection.parquet" in job.stdout
         assert pq.read_table(out / "selection.parquet").num_rows == 10
         assert json.loads((out / "run.json").read_text())["budget"] == 10
+        # `ray start --head` always starts a Ray client server: on the node's address and loopback only.
+        client = {unmapped(c.laddr.ip) for c in psutil.net_connections(kind="inet")
+                  if c.status == psutil.CONN_LISTEN and c.laddr.port == ports["ray-client-server-port"]}
+        assert ipaddress.ip_address("127.0.0.1") in client, client
+        assert not any(address.is_unspecified for address in client), client
     finally:
         head.terminate()
         head.wait(timeout=120)
