@@ -7,7 +7,7 @@
 For each size, writes (once, reused under --work) a seeded synthetic raw pool, a labeled manifest of a
 seeded 10% of its ids, and runs one round with b = 1% of the pool through ``run_round``, as
 ``vaal-dist round`` does, in its own spawned process with its own local Ray (peak memory is per size).
-While the round runs, a thread in that process samples every 0.5 s the private memory (RssAnon) of each
+While the round runs, a thread in that process samples every 0.5 s the private memory (RssAnon) of the driver, of each
 Ray Train worker and each scoring actor started under it, and the object store's bytes in use. Each
 size's numbers go to --work/results-<size>.json; at the end, a Markdown row per size and least-squares
 fits of seconds = fixed + per image for training (x = epochs x images visited per epoch) and scoring
@@ -126,7 +126,7 @@ def private_mib(pid: int) -> float:
 
 
 class RoundSampler(threading.Thread):
-    """Peak private memory (RssAnon, MiB) of each training worker and scoring actor under this process,
+    """Peak private memory (RssAnon, MiB) of this driver and of each training worker and scoring actor under it,
     and the peak bytes in use in Ray's object store.
 
     Private memory, not RSS: a process's RSS also counts the object-store pages it has read
@@ -137,6 +137,7 @@ class RoundSampler(threading.Thread):
         super().__init__(daemon=True)
         self.peaks: dict[str, dict[int, float]] = {role: {} for role in ROLE_TITLES}
         self.store_peak_bytes = 0
+        self.driver_peak_mib = 0.0
         self.stop = threading.Event()
         self.gcs = get_state_from_address(ray.get_runtime_context().gcs_address)
 
@@ -145,6 +146,7 @@ class RoundSampler(threading.Thread):
             self.sample()
 
     def sample(self) -> None:
+        self.driver_peak_mib = max(self.driver_peak_mib, private_mib(os.getpid()))
         for pid in descendants(os.getpid()):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -167,7 +169,8 @@ class RoundSampler(threading.Thread):
         self.join()
         self.sample()
         store = self.store_stats()
-        return {"worker_peak_mib": sorted(self.peaks["worker"].values()),
+        return {"driver_private_peak_mib": self.driver_peak_mib,
+                "worker_peak_mib": sorted(self.peaks["worker"].values()),
                 "actor_peak_mib": sorted(self.peaks["actor"].values()),
                 "object_store_peak_mib": self.store_peak_bytes / MIB,
                 "object_store_spilled_mib": store.spilled_bytes_total / MIB,
@@ -248,6 +251,11 @@ def mib_list(values: list[float]) -> str:
     return ", ".join(f"{v:.0f}" for v in values) or "–"
 
 
+def driver_private(r: dict) -> str:
+    """The driver's peak private memory; results stored before it was sampled have only its max RSS."""
+    return f"{r['driver_private_peak_mib']:.0f}" if "driver_private_peak_mib" in r else "–"
+
+
 def print_stages(r: dict) -> None:
     t, (train_rate, score_rate) = r["timings"], rates(r)
     print(f"{r['images']} images ({r['labeled']} labeled, {r['unlabeled']} unlabeled, b = {r['budget']}), "
@@ -257,7 +265,7 @@ def print_stages(r: dict) -> None:
           f"  score {t['score_seconds']:8.1f} s {score_rate:9.0f} img/s\n"
           f"  merge {t['merge_seconds']:8.3f} s\n"
           f"  total {t['total_seconds']:8.1f} s, {r['per_100_query_seconds']:.2f} s per 100 selected\n"
-          f"  peak MiB: driver {r['driver_peak_mib']:.0f} (max RSS); training workers "
+          f"  peak MiB: driver {driver_private(r)} private, {r['driver_peak_mib']:.0f} max RSS; training workers "
           f"{mib_list(r['worker_peak_mib'])}, scoring actors {mib_list(r['actor_peak_mib'])} (private); "
           f"object store {r['object_store_peak_mib']:.0f} of {r['object_store_capacity_mib']:.0f}, "
           f"spilled {r['object_store_spilled_mib']:.0f}", flush=True)
@@ -284,7 +292,7 @@ def print_fits(results: list[dict]) -> None:
 
 def print_table(results: list[dict]) -> None:
     print("\n| images | labeled | b | train s | train fixed s | epoch s (images) | epoch img/s | score s | score img/s | "
-          "merge s | total s | per-100 s | driver peak MiB | worker peak MiB | actor peak MiB | object store peak MiB "
+          "merge s | total s | per-100 s | driver peak MiB (max RSS) | worker peak MiB | actor peak MiB | object store peak MiB "
           "| spilled MiB |")
     print("|" + "---|" * 17)
     for r in results:
@@ -292,7 +300,7 @@ def print_table(results: list[dict]) -> None:
         print(f"| {r['images']:,} | {r['labeled']:,} | {r['budget']:,} | {t['train_seconds']:.1f} | "
               f"{r['train_fixed_seconds']:.1f} | {r['epoch_seconds']:.1f} ({r['visited_per_epoch']:,}) | "
               f"{train_rate:.0f} | {t['score_seconds']:.1f} | {score_rate:.0f} | {t['merge_seconds']:.3f} | "
-              f"{t['total_seconds']:.1f} | {r['per_100_query_seconds']:.2f} | {r['driver_peak_mib']:.0f} | "
+              f"{t['total_seconds']:.1f} | {r['per_100_query_seconds']:.2f} | {driver_private(r)} ({r['driver_peak_mib']:.0f}) | "
               f"{mib_list(r['worker_peak_mib'])} | {mib_list(r['actor_peak_mib'])} | "
               f"{r['object_store_peak_mib']:.0f} | {r['object_store_spilled_mib']:.0f} |")
     settings = {(r["strategy"], r["preset"], r["epochs"], r["epoch_images"], r["workers"]) for r in results}
