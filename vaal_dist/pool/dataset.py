@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import PoolMeta, pool_files, shard_named
+from vaal_dist.pool.io import PoolMeta, check_row_count, pool_files, shard_named
 
 
 def read_pool(pool: str, columns: list[str] = ("id", "image")) -> ray.data.Dataset:
@@ -37,8 +37,11 @@ def _read_shards(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
             row_bytes = max(1, sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
                             // max(1, meta.num_rows))
             with shard_named(shard):
+                rows = 0
                 for part in parquet.iter_batches(batch_size=max(1, target // row_bytes), columns=columns):
+                    rows += len(part)
                     yield pa.Table.from_batches([part])
+                check_row_count(rows, meta.num_rows)
 
 
 def _select_by_id(batch: pa.Table, ids: pa.Array, keep_members: bool) -> pa.Table:

@@ -87,11 +87,19 @@ VERIFIED_PARQUET = pads.ParquetFileFormat(
 
 @contextlib.contextmanager
 def shard_named(shard: str):
-    """An OSError met reading ``shard`` (a damaged page's, say) names it: round.py finds the line that does."""
+    """An error met reading ``shard`` (a damaged page's, say) is an OSError naming it: round.py finds the
+    line that does. pyarrow reports some damage (a page header's sizes) as ArrowInvalid."""
     try:
         yield
-    except OSError as e:
+    except (OSError, pa.ArrowException) as e:
         raise OSError(f"shard {shard}: {e}") from e
+
+
+def check_row_count(rows: int, expected: int) -> None:
+    """Refuse a read shorter than the footer's row count: a damaged page header (its page type, say) can
+    end a column early without an error."""
+    if rows != expected:
+        raise OSError(f"read {rows} of its {expected} rows: a page header is damaged")
 
 
 ROW_GROUP_ROWS = 1024      # training reads a pool a row group at a time (train/pool_batches.py)
@@ -178,8 +186,9 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
         _check_same_schema(dataset, pool)
         ids = dataset.to_table(columns=["id"]).column("id")
         ids.validate(full=True)                               # e.g. ids that are not valid UTF-8
+        check_row_count(len(ids), dataset.count_rows())       # counted from the footers
     except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read pool {pool!r}: {e}") from e
+        raise InputError(f"cannot read pool {pool!r}: {_shard_error(fs, files) or e}") from e
     if "image" not in names:
         raise InputError(f"pool {pool!r} has no 'image' column (columns: {names})")
     image_type = dataset.schema.field("image").type
@@ -193,6 +202,22 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
         raise InputError(f"pool {pool!r}: {ids.null_count} rows have a null id")
     _raise_on_bad_ids(ids, f"pool {pool!r}")
     return ids
+
+
+def _shard_error(fs: pafs.FileSystem, files: list[str]) -> str | None:
+    """'shard PATH: error' for the first shard whose schema or ids cannot be read on their own: a dataset's
+    error may not say which shard it met."""
+    for path in files:
+        try:
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f, page_checksum_verification=True)
+                _ = parquet.schema_arrow.names                    # a damaged column name fails to decode
+                ids = parquet.read(columns=["id"]).column("id")
+                ids.validate(full=True)
+                check_row_count(len(ids), parquet.metadata.num_rows)
+        except (pa.ArrowException, OSError, KeyError, UnicodeDecodeError) as e:
+            return f"shard {path}: {e}"
+    return None
 
 
 def _check_same_schema(dataset: pads.FileSystemDataset, pool: str) -> None:

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, exists, join, pool_files, read_json, shard_name, \
-    shard_named, write_json, write_parquet
+from vaal_dist.pool.io import ROW_GROUP_ROWS, PoolMeta, check_row_count, exists, join, pool_files, read_json, \
+    shard_name, shard_named, write_json, write_parquet
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
@@ -62,7 +62,9 @@ class PoolSide:
         """Row group ``g``'s member rows (members ``start`` to ``stop`` of them), columns id and image."""
         k, group = self.groups[g]
         with shard_named(self.files[k]), self.fs.open_input_file(self.files[k]) as f:
-            table = pq.ParquetFile(f, page_checksum_verification=True).read_row_group(group, columns=["id", "image"])
+            parquet = pq.ParquetFile(f, page_checksum_verification=True)
+            table = parquet.read_row_group(group, columns=["id", "image"])
+            check_row_count(len(table), parquet.metadata.row_group(group).num_rows)
         rows = np.flatnonzero(self.members[self.offsets[g]:self.offsets[g + 1]])
         return table.take(rows[start:stop])
 
@@ -77,6 +79,7 @@ def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)
             shard_ids = parquet.read(columns=["id"]).column("id")
             meta = parquet.metadata
+            check_row_count(len(shard_ids), meta.num_rows)
         groups += [(k, g) for g in range(meta.num_row_groups)]
         sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         for side, (ids, keep) in zip(members, selections):
