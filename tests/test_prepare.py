@@ -137,6 +137,51 @@ def test_hostile_files_are_skipped_and_reported_odd_modes_are_converted(ray_loca
                                atol=1)
 
 
+def test_links_are_never_followed_and_those_leading_outside_are_reported(ray_local, tmp_path, capsys, caplog):
+    """Real links in the source folder: to a file and a folder outside it, loops up to the source's parent
+    and to the source itself, a link inside it, a link to itself, and a FIFO. Only regular files are listed;
+    the rest are reported by path with a reason, and nothing hangs."""
+    rng = np.random.default_rng(6)
+    outside, src = tmp_path / "outside", tmp_path / "src"
+    write_files(outside, {"secret.png": png_bytes(rng), "dir/x.png": png_bytes(rng)})
+    write_files(src, {"cat/a.png": png_bytes(rng), "dog/b.png": png_bytes(rng)})
+    (src / "cat/leak.png").symlink_to(outside / "secret.png")
+    (src / "dog/ext").symlink_to(outside / "dir")
+    (src / "up").symlink_to("..")                  # a loop through the source's parent
+    (src / "dog/loop").symlink_to("..")            # a loop to the source itself
+    (src / "cat/again.png").symlink_to("../dog/b.png")
+    (src / "cat/self.png").symlink_to("self.png")
+    os.mkfifo(src / "cat/pipe.png")                # would block whoever reads it
+    with caplog.at_level("WARNING", logger="vaal_dist.pool.prepare"):
+        assert main(["prepare", str(src), str(tmp_path / "pool"), "--image-size", "4"]) == 0
+
+    pool = tmp_path / "pool"
+    assert sorted(read_pool_ids(str(pool)).to_pylist()) == ["cat/a.png", "dog/b.png"]
+    outside_link, inside_link = "link outside the source folder", "link inside the source folder"
+    assert error_reports(pool) == {"cat/leak.png": outside_link, "dog/ext": outside_link, "up": outside_link,
+                                   "dog/loop": inside_link, "cat/again.png": inside_link,
+                                   "cat/self.png": "broken link", "cat/pipe.png": "not a regular file"}
+    listing = pq.read_table(pool / "errors-listing.pq").to_pylist()
+    assert {r["id"]: r["detail"] for r in listing}["cat/leak.png"] == str((outside / "secret.png").resolve())
+    summary = json.loads((pool / "prepare.json").read_text())
+    assert (summary["files_seen"], summary["prepared"], summary["skipped"]) == (9, 2, 7)
+    assert "skipped 7 (1 broken link, 2 link inside the source folder, 3 link outside the source folder, " \
+           "1 not a regular file)" in capsys.readouterr().out
+    assert "3 links under" in caplog.text and "lead outside the source folder" in caplog.text
+
+    (tmp_path / "via").symlink_to(src)             # the source itself may be reached through a link
+    prepare_pool(str(tmp_path / "via"), str(tmp_path / "pool2"), image_size=4)
+    assert pool_table(tmp_path / "pool2").equals(pool_table(pool))
+    with pytest.raises(InputError, match="lies inside source"):
+        prepare_pool(str(src), str(tmp_path / "via" / "pool"))
+    with pytest.raises(InputError, match=r"has no files \(1 links or special files left out, e.g. 'a.png': link "
+                                         r"outside the source folder\)"):
+        (tmp_path / "only-links").mkdir()
+        (tmp_path / "only-links" / "a.png").symlink_to(outside / "secret.png")
+        prepare_pool(str(tmp_path / "only-links"), str(tmp_path / "pool3"))
+    assert not (tmp_path / "pool3").exists() and not (src / "pool").exists()
+
+
 def test_grayscale_decode_scales_16_bit_and_composites_alpha():
     settings = ShardSettings(image_size=2, channels=1, max_pixels=10_000, classes=None)
     gray16 = decode_file(encode(Image.fromarray(np.full((5, 5), 65_535, np.uint16)), "PNG"), settings)
@@ -284,7 +329,8 @@ def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_
     keys.discard("pool/")    # the directory marker pyarrow's create_dir puts on S3
     assert keys == {f"pool/{n}" for n in ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
                                           "errors-00000.pq", "errors-00001.pq", "errors-00002.pq", "classes.json",
-                                          "prepare-inputs.json", "prepare.json", "pool.json")}
+                                          "errors-listing.pq", "prepare-inputs.json", "prepare.json", "pool.json")}
+    assert remote["files_seen"] == 5       # S3 has no links: every key is an object, listed as a file
 
     write_manifest(str(tmp_path / "labeled.parquet"), ["cat/1.png"])
     result = run_round(RoundConfig(pool=remote_pool, labeled=str(tmp_path / "labeled.parquet"),

@@ -3,15 +3,17 @@
 The sorted file listing is cut into shards of ``files_per_shard`` files; shard k is
 ``part-{k:05d}.parquet`` and its report of skipped files ``errors-{k:05d}.pq``. Both are written
 atomically, the report first, so a shard whose two files exist is finished and a rerun skips it.
-``prepare-inputs.json`` pins the listing and settings a dest was started with (a rerun on another
-listing would shift files between shards), ``classes.json`` maps class folders to labels,
-``prepare.json`` is the summary and ``pool.json`` comes last. See docs/prepare.md.
+Links are never followed: they and special files are left out of the listing and reported in
+``errors-listing.pq``. ``prepare-inputs.json`` pins the listing and settings a dest was started with
+(a rerun on another listing would shift files between shards), ``classes.json`` maps class folders to
+labels, ``prepare.json`` is the summary and ``pool.json`` comes last. See docs/prepare.md.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,11 @@ INPUTS, CLASSES, SUMMARY = "prepare-inputs.json", "classes.json", "prepare.json"
 NOT_IMAGE_EXTENSION = "not an image extension"
 EMPTY_FILE = "empty file"
 CORRUPT_IMAGE = "corrupt image"               # and NOT_JPEG_OR_PNG, TOO_MANY_PIXELS from open_image
+LINK_OUTSIDE = "link outside the source folder"          # reasons of entries the listing leaves out
+LINK_INSIDE = "link inside the source folder"
+BROKEN_LINK = "broken link"
+NOT_REGULAR_FILE = "not a regular file"
+LISTING_REPORT = "errors-listing.pq"
 
 REPORT_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
 
@@ -72,14 +79,16 @@ def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3
     """
     start = time.perf_counter()
     _check_arguments(image_size, channels, files_per_shard, max_pixels, labels, cpus_per_shard, read_threads)
-    ids = list_source(source, dest)
+    ids, unlisted = list_source(source, dest)
     settings = ShardSettings(image_size, channels, max_pixels, class_folders(source, ids, labels))
     shards = [ids[i:i + files_per_shard] for i in range(0, len(ids), files_per_shard)]
     _claim_dest(dest, ids, settings, files_per_shard)
+    _report_unlisted(source, dest, unlisted)
     todo = unfinished_shards(dest, len(shards))
     log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
     written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads)
-    summary = _summarize(source, dest, len(ids), len(shards), written, settings, time.perf_counter() - start)
+    summary = _summarize(source, dest, len(ids) + len(unlisted), len(shards), written, settings,
+                         time.perf_counter() - start)
     write_json(join(dest, SUMMARY), summary)
     if summary["prepared"] == 0:
         raise InputError(f"no file under {redact(source)!r} could be prepared: {summary['skipped_by_reason']}")
@@ -100,8 +109,10 @@ def _check_arguments(image_size, channels, files_per_shard, max_pixels, labels, 
         raise InputError(f"cpus_per_shard must be positive, got {cpus_per_shard}")
 
 
-def list_source(source: str, dest: str) -> list[str]:
-    """Every file under ``source`` as a sorted POSIX path relative to it (the pool ids)."""
+def list_source(source: str, dest: str) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Every regular file under ``source`` as a sorted POSIX path relative to it (the pool ids), and the
+    entries left out: {path: (reason, detail)} for links and special files (local folders only: object
+    stores have neither)."""
     fs, root = resolve(source)
     root = root.rstrip("/")
     info = fs.get_file_info(root)
@@ -110,14 +121,69 @@ def list_source(source: str, dest: str) -> list[str]:
     if info.type != pafs.FileType.Directory:
         raise InputError(f"source {redact(source)!r} is not a folder")
     dest_fs, dest_root = resolve(dest)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local:   # compare real paths: either may be reached through a link
+        root, dest_root = os.path.realpath(root), os.path.realpath(dest_root)
     if dest_fs.type_name == fs.type_name and (dest_root.rstrip("/") + "/").startswith(root + "/"):
         raise InputError(f"dest {redact(dest)!r} lies inside source {redact(source)!r}; a rerun would list "
                          f"the pool as source files")
-    ids = sorted(f.path[len(root) + 1:] for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                 if f.type == pafs.FileType.File)
+    if local:
+        ids, unlisted = _local_listing(root)
+    else:
+        ids = sorted(f.path[len(root) + 1:] for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                     if f.type == pafs.FileType.File)
+        unlisted = {}
     if not ids:
-        raise InputError(f"source {redact(source)!r} has no files")
-    return ids
+        example = next(iter(sorted(unlisted.items())), None)
+        raise InputError(f"source {redact(source)!r} has no files" + (
+            f" ({len(unlisted)} links or special files left out, e.g. {example[0]!r}: {example[1][0]})"
+            if example else ""))
+    return ids, unlisted
+
+
+def _local_listing(root: str) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The regular files under the local folder ``root`` (a real path) and the entries left out.
+
+    No link is followed, so the walk stays inside ``root`` and cannot loop. A link to a file or folder
+    inside ``root`` is left out too: the walk lists its target under the target's own path, once.
+    """
+    files, unlisted, folders = [], {}, [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(os.path.join(root, folder)) as entries:
+            for entry in entries:
+                path = posixpath.join(folder, entry.name)
+                if entry.is_symlink():
+                    unlisted[path] = _link_reason(entry.path, root)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(path)
+                else:                        # a FIFO would block its reader forever
+                    unlisted[path] = (NOT_REGULAR_FILE, "")
+    return sorted(files), unlisted
+
+
+def _link_reason(link: str, root: str) -> tuple[str, str]:
+    """(reason, the link's resolved target) for a link under ``root``."""
+    target = os.path.realpath(link)
+    if not os.path.exists(target):               # dangling, or a loop that never resolves
+        return BROKEN_LINK, target
+    inside = target == root or target.startswith(root + os.sep)
+    return (LINK_INSIDE if inside else LINK_OUTSIDE), target
+
+
+def _report_unlisted(source: str, dest: str, unlisted: dict[str, tuple[str, str]]) -> None:
+    """Write what the listing left out (every run: the listing is taken again) and log it."""
+    rows = [{"id": path, "reason": reason, "detail": detail} for path, (reason, detail) in sorted(unlisted.items())]
+    write_parquet(join(dest, LISTING_REPORT), pa.Table.from_pylist(rows, schema=REPORT_SCHEMA))
+    outside = [r["id"] for r in rows if r["reason"] == LINK_OUTSIDE]
+    if outside:
+        log.warning("prepare: %d links under %s lead outside the source folder and were skipped, e.g. %r",
+                    len(outside), redact(source), outside[0])
+    if len(rows) > len(outside):
+        log.info("prepare: %d other links or special files under %s left out", len(rows) - len(outside),
+                 redact(source))
 
 
 def is_image_name(file_id: str) -> bool:
@@ -261,16 +327,18 @@ def _shard_table(images: dict[str, bytes], settings: ShardSettings) -> pa.Table:
     return pa.table(columns)
 
 
-def _summarize(source, dest, n_files, n_shards, written: list[dict], settings: ShardSettings, seconds) -> dict:
-    """Counts over every shard of dest (this run's and earlier runs'), timings over this run."""
+def _summarize(source, dest, n_seen, n_shards, written: list[dict], settings: ShardSettings, seconds) -> dict:
+    """Counts over every shard of dest (this run's and earlier runs') and this run's listing report, timings
+    over this run. ``n_seen``: the files listed and the entries left out of the listing."""
     fs, root = resolve(dest)
-    reports = pads.dataset([f"{root.rstrip('/')}/{report_name(k)}" for k in range(n_shards)],
+    names = [LISTING_REPORT] + [report_name(k) for k in range(n_shards)]
+    reports = pads.dataset([f"{root.rstrip('/')}/{name}" for name in names],
                            filesystem=fs, format="parquet").to_table(columns=["reason"])
     by_reason = {r["values"]: r["counts"] for r in pc.value_counts(reports.column("reason")).to_pylist()}
     prepared_now = sum(r["prepared"] for r in written)
     return {
         "source": redact(source), "dest": redact(dest),
-        "files_seen": n_files, "prepared": n_files - len(reports), "skipped": len(reports),
+        "files_seen": n_seen, "prepared": n_seen - len(reports), "skipped": len(reports),
         "skipped_by_reason": dict(sorted(by_reason.items())),
         "image_shape": [settings.image_size, settings.image_size, settings.channels],
         "classes": None if settings.classes is None else len(settings.classes),
