@@ -17,6 +17,13 @@ import psutil
 import pytest
 import torch
 
+from vaal_dist.config import RoundConfig, preset
+from vaal_dist.errors import InputError
+from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.round import run_round
+from vaal_dist.strategies import RoundInputs
+from vaal_dist.strategies.vaal import VAAL
+from vaal_dist.train import vaal_loop
 from vaal_dist.train.vaal_loop import load_checkpoint
 
 PROBE = """
@@ -128,3 +135,38 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch.save({"vae": {}, "payload": _Boom()}, path)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(str(path))
+
+
+def test_a_checkpoint_config_must_be_the_rounds(tmp_path):
+    path = tmp_path / "vaal.pt"
+    torch.save({"vae": {"w": torch.zeros(2)}, "config": {"latent_dim": 2**40, "channels": [8, 16], "evil": 1},
+                "in_channels": 1}, path)
+    with pytest.raises(InputError, match=rf"checkpoint {path} is not this round's: config.evil: checkpoint 1, "
+                                         r"round None; config.latent_dim: checkpoint 1099511627776, round 32$"):
+        load_checkpoint(str(path), {"config": {"latent_dim": 32, "channels": (8, 16)}, "in_channels": 1})
+    assert load_checkpoint(str(path), {"in_channels": 1})["vae"]["w"].tolist() == [0, 0]
+
+
+def test_a_tampered_checkpoint_is_refused_before_a_model_is_built(ray_local, tmp_path, tiny_pool, monkeypatch):
+    pool, labeled = tiny_pool[:2]
+    cfg = RoundConfig(pool=pool, labeled=labeled, out=str(tmp_path / "round"), budget=20, workers=0,
+                      vaal=preset("cpu", epochs=1, batch_size=32))
+    # A round that crashed after training (its scorers would build the VAE from this checkpoint), then
+    # someone with write access to --out asks for a model of 2**40 latent dimensions.
+    VAAL().train(RoundInputs(cfg, read_pool_meta(pool), read_manifest(labeled), str(tmp_path / "round/train")))
+    checkpoint = tmp_path / "round/train/vaal/checkpoint_000001/vaal.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["latent_dim"] = 2**40
+    torch.save(state, checkpoint)
+    real_build, built = vaal_loop.build_models, []
+
+    def build_models(vaal_cfg, *args):
+        built.append(vaal_cfg.latent_dim)
+        return real_build(vaal_cfg, *args)
+
+    monkeypatch.setattr(vaal_loop, "build_models", build_models)
+    with pytest.raises(InputError, match=rf"checkpoint .*/vaal.pt is not this round's: config.latent_dim: "
+                                         rf"checkpoint 1099511627776, round {cfg.vaal.latent_dim}$"):
+        run_round(cfg)
+    assert built == [cfg.vaal.latent_dim]     # the round's own models, built before the checkpoint was read
+    assert not (tmp_path / "round/selection.parquet").exists() and not (tmp_path / "round/run.json").exists()

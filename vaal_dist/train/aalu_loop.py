@@ -109,7 +109,9 @@ def aalu_train_loop_per_worker(config: dict) -> None:
                       for m in build_aalu(cfg, config["feature_dim"], config["num_classes"]))
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(assistant.parameters(), lr=cfg.lr)
-    start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, assistant=assistant, opt_vae=opt_vae, opt_a=opt_a)
+    start_epoch = resume_into(CHECKPOINT_FILE, {"config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
+                                                "num_classes": config["num_classes"]},
+                              vae=vae, assistant=assistant, opt_vae=opt_vae, opt_a=opt_a)
     if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):

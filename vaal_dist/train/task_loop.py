@@ -191,4 +191,6 @@ class _TrainedModel:
             build_task_model(cfg, **config["model_args"]), parallel_strategy="ddp" if ddp else None,
             parallel_strategy_kwargs={"broadcast_buffers": False} if ddp else None)
         self.opt, self.sched = build_optimizer(self.model, cfg)   # after prepare_model: on the params' device
-        self.epoch = resume_into(member_file(member), model=self.model, opt=self.opt, sched=self.sched)
+        self.epoch = resume_into(member_file(member), {"config": dataclasses.asdict(cfg),
+                                                       "model_args": config["model_args"]},
+                                 model=self.model, opt=self.opt, sched=self.sched)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import reprlib
 import time
 from collections.abc import Iterable, Iterator
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaal_dist.config import VAALConfig
+from vaal_dist.errors import InputError
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
 from vaal_dist.train.trainer import latest_checkpoint, report
 
@@ -152,9 +154,36 @@ def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VA
                path)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint's state, loaded weights-only (no arbitrary unpickling)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: str, expected: dict | None = None, free: tuple[str, ...] = ()) -> dict:
+    """A checkpoint's state, loaded weights-only (no arbitrary unpickling) and memory-mapped (its tensors
+    are read from the file as they are used, not allocated first).
+
+    ``expected``: the entries models are built from (``{"config": ..., "in_channels": ...}``). A checkpoint
+    holding other values is refused, naming it and the fields, before anything is built from it: its
+    config could ask for any model size. ``free``: the fields that may differ (``"config.epochs"``).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    differing = [f"{field}: {values}" for field, values in _differing(state, expected or {}) if field not in free]
+    if differing:
+        raise InputError(f"checkpoint {path} is not this round's: {'; '.join(differing)}")
+    return state
+
+
+def _differing(state: dict, expected: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(field, 'checkpoint X, round Y') for each field of ``expected`` (nested dicts field by field) that
+    ``state`` lacks or holds otherwise; fields only ``state`` has count too."""
+    out = []
+    for key in sorted(expected.keys() | (state.keys() if prefix else set()), key=str):
+        have, want = state.get(key), expected.get(key)
+        if isinstance(have, dict) and isinstance(want, dict):
+            out += _differing(have, want, f"{prefix}{key}.")
+        elif _plain(have) != _plain(want):
+            out.append((f"{prefix}{key}", f"checkpoint {reprlib.repr(have)}, round {reprlib.repr(want)}"))
+    return out
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value     # a tuple field may come back a list
 
 
 def config_from_state(state: dict) -> VAALConfig:
@@ -221,7 +250,9 @@ def train_loop_per_worker(config: dict) -> None:
     # Optimizers after prepare_model: their state must live on the parameters' device.
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
-    start_epoch = resume_into(CHECKPOINT_FILE, vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
+    start_epoch = resume_into(CHECKPOINT_FILE, {"config": dataclasses.asdict(cfg), "in_channels": in_channels,
+                                                "conditioned": conditioned},
+                              vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
     if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
@@ -237,17 +268,21 @@ def train_loop_per_worker(config: dict) -> None:
                if rank == 0 else None)
 
 
-def resume_into(file: str, **parts) -> int:
+def resume_into(file: str, expected: dict, **parts) -> int:
     """Load ``file`` of the run's latest checkpoint, if any, into ``parts`` (state key -> module, optimizer
     or scheduler; DDP wrappers are looked through). Returns the epoch it reached, 0 for a fresh run.
 
-    Every rank loads the same state, so no broadcast is needed.
+    The checkpoint must hold ``expected`` (the run's config and model arguments, see ``load_checkpoint``),
+    but for the epoch count, which a resumed run may raise:
+    every checkpoint a round meets on disk comes through here, so the scorers, which build their models
+    from the checkpoint the run reports, only ever see this round's config. Every rank loads the same
+    state, so no broadcast is needed.
     """
     resumed = latest_checkpoint()
     if not resumed:
         return 0
     with resumed.as_directory() as d:
-        state = load_checkpoint(os.path.join(d, file))
+        state = load_checkpoint(os.path.join(d, file), expected, free=("config.epochs",))
     for key, part in parts.items():
         _unwrap(part).load_state_dict(state[key])
     return state["epoch"]
