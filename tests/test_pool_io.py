@@ -207,7 +207,6 @@ def test_damaged_page_headers_are_refused_never_read_short(tmp_path):
     what was written. Some flips (a page's type) used to end a column early without an error: the pool's
     ids, the training sides or the scoring read silently lacked the shard's rows."""
     make_raw_pool(tmp_path / "clean", 64, shards=2)
-    clean = (tmp_path / "clean" / "part-00000.parquet").read_bytes()
     columns = pq.ParquetFile(tmp_path / "clean" / "part-00000.parquet").metadata.row_group(0)
     pages = [offset for c in range(2) for offset in (columns.column(c).dictionary_page_offset,
                                                       columns.column(c).data_page_offset)]

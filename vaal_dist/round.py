@@ -24,7 +24,7 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, SHARD_READ_FAILED, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
     write_json, write_parquet
 from vaal_dist.redaction import redact
 from vaal_dist.strategies import RoundInputs, get_strategy
@@ -198,16 +198,19 @@ def run_round(cfg: RoundConfig) -> RoundResult:
 
 @contextlib.contextmanager
 def _damage_named(pool: str):
-    """A shard page that fails its CRC check, met on a Ray worker, becomes an error naming the pool."""
+    """A shard that could not be read on a Ray worker (a page failing its CRC, a damaged page header,
+    storage gone) becomes one InputError naming the pool and the shard."""
     try:
         yield
     except Exception as e:
-        if PAGE_CRC_FAILURE not in str(e):
+        lines = [line.strip() for line in str(e).splitlines() if SHARD_READ_FAILED in line]
+        if not lines:
             raise
-        lines = [line.strip() for line in str(e).splitlines() if PAGE_CRC_FAILURE in line]
-        where = next((line for line in lines if "shard " in line), lines[0])    # the one naming the file
-        raise InputError(f"pool {pool!r} has a damaged shard: a Parquet page failed its checksum "
-                         f"({where}); re-create or restore the pool") from e
+        where = lines[0][lines[0].index(SHARD_READ_FAILED):]
+        why = ("a Parquet page failed its checksum: re-create or restore the pool" if PAGE_CRC_FAILURE in str(e)
+               else "damaged, or its storage could not be read: check that it is reachable, else re-create or "
+                    "restore the pool")
+        raise InputError(f"pool {pool!r} has a shard that cannot be read ({where}); {why}") from e
 
 
 def _jsonable(obj):

@@ -81,6 +81,7 @@ def read_json(uri: str):
 
 # Every page carries a CRC (written below, checked on every read), so damaged storage is refused, not read.
 PAGE_CRC_FAILURE = "CRC checksum verification failed"        # pyarrow's words when a page fails it
+SHARD_READ_FAILED = "cannot read shard "                      # shard_named's words, found again by round.py
 VERIFIED_PARQUET = pads.ParquetFileFormat(
     default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
 
@@ -92,7 +93,7 @@ def shard_named(shard: str):
     try:
         yield
     except (OSError, pa.ArrowException) as e:
-        raise OSError(f"shard {shard}: {e}") from e
+        raise OSError(f"{SHARD_READ_FAILED}{shard}: {e}") from e
 
 
 def check_row_count(rows: int, expected: int) -> None:
