@@ -16,8 +16,9 @@ from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, aalu
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import run_round
+from vaal_dist.scoring.ids import random_subset
 from vaal_dist.strategies import STRATEGIES, get_strategy
-from vaal_dist.strategies.base import RoundInputs, random_subset, round_seed
+from vaal_dist.strategies.base import RoundInputs, round_seed
 
 ROUND_TESTED = ["entropy", "mc_dropout", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
                 "vaal_vae_w2", "vaal_disc_only", "coreset"]

@@ -11,7 +11,7 @@ import torch
 
 from vaal_dist.config import AALUConfig, task_preset
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.strategies.base import random_subset
+from vaal_dist.scoring.ids import random_subset
 from vaal_dist.strategies.ensemble import EnsembleScorer
 from vaal_dist.strategies.entropy import EntropyScorer
 from vaal_dist.strategies.learning_loss import PredictedLossScorer

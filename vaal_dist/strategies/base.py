@@ -18,8 +18,8 @@ from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta, read_pool_ids
+from vaal_dist.scoring.ids import random_subset
 from vaal_dist.scoring.stream import ScoredTopK, stream_top_k
-from vaal_dist.scoring.topk import top_k
 from vaal_dist.train.trainer import fit
 
 
@@ -116,14 +116,3 @@ def round_seed(inputs: RoundInputs) -> int:
     for i in sorted(inputs.labeled_ids.to_pylist()):
         digest.update(b"\x00" + i.encode())
     return int.from_bytes(digest.digest()[:8], "little", signed=True)
-
-
-def random_subset(ids: pa.Array, size: int, seed: int) -> pa.Array:
-    """A seeded uniform sample of ``size`` ids (all when fewer), independent of their order."""
-    from vaal_dist.strategies.random import RandomScorer   # the same seeded id hash as random sampling
-
-    if size >= len(ids):
-        return ids
-    names = ids.to_numpy(zero_copy_only=False).astype(str)
-    chosen, _ = top_k(names, RandomScorer(seed)({"id": names}), size)
-    return pa.array(chosen, pa.string())

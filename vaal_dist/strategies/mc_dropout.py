@@ -14,8 +14,8 @@ import ray.train
 import torch
 
 from vaal_dist.pool.io import PoolMeta
+from vaal_dist.scoring.ids import id_hash
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.random import id_hash
 from vaal_dist.strategies.task import TaskScorer, entropy, train_task_model, variation_ratio
 
 
