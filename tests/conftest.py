@@ -1,15 +1,30 @@
-"""Shared fixtures: a temporary HOME (Ray's token lives there), one local Ray per test session (job API on
-127.0.0.1), tiny seeded pools."""
+"""Shared fixtures and builders: a temporary HOME (Ray's token lives there), one local Ray per test session
+(job API on 127.0.0.1), tiny seeded pools and images, untrained checkpoints, round configs, float32 tolerances,
+a moto S3 server on loopback. Test modules import builders from here, never from each other."""
 from __future__ import annotations
 
 import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import ray.train
+import torch
 from PIL import Image
 
+from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.scoring.topk import top_k
+from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +68,14 @@ def png_bytes(rng, size: int = 40) -> bytes:
     return buf.getvalue()
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but holds almost no pixel data: a bomb PIL opens in microseconds."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
 @pytest.fixture
 def tiny_pool(tmp_path):
     """(pool uri, labeled manifest uri, ids, labeled ids): 256 random 32x32 images, 32 labeled."""
@@ -60,3 +83,119 @@ def tiny_pool(tmp_path):
     labeled = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
     write_manifest(str(tmp_path / "labeled.parquet"), labeled)
     return str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), ids, labeled
+
+
+def round_config(pool, labeled, out, budget: int = 20, strategy: str = "vaal", seed: int = 0,
+                 vaal: dict | None = None, **setup) -> RoundConfig:
+    """A small VAAL round (the cpu preset, one epoch, batches of 32, two scoring actors, budget 20); ``vaal``
+    overrides fields of the preset's VAAL, ``setup`` fields of the Setup (``preset``, ``workers``...)."""
+    setup.setdefault("preset", preset("cpu", vaal={"epochs": 1, "batch_size": 32, **(vaal or {})}))
+    setup.setdefault("scoring", ScoringConfig(batch_size=32, num_actors=2))
+    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=budget, strategy=strategy, seed=seed,
+                       setup=Setup(**setup))
+
+
+def read_selection(out):
+    return pq.read_table(f"{out}/selection.parquet").to_pydict()
+
+
+# Streamed scores are computed in actors on other batch shapes and thread counts than in-memory ones, and a
+# float32 network's output for one image moves with both (the reduction order of conv/matmul kernels) by
+# about an ulp of the largest output: <= 1 measured here for logits, VAAL scores and embeddings, ~2 in one
+# failing run elsewhere. F32_ULPS allows 16; a wrong id, a missing row or another image's score is off by
+# orders of magnitude more.
+F32_ULPS = 16
+
+
+def f32_noise(outputs) -> float:
+    """How far any one of these float32 network outputs may move between batch shapes and thread counts:
+    F32_ULPS x eps32 x their largest magnitude (a kernel's rounding error scales with the magnitudes it
+    sums, not with each result, so a small output gets the same absolute allowance as the largest)."""
+    return F32_ULPS * float(np.finfo(np.float32).eps) * float(np.max(np.abs(outputs)))
+
+
+def assert_same_top_k(got, ids, scores, tol, k: int) -> None:
+    """``got`` (streamed) is the top-k of every row's in-memory (``ids``, ``scores``): the same ids in the
+    same order, each score within ``tol`` (one number, or one per row of ``scores``) of the in-memory one.
+
+    Ids are compared exactly, so float32 noise must not be able to reorder the in-memory top-(k+1): every
+    two neighbours there are further apart than their tolerances added, or are reproduced exactly (tol 0,
+    equal scores: ties go to the smaller id on both sides). A near-tie fails the precondition by name.
+    """
+    ids = np.asarray(ids, dtype=str)
+    tol_of = dict(zip(ids, np.broadcast_to(np.asarray(tol, dtype=np.float64), ids.shape)))
+    want_ids, want_scores = top_k(ids, scores, k + 1)
+    want_tol = np.array([tol_of[i] for i in want_ids])
+    room = want_tol[:-1] + want_tol[1:]
+    near = (want_scores[:-1] - want_scores[1:] <= room) & (room > 0)
+    assert not near.any(), (f"precondition: in-memory scores {want_scores[:-1][near]} and {want_scores[1:][near]} "
+                            f"are within float32 noise {room[near]} of each other, so their order may flip")
+    want_ids, want_scores, want_tol = want_ids[:k], want_scores[:k], want_tol[:k]
+    np.testing.assert_array_equal(got.ids, want_ids)
+    off = np.abs(np.asarray(got.scores, dtype=np.float64) - want_scores)
+    assert np.all(off <= want_tol), (f"streamed scores {got.scores[off > want_tol]} of {want_ids[off > want_tol]} "
+                                     f"are off the in-memory {want_scores[off > want_tol]} by more than "
+                                     f"{want_tol[off > want_tol]}")
+
+
+def vaal_checkpoint(directory, poison: bool = False, channels: int = 1) -> ray.train.Checkpoint:
+    """An untrained VAAL checkpoint (random weights are enough to test the scoring path)."""
+    torch.manual_seed(0)
+    cfg = preset("cpu").vaal
+    vae, disc = build_models(cfg, channels)
+    if poison:
+        with torch.no_grad():
+            disc.net[0].weight.fill_(float("nan"))
+    opt = torch.optim.Adam(vae.parameters())
+    directory.mkdir()
+    save_checkpoint(str(directory / CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, channels)
+    return ray.train.Checkpoint.from_directory(str(directory))
+
+
+def pool_batch(pool):
+    """The first shard of a pool as a numpy batch, as Ray Data would hand it to a scorer."""
+    table = pq.read_table(sorted(Path(pool).glob("*.parquet"))[0])
+    return {"id": np.array(table.column("id").to_pylist()),
+            "image": np.array(table.column("image").to_pylist(), dtype=object)}
+
+
+# --- a real S3 endpoint on loopback (moto_server); nothing here reaches the cloud ---------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """host:port of a moto S3 server on 127.0.0.1, with dummy credentials and no metadata lookups."""
+    port = _free_port()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true"),
+                            ("AWS_CONFIG_FILE", os.devnull), ("AWS_SHARED_CREDENTIALS_FILE", os.devnull)):
+            env.setenv(name, value)
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port, server)
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"moto_server did not start on port {port}")
+
+
+def s3_uri(endpoint: str, key: str) -> str:
+    # Credentials ride in the URI: Ray workers started before this module set the AWS_* variables lack them.
+    return f"s3://testing:testing@bucket-1/{key}?endpoint_override={endpoint}&scheme=http&region=us-east-1"

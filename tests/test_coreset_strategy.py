@@ -3,8 +3,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from test_scoring import f32_noise, vaal_checkpoint
-from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from conftest import f32_noise, vaal_checkpoint
+from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.io import read_manifest, read_pool_meta
@@ -51,7 +51,7 @@ def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaa
 def test_coreset_round_equals_greedy_on_the_embeddings(ray_local, tmp_path, tiny_pool, untrained_vaal):
     pool, labeled_uri, ids, labeled_ids = tiny_pool
     cfg = RoundConfig(pool=pool, labeled=labeled_uri, out=str(tmp_path / "out"), budget=15, strategy="coreset_vae",
-                      vaal=preset("cpu"), scoring=ScoringConfig(batch_size=32, num_actors=2))
+                      setup=Setup(preset("cpu"), scoring=ScoringConfig(batch_size=32, num_actors=2)))
     result = run_round(cfg)
     selection = pq.read_table(tmp_path / "out" / "selection.parquet").to_pydict()
     # reference: embed everything in one process, run the greedy

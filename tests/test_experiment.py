@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import vaal_dist.experiment as experiment
+import vaal_dist.experiment_report as experiment_report
 from conftest import make_raw_pool
-from test_round import round_config
-from vaal_dist.config import task_preset
+from vaal_dist.config import ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
-from vaal_dist.experiment import ExperimentConfig, aulc, run_experiment, summarize
+from vaal_dist.experiment import ExperimentConfig, run_experiment
+from vaal_dist.experiment_report import aulc, summarize
 
 
 def test_aulc_against_hand_computed_values():
@@ -52,7 +53,7 @@ def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
                   "query_seconds_per_100": [2.0, nan][r] * (3 if strategy == "vaal" else 1),
                   "d_auc": [d_auc, nan][r], "kl": nan}
                  for r, (f, a) in enumerate(zip([0.1, 0.2], accs))]
-    summary, accuracy, paired, game = experiment.report(pa.Table.from_pylist(rows)).strip().split("\n\n")
+    summary, accuracy, paired, game = experiment_report.report(pa.Table.from_pylist(rows)).strip().split("\n\n")
     assert summary.splitlines()[2:] == ["| vaal | 2 | 0.5750 ± 0.1061 | +0.0500 ± 0.0707 | 1 |",   # best first
                                         "| random | 2 | 0.5250 ± 0.0354 | – | – |"]
     assert accuracy.splitlines()[0] == "| strategy | 10% | 20% | query s / 100 (mean) |"
@@ -65,38 +66,39 @@ def test_the_figure_has_a_panel_per_strategy_best_first_each_over_random():
     rows = [{"strategy": strategy, "seed": seed, "labeled_fraction": f, "accuracy": a + 0.01 * seed}
             for strategy, accs in (("random", [0.5, 0.6]), ("vaal", [0.5, 0.7]), ("coreset", [0.5, 0.8]))
             for seed in (0, 1) for f, a in zip([0.1, 0.2], accs)]
-    fig = experiment.figure(pa.Table.from_pylist(rows))
+    fig = experiment_report.figure(pa.Table.from_pylist(rows))
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title().split(" ")[0] for ax in panels] == ["coreset", "vaal"]
     assert "AULC − random +0.1000" in panels[0].get_title()                    # (0.8 - 0.6) / 2
     assert [[line.get_label() for line in ax.lines] for ax in panels] == [["random", "coreset"], ["random", "vaal"]]
     assert list(panels[1].lines[1].get_ydata()) == pytest.approx([0.505, 0.705])   # mean over seeds
 
-    other_seeds = experiment.figure(pa.Table.from_pylist([{**r, "seed": r["seed"] + 2} if r["strategy"] == "vaal" else r
+    other_seeds = experiment_report.figure(pa.Table.from_pylist([{**r, "seed": r["seed"] + 2} if r["strategy"] == "vaal" else r
                                                           for r in rows]))
     assert [ax.get_title() for ax in other_seeds.axes if ax.get_title().startswith("vaal")] == ["vaal (2 seeds)"]
 
-    only_random = experiment.figure(pa.Table.from_pylist([r for r in rows if r["strategy"] == "random"]))
+    only_random = experiment_report.figure(pa.Table.from_pylist([r for r in rows if r["strategy"] == "random"]))
     assert [[line.get_label() for line in ax.lines] for ax in only_random.axes if ax.get_visible()] == [["random"]]
 
 
 def test_paper_fractions_and_bad_settings_are_named():
-    base = round_config("pool", "-", "out", budget=0)
-    assert ExperimentConfig(base, "x").fractions() == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+    setup = Setup()
+    assert ExperimentConfig("pool", setup, "x").fractions() == [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
     with pytest.raises(InputError, match="unknown strategies"):
-        ExperimentConfig(base, "x", strategies=("vaal", "nope"))
+        ExperimentConfig("pool", setup, "x", strategies=("vaal", "nope"))
     with pytest.raises(InputError, match="initial"):
-        ExperimentConfig(base, "x", initial=0.5, final=0.4)
+        ExperimentConfig("pool", setup, "x", initial=0.5, final=0.4)
     with pytest.raises(InputError, match="seeds"):
-        ExperimentConfig(base, "x", seeds=(1, 1))
+        ExperimentConfig("pool", setup, "x", seeds=(1, 1))
     with pytest.raises(InputError, match="no strategies"):
-        ExperimentConfig(base, "x", strategies=())
+        ExperimentConfig("pool", setup, "x", strategies=())
 
 
 def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):
     ids = make_raw_pool(tmp_path / "pool", 200, shards=2)
-    base = round_config(str(tmp_path / "pool"), "-", "-", budget=0, task=task_preset("cpu", epochs=1), workers=0)
-    cfg = ExperimentConfig(base, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
+    setup = Setup(preset("cpu", vaal={"epochs": 1, "batch_size": 32}, task={"epochs": 1}),
+                  scoring=ScoringConfig(batch_size=32, num_actors=2), workers=0)
+    cfg = ExperimentConfig(str(tmp_path / "pool"), setup, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
                            step=0.1, final=0.3, test_fraction=0.25)
     trained = []
     real_train = experiment.train_task_model
@@ -119,7 +121,7 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
 
     monkeypatch.setattr(experiment, "_evaluate", real_evaluate)
     earlier = {"strategy": "entropy", "seed": 3, "round": 0, "labeled_fraction": 0.2, "accuracy": 0.5}
-    experiment.write_results(str(tmp_path / "exp"), pa.Table.from_pylist([earlier]))   # another invocation's curve
+    experiment_report.write_results(str(tmp_path / "exp"), pa.Table.from_pylist([earlier]))   # another invocation's curve
     curves = run_experiment(cfg)
     assert len(trained) == 2 and trained[1].endswith(os.path.join("round-1", "eval"))   # only round 1 trained
     assert (run / "round-0" / "select" / "run.json").stat().st_mtime_ns == first_selection   # not selected again
@@ -152,7 +154,7 @@ def test_the_folder_table_keeps_what_earlier_invocations_finished(tmp_path):
         return [{"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": 0.1 * (r + 1), "accuracy": a}
                 for r, a in enumerate(accs)]
 
-    experiment.write_results(str(tmp_path), pa.Table.from_pylist(rows("random", 0, [0.5, 0.6]) + rows("vaal", 0, [0.4, 0.5])))
+    experiment_report.write_results(str(tmp_path), pa.Table.from_pylist(rows("random", 0, [0.5, 0.6]) + rows("vaal", 0, [0.4, 0.5])))
     rerun = pa.Table.from_pylist([{**r, "d_auc": 0.7} for r in rows("vaal", 0, [0.5, 0.7])])   # a new column too
     merged = experiment._with_earlier_curves(str(tmp_path), rerun).to_pylist()
     assert [(r["strategy"], r["accuracy"]) for r in merged] == [("random", 0.5), ("random", 0.6), ("vaal", 0.5), ("vaal", 0.7)]

@@ -10,9 +10,8 @@ import psutil
 import pytest
 import torch
 
-from test_round import read_selection, round_config
-from test_scoring import vaal_checkpoint
-from vaal_dist.config import ScoringConfig, preset
+from conftest import read_selection, round_config, vaal_checkpoint
+from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import read_pool_meta
@@ -38,7 +37,7 @@ def _kill_training_worker_after_two_checkpoints(run_dir, killed: list, timeout: 
 
 def test_a_training_worker_killed_mid_run_resumes_and_selects_as_undisturbed(ray_local, tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
-    vaal = preset("cpu", epochs=6, batch_size=32)
+    vaal = {"epochs": 6}
     killed: list[int] = []
     killer = threading.Thread(target=_kill_training_worker_after_two_checkpoints,
                               args=(tmp_path / "killed" / "train" / "vaal", killed))

@@ -11,9 +11,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from conftest import png_bytes
-from test_prepare import png_header_only
-from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from conftest import png_bytes, png_header_only, round_config, vaal_checkpoint
+from vaal_dist.config import RoundConfig, ScoringConfig
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import IMAGE_FORMATS, MAX_PIXELS, decode_images
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
@@ -107,15 +106,15 @@ def test_the_training_reader_refuses_an_eps_by_id_before_its_plugin(tmp_path, pl
     assert plugin_spy == []
 
 
-def round_config(pool, labeled, out, **kw) -> RoundConfig:
-    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=5, vaal=preset("cpu", epochs=1, batch_size=8),
-                       scoring=ScoringConfig(batch_size=8, num_actors=1), **kw)
+def photo_round(pool, labeled, out, **kw) -> RoundConfig:
+    return round_config(pool, labeled, out, budget=5, vaal={"batch_size": 8},
+                        scoring=ScoringConfig(batch_size=8, num_actors=1), **kw)
 
 
 def test_a_round_training_in_the_driver_refuses_an_eps_before_its_plugin(ray_local, tmp_path, plugin_spy):
     pool, labeled, _ = photo_pool(tmp_path, {20: ("photos/020.eps", encoded("EPS"))})
     with pytest.raises(InputError, match=r"^image 'photos/020.eps' cannot be decoded: not a JPEG or PNG image"):
-        run_round(round_config(pool, labeled, tmp_path / "out", workers=0))
+        run_round(photo_round(pool, labeled, tmp_path / "out", workers=0))
     assert plugin_spy == []
     assert not (tmp_path / "out" / "selection.parquet").exists() and not (tmp_path / "out" / "run.json").exists()
 
@@ -123,11 +122,9 @@ def test_a_round_training_in_the_driver_refuses_an_eps_before_its_plugin(ray_loc
 def test_a_round_refuses_a_gif_in_its_scoring_actors(ray_local, tmp_path, monkeypatch):
     """The actors are other processes (no spy there): a GIF is a format Pillow decodes well, so a round
     that scored it would select; refused by id, nothing is written."""
-    from test_scoring import vaal_checkpoint
-
     untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
     monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
     pool, labeled, _ = photo_pool(tmp_path, {17: ("photos/017.gif", encoded("GIF"))})
     with pytest.raises(InputError, match=r"image 'photos/017.gif' cannot be decoded: not a JPEG or PNG image"):
-        run_round(round_config(pool, labeled, tmp_path / "out"))
+        run_round(photo_round(pool, labeled, tmp_path / "out"))
     assert not (tmp_path / "out" / "selection.parquet").exists() and not (tmp_path / "out" / "run.json").exists()

@@ -3,12 +3,6 @@ import io
 import json
 import os
 import runpy
-import socket
-import struct
-import subprocess
-import sys
-import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import png_bytes
+from conftest import png_bytes, png_header_only, s3_uri
 from vaal_dist.cli import main
-from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_manifest
 from vaal_dist.pool.prepare import ShardSettings, decode_file, prepare_pool, prepare_shard
@@ -42,14 +36,6 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 def jpeg_bytes(rng, size: int = 64) -> bytes:
     return encode(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)), "JPEG")
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but holds almost no pixel data: a bomb PIL opens in microseconds."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
 def pool_table(pool: Path) -> pa.Table:
@@ -260,48 +246,6 @@ def test_cli_and_job_print_the_pool_and_counts(ray_local, tmp_path, capsys):
     assert (tmp_path / "pool3" / "prepare.json").exists() and not (tmp_path / "pool3" / "pool.json").exists()
 
 
-# --- a real S3 endpoint on loopback (moto_server); nothing here reaches the cloud ---------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """host:port of a moto S3 server on 127.0.0.1, with dummy credentials and no metadata lookups."""
-    port = _free_port()
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true"),
-                            ("AWS_CONFIG_FILE", os.devnull), ("AWS_SHARED_CREDENTIALS_FILE", os.devnull)):
-            env.setenv(name, value)
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_for_port(port, server)
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
-
-
-def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"moto_server did not start on port {port}")
-
-
-def s3_uri(endpoint: str, key: str) -> str:
-    # Credentials ride in the URI: Ray workers started before this module set the AWS_* variables lack them.
-    return f"s3://testing:testing@bucket-1/{key}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
-
-
 def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_path):
     import boto3
 
@@ -334,7 +278,7 @@ def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_
 
     write_manifest(str(tmp_path / "labeled.parquet"), ["cat/1.png"])
     result = run_round(RoundConfig(pool=remote_pool, labeled=str(tmp_path / "labeled.parquet"),
-                                   out=str(tmp_path / "round"), budget=2, strategy="random", preset="cpu",
-                                   vaal=preset("cpu"), scoring=ScoringConfig(batch_size=8, num_actors=1)))
+                                   out=str(tmp_path / "round"), budget=2, strategy="random",
+                                   setup=Setup(preset("cpu"), scoring=ScoringConfig(batch_size=8, num_actors=1))))
     selected = pq.read_table(result.selection).column("id").to_pylist()
     assert len(set(selected)) == 2 and set(selected) <= set(ids) - {"cat/1.png"}

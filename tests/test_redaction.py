@@ -8,7 +8,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from test_prepare import s3_endpoint  # noqa: F401  (the moto S3 server on loopback)
 from vaal_dist.cli import main
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_manifest, write_pool
@@ -88,7 +87,7 @@ def test_an_unparseable_uri_is_refused_without_its_secret(ray_local, tmp_path, c
 
 
 @pytest.mark.slow
-def test_a_round_on_s3_with_credentials_in_its_uris_writes_and_prints_none(ray_local, s3_endpoint, tiny_pool,  # noqa: F811
+def test_a_round_on_s3_with_credentials_in_its_uris_writes_and_prints_none(ray_local, s3_endpoint, tiny_pool,
                                                                           capsys, caplog):
     import boto3
 

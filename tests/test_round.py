@@ -4,28 +4,17 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import png_bytes
+from conftest import png_bytes, read_selection, round_config, vaal_checkpoint
 from vaal_dist.cli import main
-from vaal_dist.config import RoundConfig, ScoringConfig, preset
+from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import _hash_sorted, run_round
 from vaal_dist.strategies import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
-
-
-def round_config(pool, labeled, out, **kw) -> RoundConfig:
-    kw.setdefault("vaal", preset("cpu", epochs=1, batch_size=32))
-    kw.setdefault("scoring", ScoringConfig(batch_size=32, num_actors=2))
-    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=kw.pop("budget", 20), **kw)
-
-
-def read_selection(out):
-    return pq.read_table(f"{out}/selection.parquet").to_pydict()
 
 
 def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_path, tiny_pool):
@@ -46,17 +35,17 @@ def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_pa
 
 def test_same_selection_from_a_worker_or_the_driver_and_a_driver_restart_resumes(ray_local, tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
-    two_epochs = round_config(pool, labeled, tmp_path / "a", vaal=preset("cpu", epochs=2, batch_size=32))
+    two_epochs = round_config(pool, labeled, tmp_path / "a", vaal={"epochs": 2})
     first = run_round(two_epochs)                       # one Ray Train worker
     # In the driver (workers=0), interrupted: epoch 1 trained and checkpointed under b/, then a crash
     # while writing epoch 2's checkpoint (a folder without its completion mark), then the round again.
-    in_driver = dict(workers=0, vaal=preset("cpu", epochs=1, batch_size=32))
+    in_driver = dict(workers=0, vaal={"epochs": 1})
     VAAL().train(RoundInputs(round_config(pool, labeled, tmp_path / "b", **in_driver), read_pool_meta(pool),
                              read_manifest(labeled), str(tmp_path / "b/train")))
     half_written = tmp_path / "b/train/vaal/checkpoint_000002"
     half_written.mkdir()
     (half_written / "vaal.pt").write_bytes(b"cut short")
-    in_driver["vaal"] = preset("cpu", epochs=2, batch_size=32)
+    in_driver["vaal"] = {"epochs": 2}
     resumed = run_round(round_config(pool, labeled, tmp_path / "b", **in_driver))
     assert resumed.record["train"]["last_epoch"]["resumed_from_epoch"] == 1
     assert first.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
@@ -94,7 +83,7 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
     elif case == "gpu_in_driver":
         kw.update(workers=0, use_gpu=True)
     elif case == "wrong_size":       # refused before any training starts
-        kw.update(strategy="vaal", vaal=preset("imagenet"))
+        kw.update(strategy="vaal", preset=preset("imagenet"))
     elif case == "unknown_labeled":
         write_manifest(str(tmp_path / "l2.parquet"), [*ids[:3], "ghost-1", "ghost-2"])
         labeled = str(tmp_path / "l2.parquet")
@@ -119,8 +108,6 @@ def test_duplicate_and_empty_pools_are_refused(ray_local, tmp_path):
 
 
 def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypatch):
-    from test_scoring import vaal_checkpoint
-
     untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
     monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
     pool, labeled = photo_pool(tmp_path, 30, bad=17, bad_bytes=png_bytes(np.random.default_rng(1))[:40])
@@ -157,8 +144,6 @@ def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):
 
 
 def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkeypatch):
-    from test_scoring import vaal_checkpoint
-
     poisoned = vaal_checkpoint(tmp_path / "nan", poison=True)
     monkeypatch.setattr(VAAL, "train", lambda self, inputs: (
         {"checkpoint": poisoned, "meta": inputs.meta}, {}))
@@ -194,7 +179,7 @@ def test_cli_runs_the_same_path_and_reports_bad_input(ray_local, tmp_path, tiny_
 
 def read_selection_random(pool, labeled, tmp_path, seed):
     run_round(round_config(pool, labeled, tmp_path / "api", strategy="random", seed=seed, budget=7,
-                           vaal=preset("cifar10"), scoring=ScoringConfig()))
+                           preset=preset("cifar10"), scoring=ScoringConfig()))
     return read_selection(tmp_path / "api")["id"]
 
 

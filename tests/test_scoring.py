@@ -1,12 +1,10 @@
 """Scorers on hand-made batches without Ray, then streamed through Ray Data actors: same answer."""
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
-import ray.train
 import torch
 
+from conftest import assert_same_top_k, f32_noise, pool_batch, vaal_checkpoint
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.models.vaal import pixels_to_input
@@ -14,70 +12,9 @@ from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k
-from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.random import RandomScorer
 from vaal_dist.strategies.vaal import VAALScorer
-from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
-
-
-# Streamed scores are computed in actors on other batch shapes and thread counts than in-memory ones, and a
-# float32 network's output for one image moves with both (the reduction order of conv/matmul kernels) by
-# about an ulp of the largest output: <= 1 measured here for logits, VAAL scores and embeddings, ~2 in one
-# failing run elsewhere. F32_ULPS allows 16; a wrong id, a missing row or another image's score is off by
-# orders of magnitude more.
-F32_ULPS = 16
-
-
-def f32_noise(outputs) -> float:
-    """How far any one of these float32 network outputs may move between batch shapes and thread counts:
-    F32_ULPS x eps32 x their largest magnitude (a kernel's rounding error scales with the magnitudes it
-    sums, not with each result, so a small output gets the same absolute allowance as the largest)."""
-    return F32_ULPS * float(np.finfo(np.float32).eps) * float(np.max(np.abs(outputs)))
-
-
-def assert_same_top_k(got, ids, scores, tol, k: int) -> None:
-    """``got`` (streamed) is the top-k of every row's in-memory (``ids``, ``scores``): the same ids in the
-    same order, each score within ``tol`` (one number, or one per row of ``scores``) of the in-memory one.
-
-    Ids are compared exactly, so float32 noise must not be able to reorder the in-memory top-(k+1): every
-    two neighbours there are further apart than their tolerances added, or are reproduced exactly (tol 0,
-    equal scores: ties go to the smaller id on both sides). A near-tie fails the precondition by name.
-    """
-    ids = np.asarray(ids, dtype=str)
-    tol_of = dict(zip(ids, np.broadcast_to(np.asarray(tol, dtype=np.float64), ids.shape)))
-    want_ids, want_scores = top_k(ids, scores, k + 1)
-    want_tol = np.array([tol_of[i] for i in want_ids])
-    room = want_tol[:-1] + want_tol[1:]
-    near = (want_scores[:-1] - want_scores[1:] <= room) & (room > 0)
-    assert not near.any(), (f"precondition: in-memory scores {want_scores[:-1][near]} and {want_scores[1:][near]} "
-                            f"are within float32 noise {room[near]} of each other, so their order may flip")
-    want_ids, want_scores, want_tol = want_ids[:k], want_scores[:k], want_tol[:k]
-    np.testing.assert_array_equal(got.ids, want_ids)
-    off = np.abs(np.asarray(got.scores, dtype=np.float64) - want_scores)
-    assert np.all(off <= want_tol), (f"streamed scores {got.scores[off > want_tol]} of {want_ids[off > want_tol]} "
-                                     f"are off the in-memory {want_scores[off > want_tol]} by more than "
-                                     f"{want_tol[off > want_tol]}")
-
-
-def vaal_checkpoint(directory, poison: bool = False, channels: int = 1) -> ray.train.Checkpoint:
-    """An untrained VAAL checkpoint (random weights are enough to test the scoring path)."""
-    torch.manual_seed(0)
-    cfg = preset("cpu")
-    vae, disc = build_models(cfg, channels)
-    if poison:
-        with torch.no_grad():
-            disc.net[0].weight.fill_(float("nan"))
-    opt = torch.optim.Adam(vae.parameters())
-    directory.mkdir()
-    save_checkpoint(str(directory / CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, channels)
-    return ray.train.Checkpoint.from_directory(str(directory))
-
-
-def pool_batch(pool):
-    """The first shard of a pool as a numpy batch, as Ray Data would hand it to a scorer."""
-    table = pq.read_table(sorted(Path(pool).glob("*.parquet"))[0])
-    return {"id": np.array(table.column("id").to_pylist()),
-            "image": np.array(table.column("image").to_pylist(), dtype=object)}
+from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models
 
 
 def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool):
@@ -86,7 +23,7 @@ def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool)
     scorer = VAALScorer(ckpt, read_pool_meta(pool))
     batch = pool_batch(pool)
     state = torch.load(tmp_path / "ckpt" / CHECKPOINT_FILE, weights_only=True)
-    vae, disc = build_models(preset("cpu"), 1)
+    vae, disc = build_models(preset("cpu").vaal, 1)
     vae.load_state_dict(state["vae"]); disc.load_state_dict(state["disc"])
     vae.eval(); disc.eval()
     x = pixels_to_input(torch.from_numpy(decode_images(batch["id"], batch["image"], read_pool_meta(pool), 32)))

@@ -9,7 +9,8 @@ import pytest
 import ray.train
 import torch
 
-from vaal_dist.config import AALUConfig, task_preset
+from conftest import assert_same_top_k, f32_noise, pool_batch, vaal_checkpoint
+from vaal_dist.config import AALUConfig, preset
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.strategies.ensemble import EnsembleScorer
@@ -22,7 +23,7 @@ from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member
                                        train_task_epoch)
 
 META = PoolMeta("raw", (32, 32, 1))
-CFG = task_preset("cpu", crop_padding=0, lr=0.05)
+CFG = preset("cpu", task={"crop_padding": 0, "lr": 0.05}).task
 
 
 def two_tone_batch(n=64, seed=0):
@@ -62,8 +63,6 @@ def score_tolerance(scorer, batch, scores) -> np.ndarray:
     """Per image, how far ``scores`` (``scorer(batch)``) may move between batch shapes and thread counts:
     each is a float64 function of float32 network outputs, each of which moves by up to delta = f32_noise.
     """
-    from test_scoring import f32_noise
-
     with torch.inference_mode():
         x = scorer.inputs(batch)
         if isinstance(scorer, PredictedLossScorer):                   # the score is the output itself
@@ -222,7 +221,6 @@ def test_aalu_ranking_loss_orders_the_assistant_by_task_loss():
 
 
 def test_vae_only_w2_is_the_closed_form_distance_to_the_centroid(tmp_path, tiny_pool):
-    from test_scoring import pool_batch, vaal_checkpoint
     from vaal_dist.pool.io import read_pool_meta
     from vaal_dist.strategies.vaal_ablations import W2Scorer
 
@@ -258,7 +256,6 @@ def two_tone_pool(tmp_path_factory):
 ])
 def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool, scorer, extra, rank_loss,
                                               dropout, seeds):
-    from test_scoring import assert_same_top_k
     from vaal_dist.config import ScoringConfig
     from vaal_dist.pool.dataset import read_pool
     from vaal_dist.scoring.stream import stream_top_k
@@ -273,16 +270,15 @@ def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool
 
 
 def test_ta_vaal_scores_minus_the_logit_of_d_on_mu_and_the_rank(tmp_path):
-    from vaal_dist.config import preset
     from vaal_dist.strategies.ta_vaal import RankScorer, TAVAALScorer
     from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
 
     task_ckpt = trained_checkpoint(tmp_path / "task", rank_loss="bce")
     torch.manual_seed(0)
-    vae, disc = build_models(preset("cpu"), 1, conditioned=True)
+    vae, disc = build_models(preset("cpu").vaal, 1, conditioned=True)
     (tmp_path / "vaal").mkdir()
     opt = torch.optim.Adam(vae.parameters())
-    save_checkpoint(str(tmp_path / "vaal" / CHECKPOINT_FILE), vae, disc, opt, opt, 1, preset("cpu"), 1,
+    save_checkpoint(str(tmp_path / "vaal" / CHECKPOINT_FILE), vae, disc, opt, opt, 1, preset("cpu").vaal, 1,
                     conditioned=True)
     batch, _ = two_tone_batch()
     scores = TAVAALScorer(task_ckpt, ray.train.Checkpoint.from_directory(str(tmp_path / "vaal")), META)(batch)
@@ -300,11 +296,10 @@ def test_ta_vaal_scores_minus_the_logit_of_d_on_mu_and_the_rank(tmp_path):
                          ids=["vaal", "vaal_frozen_vae", "vaal_disc_only"])
 def test_vaal_family_picks_the_image_unlike_the_labeled_set_first(tmp_path, ablation):
     """Labeled: dark images; unlabeled: dark and light. D learns light = unlabeled, so light ranks first."""
-    from vaal_dist.config import preset
     from vaal_dist.strategies.vaal import VAALScorer
     from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint, train_epoch
 
-    cfg = preset("cpu", hflip=False, **ablation)
+    cfg = preset("cpu", vaal={"hflip": False, **ablation}).vaal
     torch.manual_seed(0)
     vae, disc = build_models(cfg, 1)
     opt_v, opt_d = torch.optim.Adam(vae.parameters(), cfg.vae_lr), torch.optim.Adam(disc.parameters(), cfg.disc_lr)

@@ -5,7 +5,7 @@ import os
 import pytest
 from pyarrow.fs import FileSelector
 
-from test_prepare import s3_endpoint, s3_uri  # noqa: F401  (a module-scoped moto server on loopback)
+from conftest import s3_uri
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import join, resolve
 from vaal_dist.train.trainer import TrainingError, fit
