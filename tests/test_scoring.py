@@ -12,6 +12,7 @@ from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k
+from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.random import RandomScorer
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models
@@ -32,9 +33,13 @@ def test_vaal_scorer_is_minus_the_discriminator_logit_of_mu(tmp_path, tiny_pool)
     got = scorer(batch)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(scorer(batch), got)          # eval mode: deterministic, no sampling
-    # lowest D(mu) first: the pick order is the ascending order of sigmoid(logit)
-    d = 1 / (1 + np.exp(got))
-    assert np.all(np.diff(d[np.argsort(-got)]) >= 0)
+    # lowest D(mu) first: the pick order is the ascending order of D's probability that an image is labeled,
+    # which is unique here: neighbouring logits are further apart than got and want may differ
+    with torch.no_grad():
+        p_labeled = torch.sigmoid(disc(vae.encode_mean(x))).numpy()
+    assert np.diff(np.sort(want)).min() > 2 * (1e-6 + 1e-6 * np.abs(want).max())
+    picked, _ = top_k(batch["id"], got, len(got))
+    np.testing.assert_array_equal(picked, batch["id"][np.argsort(p_labeled)])
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

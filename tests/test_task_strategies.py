@@ -141,13 +141,21 @@ def test_ensemble_variation_ratio_counts_disagreeing_members(tmp_path):
     scorer = EnsembleScorer(ckpt, META)
     assert len(scorer.models) == 3
     batch, labels = two_tone_batch()
-    scores = scorer(batch)
+    light = np.append(labels == 1, False)
     with torch.no_grad():
-        votes = torch.stack([m.net(scorer.inputs(batch)).logits.argmax(1) for m in scorer.models])
-    for i in range(len(scores)):
-        top = np.bincount(votes[:, i].numpy(), minlength=2).max()
-        assert scores[i] == pytest.approx(1 - top / 3)
-    assert np.all(scores[:-1][votes[0, :-1].numpy() == labels] <= scores.max())
+        gaps = torch.stack([m.net(scorer.inputs(batch)).logits @ torch.tensor([-1.0, 1.0])
+                            for m in scorer.models]).numpy()              # (M, B): logit 1 - logit 0
+    # Trained alike, the members agree everywhere (each tone right, gray called light). Plant one dissent:
+    # move member 2's boundary halfway between gray and its least sure light image, so it calls gray dark.
+    assert np.all(gaps[:, -1] > 0) and np.all(gaps[2, -1] < gaps[2, light]), "precondition: gray is light, least surely"
+    with torch.no_grad():
+        scorer.models[2].net.fc.bias[1] -= float(gaps[2, -1] + gaps[2, light].min()) / 2
+        votes = torch.stack([m.net(scorer.inputs(batch)).logits.argmax(1) for m in scorer.models]).numpy()
+    np.testing.assert_array_equal(votes[:, :-1], np.broadcast_to(labels, (3, len(labels))))
+    np.testing.assert_array_equal(votes[:, -1], [1, 1, 0])
+    scores = scorer(batch)
+    np.testing.assert_array_equal(scores[:-1], 0)                       # three votes of three
+    assert scores[-1] == pytest.approx(1 - 2 / 3)                       # two votes of three
 
 
 def test_predicted_loss_scorer_is_the_loss_module_output(tmp_path):
