@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaal_dist.config import RoundConfig, ScoringConfig, aalu_preset, preset, task_preset
+from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.io import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 
@@ -82,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, nargs="+", default=[1, 2],
                    help="VAE/D epochs of the measured rounds, one round each (at least two different values)")
     p.add_argument("--epoch-images", type=int, default=512, help="M: unlabeled images a measured epoch visits")
-    p.add_argument("--schedule-epochs", type=int, default=preset(PRESET).epochs,
+    p.add_argument("--schedule-epochs", type=int, default=preset(PRESET).vaal.epochs,
                    help="epochs of the extrapolated schedule (default: the cifar10 preset's, the paper's 100)")
     p.add_argument("--per-epoch", choices=("fit", "checkpoints"), default="checkpoints",
                    help="what the extrapolation takes as per_epoch(M) and fixed: the gap between the last two "
@@ -91,7 +91,7 @@ def parse_args() -> argparse.Namespace:
                         "rounds' training seconds. Both are printed either way")
     p.add_argument("--strategy", default="vaal", choices=VAE_STRATEGIES)
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--cpus-per-worker", type=float, default=RoundConfig.cpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=Setup.cpus_per_worker)
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--amp", action="store_true", help="score under bfloat16 autocast (with --use-gpu)")
     p.add_argument("--actors", type=int, help="scoring actors (default: one per GPU, else one per CPU)")
@@ -125,11 +125,10 @@ def round_config(args: argparse.Namespace, pool: str, labeled: str, epochs: int)
                + ("-gpu" if args.use_gpu else "") + ("-amp" if args.amp else ""))
     return RoundConfig(
         pool=pool, labeled=labeled, out=str(Path(args.work) / f"rounds-{args.images}" / setting / f"e{epochs}"),
-        budget=args.budget, strategy=args.strategy, preset=PRESET,
-        vaal=preset(PRESET, epochs=epochs, epoch_images=args.epoch_images),
-        task=task_preset(PRESET), aalu=aalu_preset(PRESET),
-        scoring=ScoringConfig(num_actors=args.actors, amp=args.amp),
-        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
+        budget=args.budget, strategy=args.strategy, seed=args.seed,
+        setup=Setup(preset(PRESET, vaal={"epochs": epochs, "epoch_images": args.epoch_images}),
+                    scoring=ScoringConfig(num_actors=args.actors, amp=args.amp),
+                    workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker))
 
 
 def one_round(cfg: RoundConfig) -> None:
@@ -224,7 +223,7 @@ def main() -> None:
     schedule_total = schedule_train + score + merge + rest
     per_100 = schedule_total / budget * 100
 
-    print(f"\n{args.strategy}, {PRESET} preset (the paper's VAE and D, batch {preset(PRESET).batch_size} per pool "
+    print(f"\n{args.strategy}, {PRESET} preset (the paper's VAE and D, batch {preset(PRESET).vaal.batch_size} per pool "
           f"per worker), synthetic pool of {first['pool']['images']:,} images 32x32x3, {first['pool']['labeled']:,} "
           f"labeled, {unlabeled:,} unlabeled, b = {budget:,}; {args.workers} training worker(s)"
           f"{', GPU' if args.use_gpu else ', CPU'}{', bf16 scoring' if args.amp else ''}; {device_name(args.use_gpu)}; "

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from vaal_dist.cli import DEFAULT_LABELED, DEFAULT_POOL, ray_session
-from vaal_dist.config import RoundConfig, aalu_preset, preset, task_preset
+from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
@@ -26,16 +26,15 @@ def main() -> None:
     p.add_argument("--strategies", nargs="+", default=sorted(STRATEGIES))
     p.add_argument("--use-gpu", action="store_true", help="train and score on the GPU")
     args = p.parse_args()
-    build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=preset(args.preset).image_size)
+    build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=preset(args.preset).vaal.image_size)
     rows = []
     with ray_session(None):
         for name in args.strategies:
             out = Path(args.out) / name
             shutil.rmtree(out, ignore_errors=True)
             record = run_round(RoundConfig(pool=DEFAULT_POOL, labeled=DEFAULT_LABELED, out=str(out),
-                                           budget=args.budget, strategy=name, preset=args.preset,
-                                           vaal=preset(args.preset), task=task_preset(args.preset),
-                                           aalu=aalu_preset(args.preset), use_gpu=args.use_gpu)).record
+                                           budget=args.budget, strategy=name,
+                                           setup=Setup(preset(args.preset), use_gpu=args.use_gpu))).record
             t = record["timings"]
             rows.append(f"| {name} | {t['train_seconds']:.1f} | {t['score_seconds']:.1f} | "
                         f"{t['merge_seconds']:.3f} | {t['total_seconds']:.1f} | {record['per_100_query_seconds']:.2f} |")

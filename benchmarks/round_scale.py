@@ -35,7 +35,7 @@ import numpy as np
 import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from vaal_dist.config import PRESETS, RoundConfig, aalu_preset, preset, task_preset
+from vaal_dist.config import PRESETS, RoundConfig, Setup, preset
 from vaal_dist.pool.io import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.round import run_round
@@ -64,14 +64,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1, help="VAE/discriminator epochs")
     p.add_argument("--epoch-images", type=int, help="unlabeled images an epoch visits at most (default: all)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers; 0 trains in the driver")
-    p.add_argument("--cpus-per-worker", type=float, default=RoundConfig.cpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=Setup.cpus_per_worker)
     p.add_argument("--seed", type=int, default=RoundConfig.seed, help="round seed and labeled-sample seed")
     p.add_argument("--work", default="/tmp/vaal-round-scale")
     p.add_argument("--fit-only", action="store_true", help="no rounds: fit and tabulate stored results")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
     p.add_argument("--object-store-mib", type=int, help="the local Ray's object store size (default: Ray's)")
     args = p.parse_args()
-    args.image_size = args.image_size or preset(args.preset).image_size
+    args.image_size = args.image_size or preset(args.preset).vaal.image_size
     return args
 
 
@@ -96,9 +96,9 @@ def round_config(args: argparse.Namespace, images: int) -> RoundConfig:
         vaal_overrides["epoch_images"] = args.epoch_images
     return RoundConfig(
         pool=pool, labeled=labeled, out=str(Path(args.work) / f"round-{images}"),
-        budget=max(1, round(BUDGET_FRACTION * images)), strategy=args.strategy, preset=args.preset,
-        vaal=preset(args.preset, **vaal_overrides), task=task_preset(args.preset), aalu=aalu_preset(args.preset),
-        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, seed=args.seed)
+        budget=max(1, round(BUDGET_FRACTION * images)), strategy=args.strategy, seed=args.seed,
+        setup=Setup(preset(args.preset, vaal=vaal_overrides), workers=args.workers, use_gpu=args.use_gpu,
+                    cpus_per_worker=args.cpus_per_worker))
 
 
 def descendants(root: int) -> set[int]:

@@ -58,7 +58,7 @@ class ActorPeaks(threading.Thread):
 
 def checkpoint(path: Path, preset_name: str) -> ray.train.Checkpoint:
     torch.manual_seed(0)
-    cfg = preset(preset_name)
+    cfg = preset(preset_name).vaal
     vae, disc = build_models(cfg, 3)
     opt = torch.optim.Adam(vae.parameters())
     path.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def main() -> None:
     start = time.perf_counter()
     # In a child process, so that this process's peak RSS is the scoring's alone.
     writer = multiprocessing.get_context("spawn").Process(
-        target=write_synthetic_pool, args=(str(pool), args.images), kwargs={"image_size": preset(args.preset).image_size})
+        target=write_synthetic_pool, args=(str(pool), args.images), kwargs={"image_size": preset(args.preset).vaal.image_size})
     writer.start()
     writer.join()
     print(f"pool of {args.images} images ready in {time.perf_counter() - start:.1f} s", flush=True)

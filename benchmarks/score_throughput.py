@@ -35,7 +35,7 @@ def bare_encoder(batch: int, threads: int, device: str = "cpu", amp: bool = Fals
     """img/s of the encoder + fc_mu alone in eval mode, one process, no I/O: the reference ceiling."""
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True
-    vae, _ = build_models(preset("cifar10"), 3)
+    vae, _ = build_models(preset("cifar10").vaal, 3)
     enc = torch.nn.Sequential(vae.encoder, vae.fc_mu).eval().to(device)
     x = torch.randn(batch, 3, 32, 32, device=device)
     with torch.inference_mode(), precision(amp):

@@ -49,12 +49,13 @@ from pathlib import Path
 import torch
 
 from vaal_dist.cli import start_local_ray
-from vaal_dist.config import PRESETS, RoundConfig, preset
+from vaal_dist.config import PRESETS, Setup, preset
 from vaal_dist.pool.io import read_manifest, read_pool_meta, write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.train import trainer
+from vaal_dist.train.common import worker_epoch_seed
 from vaal_dist.train.pool_batches import PoolSource, epoch_share, pool_source
-from vaal_dist.train.vaal_loop import _epoch_seed, build_models, train_epoch, train_loop_per_worker
+from vaal_dist.train.vaal_loop import build_models, train_epoch, train_loop_per_worker
 
 LABELED_FRACTION = 0.10
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6})")
@@ -74,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-bare-after", action="store_true",
                    help="skip the second bare run (after the Ray Train runs, Ray idle in the background)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray Train worker counts to run")
-    p.add_argument("--cpus-per-worker", type=float, default=RoundConfig.cpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=Setup.cpus_per_worker)
     p.add_argument("--seed", type=int, default=0, help="labeled-sample and training seed")
     p.add_argument("--work", default="/tmp/vaal-train-throughput")
     p.add_argument("--use-gpu", action="store_true", help="train on the GPU (bare loop and Ray Train workers)")
@@ -90,7 +91,7 @@ def vaal_config(args: argparse.Namespace):
     overrides = {"epochs": args.epochs, "epoch_images": args.epoch_images or None}
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    return preset(args.preset, **overrides)
+    return preset(args.preset, vaal=overrides).vaal
 
 
 def write_inputs(args: argparse.Namespace, size: int) -> tuple[str, str]:
@@ -122,7 +123,7 @@ def bare(source: PoolSource, cfg, in_channels: int, seed: int, threads: int, use
         seconds = []
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
-            epoch_seed = _epoch_seed(seed, 0, epoch)
+            epoch_seed = worker_epoch_seed(seed, 0, epoch)
             torch.manual_seed(epoch_seed)
             flips = torch.Generator().manual_seed(epoch_seed)
             labeled, unlabeled = source.epoch(cfg.image_size, cfg.batch_size, rank=0, workers=1, seed=epoch_seed,

@@ -92,11 +92,11 @@ ODD_IDS = ["with space", " lead", "trail ", "tab\there", "new\nline", "ünïcød
 
 
 def _round(pool, labeled, out, budget, strategy="random"):
-    from vaal_dist.config import RoundConfig, ScoringConfig
+    from vaal_dist.config import RoundConfig, ScoringConfig, Setup
     from vaal_dist.round import run_round
 
     return run_round(RoundConfig(pool=str(pool), labeled=str(labeled), out=str(out), budget=budget,
-                                 strategy=strategy, scoring=ScoringConfig(batch_size=4, num_actors=2)))
+                                 strategy=strategy, setup=Setup(scoring=ScoringConfig(batch_size=4, num_actors=2))))
 
 
 def test_odd_ids_round_trip_through_a_round(ray_local, tmp_path):

@@ -9,7 +9,7 @@ from vaal_dist.train.vaal_loop import disc_step, train_epoch, vae_step
 
 @pytest.mark.parametrize("name,size,z", [("cifar10", 32, 32), ("imagenet", 64, 64)])
 def test_paper_shapes(name, size, z):
-    cfg = preset(name)
+    cfg = preset(name).vaal
     vae, disc = VAE(cfg, 3), Discriminator(cfg)
     x = torch.randn(2, 3, size, size)
     recon, mu, logvar = vae(x)
@@ -34,7 +34,7 @@ def _changed(before, m):
 
 def test_vae_step_moves_only_the_vae_and_disc_step_only_the_disc():
     torch.manual_seed(0)
-    cfg = preset("cpu")
+    cfg = preset("cpu").vaal
     vae, disc = VAE(cfg, 1), Discriminator(cfg)
     opt_v = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
@@ -51,7 +51,7 @@ def test_vae_step_moves_only_the_vae_and_disc_step_only_the_disc():
 def test_discriminator_learns_to_separate_the_pools():
     """With the VAE frozen (lr 0), D steps alone drive D(labeled) up and D(unlabeled) down."""
     torch.manual_seed(0)
-    cfg = preset("cpu")
+    cfg = preset("cpu").vaal
     vae, disc = VAE(cfg, 1), Discriminator(cfg)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     x_l, x_u = torch.rand(16, 1, 32, 32), -torch.rand(16, 1, 32, 32)   # two visibly different pools
@@ -66,7 +66,7 @@ def test_discriminator_learns_to_separate_the_pools():
 def test_train_epoch_runs_two_vae_steps_per_disc_step(train_vae, want):
     """VAAL: 2 VAE steps per D step. Without a VAE to train (the ablations), D steps on every pair."""
     torch.manual_seed(0)
-    cfg = preset("cpu", vae_steps=2, train_vae=train_vae)
+    cfg = preset("cpu", vaal={"vae_steps": 2, "train_vae": train_vae}).vaal
     vae, disc = VAE(cfg, 1), Discriminator(cfg)
     opt_v = torch.optim.Adam(vae.parameters()); opt_d = torch.optim.Adam(disc.parameters())
     calls = {"vae": 0, "disc": 0}
@@ -91,10 +91,9 @@ def test_train_epoch_runs_two_vae_steps_per_disc_step(train_vae, want):
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg16_bn", "cnn"])
 def test_task_models_expose_logits_features_and_four_stages(arch):
-    from vaal_dist.config import task_preset
     from vaal_dist.models.task import TaskModel
 
-    model = TaskModel(task_preset("cifar10", arch=arch), num_classes=10, in_channels=3, with_loss_module=True).eval()
+    model = TaskModel(preset("cifar10", task={"arch": arch}).task, num_classes=10, in_channels=3, with_loss_module=True).eval()
     out, predicted_loss = model(torch.zeros(2, 3, 32, 32))
     assert out.logits.shape == (2, 10) and out.features.shape == (2, model.net.feature_dim)
     assert len(out.stages) == 4 and predicted_loss.shape == (2,)
@@ -105,7 +104,7 @@ def test_task_models_expose_logits_features_and_four_stages(arch):
 def test_ta_vaal_vae_and_discriminator_take_the_rank():
     from vaal_dist.train.vaal_loop import build_models
 
-    cfg = preset("cpu")
+    cfg = preset("cpu").vaal
     vae, disc = build_models(cfg, 1, conditioned=True)
     x, r = torch.zeros(3, 1, 32, 32), torch.tensor([0.1, -2.0, 5.0])
     recon, mu, _ = vae(x, torch.sigmoid(r))
@@ -119,10 +118,9 @@ def test_a_one_image_batch_keeps_the_loss_module_in_the_ddp_graph(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from vaal_dist.config import task_preset
     from vaal_dist.train.task_loop import build_optimizer, build_task_model, task_step
 
-    cfg = task_preset("cpu")
+    cfg = preset("cpu").task
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         model = DistributedDataParallel(build_task_model(cfg, 10, 1, "bce"))

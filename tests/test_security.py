@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from vaal_dist.config import RoundConfig, preset
+from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.round import run_round
@@ -149,8 +149,8 @@ def test_a_checkpoint_config_must_be_the_rounds(tmp_path):
 
 def test_a_tampered_checkpoint_is_refused_before_a_model_is_built(ray_local, tmp_path, tiny_pool, monkeypatch):
     pool, labeled = tiny_pool[:2]
-    cfg = RoundConfig(pool=pool, labeled=labeled, out=str(tmp_path / "round"), budget=20, workers=0,
-                      vaal=preset("cpu", epochs=1, batch_size=32))
+    cfg = RoundConfig(pool=pool, labeled=labeled, out=str(tmp_path / "round"), budget=20,
+                      setup=Setup(preset("cpu", vaal={"epochs": 1, "batch_size": 32}), workers=0))
     # A round that crashed after training (its scorers would build the VAE from this checkpoint), then
     # someone with write access to --out asks for a model of 2**40 latent dimensions.
     VAAL().train(RoundInputs(cfg, read_pool_meta(pool), read_manifest(labeled), str(tmp_path / "round/train")))

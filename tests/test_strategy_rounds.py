@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_raw_pool
 
-from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, aalu_preset, preset, task_preset
+from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import run_round
@@ -36,11 +36,10 @@ def split_pool(tiny_pool, tmp_path):
 
 
 def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig:
-    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=budget, strategy=strategy, preset="cpu",
-                       vaal=preset("cpu", epochs=1), task=task_preset("cpu", epochs=2),
-                       aalu=aalu_preset("cpu", epochs=2, batch_size=32),
-                       acquisition=AcquisitionConfig(mc_passes=5, ensemble_members=3),
-                       scoring=ScoringConfig(batch_size=64), workers=2, holdout=holdout)
+    models = preset("cpu", vaal={"epochs": 1}, task={"epochs": 2}, aalu={"epochs": 2, "batch_size": 32})
+    return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=budget, strategy=strategy, holdout=holdout,
+                       setup=Setup(models, AcquisitionConfig(mc_passes=5, ensemble_members=3),
+                                   ScoringConfig(batch_size=64), workers=2))
 
 
 @pytest.mark.parametrize("strategy", ROUND_TESTED)

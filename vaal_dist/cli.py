@@ -8,8 +8,7 @@ import math
 import os
 import sys
 
-from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, aalu_preset, preset, \
-    task_preset
+from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import VaalDistError
 from vaal_dist.redaction import redact
 from vaal_dist.strategies import STRATEGIES
@@ -93,12 +92,12 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--subset-factor", type=at_least(0),
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
-    p.add_argument("--workers", type=at_least(0), default=RoundConfig.workers,
+    p.add_argument("--workers", type=at_least(0), default=Setup.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
     p.add_argument("--use-gpu", action="store_true", help="train and score on GPUs")
-    p.add_argument("--cpus-per-worker", type=positive_float, default=RoundConfig.cpus_per_worker)
-    p.add_argument("--max-failures", type=at_least(0), default=RoundConfig.max_failures,
+    p.add_argument("--cpus-per-worker", type=positive_float, default=Setup.cpus_per_worker)
+    p.add_argument("--max-failures", type=at_least(0), default=Setup.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
     p.add_argument("--score-batch-size", type=at_least(1), default=ScoringConfig.batch_size)
     p.add_argument("--actors", type=at_least(1), help="scoring actors (default: one per GPU, else per CPU)")
@@ -108,37 +107,49 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def setup_from_args(args: argparse.Namespace) -> Setup:
+    """How the arguments say to train and score; the preset defaults to cpu on the embedded pool."""
+    def given(**options):
+        return {k: v for k, v in options.items() if v is not None}
+
+    models = preset(_preset_name(args),
+                    vaal=given(epochs=args.epochs, batch_size=args.batch_size, epoch_images=args.epoch_images),
+                    task=given(epochs=args.task_epochs), aalu=given(epochs=args.aalu_epochs))
+    return Setup(
+        preset=models,
+        acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
+                                      subset_factor=args.subset_factor),
+        scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
+                              threads_per_actor=args.threads_per_actor, amp=args.amp),
+        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures)
+
+
+def _preset_name(args: argparse.Namespace) -> str:
+    return args.preset or ("cpu" if args.pool is None else "cifar10")
+
+
+def embedded_pool(args: argparse.Namespace) -> str:
+    """The embedded MNIST pool, built at the preset's image size if missing."""
+    from vaal_dist.pool.default import build_default_pool
+
+    build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=PRESETS[_preset_name(args)].vaal.image_size)
+    return DEFAULT_POOL
+
+
 def config_from_args(args: argparse.Namespace) -> RoundConfig:
     """The RoundConfig the arguments describe; with no --pool, the embedded MNIST pool (built if missing)."""
     if args.pool is None:
-        from vaal_dist.pool.default import build_default_pool
-
-        build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=PRESETS[args.preset or "cpu"].image_size)
-        pool, labeled = DEFAULT_POOL, args.labeled or DEFAULT_LABELED
+        pool, labeled = embedded_pool(args), args.labeled or DEFAULT_LABELED
         budget = DEFAULT_BUDGET if args.budget is None else args.budget
-        out, preset_name = args.out or DEFAULT_OUT, args.preset or "cpu"
+        out = args.out or DEFAULT_OUT
     else:
         missing = [f"--{n}" for n in ("labeled", "budget", "out") if getattr(args, n) is None]
         if missing:
             raise VaalDistError(f"with --pool, also give {', '.join(missing)}")
         pool, labeled, budget, out = args.pool, args.labeled, args.budget, args.out
-        preset_name = args.preset or "cifar10"
-    def given(**options):
-        return {k: v for k, v in options.items() if v is not None}
-
-    return RoundConfig(
-        pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy, preset=preset_name,
-        vaal=preset(preset_name, **given(epochs=args.epochs, batch_size=args.batch_size,
-                                         epoch_images=args.epoch_images)),
-        task=task_preset(preset_name, **given(epochs=args.task_epochs)),
-        aalu=aalu_preset(preset_name, **given(epochs=args.aalu_epochs)),
-        acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
-                                      subset_factor=args.subset_factor),
-        holdout=args.holdout,
-        scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
-                              threads_per_actor=args.threads_per_actor, amp=args.amp),
-        workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures, seed=args.seed)
+    return RoundConfig(pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy,
+                       holdout=args.holdout, seed=args.seed, setup=setup_from_args(args))
 
 
 def start_local_ray(**init_kwargs) -> None:
@@ -247,12 +258,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def experiment_command(args: argparse.Namespace) -> int:
-    from vaal_dist.experiment import ExperimentConfig, run_experiment, summarize
+    from vaal_dist.experiment import ExperimentConfig, run_experiment
+    from vaal_dist.experiment_report import summarize
 
-    # Labeled sets, budgets, strategies and seeds are set round by round by the experiment.
-    args.labeled, args.budget, args.strategy, args.holdout, args.seed = "-", 0, "random", None, 0
-    base = config_from_args(args)
-    cfg = ExperimentConfig(base=base, out=args.out, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
+    pool = embedded_pool(args) if args.pool is None else args.pool
+    cfg = ExperimentConfig(pool=pool, setup=setup_from_args(args), out=args.out, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
                            initial=args.initial, step=args.step, final=args.final,
                            test_fraction=args.test_fraction)
     with ray_session(args.ray_address):

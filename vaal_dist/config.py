@@ -109,77 +109,93 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """The settings of the three trained models under one name: VAAL's, the task model's and AALU's.
+
+    A round records the name next to the settings, so the name says which table row they were built from;
+    ``overridden`` changes fields and keeps the name (the record shows the changed values).
+    """
+
+    name: str
+    vaal: VAALConfig = field(default_factory=VAALConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    aalu: AALUConfig = field(default_factory=AALUConfig)
+
+    def overridden(self, vaal: dict | None = None, task: dict | None = None, aalu: dict | None = None) -> Preset:
+        """This preset with some fields of its models changed, e.g. ``vaal={"epochs": 1}``."""
+        return Preset(self.name, dataclasses.replace(self.vaal, **(vaal or {})),
+                      dataclasses.replace(self.task, **(task or {})), dataclasses.replace(self.aalu, **(aalu or {})))
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    # VAAL paper, CIFAR-10/100 row: d=32, lr 5e-4, lambda_2=1, beta=1, batch 64, 100 epochs. The task model:
+    # the ResNet-18 recipe of Learning Loss and TA-VAAL (TaskConfig's defaults).
+    Preset("cifar10"),
+    Preset("cifar100"),
+    # VAAL's ImageNet row: d=64, lambda_2=10, batch 64, 100 epochs, D lr 1e-3. The row's alpha_1=0.1 cannot be
+    # an Adam rate for the VAE (it diverges); the authors' code uses 5e-4 for the VAE everywhere. Images are
+    # downsampled to 64x64 for the VAE (the authors' ImageNet VAE takes 64x64 as well); the task model is
+    # the same ResNet-18 recipe on the pool's 64x64 images.
+    Preset("imagenet", VAALConfig(image_size=64, latent_dim=64, adversary_weight=10.0, disc_lr=1e-3),
+           TaskConfig(image_size=64)),
+    # Same algorithms, small enough for a 2-core CPU, no flips (digits). VAAL: quarter-width convs, 2 epochs.
+    # Task: a 4-stage conv net, 15 epochs, lr 0.02 stepped at 12 (10 epochs at lr 0.05 was unstable on MNIST
+    # subsets: the same 600 images gave 0.70 or 0.86 with 1 or 2 threads). AALU: 128 wide, 10 epochs.
+    Preset("cpu", VAALConfig(channels=(32, 64, 128, 256), disc_hidden=128, epochs=2, hflip=False),
+           TaskConfig(arch="cnn", epochs=15, batch_size=64, lr=0.02, milestones=(12,), hflip=False,
+                      crop_padding=2, loss_detach_epoch=9),
+           AALUConfig(hidden=128, epochs=10)),
+)}
+
+
+def preset(name: str, vaal: dict | None = None, task: dict | None = None, aalu: dict | None = None) -> Preset:
+    """The named preset, with fields of its models overridden (e.g. ``vaal={"epochs": 1}``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].overridden(vaal, task, aalu)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How a round trains and scores: shared by every round of an experiment."""
+
+    preset: Preset = field(default_factory=lambda: PRESETS["cifar10"])
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    max_failures: int = 2                  # times Ray Train restarts failed workers from the latest checkpoint
+
+
+@dataclass(frozen=True)
 class RoundConfig:
-    """One selection round: where the data is, how much to select, how to train and score."""
+    """One selection round: where the data is, how much to select, and the setup to train and score with."""
 
     pool: str
     labeled: str
     out: str
     budget: int
     strategy: str = "vaal"
-    preset: str = "cifar10"                # the name vaal/task/aalu were taken from, for the run record
-    vaal: VAALConfig = field(default_factory=VAALConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    aalu: AALUConfig = field(default_factory=AALUConfig)
-    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
     holdout: str | None = None             # manifest of ids kept out of training and selection, for evaluation
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 0.5
-    max_failures: int = 2                  # times Ray Train restarts failed workers from the latest checkpoint
     seed: int = 0
+    setup: Setup = field(default_factory=Setup)
+
+    # The setup's settings, read through (strategies read cfg.vaal, cfg.workers, ...).
+    vaal = property(lambda self: self.setup.preset.vaal)
+    task = property(lambda self: self.setup.preset.task)
+    aalu = property(lambda self: self.setup.preset.aalu)
+    acquisition = property(lambda self: self.setup.acquisition)
+    scoring = property(lambda self: self.setup.scoring)
+    workers = property(lambda self: self.setup.workers)
+    use_gpu = property(lambda self: self.setup.use_gpu)
+    cpus_per_worker = property(lambda self: self.setup.cpus_per_worker)
+    max_failures = property(lambda self: self.setup.max_failures)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PRESETS: dict[str, VAALConfig] = {
-    # VAAL paper, CIFAR-10/100 row: d=32, lr 5e-4, lambda_2=1, beta=1, batch 64, 100 epochs.
-    "cifar10": VAALConfig(),
-    "cifar100": VAALConfig(),
-    # ImageNet row: d=64, lambda_2=10, batch 64, 100 epochs, D lr 1e-3. The row's alpha_1=0.1 cannot be an
-    # Adam rate for the VAE (it diverges); the authors' code uses 5e-4 for the VAE everywhere.
-    # Images are downsampled to 64x64 for the VAE (the authors' ImageNet VAE takes 64x64 as well).
-    "imagenet": VAALConfig(image_size=64, latent_dim=64, adversary_weight=10.0, disc_lr=1e-3),
-    # Same algorithm, small enough for a 2-core CPU: quarter-width convs, 2 epochs, no flips (digits).
-    "cpu": VAALConfig(channels=(32, 64, 128, 256), disc_hidden=128, epochs=2, hflip=False),
-}
-
-
-TASK_PRESETS: dict[str, TaskConfig] = {
-    "cifar10": TaskConfig(),
-    "cifar100": TaskConfig(),
-    # ImageNet-scale pools: the same ResNet-18 recipe on the pool's 64x64 images.
-    "imagenet": TaskConfig(image_size=64),
-    # A 2-core CPU: a 4-stage conv net, 15 epochs, lr 0.02 stepped at 12, no flips (digits). (10 epochs at
-    # lr 0.05 was unstable on MNIST subsets: the same 600 images gave 0.70 or 0.86 with 1 or 2 threads.)
-    "cpu": TaskConfig(arch="cnn", epochs=15, batch_size=64, lr=0.02, milestones=(12,), hflip=False,
-                      crop_padding=2, loss_detach_epoch=9),
-}
-
-AALU_PRESETS: dict[str, AALUConfig] = {
-    "cifar10": AALUConfig(), "cifar100": AALUConfig(), "imagenet": AALUConfig(),
-    "cpu": AALUConfig(hidden=128, epochs=10),
-}
-
-
-def _from_presets(table: dict, name: str, overrides: dict):
-    if name not in table:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(table)}")
-    return dataclasses.replace(table[name], **overrides)
-
-
-def preset(name: str, **overrides) -> VAALConfig:
-    """The named VAAL preset, with field overrides (e.g. ``epochs=1``)."""
-    return _from_presets(PRESETS, name, overrides)
-
-
-def task_preset(name: str, **overrides) -> TaskConfig:
-    """The named task-model preset, with field overrides."""
-    return _from_presets(TASK_PRESETS, name, overrides)
-
-
-def aalu_preset(name: str, **overrides) -> AALUConfig:
-    """The named AALU preset, with field overrides."""
-    return _from_presets(AALU_PRESETS, name, overrides)
+        """Flat, as run records have always held it and round fingerprints hash it: the round's fields, the
+        preset's name (``preset``) and models (``vaal``, ``task``, ``aalu``), the rest of the setup."""
+        flat = dataclasses.asdict(self)
+        setup = flat.pop("setup")
+        models = setup.pop("preset")
+        return {**flat, "preset": models.pop("name"), **models, **setup}
