@@ -161,7 +161,7 @@ def pool_batch(pool):
 
 # --- a real S3 endpoint on loopback (moto_server); nothing here reaches the cloud ---------------------------
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -170,7 +170,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """host:port of a moto S3 server on 127.0.0.1, with dummy credentials and no metadata lookups."""
-    port = _free_port()
+    port = free_port()
     with pytest.MonkeyPatch.context() as env:
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                             ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true"),

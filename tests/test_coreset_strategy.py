@@ -48,6 +48,7 @@ def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaa
     assert emb.shape == (224, 32)
 
 
+@pytest.mark.slow
 def test_coreset_round_equals_greedy_on_the_embeddings(ray_local, tmp_path, tiny_pool, untrained_vaal):
     pool, labeled_uri, ids, labeled_ids = tiny_pool
     cfg = RoundConfig(pool=pool, labeled=labeled_uri, out=str(tmp_path / "out"), budget=15, strategy="coreset_vae",

@@ -94,6 +94,7 @@ def test_paper_fractions_and_bad_settings_are_named():
         ExperimentConfig("pool", setup, "x", strategies=())
 
 
+@pytest.mark.slow
 def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):
     ids = make_raw_pool(tmp_path / "pool", 200, shards=2)
     setup = Setup(preset("cpu", vaal={"epochs": 1, "batch_size": 32}, task={"epochs": 1}),

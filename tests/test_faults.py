@@ -19,6 +19,8 @@ from vaal_dist.round import run_round
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 
+pytestmark = pytest.mark.slow          # faults: real kills of Ray Train workers and scoring actors
+
 
 def _kill_training_worker_after_two_checkpoints(run_dir, killed: list, timeout: float = 300.0) -> None:
     """SIGKILL the Ray Train worker process once ``run_dir`` holds two checkpoints (the first is then

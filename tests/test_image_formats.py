@@ -111,6 +111,7 @@ def photo_round(pool, labeled, out, **kw) -> RoundConfig:
                         scoring=ScoringConfig(batch_size=8, num_actors=1), **kw)
 
 
+@pytest.mark.slow
 def test_a_round_training_in_the_driver_refuses_an_eps_before_its_plugin(ray_local, tmp_path, plugin_spy):
     pool, labeled, _ = photo_pool(tmp_path, {20: ("photos/020.eps", encoded("EPS"))})
     with pytest.raises(InputError, match=r"^image 'photos/020.eps' cannot be decoded: not a JPEG or PNG image"):

@@ -2,7 +2,6 @@
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,15 +11,14 @@ from pathlib import Path
 
 import psutil
 import pyarrow.parquet as pq
+import pytest
+
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow          # a `ray start --head` cluster and a submitted job
 
 
 def unmapped(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

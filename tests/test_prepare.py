@@ -246,6 +246,7 @@ def test_cli_and_job_print_the_pool_and_counts(ray_local, tmp_path, capsys):
     assert (tmp_path / "pool3" / "prepare.json").exists() and not (tmp_path / "pool3" / "pool.json").exists()
 
 
+@pytest.mark.slow
 def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_path):
     import boto3
 

@@ -17,6 +17,7 @@ from vaal_dist.strategies import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 
 
+@pytest.mark.slow
 def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_path, tiny_pool):
     pool, labeled, ids, labeled_ids = tiny_pool
     result = run_round(round_config(pool, labeled, tmp_path / "out", workers=2))
@@ -33,6 +34,7 @@ def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_pa
     assert result.per_100_seconds == record["per_100_query_seconds"]
 
 
+@pytest.mark.slow
 def test_same_selection_from_a_worker_or_the_driver_and_a_driver_restart_resumes(ray_local, tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
     two_epochs = round_config(pool, labeled, tmp_path / "a", vaal={"epochs": 2})
@@ -135,6 +137,7 @@ def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny
         run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 0])
 def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):
     pool, labeled = photo_pool(tmp_path, 40, bad=33, bad_bytes=b"GIF89a not really")

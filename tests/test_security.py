@@ -45,6 +45,7 @@ with ray_session(None):
 """
 
 
+@pytest.mark.slow
 def test_the_demo_ray_wants_a_token_and_listens_on_loopback(tmp_path):
     token = tmp_path / ".ray" / "auth_token"     # a token made earlier, world-readable as Ray writes it
     token.parent.mkdir()
@@ -147,6 +148,7 @@ def test_a_checkpoint_config_must_be_the_rounds(tmp_path):
     assert load_checkpoint(str(path), {"in_channels": 1})["vae"]["w"].tolist() == [0, 0]
 
 
+@pytest.mark.slow
 def test_a_tampered_checkpoint_is_refused_before_a_model_is_built(ray_local, tmp_path, tiny_pool, monkeypatch):
     pool, labeled = tiny_pool[:2]
     cfg = RoundConfig(pool=pool, labeled=labeled, out=str(tmp_path / "round"), budget=20,

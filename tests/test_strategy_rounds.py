@@ -42,6 +42,7 @@ def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig
                                    ScoringConfig(batch_size=64), workers=2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ROUND_TESTED)
 def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool, tmp_path, strategy):
     pool, labeled, holdout, labeled_ids, holdout_ids = split_pool
@@ -56,6 +57,7 @@ def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool
     assert result.record["pool"]["held_out"] == 32
 
 
+@pytest.mark.slow
 def test_learning_loss_picks_from_a_seeded_subset_of_ten_times_b(ray_local, split_pool, tmp_path):
     """TA-VAAL / Learning Loss score 10 x b random candidates by default (the papers' subset method)."""
     pool, labeled, holdout, labeled_ids, holdout_ids = split_pool
@@ -89,6 +91,7 @@ def test_task_strategies_need_labels(ray_local, tmp_path):
         run_round(cfg)
 
 
+@pytest.mark.slow
 def test_a_task_strategy_round_is_deterministic_under_its_seed(ray_local, split_pool, tmp_path):
     """Two DDP rounds with the same seed train the same model and pick the same ids in the same order."""
     pool, labeled, holdout, *_ = split_pool

@@ -10,6 +10,8 @@ from vaal_dist.errors import InputError
 from vaal_dist.pool.io import join, resolve
 from vaal_dist.train.trainer import TrainingError, fit
 
+pytestmark = pytest.mark.slow          # every test here runs a Ray Train fit
+
 
 def counting_loop(config: dict) -> None:
     """Reports epochs start+1 .. config['epochs'], each with a checkpoint holding its epoch number."""
