@@ -24,7 +24,7 @@ from vaal_dist.round import run_round
 from vaal_dist.strategies import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 from vaal_dist.train import vaal_loop
-from vaal_dist.train.vaal_loop import load_checkpoint
+from vaal_dist.train.common import load_checkpoint
 
 PROBE = """
 import json, os, urllib.request, urllib.error

@@ -27,7 +27,7 @@ from vaal_dist.scoring.stream import stream_columns
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy
 from vaal_dist.strategies.task import TaskScorer, train_task_model
 from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
-from vaal_dist.train.vaal_loop import load_checkpoint
+from vaal_dist.train.common import load_checkpoint
 
 
 class FeatureColumns(TaskScorer):

@@ -15,8 +15,8 @@ from vaal_dist.pool.dataset import labeled_datasets
 from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta, check_labels
 from vaal_dist.strategies.base import RoundInputs, model_input, scorer_device
+from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.task_loop import task_config, task_model_from_state, task_train_loop_per_worker
-from vaal_dist.train.vaal_loop import load_checkpoint
 
 
 def train_task_model(inputs: RoundInputs, *, rank_loss: str | None = None, dropout: float | None = None,

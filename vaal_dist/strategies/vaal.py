@@ -13,9 +13,9 @@ from vaal_dist.config import VAALConfig
 from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta, join
 from vaal_dist.strategies.base import RoundInputs, TopKStrategy, model_input, scorer_device
+from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.pool_batches import PoolSource, pool_source
-from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, load_checkpoint, \
-    train_loop_per_worker
+from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state, train_loop_per_worker
 
 
 class VAALScorer:

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from vaal_dist.config import AALUConfig
 from vaal_dist.models.aalu import Assistant, FeatureVAE
+from vaal_dist.train.common import handed_back, labeled_cycle, resume_into, unwrap, worker_epoch_seed
 from vaal_dist.train.losses import hinge_rank_loss
 from vaal_dist.train.trainer import report
-from vaal_dist.train.vaal_loop import _epoch_seed, _labeled_cycle, _unwrap, handed_back, resume_into, \
-    separation_auc
+from vaal_dist.train.vaal_loop import separation_auc
 
 CHECKPOINT_FILE = "aalu.pt"
 
@@ -50,7 +50,7 @@ def aalu_step(vae, assistant, opt_vae, opt_a, lab: dict, unl: dict, cfg: AALUCon
     opt_vae.step()
 
     with torch.no_grad():                   # A learns from the VAE as it is after its step (as VAAL's D)
-        mu, _ = _unwrap(vae).encode(f)
+        mu, _ = unwrap(vae).encode(f)
     logits = assistant(mu, probs)
     a_loss = torch.zeros((), device=logits.device)
     if cfg.adversarial:
@@ -115,15 +115,15 @@ def aalu_train_loop_per_worker(config: dict) -> None:
     if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = _epoch_seed(config["seed"], rank, epoch)
+        epoch_seed = worker_epoch_seed(config["seed"], rank, epoch)
         torch.manual_seed(epoch_seed)
-        labeled = _labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
+        labeled = labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
         unlabeled = ray.train.get_dataset_shard("unlabeled").iter_torch_batches(
             batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed, local_shuffle_buffer_size=4 * cfg.batch_size)
         metrics = train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled, unlabeled, cfg)
         labeled.close()
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
-        state = {"vae": _unwrap(vae).state_dict(), "assistant": _unwrap(assistant).state_dict(),
+        state = {"vae": unwrap(vae).state_dict(), "assistant": unwrap(assistant).state_dict(),
                  "opt_vae": opt_vae.state_dict(), "opt_a": opt_a.state_dict(), "epoch": epoch + 1,
                  "config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
                  "num_classes": config["num_classes"]}

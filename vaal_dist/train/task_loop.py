@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
+from vaal_dist.train.common import handed_back, mean_metrics, random_hflip, resume_into, unwrap, worker_epoch_seed
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.trainer import report
-from vaal_dist.train.vaal_loop import _epoch_seed, _flip, _unwrap, handed_back, resume_into
 
 
 def member_file(member: int | None) -> str:
@@ -42,7 +42,7 @@ def augment(x: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> tor
         cols = (dx[:, None] + torch.arange(s))[:, None, None, :].to(x.device)    # (B, 1, 1, S)
         batch = torch.arange(b, device=x.device)[:, None, None, None]
         x = padded[batch, torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-    return _flip(x, generator) if cfg.hflip else x
+    return random_hflip(x, generator) if cfg.hflip else x
 
 
 def task_step(model, opt, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, rank_loss: str | None,
@@ -152,7 +152,7 @@ def task_train_loop_per_worker(config: dict) -> None:
         per_model = []
         for t in trained:
             # An ensemble member's randomness is its own (seed + m), whichever worker trains it.
-            epoch_seed = _epoch_seed(t.seed, rank if t.member is None else 0, epoch)
+            epoch_seed = worker_epoch_seed(t.seed, rank if t.member is None else 0, epoch)
             torch.manual_seed(epoch_seed)
             metrics = train_task_epoch(t.model, t.opt, batches("train", epoch_seed), cfg, epoch,
                                        config["model_args"]["rank_loss"], torch.Generator().manual_seed(epoch_seed))
@@ -160,7 +160,7 @@ def task_train_loop_per_worker(config: dict) -> None:
             if epoch + 1 == cfg.epochs and "eval" in config["datasets"]:
                 metrics.update(evaluate(t.model, batches("eval")))
             per_model.append(metrics)
-        metrics = _mean_metrics(per_model)
+        metrics = mean_metrics(per_model)
         if config["members"]:                       # and each of this worker's members on its own
             metrics.update({f"member_{t.member}/{k}": v for t, m in zip(trained, per_model) for k, v in m.items()})
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0])
@@ -168,13 +168,9 @@ def task_train_loop_per_worker(config: dict) -> None:
 
         def write(d, epoch=epoch + 1):
             for t in writers:
-                save_task_checkpoint(os.path.join(d, member_file(t.member)), _unwrap(t.model), t.opt, t.sched,
+                save_task_checkpoint(os.path.join(d, member_file(t.member)), unwrap(t.model), t.opt, t.sched,
                                      epoch, cfg, config["model_args"])
         report(metrics, write if writers else None)
-
-
-def _mean_metrics(per_model: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(m[k] for m in per_model) / len(per_model) for k in per_model[0]}
 
 
 class _TrainedModel:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import reprlib
 import time
 from collections.abc import Iterable, Iterator
 
@@ -21,16 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaal_dist.config import VAALConfig
-from vaal_dist.errors import InputError
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
-from vaal_dist.train.trainer import latest_checkpoint, report
+from vaal_dist.train.common import handed_back, labeled_cycle, random_hflip, resume_into, unwrap, worker_epoch_seed
+from vaal_dist.train.trainer import report
 
 CHECKPOINT_FILE = "vaal.pt"
-
-
-def _flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=generator) < 0.5    # (B,) on CPU for reproducibility
-    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -74,7 +68,7 @@ def disc_step(vae: nn.Module, disc: nn.Module, opt: torch.optim.Optimizer, x_l: 
         seen = x.flatten(1)
     else:
         with torch.no_grad():       # the encoder alone: the authors' full forward also decodes, unused here
-            seen = _unwrap(vae).encode_mean(x)
+            seen = unwrap(vae).encode_mean(x)
     logits = disc(seen, r)
     target = torch.cat([torch.ones(n_l), torch.zeros(x_u.shape[0])]).to(logits.device)
     loss = (F.binary_cross_entropy_with_logits(logits[:n_l], target[:n_l])
@@ -127,7 +121,7 @@ def train_epoch(vae, disc, opt_vae, opt_disc, labeled: Iterator[dict], unlabeled
         x_l, x_u = pixels_to_input(on_device(lab, "pixels")), pixels_to_input(on_device(u, "pixels"))
         r_l, r_u = on_device(lab, "rank"), on_device(u, "rank")
         if cfg.hflip:
-            x_l, x_u = _flip(x_l, generator), _flip(x_u, generator)
+            x_l, x_u = random_hflip(x_l, generator), random_hflip(x_u, generator)
         if cfg.train_vae:
             add(vae_step(vae, disc, opt_vae, x_l, x_u, cfg, r_l, r_u))
         if not cfg.train_vae or step % cfg.vae_steps == 0:     # no VAE step to wait for: D sees every pair
@@ -154,58 +148,10 @@ def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VA
                path)
 
 
-def load_checkpoint(path: str, expected: dict | None = None, free: tuple[str, ...] = ()) -> dict:
-    """A checkpoint's state, loaded weights-only (no arbitrary unpickling) and memory-mapped (its tensors
-    are read from the file as they are used, not allocated first).
-
-    ``expected``: the entries models are built from (``{"config": ..., "in_channels": ...}``). A checkpoint
-    holding other values is refused, naming it and the fields, before anything is built from it: its
-    config could ask for any model size. ``free``: the fields that may differ (``"config.epochs"``).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    differing = [f"{field}: {values}" for field, values in _differing(state, expected or {}) if field not in free]
-    if differing:
-        raise InputError(f"checkpoint {path} is not this round's: {'; '.join(differing)}")
-    return state
-
-
-def _differing(state: dict, expected: dict, prefix: str = "") -> list[tuple[str, str]]:
-    """(field, 'checkpoint X, round Y') for each field of ``expected`` (nested dicts field by field) that
-    ``state`` lacks or holds otherwise; fields only ``state`` has count too."""
-    out = []
-    for key in sorted(expected.keys() | (state.keys() if prefix else set()), key=str):
-        have, want = state.get(key), expected.get(key)
-        if isinstance(have, dict) and isinstance(want, dict):
-            out += _differing(have, want, f"{prefix}{key}.")
-        elif _plain(have) != _plain(want):
-            out.append((f"{prefix}{key}", f"checkpoint {reprlib.repr(have)}, round {reprlib.repr(want)}"))
-    return out
-
-
-def _plain(value):
-    return tuple(value) if isinstance(value, list) else value     # a tuple field may come back a list
-
-
 def config_from_state(state: dict) -> VAALConfig:
     cfg = dict(state["config"])
     cfg["channels"] = tuple(cfg["channels"])
     return VAALConfig(**cfg)
-
-
-def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) * 1009 + rank
-
-
-def _labeled_cycle(shard, batch_size: int, seed: int) -> Iterator[dict]:
-    """Endless labeled batches, reshuffled on every pass."""
-    for cycle in range(1 << 62):
-        empty = True
-        for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_seed=seed + cycle,
-                                              local_shuffle_buffer_size=4 * batch_size):
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
 
 
 @contextlib.contextmanager
@@ -219,11 +165,11 @@ def _epoch_batches(config: dict, cfg: VAALConfig, epoch: int, ctx):
     source = config.get("source")
     if source is not None:
         labeled, unlabeled = source.epoch(cfg.image_size, cfg.batch_size, rank=rank, workers=ctx.get_world_size(),
-                                          seed=_epoch_seed(seed, 0, epoch), limit=cfg.epoch_images,
+                                          seed=worker_epoch_seed(seed, 0, epoch), limit=cfg.epoch_images,
                                           pin=ray.train.torch.get_device().type == "cuda")
     else:
-        epoch_seed = _epoch_seed(seed, rank, epoch)
-        labeled = _labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
+        epoch_seed = worker_epoch_seed(seed, rank, epoch)
+        labeled = labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
         unlabeled = ray.train.get_dataset_shard("unlabeled").iter_torch_batches(
             batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed, local_shuffle_buffer_size=4 * cfg.batch_size)
     try:
@@ -256,48 +202,13 @@ def train_loop_per_worker(config: dict) -> None:
     if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = _epoch_seed(seed, rank, epoch)
+        epoch_seed = worker_epoch_seed(seed, rank, epoch)
         torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
         flips = torch.Generator().manual_seed(epoch_seed)
         started = time.perf_counter()
         with _epoch_batches(config, cfg, epoch, ctx) as (labeled, unlabeled):
             metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, epoch_seconds=time.perf_counter() - started)
-        report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), _unwrap(vae), _unwrap(disc),
+        report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), unwrap(vae), unwrap(disc),
                                                    opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned))
                if rank == 0 else None)
-
-
-def resume_into(file: str, expected: dict, **parts) -> int:
-    """Load ``file`` of the run's latest checkpoint, if any, into ``parts`` (state key -> module, optimizer
-    or scheduler; DDP wrappers are looked through). Returns the epoch it reached, 0 for a fresh run.
-
-    The checkpoint must hold ``expected`` (the run's config and model arguments, see ``load_checkpoint``),
-    but for the epoch count, which a resumed run may raise:
-    every checkpoint a round meets on disk comes through here, so the scorers, which build their models
-    from the checkpoint the run reports, only ever see this round's config. Every rank loads the same
-    state, so no broadcast is needed.
-    """
-    resumed = latest_checkpoint()
-    if not resumed:
-        return 0
-    with resumed.as_directory() as d:
-        state = load_checkpoint(os.path.join(d, file), expected, free=("config.epochs",))
-    for key, part in parts.items():
-        _unwrap(part).load_state_dict(state[key])
-    return state["epoch"]
-
-
-def handed_back(start_epoch: int, epochs: int, rank: int) -> bool:
-    """Whether the run had finished before this (re)start; if so its checkpoint is reported again."""
-    import ray.train
-
-    if start_epoch < epochs:
-        return False
-    ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
-                     checkpoint=latest_checkpoint() if rank == 0 else None)
-    return True
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model

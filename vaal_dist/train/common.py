@@ -1,0 +1,111 @@
+"""What the training loops share: per-epoch seeds, random flips, labeled batches on a loop, metric means,
+and checkpoints: loading one safely, resuming a run from its latest, handing a finished run back.
+"""
+from __future__ import annotations
+
+import os
+import reprlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from vaal_dist.errors import InputError
+from vaal_dist.train.trainer import latest_checkpoint
+
+
+def worker_epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one epoch on one worker: a function of (seed, rank, epoch) alone, so a resumed run draws
+    what an uninterrupted one did."""
+    return (seed * 1_000_003 + epoch) * 1009 + rank
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``x`` (B, C, S, S) with each image flipped left-right with probability 1/2, drawn from ``generator``."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5    # (B,) on CPU for reproducibility
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def labeled_cycle(shard, batch_size: int, seed: int) -> Iterator[dict]:
+    """Endless labeled batches, reshuffled on every pass."""
+    for cycle in range(1 << 62):
+        empty = True
+        for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_seed=seed + cycle,
+                                              local_shuffle_buffer_size=4 * batch_size):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
+
+
+def mean_metrics(per_model: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the dicts (every dict holds the keys of the first)."""
+    return {k: sum(m[k] for m in per_model) / len(per_model) for k in per_model[0]}
+
+
+def load_checkpoint(path: str, expected: dict | None = None, free: tuple[str, ...] = ()) -> dict:
+    """A checkpoint's state, loaded weights-only (no arbitrary unpickling) and memory-mapped (its tensors
+    are read from the file as they are used, not allocated first).
+
+    ``expected``: the entries models are built from (``{"config": ..., "in_channels": ...}``). A checkpoint
+    holding other values is refused, naming it and the fields, before anything is built from it: its
+    config could ask for any model size. ``free``: the fields that may differ (``"config.epochs"``).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    differing = [f"{field}: {values}" for field, values in _differing(state, expected or {}) if field not in free]
+    if differing:
+        raise InputError(f"checkpoint {path} is not this round's: {'; '.join(differing)}")
+    return state
+
+
+def _differing(state: dict, expected: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(field, 'checkpoint X, round Y') for each field of ``expected`` (nested dicts field by field) that
+    ``state`` lacks or holds otherwise; fields only ``state`` has count too."""
+    out = []
+    for key in sorted(expected.keys() | (state.keys() if prefix else set()), key=str):
+        have, want = state.get(key), expected.get(key)
+        if isinstance(have, dict) and isinstance(want, dict):
+            out += _differing(have, want, f"{prefix}{key}.")
+        elif _plain(have) != _plain(want):
+            out.append((f"{prefix}{key}", f"checkpoint {reprlib.repr(have)}, round {reprlib.repr(want)}"))
+    return out
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, list) else value     # a tuple field may come back a list
+
+
+def resume_into(file: str, expected: dict, **parts) -> int:
+    """Load ``file`` of the run's latest checkpoint, if any, into ``parts`` (state key -> module, optimizer
+    or scheduler; DDP wrappers are looked through). Returns the epoch it reached, 0 for a fresh run.
+
+    The checkpoint must hold ``expected`` (the run's config and model arguments, see ``load_checkpoint``),
+    but for the epoch count, which a resumed run may raise:
+    every checkpoint a round meets on disk comes through here, so the scorers, which build their models
+    from the checkpoint the run reports, only ever see this round's config. Every rank loads the same
+    state, so no broadcast is needed.
+    """
+    resumed = latest_checkpoint()
+    if not resumed:
+        return 0
+    with resumed.as_directory() as d:
+        state = load_checkpoint(os.path.join(d, file), expected, free=("config.epochs",))
+    for key, part in parts.items():
+        unwrap(part).load_state_dict(state[key])
+    return state["epoch"]
+
+
+def handed_back(start_epoch: int, epochs: int, rank: int) -> bool:
+    """Whether the run had finished before this (re)start; if so its checkpoint is reported again."""
+    import ray.train
+
+    if start_epoch < epochs:
+        return False
+    ray.train.report({"epoch": start_epoch, "resumed_from_epoch": start_epoch},
+                     checkpoint=latest_checkpoint() if rank == 0 else None)
+    return True
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper, or the model itself."""
+    return model.module if hasattr(model, "module") else model
