@@ -189,6 +189,7 @@ def _accented_pool(path) -> list[str]:
     return ids
 
 
+@pytest.mark.slow          # two whole rounds
 def test_a_text_manifest_with_a_byte_order_mark_selects_as_the_plain_one(ray_local, tmp_path):
     ids = _accented_pool(tmp_path / "pool")
     lines = "\r\n".join(ids[:3] + ids[-1:]) + "\r\n"

@@ -155,6 +155,7 @@ def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkey
     _assert_nothing_written(tmp_path / "out")
 
 
+@pytest.mark.slow          # three whole rounds
 def test_random_round_is_seeded_and_order_free(ray_local, tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
     a = run_round(round_config(pool, labeled, tmp_path / "a", strategy="random", seed=7))
@@ -166,6 +167,7 @@ def test_random_round_is_seeded_and_order_free(ray_local, tmp_path, tiny_pool):
     assert a.record["train"] == {} and b.record["budget"] == c.record["budget"] == 20
 
 
+@pytest.mark.slow          # two whole rounds
 def test_cli_runs_the_same_path_and_reports_bad_input(ray_local, tmp_path, tiny_pool, capsys):
     pool, labeled = tiny_pool[:2]
     assert main(["round", "--pool", pool]) == 2

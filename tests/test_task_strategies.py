@@ -256,11 +256,13 @@ def two_tone_pool(tmp_path_factory):
     return str(path), batch
 
 
+# Each case trains its model(s) first: one stays in the fast tier, the rest run with the slow ones.
 @pytest.mark.parametrize("scorer,extra,rank_loss,dropout,seeds", [
     (EntropyScorer, {}, None, None, (0,)),
-    (MCDropoutScorer, {"passes": 6, "seed": 1, "acquisition": "max_entropy"}, None, 0.5, (0,)),
-    (EnsembleScorer, {}, None, None, (0, 1)),
-    (PredictedLossScorer, {}, "bce", None, (0,)),
+    pytest.param(MCDropoutScorer, {"passes": 6, "seed": 1, "acquisition": "max_entropy"}, None, 0.5, (0,),
+                 marks=pytest.mark.slow),
+    pytest.param(EnsembleScorer, {}, None, None, (0, 1), marks=pytest.mark.slow),
+    pytest.param(PredictedLossScorer, {}, "bce", None, (0,), marks=pytest.mark.slow),
 ])
 def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool, scorer, extra, rank_loss,
                                               dropout, seeds):
@@ -300,7 +302,8 @@ def test_ta_vaal_scores_minus_the_logit_of_d_on_mu_and_the_rank(tmp_path):
     assert columns["pixels"].shape == (len(batch["id"]), 1, 32, 32) and columns["rank"].dtype == np.float32
 
 
-@pytest.mark.parametrize("ablation", [{}, {"train_vae": False}, {"train_vae": False, "disc_on_pixels": True}],
+@pytest.mark.parametrize("ablation", [pytest.param({}, marks=pytest.mark.slow),      # 40 epochs of VAE training
+                                      {"train_vae": False}, {"train_vae": False, "disc_on_pixels": True}],
                          ids=["vaal", "vaal_frozen_vae", "vaal_disc_only"])
 def test_vaal_family_picks_the_image_unlike_the_labeled_set_first(tmp_path, ablation):
     """Labeled: dark images; unlabeled: dark and light. D learns light = unlabeled, so light ranks first."""
