@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -18,9 +17,8 @@ import torch.nn.functional as F
 
 from vaal_dist.config import AALUConfig
 from vaal_dist.models.aalu import Assistant, FeatureVAE
-from vaal_dist.train.common import handed_back, labeled_cycle, resume_into, unwrap, worker_epoch_seed
+from vaal_dist.train.common import adversarial_epochs, labeled_cycle, unwrap
 from vaal_dist.train.losses import hinge_rank_loss
-from vaal_dist.train.trainer import report
 from vaal_dist.train.vaal_loop import separation_auc
 
 CHECKPOINT_FILE = "aalu.pt"
@@ -109,22 +107,14 @@ def aalu_train_loop_per_worker(config: dict) -> None:
                       for m in build_aalu(cfg, config["feature_dim"], config["num_classes"]))
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(assistant.parameters(), lr=cfg.lr)
-    start_epoch = resume_into(CHECKPOINT_FILE, {"config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
-                                                "num_classes": config["num_classes"]},
-                              vae=vae, assistant=assistant, opt_vae=opt_vae, opt_a=opt_a)
-    if handed_back(start_epoch, cfg.epochs, rank):
-        return
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = worker_epoch_seed(config["seed"], rank, epoch)
-        torch.manual_seed(epoch_seed)
+
+    def train_one(epoch: int, epoch_seed: int) -> dict[str, float]:
         labeled = labeled_cycle(ray.train.get_dataset_shard("labeled"), cfg.batch_size, epoch_seed)
         unlabeled = ray.train.get_dataset_shard("unlabeled").iter_torch_batches(
             batch_size=cfg.batch_size, local_shuffle_seed=epoch_seed, local_shuffle_buffer_size=4 * cfg.batch_size)
-        metrics = train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled, unlabeled, cfg)
-        labeled.close()
-        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch)
-        state = {"vae": unwrap(vae).state_dict(), "assistant": unwrap(assistant).state_dict(),
-                 "opt_vae": opt_vae.state_dict(), "opt_a": opt_a.state_dict(), "epoch": epoch + 1,
-                 "config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
-                 "num_classes": config["num_classes"]}
-        report(metrics, (lambda d: torch.save(state, os.path.join(d, CHECKPOINT_FILE))) if rank == 0 else None)
+        with contextlib.closing(labeled):
+            return train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled, unlabeled, cfg)
+
+    adversarial_epochs({"vae": vae, "assistant": assistant, "opt_vae": opt_vae, "opt_a": opt_a}, CHECKPOINT_FILE,
+                       {"config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
+                        "num_classes": config["num_classes"]}, cfg.epochs, config["seed"], rank, train_one)

@@ -1,17 +1,19 @@
 """What the training loops share: per-epoch seeds, random flips, labeled batches on a loop, metric means,
-and checkpoints: loading one safely, resuming a run from its latest, handing a finished run back.
+checkpoints (loading one safely, resuming a run from its latest, handing a finished run back), and the
+epochs of an adversarial pair: VAAL's and TA-VAAL's VAE and D, AALU's VAE and assistant.
 """
 from __future__ import annotations
 
 import os
 import reprlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from vaal_dist.errors import InputError
-from vaal_dist.train.trainer import latest_checkpoint
+from vaal_dist.train.trainer import latest_checkpoint, report
 
 
 def worker_epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -73,6 +75,30 @@ def _differing(state: dict, expected: dict, prefix: str = "") -> list[tuple[str,
 
 def _plain(value):
     return tuple(value) if isinstance(value, list) else value     # a tuple field may come back a list
+
+
+def adversarial_epochs(parts: dict, file: str, expected: dict, epochs: int, seed: int, rank: int,
+                       train_one: Callable[[int, int], dict[str, float]]) -> None:
+    """The epochs of an adversarial pair on one Ray Train worker. ``parts`` (state key -> model or
+    optimizer) resume from the run's latest checkpoint; then each epoch left seeds torch from (seed, rank,
+    epoch), runs ``train_one(epoch, epoch_seed)`` and reports its metrics, rank 0 with a checkpoint
+    ``file`` (``save_state``: the parts, the epoch reached and ``expected``)."""
+    start_epoch = resume_into(file, expected, **parts)
+    if handed_back(start_epoch, epochs, rank):
+        return
+    for epoch in range(start_epoch, epochs):
+        epoch_seed = worker_epoch_seed(seed, rank, epoch)
+        torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
+        started = time.perf_counter()
+        metrics = train_one(epoch, epoch_seed)
+        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, epoch_seconds=time.perf_counter() - started)
+        report(metrics, (lambda d: save_state(os.path.join(d, file), parts, epoch + 1, expected)) if rank == 0 else None)
+
+
+def save_state(path: str, parts: dict, epoch: int, expected: dict) -> None:
+    """A checkpoint ``resume_into`` reads back: each part's state (DDP wrappers looked through), the epoch
+    reached, and ``expected`` (the config and model arguments the models are built from)."""
+    torch.save({**{key: unwrap(part).state_dict() for key, part in parts.items()}, "epoch": epoch, **expected}, path)
 
 
 def resume_into(file: str, expected: dict, **parts) -> int:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import time
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -21,8 +19,7 @@ from torch import nn
 
 from vaal_dist.config import VAALConfig
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
-from vaal_dist.train.common import handed_back, labeled_cycle, random_hflip, resume_into, unwrap, worker_epoch_seed
-from vaal_dist.train.trainer import report
+from vaal_dist.train.common import adversarial_epochs, labeled_cycle, random_hflip, save_state, unwrap, worker_epoch_seed
 
 CHECKPOINT_FILE = "vaal.pt"
 
@@ -141,11 +138,13 @@ def build_models(cfg: VAALConfig, in_channels: int, conditioned: bool = False) -
 
 def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VAALConfig,
                     in_channels: int, conditioned: bool = False) -> None:
-    torch.save({"vae": vae.state_dict(), "disc": disc.state_dict(),
-                "opt_vae": opt_vae.state_dict(), "opt_disc": opt_disc.state_dict(),
-                "epoch": epoch, "config": dataclasses.asdict(cfg), "in_channels": in_channels,
-                "conditioned": conditioned},
-               path)
+    save_state(path, {"vae": vae, "disc": disc, "opt_vae": opt_vae, "opt_disc": opt_disc}, epoch,
+               _model_args(cfg, in_channels, conditioned))
+
+
+def _model_args(cfg: VAALConfig, in_channels: int, conditioned: bool) -> dict:
+    """What VAAL's models are built from, as a checkpoint holds it."""
+    return {"config": dataclasses.asdict(cfg), "in_channels": in_channels, "conditioned": conditioned}
 
 
 def config_from_state(state: dict) -> VAALConfig:
@@ -196,19 +195,11 @@ def train_loop_per_worker(config: dict) -> None:
     # Optimizers after prepare_model: their state must live on the parameters' device.
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
-    start_epoch = resume_into(CHECKPOINT_FILE, {"config": dataclasses.asdict(cfg), "in_channels": in_channels,
-                                                "conditioned": conditioned},
-                              vae=vae, disc=disc, opt_vae=opt_vae, opt_disc=opt_disc)
-    if handed_back(start_epoch, cfg.epochs, rank):
-        return
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = worker_epoch_seed(seed, rank, epoch)
-        torch.manual_seed(epoch_seed)        # reparameterisation noise: a function of (seed, rank, epoch)
+
+    def train_one(epoch: int, epoch_seed: int) -> dict[str, float]:
         flips = torch.Generator().manual_seed(epoch_seed)
-        started = time.perf_counter()
         with _epoch_batches(config, cfg, epoch, ctx) as (labeled, unlabeled):
-            metrics = train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
-        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, epoch_seconds=time.perf_counter() - started)
-        report(metrics, (lambda d: save_checkpoint(os.path.join(d, CHECKPOINT_FILE), unwrap(vae), unwrap(disc),
-                                                   opt_vae, opt_disc, epoch + 1, cfg, in_channels, conditioned))
-               if rank == 0 else None)
+            return train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
+
+    adversarial_epochs({"vae": vae, "disc": disc, "opt_vae": opt_vae, "opt_disc": opt_disc}, CHECKPOINT_FILE,
+                       _model_args(cfg, in_channels, conditioned), cfg.epochs, seed, rank, train_one)
