@@ -91,7 +91,7 @@ def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3
                          time.perf_counter() - start)
     write_json(join(dest, SUMMARY), summary)
     if summary["prepared"] == 0:
-        raise InputError(f"no file under {redact(source)!r} could be prepared: {summary['skipped_by_reason']}")
+        raise InputError(f"no file under {source!r} could be prepared: {summary['skipped_by_reason']}")
     write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels)))   # no shards: pool.json only
     return summary
 
@@ -117,15 +117,15 @@ def list_source(source: str, dest: str) -> tuple[list[str], dict[str, tuple[str,
     root = root.rstrip("/")
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise InputError(f"source {redact(source)!r} does not exist")
+        raise InputError(f"source {source!r} does not exist")
     if info.type != pafs.FileType.Directory:
-        raise InputError(f"source {redact(source)!r} is not a folder")
+        raise InputError(f"source {source!r} is not a folder")
     dest_fs, dest_root = resolve(dest)
     local = isinstance(fs, pafs.LocalFileSystem)
     if local:   # compare real paths: either may be reached through a link
         root, dest_root = os.path.realpath(root), os.path.realpath(dest_root)
     if dest_fs.type_name == fs.type_name and (dest_root.rstrip("/") + "/").startswith(root + "/"):
-        raise InputError(f"dest {redact(dest)!r} lies inside source {redact(source)!r}; a rerun would list "
+        raise InputError(f"dest {dest!r} lies inside source {source!r}; a rerun would list "
                          f"the pool as source files")
     if local:
         ids, unlisted = _local_listing(root)
@@ -135,7 +135,7 @@ def list_source(source: str, dest: str) -> tuple[list[str], dict[str, tuple[str,
         unlisted = {}
     if not ids:
         example = next(iter(sorted(unlisted.items())), None)
-        raise InputError(f"source {redact(source)!r} has no files" + (
+        raise InputError(f"source {source!r} has no files" + (
             f" ({len(unlisted)} links or special files left out, e.g. {example[0]!r}: {example[1][0]})"
             if example else ""))
     return ids, unlisted
@@ -195,7 +195,7 @@ def class_folders(source: str, ids: list[str], labels: str) -> dict[str, int] | 
     """Class folder -> label (folders sorted by name), or None when the pool has no labels."""
     images = [i for i in ids if is_image_name(i)]
     if not images:
-        raise InputError(f"source {redact(source)!r} has no {'/'.join(IMAGE_EXTENSIONS)} files "
+        raise InputError(f"source {source!r} has no {'/'.join(IMAGE_EXTENSIONS)} files "
                          f"(e.g. {ids[0]!r})")
     if labels == "none":
         return None
@@ -204,7 +204,7 @@ def class_folders(source: str, ids: list[str], labels: str) -> dict[str, int] | 
         return None
     if at_root:
         nested = next((i for i in images if "/" in i), None)
-        raise InputError(f"source {redact(source)!r}: image {at_root[0]!r} is not inside a class folder"
+        raise InputError(f"source {source!r}: image {at_root[0]!r} is not inside a class folder"
                          + (f" while {nested!r} is" if nested else "") + "; pass labels='none' to prepare "
                          "it without labels, or move the stray images")
     return {name: label for label, name in enumerate(sorted({i.split("/", 1)[0] for i in images}))}
@@ -222,7 +222,7 @@ def _claim_dest(dest: str, ids: list[str], settings: ShardSettings, files_per_sh
     fingerprint = _fingerprint(ids, settings, files_per_shard)
     if exists(inputs_uri):
         if read_json(inputs_uri)["fingerprint"] != fingerprint:
-            raise InputError(f"dest {redact(dest)!r} was prepared from another file listing or with other "
+            raise InputError(f"dest {dest!r} was prepared from another file listing or with other "
                              f"settings; choose a new dest (or delete this one)")
         return
     if settings.classes is not None:
