@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
-from vaal_dist.train.common import handed_back, mean_metrics, random_hflip, resume_into, unwrap, worker_epoch_seed
+from vaal_dist.train.common import handed_back, mean_metrics, random_hflip, resume_into, save_state, \
+    worker_epoch_seed
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.trainer import report
 
@@ -109,8 +110,12 @@ def build_optimizer(model, cfg: TaskConfig):
 
 
 def save_task_checkpoint(path: str, model, opt, sched, epoch: int, cfg: TaskConfig, model_args: dict) -> None:
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "epoch": epoch, "config": dataclasses.asdict(cfg), "model_args": model_args}, path)
+    save_state(path, {"model": model, "opt": opt, "sched": sched}, epoch, _built_from(cfg, model_args))
+
+
+def _built_from(cfg: TaskConfig, model_args: dict) -> dict:
+    """What a task model is built from, as its checkpoint holds it."""
+    return {"config": dataclasses.asdict(cfg), "model_args": model_args}
 
 
 def task_config(d: dict) -> TaskConfig:
@@ -168,7 +173,7 @@ def task_train_loop_per_worker(config: dict) -> None:
 
         def write(d, epoch=epoch + 1):
             for t in writers:
-                save_task_checkpoint(os.path.join(d, member_file(t.member)), unwrap(t.model), t.opt, t.sched,
+                save_task_checkpoint(os.path.join(d, member_file(t.member)), t.model, t.opt, t.sched,
                                      epoch, cfg, config["model_args"])
         report(metrics, write if writers else None)
 
@@ -187,6 +192,5 @@ class _TrainedModel:
             build_task_model(cfg, **config["model_args"]), parallel_strategy="ddp" if ddp else None,
             parallel_strategy_kwargs={"broadcast_buffers": False} if ddp else None)
         self.opt, self.sched = build_optimizer(self.model, cfg)   # after prepare_model: on the params' device
-        self.epoch = resume_into(member_file(member), {"config": dataclasses.asdict(cfg),
-                                                       "model_args": config["model_args"]},
+        self.epoch = resume_into(member_file(member), _built_from(cfg, config["model_args"]),
                                  model=self.model, opt=self.opt, sched=self.sched)
