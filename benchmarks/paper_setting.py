@@ -206,7 +206,7 @@ def main() -> None:
     longest = max(records)
     gap = last_checkpoint_gap(records[longest]["config"]["out"]) if longest >= 2 else None
     gap_fixed = None if gap is None else float(np.mean(train - es * gap))
-    inside = {e: r["train"]["last_epoch"].get("epoch_seconds") for e, r in records.items()}
+    inside = {e: r["train"]["vaal"]["last_epoch"].get("epoch_seconds") for e, r in records.items()}
     if args.per_epoch == "checkpoints":
         if gap is None:
             raise SystemExit("--per-epoch checkpoints needs a round of at least 2 epochs with its two checkpoints")

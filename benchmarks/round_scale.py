@@ -198,7 +198,7 @@ def measure_round(args: argparse.Namespace, images: int) -> None:
 def summarize(record: dict, memory: dict) -> dict:
     sizes, timings, vaal = record["pool"], record["timings"], record["config"]["vaal"]
     epoch_images = vaal.get("epoch_images")
-    last = record["train"].get("last_epoch", {})
+    last = record["train"].get("vaal", {}).get("last_epoch", {})
     # The loop reports what its last epoch visited (per worker) and took; strategies without a VAE don't.
     visited = last.get("unlabeled_images", 0) * record["config"]["workers"] or 0
     return {"images": sizes["images"], "labeled": sizes["labeled"], "unlabeled": sizes["unlabeled"],

@@ -26,6 +26,7 @@ from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import read_pool_meta
 from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
@@ -85,19 +86,19 @@ def main() -> None:
     writer.join()
     print(f"pool of {args.images} images ready in {time.perf_counter() - start:.1f} s", flush=True)
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    kwargs = {"checkpoint": checkpoint(Path(args.work) / f"ckpt-{args.preset}", args.preset),
-              "meta": read_pool_meta(str(pool))}
+    scorer = ScorerSpec(VAALScorer, {"checkpoint": checkpoint(Path(args.work) / f"ckpt-{args.preset}", args.preset),
+                                     "meta": read_pool_meta(str(pool))})
     cfg = ScoringConfig(batch_size=args.batch)
     peaks = ActorPeaks()
     peaks.start()
-    top = stream_top_k(read_pool(str(pool)), VAALScorer, kwargs, args.budget, cfg)
+    top = stream_top_k(read_pool(str(pool)), scorer, args.budget, cfg)
     peaks.stop.set()
     driver_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     actors = ", ".join(f"{v:.0f}" for v in sorted(peaks.peaks.values()))
     print(f"| {args.images} | {args.preset} | {top.seconds:.1f} | {args.images / top.seconds:.0f} | "
           f"{top.merge_seconds:.2f} | {driver_mib:.0f} | {actors} |", flush=True)
     if args.check:
-        everything = stream_top_k(read_pool(str(pool)), VAALScorer, kwargs, args.images,
+        everything = stream_top_k(read_pool(str(pool)), scorer, args.images,
                                   ScoringConfig(batch_size=args.batch))
         order = np.lexsort((everything.ids, -everything.scores))[:args.budget]   # score desc, then id
         same = np.array_equal(everything.ids[order], top.ids) and np.array_equal(everything.scores[order], top.scores)

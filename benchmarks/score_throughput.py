@@ -24,6 +24,7 @@ from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import pool_files, read_pool_meta
 from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import build_models
@@ -148,8 +149,8 @@ def main() -> None:
             readers.items(), precisions, args.batch, args.actors, args.threads):
         cfg = ScoringConfig(batch_size=batch, num_actors=actors, threads_per_actor=threads, amp=amp,
                             block_bytes=max(ScoringConfig.block_bytes, 4 * batch * 3 * 32 * 32))
-        top = stream_top_k(dataset(), VAALScorer,
-                           {"checkpoint": ckpt, "meta": meta, "use_gpu": args.gpu}, args.budget, cfg,
+        top = stream_top_k(dataset(), ScorerSpec(VAALScorer, {"checkpoint": ckpt, "meta": meta, "use_gpu": args.gpu}),
+                           args.budget, cfg,
                            use_gpu=args.gpu)
         print(f"| stream_top_k from {reader}, {device}{' bf16' if amp else ''}, {actors} actor(s) x "
               f"{threads} thread(s), batch {batch}, b={args.budget} | {args.images} | {top.seconds:.1f} | "

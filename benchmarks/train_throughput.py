@@ -15,7 +15,7 @@ same preset (--preset, --epochs, --epoch-images, --batch-size) three ways:
   Train runs with Ray up and idle (--no-bare-after skips that): two brackets of the same number, which
   also show how much a shared machine moved between them.
 - "Ray Train, N workers" for each N of --workers: ``trainer.fit(vaal_loop.train_loop_per_worker, ...)``
-  with the loop_config ``strategies/vaal.py:train_vaal`` builds, as a round runs it.
+  with the loop_config ``round_inputs.py:RoundInputs.train_vaal`` builds, as a round runs it.
 
 One step is a labeled and an unlabeled batch; 2 VAE steps : 1 D step (``train_epoch``). Images/s counts
 the unlabeled images an epoch visits (all workers together) per second of an epoch.
@@ -149,7 +149,7 @@ def ray_train(source: PoolSource, cfg, in_channels: int, seed: int, workers: int
     name = f"throughput-w{workers}"
     shutil.rmtree(storage / name, ignore_errors=True)          # a fresh run: same name would resume
     loop_config = {"vaal": dataclasses.asdict(cfg), "seed": seed, "in_channels": in_channels,
-                   "conditioned": False, "source": source}     # as strategies/vaal.py:train_vaal builds it
+                   "conditioned": False, "source": source}     # as round_inputs.py:RoundInputs.train_vaal builds it
     trainer.KEEP_CHECKPOINTS = None                              # keep every epoch's checkpoint: its name is its time
     started = datetime.datetime.now()
     start = time.perf_counter()

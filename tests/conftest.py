@@ -23,7 +23,9 @@ from PIL import Image
 
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.topk import top_k
+from vaal_dist.strategies.vaal import VAAL, VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
 
 
@@ -150,6 +152,11 @@ def vaal_checkpoint(directory, poison: bool = False, channels: int = 1) -> ray.t
     directory.mkdir()
     save_checkpoint(str(directory / CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, channels)
     return ray.train.Checkpoint.from_directory(str(directory))
+
+
+def vaal_trained_as(monkeypatch, checkpoint) -> None:
+    """VAAL's training replaced by ``checkpoint``: what is tested is the selection path."""
+    monkeypatch.setattr(VAAL, "train", lambda self, inputs: Trained(inputs.scorer(VAALScorer, checkpoint=checkpoint)))
 
 
 def pool_batch(pool):

@@ -3,21 +3,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import f32_noise, vaal_checkpoint
+from conftest import f32_noise, vaal_checkpoint, vaal_trained_as
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.round import run_round
+from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_embeddings
-from vaal_dist.strategies.vaal import VAAL, VAALScorer
+from vaal_dist.strategies.vaal import VAALScorer
 
 
 @pytest.fixture
 def untrained_vaal(tmp_path, monkeypatch):
     """VAAL's training replaced by an untrained checkpoint: the selection path is what is tested."""
     ckpt = vaal_checkpoint(tmp_path / "ckpt")
-    monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": ckpt, "meta": inputs.meta}, {}))
+    vaal_trained_as(monkeypatch, ckpt)
     return ckpt
 
 
@@ -38,7 +39,7 @@ def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaa
     pool, labeled_uri = tiny_pool[:2]
     meta = read_pool_meta(pool)
     unlabeled = filter_ids(read_pool(pool), read_manifest(labeled_uri), keep=False)
-    ids, emb = stream_embeddings(unlabeled, VAALScorer, {"checkpoint": untrained_vaal, "meta": meta},
+    ids, emb = stream_embeddings(unlabeled, ScorerSpec(VAALScorer, {"checkpoint": untrained_vaal, "meta": meta}),
                                  ScoringConfig(batch_size=16, num_actors=2))
     table = unlabeled.to_pandas()
     want = VAALScorer(untrained_vaal, meta).embed({"id": table["id"].to_numpy(), "image": table["image"].to_numpy()})

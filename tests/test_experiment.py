@@ -14,6 +14,7 @@ from vaal_dist.config import ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
+from vaal_dist.round_inputs import RoundInputs
 
 
 def test_aulc_against_hand_computed_values():
@@ -102,9 +103,9 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
     cfg = ExperimentConfig(str(tmp_path / "pool"), setup, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
                            step=0.1, final=0.3, test_fraction=0.25)
     trained = []
-    real_train = experiment.train_task_model
-    monkeypatch.setattr(experiment, "train_task_model", lambda inputs: (trained.append(inputs.train_dir),
-                                                                        real_train(inputs))[1])
+    real_train = RoundInputs.train_task
+    monkeypatch.setattr(RoundInputs, "train_task", lambda inputs: (trained.append(inputs.train_dir),
+                                                                   real_train(inputs))[1])
     real_evaluate = experiment._evaluate
 
     def crash_in_round_1(round_cfg, folder, test_ids):

@@ -16,6 +16,7 @@ from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import read_pool_meta
 from vaal_dist.round import run_round
+from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 
@@ -47,10 +48,10 @@ def test_a_training_worker_killed_mid_run_resumes_and_selects_as_undisturbed(ray
     hit = run_round(round_config(pool, labeled, tmp_path / "killed", vaal=vaal))
     killer.join()
     assert killed, "no training worker was killed"
-    last = hit.record["train"]["last_epoch"]
+    last = hit.record["train"]["vaal"]["last_epoch"]
     assert last["epoch"] == 6 and 1 <= last["resumed_from_epoch"] < 6    # restarted from a checkpoint
     calm = run_round(round_config(pool, labeled, tmp_path / "calm", vaal=vaal))
-    assert calm.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
+    assert calm.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
     assert read_selection(tmp_path / "killed") == read_selection(tmp_path / "calm")
 
 
@@ -69,8 +70,8 @@ def test_a_scoring_actor_killed_mid_stream_changes_nothing(ray_local, tmp_path, 
 
     kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)}
     cfg = ScoringConfig(batch_size=16, num_actors=2)
-    calm = stream_top_k(read_pool(pool), VAALScorer, kwargs, 40, cfg)
-    hit = stream_top_k(read_pool(pool), DiesOnce, kwargs, 40, cfg)
+    calm = stream_top_k(read_pool(pool), ScorerSpec(VAALScorer, kwargs), 40, cfg)
+    hit = stream_top_k(read_pool(pool), ScorerSpec(DiesOnce, kwargs), 40, cfg)
     assert marker.exists() and not psutil.pid_exists(int(marker.read_text()))
     assert len(set(hit.ids)) == 40
     np.testing.assert_array_equal(hit.ids, calm.ids)
@@ -93,8 +94,8 @@ def test_a_batch_that_kills_its_actor_every_time_fails_the_stream(ray_local, tmp
 
     kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)}
     with pytest.raises(ScoringFailedError, match="died on the same batch 3 times"):
-        stream_top_k(read_pool(pool), AlwaysDies, kwargs, 5, ScoringConfig(batch_size=16, num_actors=1,
-                                                                           batch_retries=2))
+        stream_top_k(read_pool(pool), ScorerSpec(AlwaysDies, kwargs), 5, ScoringConfig(batch_size=16, num_actors=1,
+                                                                                       batch_retries=2))
     assert len(list(attempts.iterdir())) == 3          # the first try and 2 retries, each in a new process
 
 
@@ -105,7 +106,7 @@ def test_a_scorer_that_refuses_to_start_is_named_not_called_an_actor_death(ray_l
     pool = tiny_pool[0]
     kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool), "use_gpu": True}
     with pytest.raises(InputError, match=r"use_gpu \(--use-gpu\) was asked, but torch in this scoring actor"):
-        stream_top_k(read_pool(pool), VAALScorer, kwargs, 5, ScoringConfig(batch_size=16, num_actors=1))
+        stream_top_k(read_pool(pool), ScorerSpec(VAALScorer, kwargs), 5, ScoringConfig(batch_size=16, num_actors=1))
 
 
 @pytest.mark.parametrize("stage", ["scoring", "writing run.json"])
@@ -134,6 +135,6 @@ def test_a_crash_leaves_no_round_and_a_rerun_completes_without_retraining(ray_lo
     assert (tmp_path / "out" / "selection.parquet").exists() == (stage == "writing run.json")
     monkeypatch.undo()
     result = run_round(cfg)
-    assert result.record["train"]["last_epoch"]["resumed_from_epoch"] == cfg.vaal.epochs    # nothing retrained
+    assert result.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == cfg.vaal.epochs    # nothing retrained
     selection = read_selection(tmp_path / "out")
     assert len(selection["id"]) == cfg.budget and selection["rank"] == list(range(1, cfg.budget + 1))

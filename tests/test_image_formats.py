@@ -11,14 +11,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, png_header_only, round_config, vaal_checkpoint
+from conftest import png_bytes, png_header_only, round_config, vaal_checkpoint, vaal_trained_as
 from vaal_dist.config import RoundConfig, ScoringConfig
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import IMAGE_FORMATS, MAX_PIXELS, decode_images
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
 from vaal_dist.pool.prepare import ShardSettings, SkippedFile, decode_file
 from vaal_dist.round import run_round
-from vaal_dist.strategies.vaal import VAAL
 from vaal_dist.train.pool_batches import epoch_batches, pool_sides
 
 
@@ -124,7 +123,7 @@ def test_a_round_refuses_a_gif_in_its_scoring_actors(ray_local, tmp_path, monkey
     """The actors are other processes (no spy there): a GIF is a format Pillow decodes well, so a round
     that scored it would select; refused by id, nothing is written."""
     untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
-    monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
+    vaal_trained_as(monkeypatch, untrained)
     pool, labeled, _ = photo_pool(tmp_path, {17: ("photos/017.gif", encoded("GIF"))})
     with pytest.raises(InputError, match=r"image 'photos/017.gif' cannot be decoded: not a JPEG or PNG image"):
         run_round(photo_round(pool, labeled, tmp_path / "out"))

@@ -1,10 +1,9 @@
-"""The papers' ranking losses and acquisition functions against values computed by hand."""
+"""The papers' ranking losses and D's separation AUC against values computed by hand."""
 import math
 
 import pytest
 import torch
 
-from vaal_dist.strategies.task import entropy, variation_ratio
 from vaal_dist.train.losses import hinge_rank_loss, margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.vaal_loop import separation_auc
 
@@ -47,18 +46,6 @@ def test_ranking_losses_only_train_the_prediction():
 def test_ranking_losses_need_a_pair(loss):
     with pytest.raises(ValueError, match="at least 2"):
         loss(torch.tensor([1.0]), torch.tensor([1.0]))
-
-
-def test_entropy_by_hand():
-    probs = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.25, 0.75]], dtype=torch.float64)
-    want = [0.0, math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
-    assert entropy(probs).tolist() == pytest.approx(want)
-
-
-def test_variation_ratio_by_hand():
-    votes = torch.tensor([[0, 1, 2], [0, 1, 1], [0, 2, 0], [0, 1, 1]])   # (T=4, B=3)
-    # image 0: 4/4 agree -> 0; image 1: class 1 three times -> 1 - 3/4; image 2: 2,1,0,1 -> mode 1 twice
-    assert variation_ratio(votes, 3).tolist() == pytest.approx([0.0, 0.25, 0.5])
 
 
 def test_separation_auc_by_hand_and_against_sklearn():

@@ -6,14 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import png_bytes, read_selection, round_config, vaal_checkpoint
+from conftest import png_bytes, read_selection, round_config, vaal_checkpoint, vaal_trained_as
 from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import _hash_sorted, run_round
-from vaal_dist.strategies import RoundInputs
+from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 
 
@@ -30,7 +30,7 @@ def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_pa
     t = record["timings"]
     assert record["per_100_query_seconds"] == pytest.approx(t["total_seconds"] / 20 * 100)
     assert t["train_seconds"] > 0 and t["score_seconds"] > 0
-    assert record["train"]["last_epoch"]["epoch"] == 1
+    assert record["train"]["vaal"]["last_epoch"]["epoch"] == 1
     assert result.per_100_seconds == record["per_100_query_seconds"]
 
 
@@ -49,8 +49,8 @@ def test_same_selection_from_a_worker_or_the_driver_and_a_driver_restart_resumes
     (half_written / "vaal.pt").write_bytes(b"cut short")
     in_driver["vaal"] = {"epochs": 2}
     resumed = run_round(round_config(pool, labeled, tmp_path / "b", **in_driver))
-    assert resumed.record["train"]["last_epoch"]["resumed_from_epoch"] == 1
-    assert first.record["train"]["last_epoch"]["resumed_from_epoch"] == 0
+    assert resumed.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 1
+    assert first.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
     assert read_selection(tmp_path / "a") == read_selection(tmp_path / "b")      # scores equal to the bit
     assert sorted(p.name for p in (tmp_path / "b/train/vaal").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
     # Rerunning a finished round is a no-op that returns the same record.
@@ -111,7 +111,7 @@ def test_duplicate_and_empty_pools_are_refused(ray_local, tmp_path):
 
 def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypatch):
     untrained = vaal_checkpoint(tmp_path / "ckpt", channels=3)     # scoring is what meets the image
-    monkeypatch.setattr(VAAL, "train", lambda self, inputs: ({"checkpoint": untrained, "meta": inputs.meta}, {}))
+    vaal_trained_as(monkeypatch, untrained)
     pool, labeled = photo_pool(tmp_path, 30, bad=17, bad_bytes=png_bytes(np.random.default_rng(1))[:40])
     with pytest.raises(InputError, match="image 'photos/017.png' cannot be decoded"):
         run_round(round_config(pool, labeled, tmp_path / "out", budget=5))
@@ -148,8 +148,7 @@ def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):
 
 def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkeypatch):
     poisoned = vaal_checkpoint(tmp_path / "nan", poison=True)
-    monkeypatch.setattr(VAAL, "train", lambda self, inputs: (
-        {"checkpoint": poisoned, "meta": inputs.meta}, {}))
+    vaal_trained_as(monkeypatch, poisoned)
     with pytest.raises(DivergedModelError, match="non-finite scores"):
         run_round(round_config(*tiny_pool[:2], tmp_path / "out"))
     _assert_nothing_written(tmp_path / "out")

@@ -11,6 +11,7 @@ from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k
 from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.random import RandomScorer
@@ -58,8 +59,8 @@ def test_a_gpu_scorer_without_cuda_is_refused_not_moved_to_the_cpu(tmp_path, tin
 def test_a_gpu_actor_scores_as_the_cpu_does(tmp_path, tiny_pool, amp, rtol):
     kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(tiny_pool[0])}
     batch = pool_batch(tiny_pool[0])
-    cpu = BatchTopK(VAALScorer, kwargs, k=64)(batch)
-    gpu = BatchTopK(VAALScorer, {**kwargs, "use_gpu": True}, k=64, amp=amp)(batch)
+    cpu = BatchTopK(ScorerSpec(VAALScorer, kwargs), k=64)(batch)
+    gpu = BatchTopK(ScorerSpec(VAALScorer, {**kwargs, "use_gpu": True}), k=64, amp=amp)(batch)
     assert gpu["score"].dtype == np.float64
     by_id = dict(zip(cpu["id"], cpu["score"]))
     np.testing.assert_allclose(gpu["score"], [by_id[i] for i in gpu["id"]], rtol=rtol, atol=rtol)
@@ -69,12 +70,13 @@ def test_amp_without_gpus_is_refused_by_name(ray_local, tiny_pool):
     from vaal_dist.errors import InputError
 
     with pytest.raises(InputError, match="amp"):
-        stream_top_k(read_pool(tiny_pool[0]), VAALScorer, {}, 5, ScoringConfig(amp=True), use_gpu=False)
+        stream_top_k(read_pool(tiny_pool[0]), ScorerSpec(RandomScorer, {"seed": 0}), 5, ScoringConfig(amp=True),
+                     use_gpu=False)
 
 
 def test_batch_top_k_passes_a_diverged_model_on(tmp_path, tiny_pool):
-    actor = BatchTopK(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True),
-                                   "meta": read_pool_meta(tiny_pool[0])}, k=5)
+    actor = BatchTopK(ScorerSpec(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True),
+                                              "meta": read_pool_meta(tiny_pool[0])}), k=5)
     out = actor(pool_batch(tiny_pool[0]))
     assert np.isnan(out["score"]).all() and len(out["id"]) == 64     # every bad row goes to the driver
 
@@ -95,7 +97,7 @@ def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k,
     ckpt = vaal_checkpoint(tmp_path / "ckpt")
     meta = read_pool_meta(pool)
     unlabeled = filter_ids(read_pool(pool), read_manifest(labeled_uri), keep=False)
-    got = stream_top_k(unlabeled, VAALScorer, {"checkpoint": ckpt, "meta": meta}, k,
+    got = stream_top_k(unlabeled, ScorerSpec(VAALScorer, {"checkpoint": ckpt, "meta": meta}), k,
                        ScoringConfig(batch_size=batch, num_actors=actors, **layout))
     # in memory: every unlabeled image scored at once, then one full sort
     full = read_pool(pool).to_pandas()
@@ -109,6 +111,15 @@ def test_streamed_top_k_equals_in_memory_sort(ray_local, tmp_path, tiny_pool, k,
 def test_stream_surfaces_a_diverged_model_as_its_own_error(ray_local, tmp_path, tiny_pool):
     pool = tiny_pool[0]
     with pytest.raises(DivergedModelError, match="diverged"):
-        stream_top_k(read_pool(pool), VAALScorer,
-                     {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True), "meta": read_pool_meta(pool)},
+        stream_top_k(read_pool(pool), ScorerSpec(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "c", poison=True),
+                                                          "meta": read_pool_meta(pool)}),
                      5, ScoringConfig(batch_size=32, num_actors=1))
+
+
+def test_a_scorer_spec_refuses_arguments_its_class_does_not_take_on_the_driver():
+    with pytest.raises(TypeError, match="RandomScorer: got an unexpected keyword argument 'sead'"):
+        ScorerSpec(RandomScorer, {"seed": 3, "sead": 3})
+    with pytest.raises(TypeError, match="VAALScorer: missing a required argument: 'meta'"):
+        ScorerSpec(VAALScorer, {"checkpoint": None})
+    spec = ScorerSpec(RandomScorer, {"seed": 3})
+    assert spec.with_kwargs(seed=4).build().seed == 4 and spec.build().seed == 3

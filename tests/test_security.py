@@ -21,7 +21,7 @@ from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import read_manifest, read_pool_meta
 from vaal_dist.round import run_round
-from vaal_dist.strategies import RoundInputs
+from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 from vaal_dist.train import vaal_loop
 from vaal_dist.train.common import load_checkpoint

@@ -17,7 +17,7 @@ from vaal_dist.strategies.ensemble import EnsembleScorer
 from vaal_dist.strategies.entropy import EntropyScorer
 from vaal_dist.strategies.learning_loss import PredictedLossScorer
 from vaal_dist.strategies.mc_dropout import MCDropoutScorer
-from vaal_dist.strategies.task import entropy
+from vaal_dist.acquisition import entropy
 from vaal_dist.train.aalu_loop import aalu_step, build_aalu
 from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, save_task_checkpoint,
                                        train_task_epoch)
@@ -181,12 +181,12 @@ def test_random_subset_is_seeded_uniform_and_order_free():
 def test_the_subset_is_drawn_afresh_when_the_labeled_set_grows():
     """Round k+1 must not score mostly round k's rejected candidates again (the authors reshuffle)."""
     from vaal_dist.config import RoundConfig
-    from vaal_dist.strategies.base import RoundInputs, round_seed
+    from vaal_dist.round_inputs import RoundInputs
 
     ids = pa.array([f"id-{i}" for i in range(2000)])
 
     def seed(labeled, config_seed=0):
-        return round_seed(RoundInputs(RoundConfig("p", "l", "o", 1, seed=config_seed), META, pa.array(labeled), ""))
+        return RoundInputs(RoundConfig("p", "l", "o", 1, seed=config_seed), META, pa.array(labeled), "").round_seed
 
     first = set(random_subset(ids, 100, seed(["a", "b"])).to_pylist())
     later = set(random_subset(ids, 100, seed(["a", "b", "c"])).to_pylist())
@@ -268,6 +268,7 @@ def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool
                                               dropout, seeds):
     from vaal_dist.config import ScoringConfig
     from vaal_dist.pool.dataset import read_pool
+    from vaal_dist.scoring.spec import ScorerSpec
     from vaal_dist.scoring.stream import stream_top_k
 
     pool, batch = two_tone_pool
@@ -275,7 +276,7 @@ def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool
               "meta": META, **extra}
     in_memory = scorer(**kwargs)                     # one batch of 65, this process's threads
     scores = in_memory(batch)
-    got = stream_top_k(read_pool(pool), scorer, kwargs, 9, ScoringConfig(batch_size=8, num_actors=2))
+    got = stream_top_k(read_pool(pool), ScorerSpec(scorer, kwargs), 9, ScoringConfig(batch_size=8, num_actors=2))
     assert_same_top_k(got, batch["id"], scores, score_tolerance(in_memory, batch, scores), 9)
 
 

@@ -29,8 +29,7 @@ from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manife
     read_pool_meta, resolve, write_json, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
-from vaal_dist.strategies.base import RoundInputs
-from vaal_dist.strategies.task import train_task_model
+from vaal_dist.round_inputs import RoundInputs
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +141,8 @@ def _curve(cfg: ExperimentConfig, strategy: str, seed: int, test_uri: str, initi
         if selects:
             record = run_round(round_cfg).record
             row["query_seconds_per_100"] = record["per_100_query_seconds"]
-            train = record["train"] or {}
-            last = train.get("last_epoch") or train.get("aalu_last_epoch") or {}     # VAE/D, or AALU's
-            row.update({k: float(last[k]) for k in GAME_METRICS if k in last})
+            for model in record["train"].values():          # the adversarial game's: VAAL's D or AALU's A
+                row.update({k: float(model["last_epoch"][k]) for k in GAME_METRICS if k in model["last_epoch"]})
             labeled_uri = _revealed(labeled_uri, round_cfg.out)
         log.info("%s seed %d round %d: %d labeled (%.0f%%), test accuracy %.4f", strategy, seed, r,
                  row["labeled"], 100 * fraction, accuracy)
@@ -179,8 +177,7 @@ def _evaluate(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> float:
         return read_json(done)["accuracy"]
     labeled = read_manifest(round_cfg.labeled)
     inputs = RoundInputs(round_cfg, read_pool_meta(round_cfg.pool), labeled, join(folder, "eval"), test_ids)
-    _, facts = train_task_model(inputs)
-    accuracy = float(facts["task_last_epoch"]["eval_accuracy"])
+    accuracy = float(inputs.train_task().last_epoch["eval_accuracy"])
     write_json(done, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
     return accuracy
 

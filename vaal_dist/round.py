@@ -27,7 +27,8 @@ from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, SHARD_READ_FAILED, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
     write_json, write_parquet
 from vaal_dist.redaction import redact
-from vaal_dist.strategies import RoundInputs, get_strategy
+from vaal_dist.round_inputs import RoundInputs
+from vaal_dist.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,9 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     t = time.perf_counter()
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     with _damage_named(cfg.pool):
-        scorer_kwargs, train_facts = strategy.train(inputs)
+        trained = strategy.train(inputs)
         train_seconds = time.perf_counter() - t
-        top = strategy.select(inputs, scorer_kwargs)
+        top = strategy.select(inputs, trained)
     if len(top.ids) != cfg.budget:
         raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
 
@@ -185,7 +186,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         "selection": redact(selection_uri),
         "inputs_fingerprint": fingerprint,
         "budget": cfg.budget,
-        "train": _jsonable(train_facts),
+        "train": _jsonable(trained.record()),
         "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,
                     "merge_seconds": top.merge_seconds, "total_seconds": total},
         "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":

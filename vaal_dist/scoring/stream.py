@@ -1,15 +1,15 @@
 """Streaming scoring: the pool flows through stateful Ray Data actors; the driver keeps the exact top-b.
 
-A strategy's scorer is a class built once per actor (load the model there) and called on a batch dict
-of numpy arrays; it returns one float per row, higher meaning "label this". ``BatchTopK`` wraps it so
-that each batch leaves the actor as its own top-b only, and ``RunningTopK`` folds those on the driver.
+A strategy's scorer (``scoring.spec``) is built once per actor (it loads the model there) and called on
+batch dicts of numpy arrays; it returns one float per row, higher meaning "label this". ``BatchTopK``
+wraps it so that each batch leaves the actor as its own top-b only, and ``RunningTopK`` folds those on
+the driver.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -17,7 +17,8 @@ import ray.data
 
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error
-from vaal_dist.scoring.topk import RunningTopK, top_k
+from vaal_dist.scoring.spec import ScorerSpec
+from vaal_dist.scoring.topk import RunningTopK, Selection, top_k
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,13 @@ log = logging.getLogger(__name__)
 class _ScorerActor:
     """Builds the strategy's scorer once per Ray Data actor; ``amp``: run it under bfloat16 autocast."""
 
-    def __init__(self, scorer_cls, scorer_kwargs: dict, threads: int | None = None, amp: bool = False):
+    def __init__(self, spec: ScorerSpec, threads: int | None = None, amp: bool = False):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = True     # fixed batch shapes: pick the fastest conv kernels once
-        self.scorer = scorer_cls(**scorer_kwargs)
+        self.scorer = spec.build()
         self.amp = amp
 
     def precision(self):
@@ -43,8 +44,8 @@ class _ScorerActor:
 class BatchTopK(_ScorerActor):
     """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
 
-    def __init__(self, scorer_cls, scorer_kwargs: dict, k: int, threads: int | None = None, amp: bool = False):
-        super().__init__(scorer_cls, scorer_kwargs, threads, amp)
+    def __init__(self, spec: ScorerSpec, k: int, threads: int | None = None, amp: bool = False):
+        super().__init__(spec, threads, amp)
         self.k = k
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,7 +65,7 @@ class BatchTopK(_ScorerActor):
 
 
 class BatchEmbed(_ScorerActor):
-    """Ray Data actor: the scorer's embedding of every row, (B, scorer.embedding_dim) float32."""
+    """Ray Data actor: the scorer's embedding of every row, (B, scorer.embedding_dim) float32 (an Embedder)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
@@ -77,7 +78,7 @@ class BatchEmbed(_ScorerActor):
 
 
 class BatchColumns(_ScorerActor):
-    """Ray Data actor: the training columns the scorer's ``columns`` derives from each batch."""
+    """Ray Data actor: the training columns the scorer's ``columns`` derives from each batch (a ColumnMaker)."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self.precision():
@@ -103,14 +104,6 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
             f"diverged model), e.g. at a lower learning rate")
 
 
-@dataclass(frozen=True)
-class ScoredTopK:
-    ids: np.ndarray        # (k,) str, best first
-    scores: np.ndarray     # (k,) float64
-    candidates: int        # rows the actors sent to the driver (each batch's top-k)
-    seconds: float         # wall time of the whole stream, merge included
-    merge_seconds: float   # driver time spent folding candidates into the top-k
-
 
 def actor_pool_size(cfg: ScoringConfig, use_gpu: bool) -> int:
     """One actor per GPU with GPUs; otherwise one per CPU (each asking a fraction of one)."""
@@ -127,12 +120,11 @@ def _gpus_per_actor(actors: int) -> float:
     return min(1.0, gpus / actors) if gpus else 1.0    # none yet: an autoscaler may add GPU nodes
 
 
-def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, cfg: ScoringConfig,
-                 use_gpu: bool = False) -> ScoredTopK:
-    """Exact top-k of ``scorer_cls`` scores over ``ds`` (columns id, image, ...), ties by smallest id."""
+def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringConfig,
+                 use_gpu: bool = False) -> Selection:
+    """Exact top-k of the scorer's scores over ``ds`` (columns id, image, ...), ties by smallest id."""
     start = time.perf_counter()
-    scored = _through_actors(ds, BatchTopK, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs, "k": k},
-                             cfg, use_gpu)
+    scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k}, cfg, use_gpu)
     best = RunningTopK(k)
     merge_seconds = 0.0
     with _actor_deaths_named(cfg):
@@ -146,7 +138,7 @@ def stream_top_k(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, k: int, 
     merge_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
     log.info("scored; folded %d candidate rows in %.2f s of %.1f s", best.rows_seen, merge_seconds, seconds)
-    return ScoredTopK(ids, scores, best.rows_seen, seconds, merge_seconds)
+    return Selection(ids, scores, best.rows_seen, seconds, merge_seconds)
 
 
 @contextlib.contextmanager
@@ -169,13 +161,13 @@ def _actor_deaths_named(cfg: ScoringConfig):
         raise
 
 
-def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
+def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
                       use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``.
 
     For strategies that need a global view (Core-set): the driver holds all N embeddings.
     """
-    embedded = _through_actors(ds, BatchEmbed, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
+    embedded = _through_actors(ds, BatchEmbed, {"spec": spec}, cfg, use_gpu)
     ids, embeddings = [], []
     with _actor_deaths_named(cfg):
         for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
@@ -187,10 +179,10 @@ def stream_embeddings(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg
     return np.concatenate(ids), np.concatenate(embeddings)
 
 
-def stream_columns(ds: ray.data.Dataset, scorer_cls, scorer_kwargs: dict, cfg: ScoringConfig,
+def stream_columns(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
                    use_gpu: bool = False) -> ray.data.Dataset:
     """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
-    mapped = _through_actors(ds, BatchColumns, {"scorer_cls": scorer_cls, "scorer_kwargs": scorer_kwargs}, cfg, use_gpu)
+    mapped = _through_actors(ds, BatchColumns, {"spec": spec}, cfg, use_gpu)
     # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
     mapped.context.execution_options.preserve_order = True
     with _actor_deaths_named(cfg):

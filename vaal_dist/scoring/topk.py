@@ -6,7 +6,20 @@ same as a full sort of every score, and memory is O(b + batch) wherever this run
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A round's picks, best first, and what finding them cost."""
+
+    ids: np.ndarray        # (b,) str, best first
+    scores: np.ndarray     # (b,) float64
+    candidates: int        # rows sent to the driver to choose from (each batch's top-b, or every embedding)
+    seconds: float         # wall time of the selection, merging included
+    merge_seconds: float   # driver time spent choosing from the candidates
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Selection strategies by name; each is one module behind the interface in ``base``."""
 from vaal_dist.errors import InputError
-from vaal_dist.strategies.base import RoundInputs, Scorer, Strategy
 from vaal_dist.strategies.aalu import AALU, AdvVAE, AdvVAELossLearn, AdvVAEPrediction, LossLearn
+from vaal_dist.strategies.base import Strategy
 from vaal_dist.strategies.coreset import Coreset, CoresetVAE
 from vaal_dist.strategies.ensemble import Ensemble
 from vaal_dist.strategies.entropy import Entropy
@@ -24,4 +24,4 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-__all__ = ["STRATEGIES", "RoundInputs", "Scorer", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "Strategy", "get_strategy"]

@@ -17,15 +17,13 @@ import dataclasses
 import os
 
 import numpy as np
-import ray.train
 import torch
 import torch.nn.functional as F
 
-from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.scoring.stream import stream_columns
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.task import TaskScorer, train_task_model
+from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.strategies.base import TopKStrategy
+from vaal_dist.strategies.task import TaskScorer
 from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
 from vaal_dist.train.common import load_checkpoint
 
@@ -47,7 +45,7 @@ class FeatureColumns(TaskScorer):
 class AALUScorer(TaskScorer):
     """score = logit A([mu(f), softmax]): the highest A first."""
 
-    def __init__(self, checkpoint: ray.train.Checkpoint, aalu_checkpoint: ray.train.Checkpoint, meta: PoolMeta,
+    def __init__(self, checkpoint: Checkpoint, aalu_checkpoint: Checkpoint, meta: PoolMeta,
                  use_gpu: bool = False):
         super().__init__(checkpoint, meta, use_gpu)
         with aalu_checkpoint.as_directory() as d:
@@ -63,26 +61,23 @@ class AALUScorer(TaskScorer):
 
 class AALU(TopKStrategy):
     name = "aalu"
-    scorer = AALUScorer
     needs_labeled = True
     ablation: dict = {}
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+    def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
         aalu = dataclasses.replace(cfg.aalu, **self.ablation)
         if not aalu.adversarial and not aalu.rank_weight:
             raise ValueError("AALU's assistant needs the adversarial loss, the ranking loss, or both")
-        task_kwargs, facts = train_task_model(inputs)
-        labeled = filter_ids(read_pool(cfg.pool, ("id", "image", "label")), inputs.labeled_ids)
-        unlabeled = filter_ids(read_pool(cfg.pool), inputs.not_unlabeled, keep=False)
-        datasets = {name: stream_columns(ds, FeatureColumns, task_kwargs, cfg.scoring, cfg.use_gpu)
-                    for name, ds in (("labeled", labeled), ("unlabeled", unlabeled))}
-        feature_dim = datasets["labeled"].take(1)[0]["features"].shape[0]
-        loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "feature_dim": feature_dim,
-                       "num_classes": facts["num_classes"]}
-        result = inputs.fit(aalu_train_loop_per_worker, loop_config, datasets, name="aalu")
-        return ({**task_kwargs, "aalu_checkpoint": result.checkpoint},
-                {**facts, "aalu_checkpoint": result.checkpoint.path, "aalu_last_epoch": result.metrics})
+        task = inputs.train_task()
+        features = inputs.scorer(FeatureColumns, checkpoint=task.checkpoint)
+        columns = {"labeled": inputs.columns(features, "labeled", with_labels=True),
+                   "unlabeled": inputs.columns(features, "unlabeled")}
+        loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "num_classes": task.num_classes,
+                       "feature_dim": columns["labeled"].take(1)[0]["features"].shape[0]}
+        assistant = inputs.fit(aalu_train_loop_per_worker, loop_config, columns, name="aalu")
+        scorer = inputs.scorer(AALUScorer, checkpoint=task.checkpoint, aalu_checkpoint=assistant.checkpoint)
+        return Trained(scorer, (task, assistant))
 
 
 class AdvVAE(AALU):

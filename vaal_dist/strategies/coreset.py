@@ -9,40 +9,34 @@ from __future__ import annotations
 
 import time
 
-
 from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
-from vaal_dist.pool.dataset import filter_ids, read_pool
-from vaal_dist.scoring.stream import ScoredTopK, stream_embeddings
-from vaal_dist.strategies.base import RoundInputs
-from vaal_dist.strategies.task import TaskScorer, train_task_model
-from vaal_dist.strategies.vaal import VAAL, VAALScorer
+from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.vaal import VAAL
 
 
 class Coreset:
     name = "coreset"
-    scorer = TaskScorer
     needs_labeled = True
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
-        return train_task_model(inputs)
+    def train(self, inputs: RoundInputs) -> Trained:
+        task = inputs.train_task()
+        return Trained(inputs.scorer(TaskScorer, checkpoint=task.checkpoint), (task,))
 
-    def select(self, inputs: RoundInputs, scorer_kwargs: dict) -> ScoredTopK:
+    def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         """Picks best first; each pick's score is its distance to the nearest center when picked."""
-        cfg = inputs.config
         start = time.perf_counter()
-        labeled, unlabeled = filter_ids(read_pool(cfg.pool), inputs.labeled_ids), inputs.unlabeled()
-        _, labeled_emb = stream_embeddings(labeled, self.scorer, scorer_kwargs, cfg.scoring, cfg.use_gpu)
-        ids, unlabeled_emb = stream_embeddings(unlabeled, self.scorer, scorer_kwargs, cfg.scoring, cfg.use_gpu)
+        _, labeled = inputs.embeddings(trained.scorer, "labeled")
+        ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
         greedy_start = time.perf_counter()
-        picks, radii = k_center_greedy_with_distances(unlabeled_emb, labeled_emb, cfg.budget, ids)
+        picks, radii = k_center_greedy_with_distances(unlabeled, labeled, inputs.config.budget, ids)
         end = time.perf_counter()
-        return ScoredTopK(ids[picks], radii, candidates=len(ids), seconds=end - start,
-                          merge_seconds=end - greedy_start)
+        return Selection(ids[picks], radii, candidates=len(ids), seconds=end - start, merge_seconds=end - greedy_start)
 
 
 class CoresetVAE(Coreset):
     name = "coreset_vae"
-    scorer = VAALScorer
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+    def train(self, inputs: RoundInputs) -> Trained:
         return VAAL().train(inputs)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.task import TaskScorer, train_task_model, variation_ratio
+from vaal_dist.acquisition import variation_ratio
+from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.strategies.base import TopKStrategy
+from vaal_dist.strategies.task import TaskScorer
 
 
 class EnsembleScorer(TaskScorer):
@@ -22,11 +24,11 @@ class EnsembleScorer(TaskScorer):
 
 class Ensemble(TopKStrategy):
     name = "ensemble"
-    scorer = EnsembleScorer
     needs_labeled = True
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+    def train(self, inputs: RoundInputs) -> Trained:
         members = inputs.config.acquisition.ensemble_members
         if members < 1:
             raise ValueError(f"an ensemble needs at least 1 member, got {members}")
-        return train_task_model(inputs, members=members)
+        task = inputs.train_task(members=members)
+        return Trained(inputs.scorer(EnsembleScorer, checkpoint=task.checkpoint), (task,))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.task import TaskScorer, train_task_model
+from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.strategies.base import TopKStrategy
+from vaal_dist.strategies.task import TaskScorer
 
 
 class PredictedLossScorer(TaskScorer):
@@ -23,13 +24,13 @@ class PredictedLossScorer(TaskScorer):
 
 class LearningLoss(TopKStrategy):
     name = "learning_loss"
-    scorer = PredictedLossScorer
     needs_labeled = True
     subset_factor = 10
     rank_loss = "margin"
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
-        return train_task_model(inputs, rank_loss=self.rank_loss)
+    def train(self, inputs: RoundInputs) -> Trained:
+        task = inputs.train_task(rank_loss=self.rank_loss)
+        return Trained(inputs.scorer(PredictedLossScorer, checkpoint=task.checkpoint), (task,))
 
 
 class LearningLossV2(LearningLoss):

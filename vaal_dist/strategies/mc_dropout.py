@@ -10,17 +10,18 @@ generator seeded by (seed, id): its score does not depend on the batch, block or
 from __future__ import annotations
 
 import numpy as np
-import ray.train
 import torch
 
+from vaal_dist.acquisition import predictive_entropy, variation_ratio
 from vaal_dist.pool.io import PoolMeta
+from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.scoring.ids import id_hash
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.task import TaskScorer, entropy, train_task_model, variation_ratio
+from vaal_dist.strategies.base import TopKStrategy
+from vaal_dist.strategies.task import TaskScorer
 
 
 class MCDropoutScorer(TaskScorer):
-    def __init__(self, checkpoint: ray.train.Checkpoint, meta: PoolMeta, passes: int, seed: int,
+    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, passes: int, seed: int,
                  acquisition: str, use_gpu: bool = False):
         super().__init__(checkpoint, meta, use_gpu)
         self.passes, self.seed, self.acquisition = passes, seed, acquisition
@@ -45,20 +46,20 @@ class MCDropoutScorer(TaskScorer):
         probs = self.probs(batch)
         if self.acquisition == "variation_ratio":
             return variation_ratio(probs.argmax(-1), probs.shape[-1]).cpu().numpy()
-        return entropy(probs.mean(0)).cpu().numpy()
+        return predictive_entropy(probs).cpu().numpy()
 
 
 class MCDropout(TopKStrategy):
     name = "mc_dropout"
-    scorer = MCDropoutScorer
     needs_labeled = True
     acquisition = "variation_ratio"
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+    def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
-        kwargs, facts = train_task_model(inputs, dropout=cfg.task.mc_dropout)
-        return {**kwargs, "passes": cfg.acquisition.mc_passes, "seed": cfg.seed,
-                "acquisition": self.acquisition}, facts
+        task = inputs.train_task(dropout=cfg.task.mc_dropout)
+        scorer = inputs.scorer(MCDropoutScorer, checkpoint=task.checkpoint, passes=cfg.acquisition.mc_passes,
+                               seed=cfg.seed, acquisition=self.acquisition)
+        return Trained(scorer, (task,))
 
 
 class DBAL(MCDropout):

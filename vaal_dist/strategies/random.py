@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.ids import uniform_scores
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
+from vaal_dist.scoring.spec import ScorerSpec
+from vaal_dist.strategies.base import TopKStrategy
 
 
 class RandomScorer:
@@ -21,8 +23,7 @@ class RandomScorer:
 
 class Random(TopKStrategy):
     name = "random"
-    scorer = RandomScorer
     needs_labeled = False
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
-        return {"seed": inputs.config.seed}, {}
+    def train(self, inputs: RoundInputs) -> Trained:
+        return Trained(ScorerSpec(RandomScorer, {"seed": inputs.config.seed}))

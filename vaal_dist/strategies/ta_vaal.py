@@ -12,22 +12,21 @@ ranker trained by Learning Loss' margin loss instead of Eq. (1).
 from __future__ import annotations
 
 import numpy as np
-import ray.train
 import torch
 
-from vaal_dist.pool.dataset import read_pool, filter_ids
+from vaal_dist.acquisition import least_discriminated
 from vaal_dist.pool.images import check_image_size, decode_images
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.scoring.stream import stream_columns
-from vaal_dist.strategies.base import RoundInputs, TopKStrategy
-from vaal_dist.strategies.task import TaskScorer, train_task_model
-from vaal_dist.strategies.vaal import VAALScorer, train_vaal
+from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.strategies.base import TopKStrategy
+from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.vaal import VAALScorer
 
 
 class RankScorer(TaskScorer):
     """The ranker's output r: as a score (the rank itself) and as training columns (pixels + rank)."""
 
-    def __init__(self, checkpoint: ray.train.Checkpoint, meta: PoolMeta, use_gpu: bool = False,
+    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False,
                  pixel_size: int | None = None):
         super().__init__(checkpoint, meta, use_gpu)
         self.pixel_size = pixel_size or self.size
@@ -46,7 +45,7 @@ class RankScorer(TaskScorer):
 class TAVAALScorer:
     """score = -logit D(mu, r): the lowest D first."""
 
-    def __init__(self, checkpoint: ray.train.Checkpoint, vaal_checkpoint: ray.train.Checkpoint, meta: PoolMeta,
+    def __init__(self, checkpoint: Checkpoint, vaal_checkpoint: Checkpoint, meta: PoolMeta,
                  use_gpu: bool = False):
         self.ranker = RankScorer(checkpoint, meta, use_gpu)
         self.vaal = VAALScorer(vaal_checkpoint, meta, use_gpu)
@@ -54,29 +53,23 @@ class TAVAALScorer:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         r = torch.from_numpy(self.ranker(batch)).to(self.vaal.device, torch.float32)
-        return (-self.vaal.disc(self.vaal._mu(batch), r)).double().cpu().numpy()
+        return least_discriminated(self.vaal.disc(self.vaal.mu(batch), r)).double().cpu().numpy()
 
 
 class TAVAAL(TopKStrategy):
     name = "ta_vaal"
-    scorer = TAVAALScorer
     needs_labeled = True
     subset_factor = 10
     rank_loss = "bce"
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
+    def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
-        check_image_size(inputs.meta, cfg.vaal.image_size)
-        task_kwargs, facts = train_task_model(inputs, rank_loss=self.rank_loss)
-        pool = read_pool(cfg.pool)
-        rank_kwargs = {**task_kwargs, "pixel_size": cfg.vaal.image_size}
-        datasets = {name: stream_columns(filter_ids(pool, ids, keep), RankScorer, rank_kwargs, cfg.scoring,
-                                         cfg.use_gpu)
-                    for name, ids, keep in (("labeled", inputs.labeled_ids, True),
-                                            ("unlabeled", inputs.not_unlabeled, False))}
-        result = train_vaal(inputs, conditioned=True, datasets=datasets)
-        return ({**task_kwargs, "vaal_checkpoint": result.checkpoint},
-                {**facts, "checkpoint": result.checkpoint.path, "last_epoch": result.metrics})
+        check_image_size(inputs.meta, cfg.vaal.image_size)      # before training the task model
+        task = inputs.train_task(rank_loss=self.rank_loss)
+        ranks = inputs.scorer(RankScorer, checkpoint=task.checkpoint, pixel_size=cfg.vaal.image_size)
+        vaal = inputs.train_vaal(columns={side: inputs.columns(ranks, side) for side in ("labeled", "unlabeled")})
+        scorer = inputs.scorer(TAVAALScorer, checkpoint=task.checkpoint, vaal_checkpoint=vaal.checkpoint)
+        return Trained(scorer, (task, vaal))
 
 
 class TAVAALLearningLoss(TAVAAL):

@@ -13,13 +13,11 @@
 from __future__ import annotations
 
 import numpy as np
-import ray.train
 import torch
 
-from vaal_dist.pool.dataset import filter_ids, read_pool
+from vaal_dist.acquisition import w2_to_centroid
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.scoring.stream import stream_embeddings
-from vaal_dist.strategies.base import RoundInputs
+from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.strategies.vaal import VAAL, VAALScorer
 
 
@@ -36,7 +34,7 @@ class VAALFrozenVAE(VAAL):
 class W2Scorer(VAALScorer):
     """score = W2(N(mu, sigma^2), N(mu_c, sigma_c^2)); ``embed`` gives [mu, sigma] for the centroid."""
 
-    def __init__(self, checkpoint: ray.train.Checkpoint, meta: PoolMeta, use_gpu: bool = False,
+    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False,
                  centroid: list[float] | None = None):
         super().__init__(checkpoint, meta, use_gpu)
         self.centroid = None if centroid is None else torch.tensor(centroid, dtype=torch.float64, device=self.device)
@@ -54,17 +52,15 @@ class W2Scorer(VAALScorer):
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         if self.centroid is None:
             raise ValueError("W2Scorer needs the labeled centroid to score")
-        return (self._gaussian(batch).double() - self.centroid).pow(2).sum(1).sqrt().cpu().numpy()
+        return w2_to_centroid(self._gaussian(batch).double(), self.centroid).cpu().numpy()
 
 
 class VAEOnlyW2(VAAL):
     name = "vaal_vae_w2"
-    scorer = W2Scorer
     vaal_overrides = {"adversary_weight": 0.0}
 
-    def train(self, inputs: RoundInputs) -> tuple[dict, dict]:
-        kwargs, facts = super().train(inputs)
-        cfg = inputs.config
-        labeled = filter_ids(read_pool(cfg.pool), inputs.labeled_ids)
-        _, gaussians = stream_embeddings(labeled, W2Scorer, kwargs, cfg.scoring, cfg.use_gpu)
-        return {**kwargs, "centroid": gaussians.astype(np.float64).mean(0).tolist()}, facts
+    def train(self, inputs: RoundInputs) -> Trained:
+        (vae,) = super().train(inputs).models
+        gaussians = inputs.scorer(W2Scorer, checkpoint=vae.checkpoint)
+        _, labeled = inputs.embeddings(gaussians, "labeled")
+        return Trained(gaussians.with_kwargs(centroid=labeled.astype(np.float64).mean(0).tolist()), (vae,))

@@ -1,0 +1,179 @@
+"""What a strategy may use, and the one way it reaches the cluster.
+
+A strategy is its method only: it asks ``RoundInputs`` for the round's config and ids, to train models on
+Ray Train (``train_task``, ``train_vaal``, ``fit``), to turn model outputs into training columns or
+embeddings through Ray Data actors (``columns``, ``embeddings``), and for the exact top-b of a scorer over
+the unlabeled pool (``top_k``). Strategy modules import no Ray: the plumbing is here and below.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+from ray.train import Checkpoint
+
+from vaal_dist.config import RoundConfig, VAALConfig
+from vaal_dist.pool.dataset import filter_ids, labeled_datasets, read_pool
+from vaal_dist.pool.images import check_image_size
+from vaal_dist.pool.io import PoolMeta, check_labels, join, read_pool_ids
+from vaal_dist.scoring.ids import random_subset
+from vaal_dist.scoring.spec import ScorerSpec
+from vaal_dist.scoring.stream import stream_columns, stream_embeddings, stream_top_k
+from vaal_dist.scoring.topk import Selection
+from vaal_dist.train.pool_batches import pool_source
+from vaal_dist.train.task_loop import task_train_loop_per_worker
+from vaal_dist.train.trainer import fit
+from vaal_dist.train.vaal_loop import train_loop_per_worker
+
+Side = Literal["labeled", "unlabeled"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model trained on Ray Train: its latest checkpoint and the metrics its last epoch reported."""
+
+    name: str                        # its role: "task", "vaal" (VAE + D) or "aalu" (VAE + assistant)
+    checkpoint: Checkpoint
+    last_epoch: dict
+    num_classes: int | None = None   # task models: the classes they predict
+
+    def record(self) -> dict:
+        facts = {"checkpoint": self.checkpoint.path, "last_epoch": self.last_epoch}
+        return facts if self.num_classes is None else {**facts, "num_classes": self.num_classes}
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a strategy's training leaves for its selection: the scorer to build and the models behind it."""
+
+    scorer: ScorerSpec
+    models: tuple[TrainedModel, ...] = ()
+
+    def record(self) -> dict:
+        """run.json's ``train``: {model name: {checkpoint, last_epoch[, num_classes]}}, one schema for all."""
+        return {m.name: m.record() for m in self.models}
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """The round's config, the pool's layout, the labeled (and held-out) ids, and the Ray work on them."""
+
+    config: RoundConfig
+    meta: PoolMeta
+    labeled_ids: pa.Array
+    train_dir: str            # checkpoint storage for this round (local path or URI)
+    holdout_ids: pa.Array | None = None   # never trained on, never selected; task models evaluate on them
+
+    @property
+    def not_unlabeled(self) -> pa.Array:
+        """Ids outside the unlabeled pool: the labeled ones and the held-out ones."""
+        if self.holdout_ids is None:
+            return self.labeled_ids
+        return pa.concat_arrays([self.labeled_ids, self.holdout_ids])
+
+    @cached_property
+    def unlabeled_ids(self) -> pa.Array:
+        ids = read_pool_ids(self.config.pool)
+        return pc.filter(ids, pc.invert(pc.is_in(ids, value_set=self.not_unlabeled))).combine_chunks()
+
+    @cached_property
+    def round_seed(self) -> int:
+        """The config's seed mixed with the labeled set: a fresh draw each round, the same on a rerun."""
+        digest = hashlib.sha256(str(self.config.seed).encode())
+        for i in sorted(self.labeled_ids.to_pylist()):
+            digest.update(b"\x00" + i.encode())
+        return int.from_bytes(digest.digest()[:8], "little", signed=True)
+
+    def images(self, side: Side, with_labels: bool = False) -> ray.data.Dataset:
+        """The labeled images, or the unlabeled ones (neither labeled nor held out), read lazily."""
+        pool = read_pool(self.config.pool, ("id", "image", "label") if with_labels else ("id", "image"))
+        if side == "labeled":
+            return filter_ids(pool, self.labeled_ids)
+        return filter_ids(pool, self.not_unlabeled, keep=False)
+
+    def scorer(self, cls: type, **kwargs) -> ScorerSpec:
+        """A scorer of this pool's images, on the round's device: ``cls(meta=..., use_gpu=..., **kwargs)``."""
+        return ScorerSpec(cls, {"meta": self.meta, "use_gpu": self.config.use_gpu, **kwargs})
+
+    # Ray Train
+
+    def fit(self, train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], name: str,
+            workers: int | None = None, split: list[str] | None = None) -> TrainedModel:
+        """``train.trainer.fit`` under this round's checkpoint folder (``name`` inside it), workers, devices
+        and failure budget."""
+        cfg = self.config
+        result = fit(train_loop, loop_config, datasets, storage_path=self.train_dir, name=name,
+                     workers=workers or cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+                     seed=cfg.seed, max_failures=cfg.max_failures, split=split)
+        return TrainedModel(name, result.checkpoint, result.metrics)
+
+    def train_task(self, *, rank_loss: str | None = None, dropout: float | None = None,
+                   members: int = 0) -> TrainedModel:
+        """The task model (or ``members`` of them in parallel, each on every labeled image), trained on the
+        labeled images and evaluated on the held-out ones.
+
+        ``rank_loss`` ("margin" or "bce") adds the loss-prediction module; ``dropout`` overrides the
+        preset's dropout before the classifier.
+        """
+        cfg = self.config
+        check_image_size(self.meta, cfg.task.image_size)
+        num_classes = check_labels(cfg.pool, self.labeled_ids)
+        splits = {"train": self.labeled_ids}
+        if self.holdout_ids is not None:
+            check_labels(cfg.pool, self.holdout_ids)          # evaluating needs their labels too
+            splits["eval"] = self.holdout_ids
+        datasets = labeled_datasets(cfg.pool, splits, self.meta, cfg.task.image_size)
+        model_args = {"num_classes": num_classes, "in_channels": self.meta.channels, "rank_loss": rank_loss,
+                      "dropout": dropout}
+        loop_config = {"task": dataclasses.asdict(cfg.task), "seed": cfg.seed, "members": members,
+                       "model_args": model_args, "datasets": list(datasets)}
+        trained = self.fit(task_train_loop_per_worker, loop_config, datasets, name="ensemble" if members else "task",
+                           workers=min(cfg.workers, members) if members else None,
+                           split=[] if members else ["train"])
+        return dataclasses.replace(trained, name="task", num_classes=num_classes)
+
+    def train_vaal(self, vaal: VAALConfig | None = None, columns: dict[str, ray.data.Dataset] | None = None
+                   ) -> TrainedModel:
+        """VAAL's VAE + D (``vaal``: the round's VAALConfig unless given): over the pool streamed from its
+        shards, or (TA-VAAL) conditioned on a rank, over ``columns`` = {'labeled', 'unlabeled'} datasets of
+        pixels and rank."""
+        cfg = self.config
+        vaal = vaal or cfg.vaal
+        check_image_size(self.meta, vaal.image_size)
+        source = None if columns else pool_source(cfg.pool, self.labeled_ids, self.not_unlabeled, self.meta,
+                                                  join(self.train_dir, "labeled-images"), cfg.workers)
+        loop_config = {"vaal": dataclasses.asdict(vaal), "seed": cfg.seed, "in_channels": self.meta.channels,
+                       "conditioned": columns is not None, "source": source}
+        return self.fit(train_loop_per_worker, loop_config, columns or {}, name="vaal")
+
+    # Ray Data
+
+    def columns(self, spec: ScorerSpec, side: Side, with_labels: bool = False) -> ray.data.Dataset:
+        """``side``'s images mapped through the scorer's ``columns`` (a ColumnMaker), as a training set."""
+        cfg = self.config
+        return stream_columns(self.images(side, with_labels), spec, cfg.scoring, cfg.use_gpu)
+
+    def embeddings(self, spec: ScorerSpec, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (N,), embeddings (N, d) float32) of every one of ``side``'s images, on the driver."""
+        cfg = self.config
+        return stream_embeddings(self.images(side), spec, cfg.scoring, cfg.use_gpu)
+
+    def top_k(self, spec: ScorerSpec, subset_factor: int | None = None) -> Selection:
+        """The exact top-b of the scorer over the unlabeled images, or over a seeded uniform subset of
+        ``subset_factor`` x b of them (the subset method). ``AcquisitionConfig.subset_factor`` overrides
+        the strategy's factor (0: the whole pool)."""
+        cfg = self.config
+        if cfg.acquisition.subset_factor is not None:
+            subset_factor = cfg.acquisition.subset_factor
+        images = self.images("unlabeled")
+        if subset_factor:
+            images = filter_ids(images, random_subset(self.unlabeled_ids, subset_factor * cfg.budget,
+                                                      self.round_seed))
+        return stream_top_k(images, spec, cfg.budget, cfg.scoring, cfg.use_gpu)
