@@ -6,6 +6,9 @@ learning_loss_v2 with learning_loss, ta_vaal_lloss with ta_vaal, the other AALU 
 aalu_advvae, vaal_frozen_vae with vaal_disc_only) are covered by the scorer tests in
 test_task_strategies.py.
 """
+import ast
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
 from vaal_dist.round import run_round
 from vaal_dist.scoring.ids import random_subset
+import vaal_dist.strategies as strategies
 from vaal_dist.strategies import STRATEGIES, get_strategy
 from vaal_dist.round_inputs import RoundInputs
 
@@ -99,3 +103,13 @@ def test_a_task_strategy_round_is_deterministic_under_its_seed(ray_local, split_
                      .to_pydict() for out in ("a", "b"))
     assert first["id"] == second["id"]
     np.testing.assert_array_equal(first["score"], second["score"])
+
+
+def test_strategy_modules_reach_the_cluster_only_through_round_inputs():
+    """A strategy module is its method: Ray work goes through RoundInputs, never straight to Ray or the streams."""
+    forbidden = ("ray", "vaal_dist.pool.dataset", "vaal_dist.scoring.stream", "vaal_dist.train.trainer")
+    for path in Path(strategies.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not [m for m in imported for f in forbidden if m == f or m.startswith(f + ".")], path.name

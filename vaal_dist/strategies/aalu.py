@@ -98,3 +98,6 @@ class LossLearn(AALU):
 class AdvVAELossLearn(AALU):
     name = "aalu_advvae_losslearn"
     ablation = {"use_prediction": False}
+
+
+STRATEGIES = (AALU, AdvVAE, AdvVAEPrediction, LossLearn, AdvVAELossLearn)

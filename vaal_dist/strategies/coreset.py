@@ -40,3 +40,6 @@ class CoresetVAE(Coreset):
 
     def train(self, inputs: RoundInputs) -> Trained:
         return VAAL().train(inputs)
+
+
+STRATEGIES = (Coreset, CoresetVAE)

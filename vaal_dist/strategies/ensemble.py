@@ -32,3 +32,6 @@ class Ensemble(TopKStrategy):
             raise ValueError(f"an ensemble needs at least 1 member, got {members}")
         task = inputs.train_task(members=members)
         return Trained(inputs.scorer(EnsembleScorer, checkpoint=task.checkpoint), (task,))
+
+
+STRATEGIES = (Ensemble,)

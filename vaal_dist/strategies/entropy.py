@@ -23,3 +23,6 @@ class Entropy(TopKStrategy):
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
         return Trained(inputs.scorer(EntropyScorer, checkpoint=task.checkpoint), (task,))
+
+
+STRATEGIES = (Entropy,)

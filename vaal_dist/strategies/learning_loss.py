@@ -36,3 +36,6 @@ class LearningLoss(TopKStrategy):
 class LearningLossV2(LearningLoss):
     name = "learning_loss_v2"
     rank_loss = "bce"
+
+
+STRATEGIES = (LearningLoss, LearningLossV2)

@@ -65,3 +65,6 @@ class MCDropout(TopKStrategy):
 class DBAL(MCDropout):
     name = "dbal"
     acquisition = "max_entropy"
+
+
+STRATEGIES = (MCDropout, DBAL)

@@ -27,3 +27,6 @@ class Random(TopKStrategy):
 
     def train(self, inputs: RoundInputs) -> Trained:
         return Trained(ScorerSpec(RandomScorer, {"seed": inputs.config.seed}))
+
+
+STRATEGIES = (Random,)

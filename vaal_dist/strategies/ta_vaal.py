@@ -75,3 +75,6 @@ class TAVAAL(TopKStrategy):
 class TAVAALLearningLoss(TAVAAL):
     name = "ta_vaal_lloss"
     rank_loss = "margin"
+
+
+STRATEGIES = (TAVAAL, TAVAALLearningLoss)

@@ -57,3 +57,6 @@ class VAAL(TopKStrategy):
     def train(self, inputs: RoundInputs) -> Trained:
         vaal = inputs.train_vaal(dataclasses.replace(inputs.config.vaal, **self.vaal_overrides))
         return Trained(inputs.scorer(VAALScorer, checkpoint=vaal.checkpoint), (vaal,))
+
+
+STRATEGIES = (VAAL,)

@@ -64,3 +64,6 @@ class VAEOnlyW2(VAAL):
         gaussians = inputs.scorer(W2Scorer, checkpoint=vae.checkpoint)
         _, labeled = inputs.embeddings(gaussians, "labeled")
         return Trained(gaussians.with_kwargs(centroid=labeled.astype(np.float64).mean(0).tolist()), (vae,))
+
+
+STRATEGIES = (VAALDiscOnly, VAALFrozenVAE, VAEOnlyW2)
