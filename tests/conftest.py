@@ -3,12 +3,17 @@
 a moto S3 server on loopback. Test modules import builders from here, never from each other."""
 from __future__ import annotations
 
+import dataclasses
+import http.client
+import http.server
 import io
 import os
+import random
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -206,3 +211,137 @@ def _wait_for_port(port: int, server: subprocess.Popen, timeout: float = 30) -> 
 def s3_uri(endpoint: str, key: str) -> str:
     # Credentials ride in the URI: Ray workers started before this module set the AWS_* variables lack them.
     return f"s3://testing:testing@bucket-1/{key}?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+
+
+# --- a failing S3 proxy: an HTTP relay on 127.0.0.1 in front of moto that fails chosen requests ---------------
+
+@dataclasses.dataclass
+class Faults:
+    """Which requests the proxy fails, and how. A request is a candidate when its path contains ``only`` (every
+    request when empty); a candidate fails with probability ``fraction`` (drawn from ``seed``), but never more
+    than ``streak`` times in a row for one object: a client allowed streak + 1 attempts always gets through, so a
+    test's outcome follows from that bound, not from the draw. ``kinds`` are used in turn:
+    "slowdown" (503 SlowDown), "error" (500 InternalError), "drop" (connection reset, no response) and "cut"
+    (the real response's headers and half its body, then a reset)."""
+
+    fraction: float = 0.0
+    streak: int = 1
+    kinds: tuple[str, ...] = ("slowdown", "error", "drop", "cut")
+    only: str = ""
+    seed: int = 0
+
+
+class FailingS3Proxy(http.server.ThreadingHTTPServer):
+    """Relays every request to moto, failing those ``faults`` picks; ``injected`` lists (method, path, kind)."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, faults: Faults = Faults()):
+        super().__init__(("127.0.0.1", 0), _RelayHandler)
+        self.upstream, self.injected, self._lock = upstream, [], threading.Lock()
+        self.set_faults(faults)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def set_faults(self, faults: Faults) -> None:
+        with self._lock:
+            self.faults, self._rng, self._streaks, self._turn = faults, random.Random(faults.seed), {}, 0
+            self.injected = []
+
+    def fault_for(self, method: str, path: str) -> str | None:
+        key = path.partition("?")[0]
+        with self._lock:
+            f = self.faults
+            fail = (f.only in path and self._streaks.get(key, 0) < f.streak and self._rng.random() < f.fraction)
+            self._streaks[key] = self._streaks.get(key, 0) + 1 if fail else 0
+            if not fail:
+                return None
+            kind, self._turn = f.kinds[self._turn % len(f.kinds)], self._turn + 1
+            self.injected.append((method, path, kind))
+            return kind
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
+_S3_ERRORS = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
+              "error": (500, "InternalError", "We encountered an internal error. Please try again.")}
+
+
+class _RelayHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"           # keep-alive, as S3 clients expect
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = self._request_body()
+        kind = self.server.fault_for(self.command, self.path)
+        if kind in _S3_ERRORS:
+            return self._s3_error(*_S3_ERRORS[kind])
+        if kind == "drop":
+            return self._reset()
+        status, headers, payload = self._forward(body)
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if kind == "cut" and len(payload) > 1:
+            self.wfile.write(payload[:len(payload) // 2])
+            return self._reset()
+        self.wfile.write(payload)
+
+    do_PUT = do_POST = do_HEAD = do_DELETE = do_GET
+
+    def _request_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass                            # trailers
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def _forward(self, body: bytes):
+        host, port = self.server.upstream.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            if self.headers.get("Transfer-Encoding"):
+                headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            conn.close()
+
+    def _s3_error(self, status: int, code: str, message: str) -> None:
+        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+               f'<RequestId>proxy</RequestId></Error>').encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(xml)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(xml)
+
+    def _reset(self) -> None:
+        """Close with an RST (SO_LINGER 0), as a peer or load balancer that drops the connection does."""
+        self.wfile.flush()
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+
+@pytest.fixture(scope="module")
+def failing_s3(s3_endpoint):
+    """A FailingS3Proxy in front of this module's moto; failing nothing until a test calls set_faults."""
+    proxy = FailingS3Proxy(s3_endpoint)
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()

@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import png_bytes, read_selection, round_config, vaal_checkpoint, vaal_trained_as
+import vaal_dist
+from conftest import make_raw_pool, png_bytes, read_selection, round_config, vaal_checkpoint, vaal_trained_as
 from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
@@ -55,12 +56,17 @@ def test_same_selection_from_a_worker_or_the_driver_and_a_driver_restart_resumes
     assert sorted(p.name for p in (tmp_path / "b/train/vaal").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
     # Rerunning a finished round is a no-op that returns the same record.
     assert run_round(two_epochs).record == first.record
-    with pytest.raises(InputError, match="started with another config, pool or labeled set"):
+    with pytest.raises(InputError, match="started with another config, pool"):
         run_round(round_config(pool, labeled, tmp_path / "a", budget=5))
 
 
-def _assert_nothing_written(out):
+def _assert_no_selection(out):
     assert not (out / "selection.parquet").exists() and not (out / "run.json").exists()
+
+
+def _assert_nothing_written(out):
+    """Not even inputs.json: a user who fixes the input reruns into the same --out."""
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("case,match", [
@@ -69,6 +75,7 @@ def _assert_nothing_written(out):
     ("negative_workers", "workers must be at least 0"),
     ("gpu_in_driver", "workers=0 trains in the driver process"),
     ("wrong_size", "pool images are 32x32 but the model expects 64x64"),
+    ("wrong_size_task", "pool images are 32x32 but the model expects 64x64"),
     ("unknown_labeled", r"names 2 ids that are not in the pool, e.g. \['ghost-1', 'ghost-2'\]"),
     ("missing_pool", "does not exist"),
     ("missing_labeled", "does not exist"),
@@ -86,6 +93,8 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
         kw.update(workers=0, use_gpu=True)
     elif case == "wrong_size":       # refused before any training starts
         kw.update(strategy="vaal", preset=preset("imagenet"))
+    elif case == "wrong_size_task":
+        kw.update(strategy="ta_vaal", preset=preset("cpu", vaal={"image_size": 64}))
     elif case == "unknown_labeled":
         write_manifest(str(tmp_path / "l2.parquet"), [*ids[:3], "ghost-1", "ghost-2"])
         labeled = str(tmp_path / "l2.parquet")
@@ -115,7 +124,7 @@ def test_a_corrupt_image_fails_the_round_naming_it(ray_local, tmp_path, monkeypa
     pool, labeled = photo_pool(tmp_path, 30, bad=17, bad_bytes=png_bytes(np.random.default_rng(1))[:40])
     with pytest.raises(InputError, match="image 'photos/017.png' cannot be decoded"):
         run_round(round_config(pool, labeled, tmp_path / "out", budget=5))
-    _assert_nothing_written(tmp_path / "out")
+    _assert_no_selection(tmp_path / "out")
 
 
 def photo_pool(tmp_path, n: int, bad: int, bad_bytes: bytes) -> tuple[str, str]:
@@ -129,11 +138,25 @@ def photo_pool(tmp_path, n: int, bad: int, bad_bytes: bytes) -> tuple[str, str]:
     return str(tmp_path / "pool"), str(tmp_path / "l.parquet")
 
 
+def test_a_pool_prepared_again_in_place_or_another_version_is_not_taken_for_the_old(ray_local, tmp_path, tiny_pool,
+                                                                                    monkeypatch):
+    pool, labeled = tiny_pool[:2]
+    run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+    run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))          # unchanged: a no-op
+    monkeypatch.setattr(vaal_dist, "__version__", vaal_dist.__version__ + ".post1")
+    with pytest.raises(InputError, match="vaal_dist version; choose a new --out"):
+        run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+    monkeypatch.undo()
+    make_raw_pool(tmp_path / "pool", 256, seed=5)             # the same ids in the same files, other pixels
+    with pytest.raises(InputError, match=r"another config, pool \(ids or files\)"):
+        run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+
+
 def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny_pool):
     pool, labeled, ids, labeled_ids = tiny_pool
     run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
     write_manifest(labeled, [*labeled_ids, *read_selection(tmp_path / "out")["id"]])   # next round's set
-    with pytest.raises(InputError, match="started with another config, pool or labeled set"):
+    with pytest.raises(InputError, match="started with another config, pool"):
         run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
 
 
@@ -143,7 +166,7 @@ def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):
     pool, labeled = photo_pool(tmp_path, 40, bad=33, bad_bytes=b"GIF89a not really")
     with pytest.raises(InputError, match="image 'photos/033.png' cannot be decoded"):
         run_round(round_config(pool, labeled, tmp_path / "out", budget=5, workers=workers))
-    _assert_nothing_written(tmp_path / "out")
+    _assert_no_selection(tmp_path / "out")
 
 
 def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkeypatch):
@@ -151,7 +174,7 @@ def test_a_diverged_model_selects_nothing(ray_local, tmp_path, tiny_pool, monkey
     vaal_trained_as(monkeypatch, poisoned)
     with pytest.raises(DivergedModelError, match="non-finite scores"):
         run_round(round_config(*tiny_pool[:2], tmp_path / "out"))
-    _assert_nothing_written(tmp_path / "out")
+    _assert_no_selection(tmp_path / "out")
 
 
 @pytest.mark.slow          # three whole rounds

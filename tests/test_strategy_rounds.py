@@ -93,6 +93,7 @@ def test_task_strategies_need_labels(ray_local, tmp_path):
     cfg = tiny_config(str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), None, tmp_path / "out", "entropy", 2)
     with pytest.raises(InputError, match="no 'label' column"):
         run_round(cfg)
+    assert not (tmp_path / "out").exists()            # refused before inputs.json: fix the pool, rerun the same --out
 
 
 @pytest.mark.slow

@@ -24,8 +24,8 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, SHARD_READ_FAILED, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
-    write_json, write_parquet
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, exists, join, pool_files, read_json, \
+    read_manifest, read_pool_ids, read_pool_meta, write_json, write_parquet
 from vaal_dist.redaction import redact
 from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies import get_strategy
@@ -96,7 +96,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     """Check pool, labeled (and held-out) manifests and numbers before any work.
 
     Returns the sizes, the labeled ids, the held-out ids (or None) and a fingerprint of the inputs
-    (config, pool ids, labeled ids, held-out ids).
+    (config, pool ids, labeled ids, held-out ids, the pool's files and this package's version).
     """
     for name, value in (("budget", cfg.budget), ("scoring batch size", cfg.scoring.batch_size)):
         if value < 1:
@@ -120,11 +120,23 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     if needs_labeled and min(sizes.labeled, sizes.unlabeled) < max(cfg.workers, 1):
         raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
-    return sizes, labeled, holdout, _fingerprint(cfg, pool_ids, labeled, holdout)
+    fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
+    fingerprint.update(_pool_state(cfg.pool).encode())
+    fingerprint.update(vaal_dist.__version__.encode())
+    return sizes, labeled, holdout, fingerprint.hexdigest()
+
+
+def _pool_state(pool: str) -> str:
+    """pool.json and each shard's path, size and modification time, from a listing (no pixel is read): a pool
+    prepared again in place, with the same ids and other pixels, no longer matches a round started on it."""
+    fs, files = pool_files(pool)
+    shards = [(f.path, f.size, f.mtime_ns) for f in fs.get_file_info(files)]
+    return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
 
 
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
-    """What the selection depends on: the config (less scoring layout) and the pool, labeled, held-out ids."""
+    """The config (less scoring layout) and the pool, labeled and held-out ids: what the selection depends on
+    besides the pool's files and the code."""
     h = hashlib.sha256()
     config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out", "max_failures")}
     config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
@@ -149,12 +161,15 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, strategy.needs_labeled)
+    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(strategy.trains))
     meta = read_pool_meta(cfg.pool)
+    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
+    with _damage_named(cfg.pool):
+        inputs.check(strategy.trains)        # refused input leaves nothing behind, not even inputs.json
     inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
     if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
-        raise InputError(f"{cfg.out!r} holds a round started with another config, pool or labeled set; "
-                         f"choose a new --out")
+        raise InputError(f"{cfg.out!r} holds a round started with another config, pool (ids or files), labeled "
+                         f"set or vaal_dist version; choose a new --out")
     if exists(record_uri):
         log.info("round in %s is already complete; nothing to do", redact(cfg.out))
         return RoundResult(selection_uri, read_json(record_uri))
@@ -163,7 +178,6 @@ def run_round(cfg: RoundConfig) -> RoundResult:
              cfg.budget)
 
     t = time.perf_counter()
-    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     with _damage_named(cfg.pool):
         trained = strategy.train(inputs)
         train_seconds = time.perf_counter() - t

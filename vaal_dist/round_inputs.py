@@ -98,6 +98,18 @@ class RoundInputs:
             return filter_ids(pool, self.labeled_ids)
         return filter_ids(pool, self.not_unlabeled, keep=False)
 
+    def check(self, models: tuple[str, ...]) -> None:
+        """What training ``models`` needs of the pool, checked before anything is written: images the models
+        can take, and a label for every labeled (and held-out) image a task model trains (and is tested) on."""
+        cfg = self.config
+        if "vaal" in models:
+            check_image_size(self.meta, cfg.vaal.image_size)
+        if "task" in models:
+            check_image_size(self.meta, cfg.task.image_size)
+            for ids in (self.labeled_ids, self.holdout_ids):
+                if ids is not None:
+                    check_labels(cfg.pool, ids)
+
     def scorer(self, cls: type, **kwargs) -> ScorerSpec:
         """A scorer of this pool's images, on the round's device: ``cls(meta=..., use_gpu=..., **kwargs)``."""
         return ScorerSpec(cls, {"meta": self.meta, "use_gpu": self.config.use_gpu, **kwargs})

@@ -61,7 +61,7 @@ class AALUScorer(TaskScorer):
 
 class AALU(TopKStrategy):
     name = "aalu"
-    needs_labeled = True
+    trains = ("task", "aalu")
     ablation: dict = {}
 
     def train(self, inputs: RoundInputs) -> Trained:

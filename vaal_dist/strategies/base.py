@@ -16,7 +16,7 @@ from vaal_dist.scoring.topk import Selection
 
 class Strategy(Protocol):
     name: ClassVar[str]
-    needs_labeled: ClassVar[bool]     # trains on labeled images (each training worker needs some)
+    trains: ClassVar[tuple[str, ...]]   # the models it trains ("task", "vaal", "aalu"); none: no labeled image needed
 
     def train(self, inputs: RoundInputs) -> Trained:
         """Train (through ``inputs``, on Ray Train) what selecting needs."""

@@ -18,7 +18,7 @@ from vaal_dist.strategies.vaal import VAAL
 
 class Coreset:
     name = "coreset"
-    needs_labeled = True
+    trains = ("task",)
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
@@ -37,6 +37,7 @@ class Coreset:
 
 class CoresetVAE(Coreset):
     name = "coreset_vae"
+    trains = ("vaal",)
 
     def train(self, inputs: RoundInputs) -> Trained:
         return VAAL().train(inputs)

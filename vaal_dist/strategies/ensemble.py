@@ -24,7 +24,7 @@ class EnsembleScorer(TaskScorer):
 
 class Ensemble(TopKStrategy):
     name = "ensemble"
-    needs_labeled = True
+    trains = ("task",)
 
     def train(self, inputs: RoundInputs) -> Trained:
         members = inputs.config.acquisition.ensemble_members

@@ -18,7 +18,7 @@ class EntropyScorer(TaskScorer):
 
 class Entropy(TopKStrategy):
     name = "entropy"
-    needs_labeled = True
+    trains = ("task",)
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()

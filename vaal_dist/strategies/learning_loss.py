@@ -24,7 +24,7 @@ class PredictedLossScorer(TaskScorer):
 
 class LearningLoss(TopKStrategy):
     name = "learning_loss"
-    needs_labeled = True
+    trains = ("task",)
     subset_factor = 10
     rank_loss = "margin"
 

@@ -51,7 +51,7 @@ class MCDropoutScorer(TaskScorer):
 
 class MCDropout(TopKStrategy):
     name = "mc_dropout"
-    needs_labeled = True
+    trains = ("task",)
     acquisition = "variation_ratio"
 
     def train(self, inputs: RoundInputs) -> Trained:

@@ -23,7 +23,7 @@ class RandomScorer:
 
 class Random(TopKStrategy):
     name = "random"
-    needs_labeled = False
+    trains = ()
 
     def train(self, inputs: RoundInputs) -> Trained:
         return Trained(ScorerSpec(RandomScorer, {"seed": inputs.config.seed}))

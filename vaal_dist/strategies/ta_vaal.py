@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vaal_dist.acquisition import least_discriminated
-from vaal_dist.pool.images import check_image_size, decode_images
+from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.strategies.base import TopKStrategy
@@ -58,13 +58,12 @@ class TAVAALScorer:
 
 class TAVAAL(TopKStrategy):
     name = "ta_vaal"
-    needs_labeled = True
+    trains = ("task", "vaal")
     subset_factor = 10
     rank_loss = "bce"
 
     def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
-        check_image_size(inputs.meta, cfg.vaal.image_size)      # before training the task model
         task = inputs.train_task(rank_loss=self.rank_loss)
         ranks = inputs.scorer(RankScorer, checkpoint=task.checkpoint, pixel_size=cfg.vaal.image_size)
         vaal = inputs.train_vaal(columns={side: inputs.columns(ranks, side) for side in ("labeled", "unlabeled")})

@@ -51,7 +51,7 @@ class VAALScorer:
 
 class VAAL(TopKStrategy):
     name = "vaal"
-    needs_labeled = True
+    trains = ("vaal",)
     vaal_overrides: ClassVar[dict] = {}      # VAALConfig fields an ablation changes
 
     def train(self, inputs: RoundInputs) -> Trained:
