@@ -1,0 +1,91 @@
+"""The job's driver process killed for real (SIGKILL) while training and while scoring: the same command run
+again completes with the calm run's selection and leaves no temporary file beside the outputs.
+
+The driver joins the tests' Ray cluster as a `ray job submit` driver joins its cluster, so the cluster
+outlives it (and reaps the job's workers and actors), as it would in production.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_raw_pool, read_selection
+from vaal_dist.pool.io import write_manifest
+
+# Runs the CLI in a driver that SIGKILLs itself when the first scored candidates reach it.
+KILLED_WHILE_SCORING = """
+import os, signal, sys
+from vaal_dist.scoring.topk import RunningTopK
+RunningTopK.add = lambda self, ids, scores: os.kill(os.getpid(), signal.SIGKILL)
+from vaal_dist.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+CLI = "import sys\nfrom vaal_dist.cli import main\nsys.exit(main(sys.argv[1:]))"
+
+
+def round_argv(pool: str, labeled: str, out: Path, address: str) -> list[str]:
+    return ["round", "--pool", pool, "--labeled", labeled, "--out", str(out), "--budget", "20", "--preset", "cpu",
+            "--epochs", "4", "--batch-size", "32", "--workers", "1", "--actors", "2", "--score-batch-size", "32",
+            "--ray-address", address]
+
+
+def driver(code: str, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary files anywhere under the round's folder: half-written outputs or checkpoints."""
+    return [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def first_checkpoint(out: Path) -> bool:
+    return any((out / "train" / "vaal").glob("checkpoint*"))
+
+
+@pytest.fixture(scope="module")
+def tiny_pool_module(tmp_path_factory):
+    """(pool, labeled manifest): 256 random 32x32 images, 32 labeled, shared by the module's rounds."""
+    folder = tmp_path_factory.mktemp("pool")
+    ids = make_raw_pool(folder / "pool", 256)
+    write_manifest(str(folder / "labeled.parquet"), np.random.default_rng(1).choice(ids, 32, replace=False))
+    return str(folder / "pool"), str(folder / "labeled.parquet")
+
+
+@pytest.fixture(scope="module")
+def calm(ray_local, tiny_pool_module, tmp_path_factory):
+    pool, labeled = tiny_pool_module
+    out = tmp_path_factory.mktemp("calm") / "out"
+    address = ray_local.get_runtime_context().gcs_address
+    assert driver(CLI, round_argv(pool, labeled, out, address)).wait(timeout=300) == 0
+    return read_selection(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["training", "scoring"])
+def test_a_killed_driver_reruns_to_the_calm_selection_with_no_temporary_files(ray_local, tiny_pool_module, calm,
+                                                                             tmp_path, stage):
+    pool, labeled = tiny_pool_module
+    out = tmp_path / "out"
+    argv = round_argv(pool, labeled, out, ray_local.get_runtime_context().gcs_address)
+    if stage == "scoring":
+        killed = driver(KILLED_WHILE_SCORING, argv)
+        killed.wait(timeout=300)
+    else:
+        killed = driver(CLI, argv)
+        deadline = time.monotonic() + 300
+        while not first_checkpoint(out) and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "run.json").exists(), "the driver finished before it was killed: nothing was tested"
+
+    rerun = driver(CLI, argv)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
+    assert read_selection(out) == calm
+    assert leftovers(out) == []
