@@ -78,7 +78,7 @@ def test_every_strategy_is_registered_and_named_by_its_class():
     assert {"vaal", "random", "coreset", "entropy", "mc_dropout", "dbal", "ensemble", "learning_loss",
             "learning_loss_v2", "ta_vaal", "aalu", "aalu_advvae", "aalu_advvae_pred", "aalu_losslearn",
             "aalu_advvae_losslearn", "vaal_frozen_vae", "vaal_vae_w2", "vaal_disc_only", "ta_vaal_lloss",
-            "coreset_vae"} == set(STRATEGIES)
+            "coreset_vae", "margin"} == set(STRATEGIES)
     for name in STRATEGIES:
         assert get_strategy(name).name == name
     with pytest.raises(InputError, match="unknown strategy"):

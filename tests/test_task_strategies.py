@@ -16,6 +16,7 @@ from vaal_dist.scoring.ids import random_subset
 from vaal_dist.strategies.ensemble import EnsembleScorer
 from vaal_dist.strategies.entropy import EntropyScorer
 from vaal_dist.strategies.learning_loss import PredictedLossScorer
+from vaal_dist.strategies.margin import MarginScorer
 from vaal_dist.strategies.mc_dropout import MCDropoutScorer
 from vaal_dist.acquisition import entropy
 from vaal_dist.train.aalu_loop import aalu_step, build_aalu
@@ -101,6 +102,16 @@ def test_entropy_picks_the_ambiguous_image_first(plain):
     scores = EntropyScorer(plain, META)(batch)
     assert batch["id"][np.argmax(scores)] == "zz-gray"
     assert scores.shape == (len(batch["id"]),) and np.all(scores >= 0) and np.all(scores <= np.log(2) + 1e-9)
+
+
+def test_margin_picks_the_ambiguous_image_first(plain):
+    batch, _ = two_tone_batch()
+    scorer = MarginScorer(plain, META)
+    scores = scorer(batch)
+    assert batch["id"][np.argmax(scores)] == "zz-gray"
+    with torch.inference_mode():
+        probs = scorer.probs(batch).numpy()
+    np.testing.assert_array_equal(scores, np.sort(probs, 1)[:, -2] - np.sort(probs, 1)[:, -1])
 
 
 def test_dbal_picks_the_ambiguous_image_first_and_is_the_entropy_of_the_mean(with_dropout):

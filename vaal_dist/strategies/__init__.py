@@ -12,6 +12,7 @@ MODULES = (
     "aalu",
     "learning_loss",
     "entropy",
+    "margin",
     "mc_dropout",
     "ensemble",
     "coreset",
