@@ -18,7 +18,7 @@ def job_main():
     return runpy.run_path(str(JOB))["main"]
 
 
-TRAINING = [("--epochs", "0"), ("--batch-size", "0"), ("--epoch-images", "0"), ("--task-epochs", "0"),
+TRAINING = [("--epochs", "0"), ("--batch-size", "0"), ("--epoch-images", "0"), ("--task-epochs", "0"), ("--task-min-steps", "-1"),
             ("--aalu-epochs", "0"), ("--mc-passes", "0"), ("--members", "0"), ("--subset-factor", "-1"),
             ("--workers", "-1"), ("--cpus-per-worker", "0"), ("--cpus-per-worker", "nan"),
             ("--cpus-per-worker", "inf"), ("--max-failures", "-1"), ("--score-batch-size", "0"), ("--actors", "-1"),

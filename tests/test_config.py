@@ -1,5 +1,6 @@
 """Configs: a round's recorded preset name always names the models it ran with, and the configs the CLI builds
-hash to the fingerprints they had before the Preset / Setup split (a rerun into an old --out still resumes)."""
+hash to pinned fingerprints: the flat RoundConfig of commit 04f7451's, re-pinned once when TaskConfig gained
+``min_steps`` (issue #21). A change here is a change of what the CLI builds, so it must be deliberate."""
 import argparse
 
 import pyarrow as pa
@@ -12,15 +13,15 @@ from vaal_dist.round import _fingerprint
 POOL, LABELED = pa.array(["a", "b", "c"]), pa.array(["a"])
 ROUND = ["--pool", "P", "--labeled", "L", "--budget", "5", "--out", "O"]
 
-# Fingerprints of these command lines as the flat RoundConfig of commit 04f7451 hashed them.
+# Fingerprints of these command lines (the flat RoundConfig of commit 04f7451, plus TaskConfig.min_steps).
 BEFORE_THE_SPLIT = [
-    (ROUND, "0728b0dfb1e6c21b99b91b460a53667cb1c1f633065c0b5ac84366aab962dcfa"),
+    (ROUND, "51aff7133b7b5911a7b12d9b92ad3126add7431e4655cc72e0169f79482a54e5"),
     (ROUND + ["--preset", "cpu", "--epochs", "1", "--task-epochs", "2", "--aalu-epochs", "3", "--epoch-images", "9",
               "--batch-size", "16", "--workers", "0", "--seed", "3", "--strategy", "entropy", "--members", "2",
               "--mc-passes", "4", "--subset-factor", "0", "--actors", "1", "--threads-per-actor", "2", "--amp",
               "--use-gpu", "--cpus-per-worker", "2", "--max-failures", "0", "--score-batch-size", "8",
-              "--holdout", "H"], "689238a52522ba9538e312d33f064b055c46b123ac2ebcc9b444a15c54bb797f"),
-    (ROUND + ["--preset", "imagenet"], "6e49f826f064ba58edac37e949299dc5c7dc32cf9cf24c0a8ab99d5d99d00166"),
+              "--holdout", "H"], "e46aa02cc9ad0b8571be062fa440c3d9b9715638d1f4e91022f634f13a49d6ee"),
+    (ROUND + ["--preset", "imagenet"], "9abf705ec16c93705dc76c24e95d7bd1f9dda0e7e2a3a9870bf169ae2e9e36c1"),
 ]
 
 
@@ -33,7 +34,7 @@ def test_the_cli_builds_the_config_it_built_before_the_split(argv, fingerprint):
 def test_a_default_round_keeps_its_fingerprint():
     cfg = RoundConfig("pool", "labeled.parquet", "out", 2)
     assert _fingerprint(cfg, pa.array(["a", "b", "c", "d"]), pa.array(["b"]), None) == \
-        "e61971faae672f9ec11a68ed7e8e5596d46026eea543f139f721efc45cb57567"
+        "2c49cdcebf689e2039a2dc17a9c5442d2cb9f51b1f4a4221019c8a1d2e57f36c"
 
 
 def test_the_recorded_preset_names_the_models_the_round_ran_with():

@@ -98,7 +98,7 @@ def test_paper_fractions_and_bad_settings_are_named():
 @pytest.mark.slow
 def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_local, tmp_path, monkeypatch):
     ids = make_raw_pool(tmp_path / "pool", 200, shards=2)
-    setup = Setup(preset("cpu", vaal={"epochs": 1, "batch_size": 32}, task={"epochs": 1}),
+    setup = Setup(preset("cpu", vaal={"epochs": 1, "batch_size": 32}, task={"epochs": 1, "min_steps": 0}),
                   scoring=ScoringConfig(batch_size=32, num_actors=2), workers=0)
     cfg = ExperimentConfig(str(tmp_path / "pool"), setup, str(tmp_path / "exp"), strategies=("random",), seeds=(3,), initial=0.2,
                            step=0.1, final=0.3, test_fraction=0.25)

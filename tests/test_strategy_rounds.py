@@ -40,7 +40,8 @@ def split_pool(tiny_pool, tmp_path):
 
 
 def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig:
-    models = preset("cpu", vaal={"epochs": 1}, task={"epochs": 2}, aalu={"epochs": 2, "batch_size": 32})
+    # 32 labeled images on 2 workers are one optimizer step an epoch: min_steps 3 stretches 2 epochs to 3
+    models = preset("cpu", vaal={"epochs": 1}, task={"epochs": 2, "min_steps": 3}, aalu={"epochs": 2, "batch_size": 32})
     return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=budget, strategy=strategy, holdout=holdout,
                        setup=Setup(models, AcquisitionConfig(mc_passes=5, ensemble_members=3),
                                    ScoringConfig(batch_size=64), workers=2))
@@ -58,6 +59,7 @@ def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool
     assert np.all(np.diff(sel["score"]) <= 0)
     if strategy not in TASK_FREE:          # every other one trains a task model, evaluated on the held-out ids
         assert 0.0 <= result.record["train"]["task"]["last_epoch"]["eval_accuracy"] <= 1.0
+        assert result.record["train"]["task"]["last_epoch"]["epoch"] == 3
     assert result.record["pool"]["held_out"] == 32
 
 

@@ -21,7 +21,7 @@ from vaal_dist.strategies.mc_dropout import MCDropoutScorer
 from vaal_dist.acquisition import entropy
 from vaal_dist.train.aalu_loop import aalu_step, build_aalu
 from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, save_task_checkpoint,
-                                       train_task_epoch)
+                                       scheduled, train_task_epoch)
 
 META = PoolMeta("raw", (32, 32, 1))
 CFG = preset("cpu", task={"crop_padding": 0, "lr": 0.05}).task
@@ -351,3 +351,14 @@ def test_aalu_losslearn_steps_over_a_one_image_labeled_batch():
                                                             "probs": torch.full((4, 2), 0.5)}, cfg)
     assert "a_rank" not in metrics
     assert all(torch.equal(a, b) for a, b in zip(before, assistant.parameters()))   # nothing to learn from
+
+
+def test_a_small_labeled_set_gets_epochs_enough_for_the_minimum_steps_and_a_large_one_is_unchanged():
+    cpu = preset("cpu").task                          # 15 epochs of batch 64, lr x0.1 at 12, detach at 9, 400 steps
+    few = scheduled(cpu, images=400)                  # 7 steps an epoch: 105 in 15 epochs, 406 in 58
+    assert (few.epochs, few.milestones, few.loss_detach_epoch) == (58, (46,), 35)   # 12 and 9 of 15, as of 58
+    assert few.epochs * 7 >= cpu.min_steps > (few.epochs - 1) * 7
+    assert scheduled(cpu, images=64 * 30) is cpu      # 30 steps an epoch: 450 in 15 epochs already
+    cifar = preset("cifar10").task
+    assert scheduled(cifar, images=1000) is cifar     # the papers' 200 epochs of 8 steps: 1,600 >= 1,000
+    assert scheduled(cpu, images=0).epochs == 400     # an empty shard still counts one step an epoch

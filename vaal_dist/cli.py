@@ -84,6 +84,8 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="a VAE/discriminator epoch visits a fresh seeded sample of at most this many unlabeled "
                         "images (default: all of them, as the papers)")
     p.add_argument("--task-epochs", type=at_least(1), help="override the preset's task-model epochs")
+    p.add_argument("--task-min-steps", type=at_least(0),
+                   help="override the preset's minimum of task-model optimizer steps (more epochs on small labeled sets)")
     p.add_argument("--aalu-epochs", type=at_least(1), help="override the preset's AALU epochs")
     p.add_argument("--mc-passes", type=at_least(1), default=AcquisitionConfig.mc_passes,
                    help="stochastic passes for mc_dropout and dbal")
@@ -114,7 +116,8 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
 
     models = preset(_preset_name(args),
                     vaal=given(epochs=args.epochs, batch_size=args.batch_size, epoch_images=args.epoch_images),
-                    task=given(epochs=args.task_epochs), aalu=given(epochs=args.aalu_epochs))
+                    task=given(epochs=args.task_epochs, min_steps=args.task_min_steps),
+                    aalu=given(epochs=args.aalu_epochs))
     return Setup(
         preset=models,
         acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,

@@ -48,6 +48,7 @@ class TaskConfig:
     arch: str = "resnet18"                 # resnet18 | vgg16_bn | cnn (a small CPU net)
     image_size: int = 32
     epochs: int = 200
+    min_steps: int = 1000                  # at least this many optimizer steps: small labeled sets get more epochs
     batch_size: int = 128                  # per worker
     lr: float = 0.1
     momentum: float = 0.9
@@ -140,9 +141,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            TaskConfig(image_size=64)),
     # Same algorithms, small enough for a 2-core CPU, no flips (digits). VAAL: quarter-width convs, 2 epochs.
     # Task: a 4-stage conv net, 15 epochs, lr 0.02 stepped at 12 (10 epochs at lr 0.05 was unstable on MNIST
-    # subsets: the same 600 images gave 0.70 or 0.86 with 1 or 2 threads). AALU: 128 wide, 10 epochs.
+    # subsets: the same 600 images gave 0.70 or 0.86 with 1 or 2 threads), and at least 400 optimizer steps
+    # (15 epochs of 400 labels are 105). AALU: 128 wide, 10 epochs.
     Preset("cpu", VAALConfig(channels=(32, 64, 128, 256), disc_hidden=128, epochs=2, hflip=False),
-           TaskConfig(arch="cnn", epochs=15, batch_size=64, lr=0.02, milestones=(12,), hflip=False,
+           TaskConfig(arch="cnn", epochs=15, min_steps=400, batch_size=64, lr=0.02, milestones=(12,), hflip=False,
                       crop_padding=2, loss_detach_epoch=9),
            AALUConfig(hidden=128, epochs=10)),
 )}

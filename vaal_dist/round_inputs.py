@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -28,7 +29,7 @@ from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_columns, stream_embeddings, stream_top_k
 from vaal_dist.scoring.topk import Selection
 from vaal_dist.train.pool_batches import pool_source
-from vaal_dist.train.task_loop import task_train_loop_per_worker
+from vaal_dist.train.task_loop import scheduled, task_train_loop_per_worker
 from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import train_loop_per_worker
 
@@ -144,7 +145,9 @@ class RoundInputs:
         datasets = labeled_datasets(cfg.pool, splits, self.meta, cfg.task.image_size)
         model_args = {"num_classes": num_classes, "in_channels": self.meta.channels, "rank_loss": rank_loss,
                       "dropout": dropout}
-        loop_config = {"task": dataclasses.asdict(cfg.task), "seed": cfg.seed, "members": members,
+        per_worker = len(self.labeled_ids) if members else math.ceil(len(self.labeled_ids) / max(1, cfg.workers))
+        task = scheduled(cfg.task, per_worker)
+        loop_config = {"task": dataclasses.asdict(task), "seed": cfg.seed, "members": members,
                        "model_args": model_args, "datasets": list(datasets)}
         trained = self.fit(task_train_loop_per_worker, loop_config, datasets, name="ensemble" if members else "task",
                            workers=min(cfg.workers, members) if members else None,

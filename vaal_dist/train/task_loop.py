@@ -13,6 +13,7 @@ Two ways to use the workers:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable
 
@@ -97,6 +98,19 @@ def evaluate(model, batches: Iterable[dict]) -> dict[str, float]:
         loss += F.cross_entropy(out.logits, y, reduction="sum").item()
         total += len(y)
     return {"eval_accuracy": correct / total, "eval_loss": loss / total} if total else {}
+
+
+def scheduled(cfg: TaskConfig, images: int) -> TaskConfig:
+    """``cfg`` for ``images`` labeled images per worker: at least ``cfg.min_steps`` optimizer steps, so a small
+    labeled set is not a few dozen steps. Epochs grow to cover them, and the lr milestones and the loss module's
+    detach epoch keep their place in the schedule. A schedule that already has the steps is unchanged."""
+    steps_per_epoch = max(1, math.ceil(images / cfg.batch_size))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    if epochs == cfg.epochs:
+        return cfg
+    stretch = epochs / cfg.epochs
+    return dataclasses.replace(cfg, epochs=epochs, milestones=tuple(round(m * stretch) for m in cfg.milestones),
+                               loss_detach_epoch=round(cfg.loss_detach_epoch * stretch))
 
 
 def build_task_model(cfg: TaskConfig, num_classes: int, in_channels: int, rank_loss: str | None,
