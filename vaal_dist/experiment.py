@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from vaal_dist.config import RoundConfig, Setup
 from vaal_dist.errors import InputError
 from vaal_dist.experiment_report import GAME_METRICS, write_results
+from vaal_dist.folder_lock import tables_lock
 from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manifest, read_pool_ids, \
     read_pool_meta, resolve, write_json, write_manifest
 from vaal_dist.round import run_round
@@ -76,8 +77,17 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
         test_uri, initial_uri = _splits(cfg, pool_ids, seed)
         for strategy in cfg.strategies:
             rows += _curve(cfg, strategy, seed, test_uri, initial_uri, len(pool_ids))
-            curves = _with_earlier_curves(cfg.out, pa.Table.from_pylist(rows))
-            write_results(cfg.out, curves)
+            curves = _record_curves(cfg.out, pa.Table.from_pylist(rows))
+    return curves
+
+
+def _record_curves(out: str, curves: pa.Table) -> pa.Table:
+    """Write ``curves`` with the folder's earlier ones into its tables, and return what was written. Under
+    the folder's tables lock: invocations sharing the folder finish curves at any time, and a read-modify-write
+    that read before another's write would drop that one's rows."""
+    with tables_lock(out):
+        curves = _with_earlier_curves(out, curves)
+        write_results(out, curves)
     return curves
 
 

@@ -3,7 +3,8 @@
 Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, score, rank) and ``run.json``
 (config, versions, sizes, timings). Both files are written atomically and run.json last, so a round
 whose run.json exists is complete; rerunning it is a no-op, and rerunning an interrupted one resumes
-training from its latest checkpoint.
+training from its latest checkpoint. One round at a time per ``out``: a second is refused naming the first
+(``folder_lock.round_lock``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
+from vaal_dist.folder_lock import round_lock
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, exists, join, pool_files, read_json, \
     read_manifest, read_pool_ids, read_pool_meta, write_json, write_parquet
 from vaal_dist.redaction import redact
@@ -167,48 +169,51 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     with _damage_named(cfg.pool):
         inputs.check(strategy.trains)        # refused input leaves nothing behind, not even inputs.json
     inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
-    if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
-        raise InputError(f"{cfg.out!r} holds a round started with another config, pool (ids or files), labeled "
-                         f"set or vaal_dist version; choose a new --out")
-    if exists(record_uri):
-        log.info("round in %s is already complete; nothing to do", redact(cfg.out))
-        return RoundResult(selection_uri, read_json(record_uri))
-    write_json(inputs_uri, {"fingerprint": fingerprint})
-    log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
-             cfg.budget)
+    # Held from the checks of what --out holds to the last write: a run that passed the checks before another
+    # started could otherwise write over it (docs/reliability.md).
+    with round_lock(cfg.out):
+        if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
+            raise InputError(f"{cfg.out!r} holds a round started with another config, pool (ids or files), "
+                             f"labeled set or vaal_dist version; choose a new --out")
+        if exists(record_uri):
+            log.info("round in %s is already complete; nothing to do", redact(cfg.out))
+            return RoundResult(selection_uri, read_json(record_uri))
+        write_json(inputs_uri, {"fingerprint": fingerprint})
+        log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
+                 cfg.budget)
 
-    t = time.perf_counter()
-    with _damage_named(cfg.pool):
-        trained = strategy.train(inputs)
-        train_seconds = time.perf_counter() - t
-        top = strategy.select(inputs, trained)
-    if len(top.ids) != cfg.budget:
-        raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
+        t = time.perf_counter()
+        with _damage_named(cfg.pool):
+            trained = strategy.train(inputs)
+            train_seconds = time.perf_counter() - t
+            top = strategy.select(inputs, trained)
+        if len(top.ids) != cfg.budget:
+            raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
 
-    write_parquet(selection_uri, pa.table({
-        "id": pa.array(top.ids, pa.string()),
-        "score": pa.array(top.scores, pa.float64()),
-        "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
-    }))
-    total = time.perf_counter() - start
-    record = {
-        "config": _jsonable(cfg.to_dict()),
-        "versions": _versions(),
-        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
-        "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
-                 "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": meta.encoding},
-        "selection": redact(selection_uri),
-        "inputs_fingerprint": fingerprint,
-        "budget": cfg.budget,
-        "train": _jsonable(trained.record()),
-        "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,
-                    "merge_seconds": top.merge_seconds, "total_seconds": total},
-        "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
-                    sizes.unlabeled / top.seconds if top.seconds else None},
-        "per_100_query_seconds": total / cfg.budget * 100,
-    }
-    write_json(record_uri, record)
-    return RoundResult(selection_uri, record)
+        write_parquet(selection_uri, pa.table({
+            "id": pa.array(top.ids, pa.string()),
+            "score": pa.array(top.scores, pa.float64()),
+            "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
+        }))
+        total = time.perf_counter() - start
+        record = {
+            "config": _jsonable(cfg.to_dict()),
+            "versions": _versions(),
+            "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+            "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
+                     "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": meta.encoding},
+            "selection": redact(selection_uri),
+            "inputs_fingerprint": fingerprint,
+            "budget": cfg.budget,
+            "train": _jsonable(trained.record()),
+            "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,
+                        "merge_seconds": top.merge_seconds, "total_seconds": total},
+            "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
+                        sizes.unlabeled / top.seconds if top.seconds else None},
+            "per_100_query_seconds": total / cfg.budget * 100,
+        }
+        write_json(record_uri, record)
+        return RoundResult(selection_uri, record)
 
 
 @contextlib.contextmanager
