@@ -29,7 +29,8 @@ from vaal_dist.folder_lock import round_lock
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, exists, join, pool_files, read_json, \
     read_manifest, read_pool_ids, read_pool_meta, write_json, write_parquet
 from vaal_dist.redaction import redact
-from vaal_dist.round_inputs import RoundInputs
+from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.topk import Selection
 from vaal_dist.strategies import get_strategy
 
 log = logging.getLogger(__name__)
@@ -168,20 +169,15 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     with _damage_named(cfg.pool):
         inputs.check(strategy.trains)        # refused input leaves nothing behind, not even inputs.json
-    inputs_uri, record_uri, selection_uri = (join(cfg.out, f) for f in (INPUTS, RECORD, SELECTION))
     # Held from the checks of what --out holds to the last write: a run that passed the checks before another
     # started could otherwise write over it (docs/reliability.md).
     with round_lock(cfg.out):
-        if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
-            raise InputError(f"{cfg.out!r} holds a round started with another config, pool (ids or files), "
-                             f"labeled set or vaal_dist version; choose a new --out")
-        if exists(record_uri):
+        record_uri = join(cfg.out, RECORD)
+        if _claim(cfg.out, fingerprint):
             log.info("round in %s is already complete; nothing to do", redact(cfg.out))
-            return RoundResult(selection_uri, read_json(record_uri))
-        write_json(inputs_uri, {"fingerprint": fingerprint})
+            return RoundResult(join(cfg.out, SELECTION), read_json(record_uri))
         log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
                  cfg.budget)
-
         t = time.perf_counter()
         with _damage_named(cfg.pool):
             trained = strategy.train(inputs)
@@ -189,31 +185,55 @@ def run_round(cfg: RoundConfig) -> RoundResult:
             top = strategy.select(inputs, trained)
         if len(top.ids) != cfg.budget:
             raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
-
-        write_parquet(selection_uri, pa.table({
-            "id": pa.array(top.ids, pa.string()),
-            "score": pa.array(top.scores, pa.float64()),
-            "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
-        }))
-        total = time.perf_counter() - start
-        record = {
-            "config": _jsonable(cfg.to_dict()),
-            "versions": _versions(),
-            "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
-            "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
-                     "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": meta.encoding},
-            "selection": redact(selection_uri),
-            "inputs_fingerprint": fingerprint,
-            "budget": cfg.budget,
-            "train": _jsonable(trained.record()),
-            "timings": {"train_seconds": train_seconds, "score_seconds": top.seconds - top.merge_seconds,
-                        "merge_seconds": top.merge_seconds, "total_seconds": total},
-            "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
-                        sizes.unlabeled / top.seconds if top.seconds else None},
-            "per_100_query_seconds": total / cfg.budget * 100,
-        }
+        selection_uri = _write_selection(cfg.out, top)
+        record = _record(inputs, sizes, fingerprint, trained, top, selection_uri,
+                         {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - start})
         write_json(record_uri, record)
         return RoundResult(selection_uri, record)
+
+
+def _claim(out: str, fingerprint: str) -> bool:
+    """Whether ``out`` holds this round complete; else make it this round's (refusing another round's)."""
+    inputs_uri = join(out, INPUTS)
+    if exists(inputs_uri) and read_json(inputs_uri)["fingerprint"] != fingerprint:
+        raise InputError(f"{out!r} holds a round started with another config, pool (ids or files), "
+                         f"labeled set or vaal_dist version; choose a new --out")
+    if exists(join(out, RECORD)):
+        return True
+    write_json(inputs_uri, {"fingerprint": fingerprint})
+    return False
+
+
+def _write_selection(out: str, top: Selection) -> str:
+    uri = join(out, SELECTION)
+    write_parquet(uri, pa.table({
+        "id": pa.array(top.ids, pa.string()),
+        "score": pa.array(top.scores, pa.float64()),
+        "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
+    }))
+    return uri
+
+
+def _record(inputs: RoundInputs, sizes: _Sizes, fingerprint: str, trained: Trained, top: Selection,
+            selection_uri: str, seconds: dict) -> dict:
+    """run.json: what ran, on what, what it trained and what it cost."""
+    cfg = inputs.config
+    return {
+        "config": _jsonable(cfg.to_dict()),
+        "versions": _versions(),
+        "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
+        "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
+                 "unlabeled": sizes.unlabeled, "held_out": sizes.holdout, "encoding": inputs.meta.encoding},
+        "selection": redact(selection_uri),
+        "inputs_fingerprint": fingerprint,
+        "budget": cfg.budget,
+        "train": _jsonable(trained.record()),
+        "timings": {"train_seconds": seconds["train_seconds"], "score_seconds": top.seconds - top.merge_seconds,
+                    "merge_seconds": top.merge_seconds, "total_seconds": seconds["total_seconds"]},
+        "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
+                    sizes.unlabeled / top.seconds if top.seconds else None},
+        "per_100_query_seconds": seconds["total_seconds"] / cfg.budget * 100,
+    }
 
 
 @contextlib.contextmanager
