@@ -1,0 +1,335 @@
+"""Cluster-Margin's clustering and round-robin selection, TypiClust's exact typicality and picks."""
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist, squareform
+
+from vaal_dist.clustering import cluster_margin, typiclust
+from vaal_dist.clustering.hac import average_linkage, cut
+from vaal_dist.errors import InputError
+from vaal_dist.scoring.ids import id_hash
+
+
+def same_partition(a, b) -> bool:
+    """True when the two labelings group the points alike, whatever the cluster numbers."""
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+def planted_blobs(n, d, k, seed=0, spread=0.1):
+    """k blobs: centres N(0, 1) per coordinate, points N(centre, spread^2); at spread 0.1 a point lies
+    about 0.1 sqrt(2d) from its blob-mates and sqrt(2d) from the others: ten times farther."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    x = rng.normal(size=(k, d))[truth] + spread * rng.normal(size=(n, d))
+    return x.astype(np.float32), truth, np.array([f"p{i:05d}" for i in rng.permutation(n)])
+
+
+# --- exact average-linkage HAC over weighted items ---
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unit_weights_give_scipys_average_linkage(seed):
+    x = np.random.default_rng(seed).normal(size=(150, 6))
+    merges, scipy_tree = average_linkage(squareform(pdist(x))), linkage(pdist(x), "average")
+    np.testing.assert_allclose(np.sort(merges[:, 2]), scipy_tree[:, 2], rtol=1e-12)
+    for n in (1, 2, 7, 40, 150):
+        assert same_partition(cut(merges, 150, n_clusters=n), fcluster(scipy_tree, n, "maxclust"))
+    threshold = float(scipy_tree[74:76, 2].mean())         # between two heights: < and <= agree
+    assert same_partition(cut(merges, 150, distance_threshold=threshold),
+                          fcluster(scipy_tree, threshold, "distance"))
+
+
+def textbook_weighted_average(dist, weights):
+    """The greedy definition: merge the two clusters with the smallest weighted mean dissimilarity
+    sum_{i in A, j in B} w_i w_j D_ij / (W_A W_B); returns the merge heights in order."""
+    clusters, heights = [[i] for i in range(len(dist))], []
+    while len(clusters) > 1:
+        def link(a, b):
+            return sum(weights[i] * weights[j] * dist[i, j] for i in a for j in b) / (
+                sum(weights[i] for i in a) * sum(weights[j] for j in b))
+        h, a, b = min((link(a, b), ia, ib) for ia, a in enumerate(clusters) for ib, b in enumerate(clusters) if ia < ib)
+        heights.append(h)
+        clusters = [c for i, c in enumerate(clusters) if i not in (a, b)] + [clusters[a] + clusters[b]]
+    return np.array(heights)
+
+
+def test_weights_make_merged_distances_means_over_all_pairs():
+    rng = np.random.default_rng(4)
+    dist = squareform(pdist(rng.normal(size=(25, 3))))
+    weights = rng.integers(1, 50, 25).astype(float)
+    merges = average_linkage(dist, weights)
+    np.testing.assert_allclose(np.sort(merges[:, 2]), textbook_weighted_average(dist, weights), rtol=1e-12)
+    # and the weights matter: the unweighted tree differs
+    assert not np.allclose(np.sort(average_linkage(dist)[:, 2]), np.sort(merges[:, 2]))
+
+
+def test_cut_takes_exactly_one_rule():
+    merges = average_linkage(squareform(pdist(np.arange(5.0)[:, None])))
+    with pytest.raises(InputError):
+        cut(merges, 5)
+    with pytest.raises(InputError):
+        cut(merges, 5, n_clusters=2, distance_threshold=1.0)
+    with pytest.raises(InputError):
+        cut(merges, 5, n_clusters=6)
+    assert list(cut(merges, 5, n_clusters=5)) == [0, 1, 2, 3, 4]      # numbered by smallest item
+
+
+# --- Cluster-Margin's clustering ---
+
+def test_planted_blobs_come_out_as_exact_hac_finds_them():
+    x, truth, ids = planted_blobs(2000, 16, 6)
+    clusters = cluster_margin.cluster_pool(x, ids, n_clusters=6)
+    exact = fcluster(linkage(x.astype(np.float64), "average"), 6, "maxclust")
+    assert same_partition(clusters.cluster, truth) and same_partition(exact, truth)
+    assert clusters.cluster.dtype == np.int64 and set(clusters.cluster.tolist()) == set(range(6))
+
+
+def test_a_distance_threshold_between_and_within_blobs_separates_them():
+    # within a blob points are ~0.1 sqrt(32) = 0.57 apart, across blobs ~sqrt(32) = 5.7: cut at 3
+    x, truth, ids = planted_blobs(1500, 16, 4)
+    assert same_partition(cluster_margin.cluster_pool(x, ids, distance_threshold=3.0).cluster, truth)
+
+
+def test_clustering_is_deterministic_and_fingerprinted():
+    x, _, ids = planted_blobs(800, 8, 3, spread=1.0)
+    first, again = (cluster_margin.cluster_pool(x, ids, n_clusters=5, seed=3) for _ in range(2))
+    np.testing.assert_array_equal(first.cluster, again.cluster)
+    assert first.fingerprint == again.fingerprint
+    moved = x.copy()
+    moved[0, 0] += 1
+    others = [cluster_margin.cluster_pool(moved, ids, n_clusters=5, seed=3),
+              cluster_margin.cluster_pool(x, ids[::-1], n_clusters=5, seed=3),
+              cluster_margin.cluster_pool(x, ids, n_clusters=4, seed=3)]
+    assert len({first.fingerprint, *(o.fingerprint for o in others)}) == 4
+
+
+def test_saved_clusters_load_only_for_the_same_inputs(tmp_path):
+    x, _, ids = planted_blobs(300, 4, 3)
+    clusters = cluster_margin.cluster_pool(x, ids, n_clusters=3)
+    uri = str(tmp_path / "round-1" / "clusters.parquet")
+    assert cluster_margin.load_clusters(uri, clusters.fingerprint) is None          # nothing saved yet
+    cluster_margin.save_clusters(uri, clusters)
+    loaded = cluster_margin.load_clusters(uri, clusters.fingerprint)
+    np.testing.assert_array_equal(loaded.ids, clusters.ids)
+    np.testing.assert_array_equal(loaded.cluster, clusters.cluster)
+    assert cluster_margin.load_clusters(uri, "another fingerprint") is None
+    np.testing.assert_array_equal(loaded.of(ids[[5, 0, 7]]), clusters.cluster[[5, 0, 7]])
+    with pytest.raises(InputError):
+        loaded.of(["not-in-the-pool"])
+
+
+def test_cached_clustering_is_computed_once_per_input(tmp_path, monkeypatch):
+    x, _, ids = planted_blobs(300, 4, 3)
+    uri = str(tmp_path / "clusters.parquet")
+    first = cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=3)
+    direct = cluster_margin.cluster_pool(x, ids, n_clusters=3)
+    computed = []
+    monkeypatch.setattr(cluster_margin, "_cluster", lambda *a: computed.append(a) or first)
+    again = cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=3)
+    assert computed == [] and again.fingerprint == first.fingerprint == direct.fingerprint
+    np.testing.assert_array_equal(again.cluster, direct.cluster)
+    cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=2)            # other settings: computed
+    assert len(computed) == 1
+
+
+def test_a_file_that_is_not_a_clustering_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "other.parquet")
+    with pytest.raises(InputError):
+        cluster_margin.load_clusters(str(tmp_path / "other.parquet"))
+
+
+def test_more_clusters_than_cells_is_refused():
+    x, _, ids = planted_blobs(100, 4, 2)
+    with pytest.raises(InputError, match="n_centroids"):
+        cluster_margin.cluster_pool(x, ids, n_clusters=30, n_centroids=20)
+
+
+# --- Cluster-Margin's round-robin selection ---
+
+def hash_order(ids, seed=0):
+    """ids in the seeded random order select() uses inside a cluster."""
+    ids = np.asarray(ids)
+    return list(ids[np.lexsort((ids, id_hash(ids, seed)))])
+
+
+def test_round_robin_visits_the_smallest_clusters_first():
+    # clusters 7 (3 candidates), 4 (1), 9 (2): visits 4, 9, 7, then 9, 7, then 7
+    ids = np.array(["a", "b", "c", "d", "e", "f"])
+    clusters = np.array([7, 4, 9, 7, 9, 7])
+    picks = cluster_margin.select(np.zeros(6), clusters, ids, budget=6)
+    c7, c9 = hash_order(["a", "d", "f"]), hash_order(["c", "e"])
+    assert list(ids[picks]) == ["b", c9[0], c7[0], c9[1], c7[1], c7[2]]
+    np.testing.assert_array_equal(cluster_margin.select(np.zeros(6), clusters, ids, budget=4), picks[:4])
+
+
+def test_clusters_of_equal_size_go_by_cluster_number():
+    ids = np.array(["x", "y", "z", "w"])
+    picks = cluster_margin.select(np.zeros(4), np.array([5, 2, 8, 2]), ids, budget=4)
+    assert list(ids[picks[:2]]) == ["x", "z"]            # clusters 5 and 8 hold 1 each: 5 first
+    assert set(ids[picks[2:]]) == {"y", "w"}
+
+
+def test_only_the_k_m_most_uncertain_are_candidates():
+    ids = np.array([f"i{i}" for i in range(10)])
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.5, 0.5, 0.0])
+    clusters = np.arange(10)                             # every candidate alone: all visited in round 1
+    picks = cluster_margin.select(scores, clusters, ids, budget=3, candidates=5)
+    # the five highest: 0.9, 0.8, 0.7, 0.6 and, of the tie at 0.5, the smaller id i7
+    assert set(ids[picks]) <= {"i0", "i2", "i4", "i6", "i7"} and len(picks) == 3
+    assert list(ids[picks]) == ["i0", "i2", "i4"]        # one each, clusters visited by number
+
+
+def test_default_k_m_is_ten_times_the_budget():
+    ids = np.array([f"i{i:03d}" for i in range(100)])
+    scores = -np.arange(100.0)                           # i000 most uncertain
+    picks = cluster_margin.select(scores, np.zeros(100, int), ids, budget=3)
+    assert set(ids[picks]) <= set(ids[:30])
+
+
+def test_picks_do_not_depend_on_the_input_order():
+    rng = np.random.default_rng(0)
+    ids = np.array([f"u{i:04d}" for i in range(2000)])
+    scores, clusters = rng.random(2000).round(2), rng.integers(0, 30, 2000)    # rounding makes ties
+    picks = ids[cluster_margin.select(scores, clusters, ids, budget=150, seed=5)]
+    perm = rng.permutation(2000)
+    again = ids[perm][cluster_margin.select(scores[perm], clusters[perm], ids[perm], budget=150, seed=5)]
+    np.testing.assert_array_equal(picks, again)
+    assert len(set(picks)) == 150
+
+
+def test_cluster_margin_spreads_where_top_b_piles_into_one_cluster():
+    x, truth, ids = planted_blobs(3000, 16, 5, seed=2)
+    clusters = cluster_margin.cluster_pool(x, ids, n_clusters=5)
+    assert same_partition(clusters.cluster, truth)
+    rng = np.random.default_rng(0)
+    scores = rng.random(3000)                            # [0, 1): certain
+    blob0 = np.flatnonzero(truth == 0)
+    scores[blob0[:150]] += 2                             # 150 very uncertain points in blob 0
+    for blob in range(1, 5):
+        scores[np.flatnonzero(truth == blob)[:10]] += 1  # 10 fairly uncertain ones in each other blob
+    top_b = np.argsort(-scores)[:20]
+    assert set(truth[top_b]) == {0}
+    # k_m = 190 holds exactly the planted 150 + 4 x 10; round-robin: 4 rounds of one pick per blob
+    picks = cluster_margin.select(scores, clusters.of(ids), ids, budget=20, candidates=190)
+    assert np.bincount(truth[picks], minlength=5).tolist() == [4, 4, 4, 4, 4]
+    assert scores[picks].min() >= 1
+
+
+def test_bad_selection_inputs_are_refused():
+    ids = np.array(["a", "b"])
+    with pytest.raises(InputError):
+        cluster_margin.select(np.zeros(2), np.zeros(2, int), ids, budget=3)
+    with pytest.raises(InputError):
+        cluster_margin.select(np.zeros(2), np.zeros(2, int), ids, budget=2, candidates=1)
+    with pytest.raises(InputError):
+        cluster_margin.select(np.array([0, np.nan]), np.zeros(2, int), ids, budget=1)
+    with pytest.raises(InputError):
+        cluster_margin.select(np.zeros(2), np.zeros(3, int), ids, budget=1)
+
+
+# --- TypiClust ---
+
+def brute_force_knn(x, k):
+    """Every pair in float64 numpy, each point's k nearest others (squared), ascending."""
+    x = x.astype(np.float64)
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(sq, np.inf)
+    return np.sort(sq, axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_knn_distances_are_exact(k, offset):
+    rng = np.random.default_rng(k)
+    x = (rng.normal(size=(400, 24)) + offset).astype(np.float32)    # far from the origin too
+    x[rng.choice(400, 30, replace=False)] = x[rng.choice(400, 30, replace=False)]   # exact duplicates
+    np.testing.assert_allclose(typiclust.knn_sq_dists(x, k), brute_force_knn(x, k), rtol=1e-12, atol=0)
+
+
+def test_rows_the_candidates_cannot_settle_are_recomputed():
+    # a square lattice: each point has 4 neighbours at 1, 4 at sqrt 2...; with no slack the k-th
+    # candidate ties with points FAISS did not return, so rows must fall back to the full search
+    grid = np.stack(np.meshgrid(np.arange(15), np.arange(15)), -1).reshape(-1, 2).astype(np.float32)
+    np.testing.assert_allclose(typiclust.knn_sq_dists(grid, 6, slack=0), brute_force_knn(grid, 6), rtol=1e-12)
+
+
+def test_near_ties_below_float32_resolution_are_settled_exactly():
+    # the origin and 50 float32 points on the unit circle: every squared distance from the origin is 1
+    # to within 1e-7, below what FAISS's float32 search resolves, so its single candidate can be the wrong
+    # one; the row must be recomputed in float64
+    angles = np.linspace(0, 2 * np.pi, 50, endpoint=False)
+    x = np.concatenate([[[0, 0]], np.stack([np.cos(angles), np.sin(angles)], 1)]).astype(np.float32)
+    assert typiclust.knn_sq_dists(x, 1, slack=0)[0, 0] == brute_force_knn(x, 1)[0, 0]
+
+
+def test_typicality_is_the_inverse_mean_euclidean_distance():
+    x = np.array([[0, 0], [3, 4], [6, 8], [0, 1]], np.float32)
+    # point 0: nearest others at 1 ([0, 1]) and 5 ([3, 4]): 1 / mean(1, 5)
+    assert typiclust.typicality(x, 2)[0] == pytest.approx(1 / 3)
+    assert typiclust.typicality(np.zeros((3, 2), np.float32), 2).tolist() == [np.inf] * 3
+
+
+def planted_centre(seed=0):
+    """A point at the origin with 24 points on a circle of radius 0.1 around it, 200 points in an annulus
+    of radius 1 to 2, 10 outliers at radius 30. The origin's 20 nearest are all at 0.1; a circle point's
+    are the origin and 19 circle points at chords 0.2 sin(pi j / 24), j = 1..9 twice and j = 10, a mean of
+    0.119: the origin alone is the most typical."""
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    circle = 0.1 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    r, a = rng.uniform(1, 2, 200), rng.uniform(0, 2 * np.pi, 200)
+    annulus = np.stack([r * np.cos(a), r * np.sin(a)], 1)
+    outliers = 30 * np.stack([np.cos(angles[:10]), np.sin(angles[:10])], 1)
+    x = np.concatenate([np.zeros((1, 2)), circle, annulus, outliers]).astype(np.float32)
+    perm = rng.permutation(len(x))
+    return x[perm], int(np.argmax(perm == 0)), np.array([f"t{i:03d}" for i in range(len(x))])
+
+
+def test_picks_the_planted_centre_not_an_outlier():
+    x, centre, ids = planted_centre()
+    result = typiclust.select(x, ids, np.zeros(len(x), bool), budget=1, n_clusters=1)
+    assert result.picks.tolist() == [centre]
+    brute = 1 / np.sqrt(brute_force_knn(x, 20)).mean(1)
+    assert result.typicality[0] == pytest.approx(brute.max(), rel=1e-12)
+
+
+def test_a_labeled_centre_is_not_picked_again():
+    x, centre, ids = planted_centre()
+    labeled = np.zeros(len(x), bool)
+    labeled[centre] = True
+    result = typiclust.select(x, ids, labeled, budget=2, n_clusters=1)
+    assert centre not in result.picks.tolist()
+    # with the centre labeled, the circle is the densest: both picks on it (|p| = 0.1)
+    np.testing.assert_allclose(np.linalg.norm(x[result.picks], axis=1), 0.1, rtol=1e-6)
+
+
+def test_clusters_visited_largest_uncovered_first_small_ones_never():
+    # sizes: c0 = 8 (1 labeled), c1 = 10, c2 = 5 (too small), c3 = 7, c4 = 9 (2 labeled)
+    assign = np.repeat([0, 1, 2, 3, 4], [8, 10, 5, 7, 9])
+    labeled = np.zeros(len(assign), bool)
+    labeled[[0, 31, 32]] = True
+    assert typiclust._visit_order(assign, labeled, 5, min_cluster_size=5).tolist() == [1, 3, 0, 4]
+
+
+def test_typiclust_is_deterministic_under_a_seed():
+    x, _, ids = planted_blobs(1500, 8, 6, seed=1, spread=0.5)
+    labeled = np.zeros(1500, bool)
+    labeled[:40] = True
+    first, again = (typiclust.select(x, ids, labeled, budget=30, seed=7) for _ in range(2))
+    np.testing.assert_array_equal(first.picks, again.picks)
+    np.testing.assert_array_equal(first.typicality, again.typicality)
+    assert not labeled[first.picks].any() and len(set(first.picks.tolist())) == 30
+    assert len(set(first.cluster.tolist())) == 30        # 70 clusters, >= 30 uncovered: one pick each
+
+
+def test_typiclust_refuses_what_it_cannot_do():
+    x, _, ids = planted_blobs(50, 4, 2)
+    with pytest.raises(InputError):
+        typiclust.select(x, ids, np.zeros(50, bool), budget=51)
+    with pytest.raises(InputError):
+        typiclust.select(x, ids, np.zeros(49, bool), budget=1)
+    with pytest.raises(InputError, match="clusters of more than"):     # 50 clusters of one point each
+        typiclust.select(x, ids, np.zeros(50, bool), budget=1, n_clusters=50)

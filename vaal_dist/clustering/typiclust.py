@@ -1,0 +1,141 @@
+"""TypiClust (Hacohen, Dekel & Weinshall, ICML 2022, "Active Learning on a Budget") on a whole pool.
+
+1. FAISS k-means of every labeled and unlabeled embedding into |L| + b clusters (the paper's number; the
+   authors' code caps it at 500 for its sklearn k-means, we do not: ``n_clusters`` caps it).
+2. Clusters of at most ``min_cluster_size`` = 5 points (labeled ones included) are never chosen (the
+   authors' code); the others are visited by fewest labeled points, then largest first, then cluster
+   number, so the first are the largest clusters holding no labeled point (the paper's "largest uncovered
+   clusters": with |L| + b clusters at least b hold none). Past the last, the visits start again.
+3. From each visited cluster, its most typical unlabeled point not yet picked (ties: smallest id):
+
+       typicality(x) = 1 / ((1/K) sum_{y in K-NN(x)} |x - y|_2),   K = min(20, floor(n / 2)),
+
+   the K nearest among the n unlabeled, unpicked points of x's own cluster (the authors' code: density
+   within the cluster, K halved for small ones). The paper writes the Euclidean distance, which we use;
+   the authors' code averages FAISS's squared distances, which can rank points differently.
+
+The k-NN distances are exact: FAISS (float32) finds candidates on the cluster's points centred at their
+mean, each candidate's distance is recomputed in float64 (``coreset.kcenter.exact_sq_dists``), and a row
+whose K-th distance is not provably below every point FAISS did not return is recomputed against the
+whole cluster.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vaal_dist.clustering.kmeans import (NITER, TRAIN_POINTS, check_embeddings, flat_index, nearest_centroids,
+                                         train_centroids)
+from vaal_dist.coreset.kcenter import exact_sq_dists
+from vaal_dist.errors import InputError
+
+NEIGHBOURS = 20
+MIN_CLUSTER_SIZE = 5
+_UNIT = 2.0 ** -23       # twice float32's unit roundoff: a safety factor of 2, as in coreset.kcenter
+
+
+@dataclass(frozen=True)
+class TypiClustPicks:
+    picks: np.ndarray        # (b,) int64 indices into the pool, in pick order
+    typicality: np.ndarray   # (b,) float64: each pick's typicality when picked (NaN: alone in its cluster)
+    cluster: np.ndarray      # (b,) int64: each pick's k-means cluster
+
+
+def select(embeddings: np.ndarray, ids, labeled: np.ndarray, budget: int, n_clusters: int | None = None,
+           neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE, seed: int = 0,
+           niter: int = NITER, train_points: int = TRAIN_POINTS, chunk: int = 65536) -> TypiClustPicks:
+    """TypiClust's ``budget`` picks among the pool's unlabeled points (``labeled`` (N,) bool is False).
+
+    k-means: ``niter`` Lloyd iterations on a seeded sample of ``train_points`` points, then every point
+    assigned (``kmeans``; the assignment, N (|L| + b) d multiply-adds, dominates at scale)."""
+    x = check_embeddings(embeddings, ids)
+    ids = np.asarray(ids, dtype=str)
+    labeled = np.asarray(labeled, dtype=bool)
+    if labeled.shape != (len(x),):
+        raise InputError(f"labeled must be one bool per point, got shape {labeled.shape}")
+    if not 0 <= budget <= int((~labeled).sum()):
+        raise InputError(f"budget {budget} must be between 0 and the {int((~labeled).sum())} unlabeled points")
+    k = n_clusters or min(len(x), int(labeled.sum()) + budget)
+    assign = nearest_centroids(x, train_centroids(x, k, seed, niter, train_points), chunk)
+    members = np.argsort(assign, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
+    remaining = {}                                       # cluster -> its unlabeled points not yet picked
+    for c in _visit_order(assign, labeled, k, min_cluster_size):
+        rows = members[bounds[c]:bounds[c + 1]]
+        if (~labeled[rows]).any():
+            remaining[c] = rows[~labeled[rows]]
+    picks, typicality, clusters = [], [], []
+    while len(picks) < budget:
+        if not remaining:
+            raise InputError(f"only {len(picks)} unlabeled points lie in clusters of more than "
+                             f"{min_cluster_size} points; the budget is {budget}")
+        for c in list(remaining):
+            pick, typical = _most_typical(x, ids, remaining[c], neighbours)
+            picks.append(pick), typicality.append(typical), clusters.append(c)
+            remaining[c] = remaining[c][remaining[c] != pick]
+            if not len(remaining[c]):
+                del remaining[c]
+            if len(picks) == budget:
+                break
+    return TypiClustPicks(np.array(picks, dtype=np.int64), np.array(typicality), np.array(clusters, dtype=np.int64))
+
+
+def _visit_order(assign: np.ndarray, labeled: np.ndarray, k: int, min_cluster_size: int) -> np.ndarray:
+    """Clusters of more than ``min_cluster_size`` points: fewest labeled, then largest, then by number."""
+    sizes = np.bincount(assign, minlength=k)
+    covered = np.bincount(assign[labeled], minlength=k)
+    order = np.lexsort((np.arange(k), -sizes, covered))
+    return order[sizes[order] > min_cluster_size]
+
+
+def _most_typical(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, neighbours: int) -> tuple[int, float]:
+    """(row, its typicality): the most typical of ``rows`` among themselves, ties to the smallest id."""
+    k = min(neighbours, len(rows) // 2)
+    if k == 0:                                           # a lone point: nothing to measure it against
+        return int(rows[0]), float("nan")
+    t = typicality(x[rows], k)
+    best = rows[t == t.max()]
+    return int(best[np.argmin(ids[best])]), float(t.max())
+
+
+def typicality(points: np.ndarray, k: int) -> np.ndarray:
+    """(n,) float64: 1 / mean Euclidean distance of each point to its k nearest other points (inf when
+    those are all at distance 0)."""
+    mean = np.sqrt(knn_sq_dists(points, k)).mean(1)
+    with np.errstate(divide="ignore"):
+        return 1.0 / mean
+
+
+def knn_sq_dists(points: np.ndarray, k: int, slack: int = 8, chunk: int = 256) -> np.ndarray:
+    """(n, k) exact (float64) squared distances of each point to its k nearest other points, ascending.
+
+    FAISS searches k + 1 + ``slack`` candidates per point on the points centred at their float64 mean and
+    rounded to float32 (so the error bound scales with the spread, not the distance from the origin); the
+    candidates are measured exactly; a row is recomputed against all points unless its k-th exact
+    distance is at most the last candidate's float32 distance less the error bound, which no point
+    outside the candidates can undercut."""
+    x = np.ascontiguousarray(points, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k < n:
+        raise InputError(f"need 1 <= k < n points, got k={k}, n={n}")
+    centred = (x.astype(np.float64) - x.mean(0, dtype=np.float64)).astype(np.float32)
+    width = min(n, k + 1 + slack)
+    approx, nbrs = flat_index(centred).search(centred, width)
+    out = np.empty((n, k))
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        cand = nbrs[rows]
+        exact = exact_sq_dists(np.repeat(x[rows], width, axis=0), x[cand.ravel()]).reshape(len(rows), width)
+        exact[cand == rows[:, None]] = np.inf            # not its own neighbour
+        out[rows] = np.sort(exact, axis=1)[:, :k]
+    if width < n:
+        norms = np.sqrt((centred.astype(np.float64) ** 2).sum(1))
+        # FAISS's float32 error on |a - b|^2 (as in kcenter: 2 gamma_{d+4}) plus the centring's rounding
+        # (2 u (|a| + |b|)^2), on the centred norms; times 2 for safety (_UNIT)
+        eps = (d + 6) * _UNIT * (norms + norms.max()) ** 2
+        for i in np.flatnonzero(out[:, -1] > approx[:, -1] - eps):
+            row = exact_sq_dists(x, x[i])
+            row[i] = np.inf
+            out[i] = np.sort(row)[:k]
+    return out
