@@ -16,6 +16,8 @@ MODULES = (
     "mc_dropout",
     "ensemble",
     "coreset",
+    "cluster_margin",
+    "typiclust",
     "random",
 )
 

@@ -1,0 +1,42 @@
+"""TypiClust (Hacohen, Dekel & Weinshall, ICML 2022): the most typical image of each uncovered cluster.
+
+For the first rounds, where the model is too weak to know what it does not know. The embedding is
+unsupervised: the means of VAAL's VAE, trained on the whole pool (labeled and unlabeled) as VAAL trains it.
+Every labeled and unlabeled image is embedded through the scoring actors; ``clustering.typiclust`` runs
+k-means into |L| + b clusters and picks, from the largest clusters holding no labeled image, each one's
+most typical unlabeled image (the highest inverse mean distance to its 20 nearest neighbours in its
+cluster). Each pick's score is its typicality (0 for an image alone in its cluster).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from vaal_dist.clustering.typiclust import select
+from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.vaal import VAAL
+
+
+class TypiClust:
+    name = "typiclust"
+    trains = ("vaal",)
+
+    def train(self, inputs: RoundInputs) -> Trained:
+        return VAAL().train(inputs)
+
+    def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
+        start = time.perf_counter()
+        labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
+        ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
+        choosing = time.perf_counter()
+        is_labeled = np.concatenate([np.ones(len(labeled), bool), np.zeros(len(unlabeled), bool)])
+        chosen = select(np.concatenate([labeled, unlabeled]), np.concatenate([labeled_ids, ids]), is_labeled,
+                        inputs.config.budget, seed=inputs.config.seed)
+        end = time.perf_counter()
+        return Selection(ids[chosen.picks - len(labeled)], np.nan_to_num(chosen.typicality, nan=0.0),
+                         candidates=len(ids), seconds=end - start, merge_seconds=end - choosing)
+
+
+STRATEGIES = (TypiClust,)
