@@ -1,5 +1,6 @@
 """Multi-round experiments: the AULC and the summary against hand-computed values, and a 2-round
 experiment that is interrupted, resumed without re-labeling, and writes its table and plot."""
+import json
 import os
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import vaal_dist.experiment as experiment
 import vaal_dist.experiment_report as experiment_report
 from conftest import make_raw_pool
-from vaal_dist.config import ScoringConfig, Setup, preset
+from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
+from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
 from vaal_dist.round_inputs import RoundInputs
 
 
@@ -61,6 +63,18 @@ def test_report_tables_hold_the_paired_numbers_and_only_the_vitals_measured():
     assert accuracy.splitlines()[2] == "| vaal | 0.500 ± 0.000 | 0.650 ± 0.212 | 6.0 |"
     assert paired.splitlines()[2:] == ["| vaal | +0.050 ± 0.212 |"]                  # 0.8-0.6, 0.5-0.6
     assert game.splitlines() == ["| strategy | round | d_auc |", "| --- | --- | --- |", "| vaal | 0 | 0.600 |"]
+
+
+def test_the_report_sets_the_judge_beside_a_logistic_regression_on_the_same_pixels():
+    nan = float("nan")
+    rows = [{"strategy": "vaal", "seed": seed, "round": r, "labeled_fraction": f, "accuracy": acc,
+             "pixel_logreg_accuracy": pixels, "query_seconds_per_100": nan}
+            for seed, accs, logreg in ((0, [0.5, 0.8], [0.4, 0.9]), (1, [0.5, 0.5], [0.6, nan]))
+            for r, (f, acc, pixels) in enumerate(zip([0.1, 0.2], accs, logreg))]
+    tables = experiment_report.report(pa.Table.from_pylist(rows)).strip().split("\n\n")
+    over_pixels = next(t for t in tables if t.startswith("| minus logistic regression"))
+    # 10%: 0.5 - 0.4 and 0.5 - 0.6; 20%: 0.8 - 0.9 alone (seed 1's baseline was not measured)
+    assert over_pixels.splitlines()[2] == "| vaal | +0.000 ± 0.141 | -0.100 |"
 
 
 def test_the_figure_has_a_panel_per_strategy_best_first_each_over_random():
@@ -161,3 +175,19 @@ def test_the_folder_table_keeps_what_earlier_invocations_finished(tmp_path):
     merged = experiment._with_earlier_curves(str(tmp_path), rerun).to_pylist()
     assert [(r["strategy"], r["accuracy"]) for r in merged] == [("random", 0.5), ("random", 0.6), ("vaal", 0.5), ("vaal", 0.7)]
     assert merged[0]["d_auc"] is None and merged[3]["d_auc"] == 0.7
+
+
+def test_the_pixel_baseline_learns_what_the_pixels_say_and_is_cached(tmp_path):
+    """Dark images are class 0 and light ones class 1: a logistic regression on the pixels separates them."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 2
+    pixels = np.clip(np.where(labels[:, None] == 0, 40, 215) + rng.integers(-30, 31, (120, 32 * 32)), 0, 255)
+    ids = [f"img-{i:03d}" for i in range(120)]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ids, "image": [p.astype(np.uint8).tobytes() for p in pixels],
+                                                  "label": labels})], PoolMeta("raw", (32, 32, 1)))
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:20])
+    cfg = RoundConfig(str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), "out", 1, setup=Setup(preset("cpu")))
+    (tmp_path / "round").mkdir()
+    assert experiment._pixel_baseline(cfg, str(tmp_path / "round"), pa.array(ids[20:])) == 1.0
+    cached = json.loads((tmp_path / "round" / "pixel-baseline.json").read_text())
+    assert cached == {"accuracy": 1.0, "labeled": 20, "test": 100}

@@ -20,19 +20,23 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vaal_dist.config import RoundConfig, Setup
 from vaal_dist.errors import InputError
 from vaal_dist.experiment_report import GAME_METRICS, write_results
 from vaal_dist.folder_lock import tables_lock
-from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manifest, read_pool_ids, \
-    read_pool_meta, resolve, write_json, write_manifest
+from vaal_dist.pool.images import decode_images
+from vaal_dist.pool.io import VERIFIED_PARQUET, check_labels, exists, join, pool_files, read_json, read_manifest, \
+    read_pool_ids, read_pool_meta, resolve, write_json, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
 from vaal_dist.round_inputs import RoundInputs
 
 log = logging.getLogger(__name__)
+
+PIXEL_BASELINE_IMAGES = 50_000      # labeled + test images a logistic-regression baseline decodes on the driver
 
 
 @dataclass(frozen=True)
@@ -144,9 +148,11 @@ def _curve(cfg: ExperimentConfig, strategy: str, seed: int, test_uri: str, initi
         round_cfg = RoundConfig(pool=cfg.pool, labeled=labeled_uri, out=join(folder, "select"), budget=budget,
                                 strategy=strategy, holdout=test_uri, seed=seed * 1000 + r, setup=cfg.setup)
         # Round 0 starts every strategy of a seed from the same set and model seed: evaluated once.
-        accuracy = _evaluate(round_cfg, _split_folder(cfg, seed) if r == 0 else folder, test_ids)
+        evaluated_in = _split_folder(cfg, seed) if r == 0 else folder
+        accuracy = _evaluate(round_cfg, evaluated_in, test_ids)
         row = {"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": fraction,
                "labeled": labeled, "accuracy": accuracy,
+               "pixel_logreg_accuracy": _pixel_baseline(round_cfg, evaluated_in, test_ids),
                "query_seconds_per_100": float("nan"), **dict.fromkeys(GAME_METRICS, float("nan"))}
         if selects:
             record = run_round(round_cfg).record
@@ -190,5 +196,34 @@ def _evaluate(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> float:
     accuracy = float(inputs.train_task().last_epoch["eval_accuracy"])
     write_json(done, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
     return accuracy
+
+
+def _pixel_baseline(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> float:
+    """Test accuracy of a logistic regression on the raw pixels of the round's labeled images (cached): what
+    a judge that is not starved of training should beat. NaN past PIXEL_BASELINE_IMAGES labeled + test images,
+    which the driver would decode."""
+    from sklearn.linear_model import LogisticRegression
+
+    done = join(folder, "pixel-baseline.json")
+    if exists(done):
+        return read_json(done)["accuracy"]
+    labeled = read_manifest(round_cfg.labeled)
+    if len(labeled) + len(test_ids) > PIXEL_BASELINE_IMAGES:
+        return float("nan")
+    (x, y), (x_test, y_test) = (_pixels(round_cfg, ids) for ids in (labeled, test_ids))
+    accuracy = float(LogisticRegression(max_iter=1000).fit(x, y).score(x_test, y_test))
+    write_json(done, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
+    return accuracy
+
+
+def _pixels(round_cfg: RoundConfig, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels in [0, 1] as (n, C*S*S) float32 at the task model's size, labels) of the images ``ids``."""
+    fs, files = pool_files(round_cfg.pool)
+    table = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET).to_table(
+        columns=["id", "image", "label"], filter=pc.field("id").isin(ids))
+    pixels = decode_images(table.column("id").to_numpy(zero_copy_only=False),
+                           table.column("image").to_numpy(zero_copy_only=False),
+                           read_pool_meta(round_cfg.pool), round_cfg.task.image_size)
+    return pixels.reshape(len(pixels), -1).astype(np.float32) / 255, table.column("label").to_numpy()
 
 

@@ -51,7 +51,8 @@ def summarize(curves: pa.Table) -> list[dict]:
 
 def report(curves: pa.Table) -> str:
     """Markdown tables of a curves table: AULC per strategy (best first), accuracy per fraction with the
-    mean query time, accuracy minus random's paired by seed per fraction, and the game's vitals per round."""
+    mean query time, accuracy minus random's paired by seed per fraction, accuracy minus a logistic regression
+    on the same labeled pixels (a starved judge shows there), and the game's vitals per round."""
     rows = curves.to_pylist()
     summary = {s["strategy"]: s for s in summarize(curves)}
     strategies = sorted(summary, key=lambda s: -summary[s]["aulc_mean"])
@@ -62,6 +63,11 @@ def report(curves: pa.Table) -> str:
     def paired(strategy, fraction):
         return [a - accuracy["random", seed, f] for (s, seed, f), a in accuracy.items()
                 if (s, f) == (strategy, fraction) and ("random", seed, f) in accuracy]
+
+    def over_pixels(strategy, fraction):
+        return [r["accuracy"] - r["pixel_logreg_accuracy"] for r in rows
+                if (r["strategy"], r["labeled_fraction"]) == (strategy, fraction)
+                and not np.isnan(r.get("pixel_logreg_accuracy", np.nan))]
 
     tables = [
         _markdown(["strategy", "seeds", "AULC (mean ± std)", "minus random, paired (mean ± std)", "seeds above random"],
@@ -76,6 +82,10 @@ def report(curves: pa.Table) -> str:
         _markdown(["strategy", *columns[1:]],
                   [[s, *(_stats(paired(s, f), 3, sign=True) for f in fractions[1:])]
                    for s in strategies if s != "random"])]
+    if _measured(rows, "pixel_logreg_accuracy"):
+        tables.append(_markdown(["minus logistic regression on the same pixels", *columns],
+                                [[s, *(_stats(over_pixels(s, f), 3, sign=True) for f in fractions)]
+                                 for s in strategies]))
     vitals = [m for m in GAME_METRICS if _measured(rows, m)]
     game = []
     for s in sorted(strategies):
