@@ -9,6 +9,7 @@ import http.server
 import io
 import os
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -217,28 +218,36 @@ def s3_uri(endpoint: str, key: str) -> str:
 
 @dataclasses.dataclass
 class Faults:
-    """Which requests the proxy fails, and how. A request is a candidate when its path contains ``only`` (every
-    request when empty); a candidate fails with probability ``fraction`` (drawn from ``seed``), but never more
-    than ``streak`` times in a row for one object: a client allowed streak + 1 attempts always gets through, so a
-    test's outcome follows from that bound, not from the draw. ``kinds`` are used in turn:
-    "slowdown" (503 SlowDown), "error" (500 InternalError), "drop" (connection reset, no response) and "cut"
-    (the real response's headers and half its body, then a reset)."""
+    """Which requests the proxy fails, and how. A request is a candidate when the regular expression ``only`` is
+    found in "METHOD /path?query" (every request when empty) and ``after`` candidates came before it; it fails
+    with probability ``fraction`` (drawn from ``seed``), at most ``count`` requests in all (None: no limit), and
+    never more than ``streak`` times in a row for one request (method, path with query, byte range): a client
+    that retries a request streak + 1 times always gets through, so a test's outcome follows from that bound, not
+    from the draw.
+
+    ``kinds`` are used in turn: "slowdown" (503 SlowDown), "throttle" (429 TooManyRequests), "error" (500
+    InternalError), "drop" (a connection reset, no response), "cut" (the real response's headers and half its
+    body, then a reset; a HEAD, which has no body, passes) and "stall" (no answer until ``release()``, then a
+    reset)."""
 
     fraction: float = 0.0
     streak: int = 1
-    kinds: tuple[str, ...] = ("slowdown", "error", "drop", "cut")
+    kinds: tuple[str, ...] = ("slowdown", "throttle", "error", "drop", "cut")
     only: str = ""
+    after: int = 0
+    count: int | None = None
     seed: int = 0
 
 
 class FailingS3Proxy(http.server.ThreadingHTTPServer):
-    """Relays every request to moto, failing those ``faults`` picks; ``injected`` lists (method, path, kind)."""
+    """Relays every request to moto, failing those ``faults`` picks. ``requests`` lists every request since the
+    last ``set_faults`` as (method, path, byte range), ``injected`` the failed ones with their kind appended."""
 
     daemon_threads = True
 
     def __init__(self, upstream: str, faults: Faults = Faults()):
         super().__init__(("127.0.0.1", 0), _RelayHandler)
-        self.upstream, self.injected, self._lock = upstream, [], threading.Lock()
+        self.upstream, self._lock, self.released = upstream, threading.Lock(), threading.Event()
         self.set_faults(faults)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -247,25 +256,36 @@ class FailingS3Proxy(http.server.ThreadingHTTPServer):
         return f"127.0.0.1:{self.server_address[1]}"
 
     def set_faults(self, faults: Faults) -> None:
+        self.release()
         with self._lock:
             self.faults, self._rng, self._streaks, self._turn = faults, random.Random(faults.seed), {}, 0
-            self.injected = []
+            self.requests, self.injected, self._candidates = [], [], 0
+            self.released = threading.Event()
 
-    def fault_for(self, method: str, path: str) -> str | None:
-        key = path.partition("?")[0]
+    def release(self) -> None:
+        """Let the stalled requests go (each ends with a reset)."""
+        self.released.set()
+
+    def fault_for(self, method: str, path: str, byte_range: str | None) -> str | None:
+        key = (method, path, byte_range)
         with self._lock:
+            self.requests.append(key)
             f = self.faults
-            fail = (f.only in path and self._streaks.get(key, 0) < f.streak and self._rng.random() < f.fraction)
+            candidate = re.search(f.only, f"{method} {path}") is not None
+            self._candidates += candidate
+            fail = (candidate and self._candidates > f.after and self._streaks.get(key, 0) < f.streak
+                    and (f.count is None or len(self.injected) < f.count) and self._rng.random() < f.fraction)
             self._streaks[key] = self._streaks.get(key, 0) + 1 if fail else 0
             if not fail:
                 return None
             kind, self._turn = f.kinds[self._turn % len(f.kinds)], self._turn + 1
-            self.injected.append((method, path, kind))
+            self.injected.append((method, path, byte_range, kind))
             return kind
 
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 _S3_ERRORS = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
+              "throttle": (429, "TooManyRequests", "Please reduce your request rate."),
               "error": (500, "InternalError", "We encountered an internal error. Please try again.")}
 
 
@@ -277,17 +297,20 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         body = self._request_body()
-        kind = self.server.fault_for(self.command, self.path)
+        kind = self.server.fault_for(self.command, self.path, self.headers.get("Range"))
         if kind in _S3_ERRORS:
             return self._s3_error(*_S3_ERRORS[kind])
-        if kind == "drop":
+        if kind == "stall":
+            self.server.released.wait(120)
+        if kind in ("drop", "stall"):
             return self._reset()
         status, headers, payload = self._forward(body)
         self.send_response(status)
         for name, value in headers:
-            if name.lower() not in _HOP_BY_HOP and name.lower() != "content-length":
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+            if name.lower() not in _HOP_BY_HOP and (name.lower() != "content-length" or self.command == "HEAD"):
+                self.send_header(name, value)       # a HEAD's Content-Length is the object's size
+        if self.command != "HEAD":
+            self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if kind == "cut" and len(payload) > 1:
             self.wfile.write(payload[:len(payload) // 2])

@@ -14,6 +14,11 @@ class InputError(VaalDistError, ValueError):
     """A pool, manifest, path or argument that cannot be used as given."""
 
 
+class StorageError(VaalDistError, OSError):
+    """Storage kept failing with errors that usually pass (throttling, 5xx, connection resets) after every
+    allowed retry; the message names the object."""
+
+
 class DivergedModelError(VaalDistError, FloatingPointError):
     """A trained model produced NaN or infinite scores."""
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import PoolMeta, check_row_count, pool_files, shard_named
+from vaal_dist.pool.io import SHARD_READ_FAILED, PoolMeta, StorageRetries, check_row_count, pool_files, shard_named
 
 
 def read_pool(pool: str, columns: list[str] = ("id", "image")) -> ray.data.Dataset:
@@ -31,17 +31,43 @@ def _read_shards(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
     """Each shard of ``batch`` as tables of about Ray Data's target block size."""
     target = ray.data.DataContext.get_current().target_max_block_size
     for shard in batch.column("shard").to_pylist():
-        with fs.open_input_file(shard) as f:
-            parquet = pq.ParquetFile(f, page_checksum_verification=True)
-            meta = parquet.metadata
-            row_bytes = max(1, sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-                            // max(1, meta.num_rows))
-            with shard_named(shard):
-                rows = 0
-                for part in parquet.iter_batches(batch_size=max(1, target // row_bytes), columns=columns):
+        yield from _read_shard(fs, shard, columns, target)
+
+
+def _read_shard(fs, shard: str, columns: list[str], target: int) -> Iterator[pa.Table]:
+    """The shard's rows, each once: after a transient storage error the shard is opened again and read on from
+    the first row not yet yielded (pyarrow's own retries of each request are fewer on a Ray worker, see
+    pool/io.py). Failures count against the retries only until a row is read."""
+    retries, rows = StorageRetries(f"{SHARD_READ_FAILED}{shard}"), 0
+    with shard_named(shard):
+        while True:
+            try:
+                for part in _shard_parts(fs, shard, columns, target, skip=rows):
                     rows += len(part)
-                    yield pa.Table.from_batches([part])
-                check_row_count(rows, meta.num_rows)
+                    retries.progressed()
+                    yield part
+                return
+            except (OSError, pa.ArrowException) as e:
+                if not retries.wait_after(e):
+                    raise
+
+
+def _shard_parts(fs, shard: str, columns: list[str], target: int, skip: int) -> Iterator[pa.Table]:
+    """The shard's rows after its first ``skip``, as tables of about ``target`` bytes, then a check of the rows
+    read against the footer's count. The skipped rows are read again, not located through the footer: a damaged
+    page can end a row group early without an error, and only the end-of-shard check tells."""
+    with fs.open_input_file(shard) as f:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+        meta = parquet.metadata
+        row_bytes = max(1, sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+                        // max(1, meta.num_rows))
+        rows = 0
+        for batch in parquet.iter_batches(batch_size=max(1, target // row_bytes), columns=columns):
+            new = batch.slice(max(0, skip - rows))
+            rows += len(batch)
+            if len(new):
+                yield pa.Table.from_batches([new])
+        check_row_count(rows, meta.num_rows)
 
 
 def _select_by_id(batch: pa.Table, ids: pa.Array, keep_members: bool) -> pa.Table:

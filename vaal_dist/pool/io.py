@@ -4,14 +4,28 @@ A pool is a folder of Parquet shards with columns ``id`` (unique string), ``imag
 optional ``label``; beside them ``pool.json`` says how ``image`` is stored: ``raw`` uint8 pixels of a
 fixed ``image_shape`` [H, W, C], or ``encoded`` JPEG/PNG bytes (also assumed when there is no pool.json).
 A manifest is a list of ids: Parquet with an ``id`` column, or a text file with one id per line.
+
+Every read and write here retries errors that usually pass (``retrying``), and a write goes through a
+temporary file named after its writer, which ``remove_stale_temporaries`` deletes once that writer is gone.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
+import os
 import posixpath
+import random
+import re
+import socket
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +34,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from vaal_dist.errors import InputError
+from vaal_dist.errors import InputError, StorageError
+from vaal_dist.redaction import redact
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POOL_META = "pool.json"
 
@@ -49,23 +67,164 @@ def join(uri: str, *parts: str) -> str:
     return f"{joined}?{query}" if sep else joined
 
 
+# --- errors that usually pass: retried a bounded number of times ------------------------------------------------
+#
+# pyarrow's S3 client retries a request itself when the AWS SDK calls its error retryable (throttling, 5xx,
+# connection errors, a reset in the middle of an object's body too), but not the same way everywhere: the
+# filesystem a URI makes on the driver for up to 6 s, 200 ms apart; its copy pickled to a Ray worker 3 times with
+# exponential backoff (pyarrow pickles a filesystem as its options, and the retry strategy is not among them). It
+# gives up on a 429 whose body names a code the SDK does not know (TooManyRequests), and a CompleteMultipartUpload
+# that failed once and then succeeded it sends again as if it had failed, up to 5 times. Past all that, and on
+# filesystems with fewer retries of their own, an operation here is tried again whole, up to STORAGE_ATTEMPTS
+# times, backing off from BACKOFF_S seconds, doubling up to BACKOFF_CAP_S, each wait drawn between half and all of
+# that (readers throttled together do not all come back together).
+
+STORAGE_ATTEMPTS = 5
+BACKOFF_S = 1.0
+BACKOFF_CAP_S = 16.0
+# The words of such errors: pyarrow's S3 error codes (Ray Data's Parquet reader retries the same but THROTTLING
+# and REQUEST_TIMEOUT), any 429 or 5xx pyarrow reports by its HTTP status (a HEAD has no body to name its error, a
+# 429 may name a code the SDK does not know), and the status codes of pyarrow's GCS errors.
+TRANSIENT = re.compile(r"AWS Error (SLOW_DOWN|THROTTLING|INTERNAL_FAILURE|NETWORK_CONNECTION|SERVICE_UNAVAILABLE"
+                       r"|REQUEST_TIMEOUT)\b|HTTP status (429|5\d\d)\b"
+                       r"|\b(UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED)\b")
+
+
+def is_transient(e: BaseException) -> bool:
+    """An error that usually passes if the operation is tried again. A StorageError is not: its retries are spent."""
+    if isinstance(e, StorageError):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):       # raised by fsspec filesystems
+        return True
+    return isinstance(e, (OSError, pa.ArrowException)) and TRANSIENT.search(str(e)) is not None
+
+
+class StorageRetries:
+    """The retries left to one operation; ``what`` (e.g. "cannot read 's3://...'") names it in the error."""
+
+    def __init__(self, what: str):
+        self.what, self.failures, self.started = what, 0, time.monotonic()
+
+    def wait_after(self, e: BaseException) -> bool:
+        """True, after a backoff, when ``e`` is worth another attempt; False when it is not transient. Raises
+        StorageError naming the object when the attempts are spent."""
+        if not is_transient(e):
+            return False
+        self.failures += 1
+        last = " ".join(str(e).split())                    # one line, whatever the library wrote
+        if self.failures >= STORAGE_ATTEMPTS:
+            raise StorageError(f"{self.what}: the storage kept failing, {self.failures} attempts over "
+                               f"{time.monotonic() - self.started:.0f} s; the last error: {last}") from e
+        wait = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        log.warning("%s (attempt %d of %d): %s; trying again in %.1f s", redact(self.what), self.failures,
+                    STORAGE_ATTEMPTS, redact(last), wait)
+        time.sleep(wait)
+        return True
+
+    def progressed(self) -> None:
+        """The operation got further than before: what failed before it does not count against what follows."""
+        self.failures = 0
+
+
+def retrying(what: str, operation: Callable[[], T]) -> T:
+    """``operation()``, tried again after a transient error; StorageError naming ``what`` when the tries are spent."""
+    retries = StorageRetries(what)
+    while True:
+        try:
+            return operation()
+        except Exception as e:
+            if not retries.wait_after(e):
+                raise
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return retrying(f"cannot look up {uri!r}", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
+
+
+# --- atomic writes, and the temporary files of writers that were killed ----------------------------------------
+
+TEMPORARY = ".tmp-"                 # FILE.tmp-MACHINE-PID-START-RANDOM: written, then renamed to FILE
+STALE_TEMPORARY_S = 3600.0          # a temporary file this old is abandoned, whoever wrote it
+# ours: the writer's machine, pid and process start, or 32 hex digits only (the name of earlier versions)
+_OURS = re.compile(re.escape(TEMPORARY) + r"(?:(?P<machine>[0-9a-f]{12})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}"
+                                          r"|[0-9a-f]{32})$")
+
+
+def _this_machine() -> str | None:
+    """A tag of this host, boot and pid namespace: two files with the same one were written where one pid names
+    one process. None where that cannot be told (no /proc)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.sha256(f"{socket.gethostname()}\0{boot}\0{pid_namespace}".encode()).hexdigest()[:12]
+
+
+THIS_MACHINE = _this_machine()
+
+
+def _process_start(pid: int) -> int | None:
+    """When the process ``pid`` of this machine started (clock ticks since boot), or None if there is none (a
+    zombie counts as none: it writes nothing more)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else int(fields[19])
+
+
+def _temporary_name(path: str) -> str:
+    pid = os.getpid()
+    writer = f"{THIS_MACHINE}-{pid}-{_process_start(pid)}" if THIS_MACHINE else f"{'0' * 12}-0-0"
+    return f"{path}{TEMPORARY}{writer}-{uuid.uuid4().hex[:8]}"
+
+
+def _abandoned(info: pafs.FileInfo, now: float) -> bool:
+    """``info`` is a temporary file of ours whose writer is gone: it ran on this machine and its process has
+    ended (or its pid is now another process's), or the file is older than STALE_TEMPORARY_S."""
+    ours = _OURS.search(info.base_name)
+    if ours is None or info.type != pafs.FileType.File:
+        return False
+    if THIS_MACHINE and ours["machine"] == THIS_MACHINE:
+        return str(_process_start(int(ours["pid"]))) != ours["start"]
+    return info.mtime is not None and now - info.mtime.timestamp() > STALE_TEMPORARY_S
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files that killed writers left in ``folder`` and below; never a live writer's.
+    Returns their paths. A run calls it on its output folder when it starts."""
+    fs, root = resolve(folder)
+    infos = retrying(f"cannot list {folder!r}", lambda: fs.get_file_info(
+        pafs.FileSelector(root, recursive=True, allow_not_found=True)))
+    now = time.time()
+    stale = [i.path for i in infos if _abandoned(i, now)]
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):            # another run removed it first
+            retrying(f"cannot delete {path!r}", lambda: fs.delete_file(path))
+    if stale:
+        log.info("removed %d temporary files that killed writers left in %s", len(stale), redact(folder))
+    return stale
 
 
 def write_atomic(uri: str, data: bytes) -> None:
     """Write the whole file under a temporary name, then rename: readers see all of it or nothing."""
     fs, path = resolve(uri)
+    retrying(f"cannot write {uri!r}", lambda: _write_then_rename(fs, path, data))
+
+
+def _write_then_rename(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    tmp = _temporary_name(path)
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         fs.move(tmp, path)
     except BaseException:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
+        with contextlib.suppress(OSError):      # storage failing here too: remove_stale_temporaries deletes it later
+            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(tmp)
         raise
 
 
@@ -75,8 +234,12 @@ def write_json(uri: str, obj) -> None:
 
 def read_json(uri: str):
     fs, path = resolve(uri)
+    return json.loads(retrying(f"cannot read {uri!r}", lambda: _read_all(fs, path)))
+
+
+def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+        return f.read()
 
 
 # Every page carries a CRC (written below, checked on every read), so damaged storage is refused, not read.
@@ -92,6 +255,8 @@ def shard_named(shard: str):
     line that does. pyarrow reports some damage (a page header's sizes) as ArrowInvalid."""
     try:
         yield
+    except StorageError:
+        raise                                   # it names the shard already
     except (OSError, pa.ArrowException) as e:
         raise OSError(f"{SHARD_READ_FAILED}{shard}: {e}") from e
 
@@ -126,9 +291,7 @@ class PoolMeta:
 
 def read_pool_meta(pool: str) -> PoolMeta:
     """The pool's pool.json, or the encoded-image default when it has none."""
-    fs, path = resolve(pool)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+    if not exists(pool):
         raise InputError(f"pool {pool!r} does not exist")
     meta_uri = join(pool, POOL_META)
     if not exists(meta_uri):
@@ -166,33 +329,39 @@ def write_pool(pool: str, shards: list[pa.Table], meta: PoolMeta) -> None:
 def pool_files(pool: str) -> tuple[pafs.FileSystem, list[str]]:
     """The pool's Parquet shards, sorted (pool.json and other files are not shards)."""
     fs, path = resolve(pool)
-    info = fs.get_file_info(path)
+    info, listing = retrying(f"cannot list pool {pool!r}", lambda: _list(fs, path))
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"pool {pool!r} does not exist")
     if info.type == pafs.FileType.File:
         return fs, [path]
-    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                   if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
+    files = sorted(f.path for f in listing if f.type == pafs.FileType.File and f.path.endswith(".parquet"))
     if not files:
         raise InputError(f"pool {pool!r} has no .parquet shards")
     return fs, files
 
 
+def _list(fs: pafs.FileSystem, path: str) -> tuple[pafs.FileInfo, list[pafs.FileInfo]]:
+    """``path``'s info and, when it is a folder, every file below it."""
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        return info, []
+    return info, fs.get_file_info(pafs.FileSelector(path, recursive=True))
+
+
+READ_THREADS = 16      # shards whose ids are read at once: hides an object store's latency
+
+
 def read_pool_ids(pool: str) -> pa.ChunkedArray:
-    """Every id in the pool (only the id column is read). Errors name what is wrong with the pool."""
+    """Every id in the pool (only the id column is read), shard by shard, so that every error names its shard
+    (a dataset's may not say which it met). Errors name what is wrong with the pool."""
     fs, files = pool_files(pool)
-    try:
-        dataset = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET)
-        names = dataset.schema.names
-        _check_same_schema(dataset, pool)
-        ids = dataset.to_table(columns=["id"]).column("id")
-        ids.validate(full=True)                               # e.g. ids that are not valid UTF-8
-        check_row_count(len(ids), dataset.count_rows())       # counted from the footers
-    except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read pool {pool!r}: {_shard_error(fs, files) or e}") from e
-    if "image" not in names:
-        raise InputError(f"pool {pool!r} has no 'image' column (columns: {names})")
-    image_type = dataset.schema.field("image").type
+    schema = _shard_part(fs, files[0], pool, lambda parquet: parquet.schema_arrow)
+    with ThreadPoolExecutor(min(READ_THREADS, len(files))) as threads:
+        ids = pa.chunked_array(list(threads.map(
+            lambda path: _shard_part(fs, path, pool, _ids_of(schema, pool, path)), files)))
+    if "image" not in schema.names:
+        raise InputError(f"pool {pool!r} has no 'image' column (columns: {schema.names})")
+    image_type = schema.field("image").type
     if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
         raise InputError(f"pool {pool!r}: column 'image' must be bytes (binary), got {image_type}")
     if len(ids) == 0:
@@ -205,28 +374,32 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
     return ids
 
 
-def _shard_error(fs: pafs.FileSystem, files: list[str]) -> str | None:
-    """'shard PATH: error' for the first shard whose schema or ids cannot be read on their own: a dataset's
-    error may not say which shard it met."""
-    for path in files:
-        try:
-            with fs.open_input_file(path) as f:
-                parquet = pq.ParquetFile(f, page_checksum_verification=True)
-                _ = parquet.schema_arrow.names                    # a damaged column name fails to decode
-                ids = parquet.read(columns=["id"]).column("id")
-                ids.validate(full=True)
-                check_row_count(len(ids), parquet.metadata.num_rows)
-        except (pa.ArrowException, OSError, KeyError, UnicodeDecodeError) as e:
-            return f"shard {path}: {e}"
-    return None
+def _shard_part(fs: pafs.FileSystem, path: str, pool: str, read: Callable[[pq.ParquetFile], T]) -> T:
+    """``read(the shard at path)``, retried; an error names the pool and the shard."""
+    def attempt() -> T:
+        with fs.open_input_file(path) as f:
+            return read(pq.ParquetFile(f, page_checksum_verification=True))
+    try:
+        return retrying(f"{SHARD_READ_FAILED}{path}", attempt)
+    except (InputError, StorageError):
+        raise
+    except (pa.ArrowException, OSError, KeyError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read pool {pool!r}: shard {path}: {e}") from e
 
 
-def _check_same_schema(dataset: pads.FileSystemDataset, pool: str) -> None:
-    """Every shard must have the first one's columns and types (a dataset would cast the others to it)."""
-    for fragment in dataset.get_fragments():
-        if not fragment.physical_schema.equals(dataset.schema):
-            raise InputError(f"pool {pool!r}: shard {fragment.path!r} has columns "
-                             f"{_columns(fragment.physical_schema)} but the first has {_columns(dataset.schema)}")
+def _ids_of(first: pa.Schema, pool: str, path: str) -> Callable[[pq.ParquetFile], pa.Array]:
+    """A reader of a shard's ids, checked (valid strings, as many as its footer counts), refusing a shard whose
+    columns differ from the first shard's."""
+    def read(parquet: pq.ParquetFile) -> pa.Array:
+        schema = parquet.schema_arrow                   # a damaged column name fails to decode here
+        if not schema.equals(first):
+            raise InputError(f"pool {pool!r}: shard {path!r} has columns {_columns(schema)} but the first has "
+                             f"{_columns(first)}")
+        ids = parquet.read(columns=["id"]).column("id").combine_chunks()
+        ids.validate(full=True)                         # e.g. ids that are not valid UTF-8
+        check_row_count(len(ids), parquet.metadata.num_rows)
+        return ids
+    return read
 
 
 def _columns(schema: pa.Schema) -> str:
@@ -240,15 +413,16 @@ def check_labels(pool: str, ids: pa.Array) -> int:
     prepared folders, the class sub-folder). Task models need one for every labeled image.
     """
     fs, files = pool_files(pool)
-    dataset = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET)
+    what = f"cannot read pool {pool!r}"
+    dataset = retrying(what, lambda: pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET))
     if "label" not in dataset.schema.names:
         raise InputError(f"pool {pool!r} has no 'label' column; this strategy trains a classifier on the "
                          f"labeled images and needs their labels")
     if not pa.types.is_integer(dataset.schema.field("label").type):
         raise InputError(f"pool {pool!r}: column 'label' must be integers, got {dataset.schema.field('label').type}")
-    all_labels = dataset.to_table(columns=["label"]).column("label")
-    table = dataset.to_table(columns=["id", "label"], filter=pc.field("id").isin(ids) & pc.field("label").is_null())
-    missing = table.column("id")
+    all_labels = retrying(what, lambda: dataset.to_table(columns=["label"]).column("label"))
+    missing = retrying(what, lambda: dataset.to_table(
+        columns=["id"], filter=pc.field("id").isin(ids) & pc.field("label").is_null()).column("id"))
     if len(missing):
         raise InputError(f"pool {pool!r}: {len(missing)} labeled images have no label, e.g. "
                          f"{missing[:5].to_pylist()}")
@@ -263,19 +437,22 @@ def read_manifest(uri: str) -> pa.Array:
     if not exists(uri):
         raise InputError(f"manifest {uri!r} does not exist")
     fs, path = resolve(uri)
+    what = f"cannot read manifest {uri!r}"
     try:
         if path.endswith(".parquet"):
-            ids = pq.read_table(path, filesystem=fs, columns=["id"], page_checksum_verification=True
-                                ).column("id").combine_chunks()
+            ids = retrying(what, lambda: pq.read_table(path, filesystem=fs, columns=["id"],
+                                                       page_checksum_verification=True)).column("id").combine_chunks()
             ids.validate(full=True)
         else:
-            with fs.open_input_stream(path) as f:
-                text = f.read().decode("utf-8-sig")     # an editor's byte-order mark is no part of the first id
+            # utf-8-sig: an editor's byte-order mark is no part of the first id
+            text = retrying(what, lambda: _read_all(fs, path)).decode("utf-8-sig")
             # Ids are kept as written (no Unicode normalisation); only \n ends a line (splitlines() would also
             # cut an id at U+2028, U+0085, \x1c...), and spaces around an id (a \r of \r\n too) are dropped.
             ids = pa.array([line.strip() for line in text.split("\n") if line.strip()], pa.string())
+    except StorageError:
+        raise
     except (pa.ArrowInvalid, OSError, KeyError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read manifest {uri!r}: {e}") from e
+        raise InputError(f"{what}: {e}") from e
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         raise InputError(f"manifest {uri!r}: column 'id' must be strings, got {ids.type}")
     if ids.null_count:
