@@ -29,7 +29,7 @@ from vaal_dist.experiment_report import GAME_METRICS, write_results
 from vaal_dist.folder_lock import tables_lock
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import VERIFIED_PARQUET, check_labels, exists, join, pool_files, read_json, read_manifest, \
-    read_pool_ids, read_pool_meta, resolve, write_json, write_manifest
+    read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, write_json, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
 from vaal_dist.round_inputs import RoundInputs
@@ -76,6 +76,7 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
     ids = read_pool_ids(cfg.pool).combine_chunks()
     pool_ids = ids.take(pc.sort_indices(ids))      # in id order: the splits do not depend on the shard layout
     check_labels(cfg.pool, pool_ids)    # the oracle: every image needs a label, checked up front
+    remove_stale_temporaries(cfg.out)   # what a killed invocation half-wrote; never a live writer's
     rows = []
     for seed in cfg.seeds:
         test_uri, initial_uri = _splits(cfg, pool_ids, seed)

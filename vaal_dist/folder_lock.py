@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError, VaalDistError
-from vaal_dist.pool.io import exists, join, read_json, resolve, write_json
+from vaal_dist.pool.io import exists, join, read_json, resolve, retrying, write_json
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class FolderLock:
             self._heartbeat.join()
         fs, path = resolve(self.uri)
         with contextlib.suppress(FileNotFoundError):
-            fs.delete_file(path)
+            retrying(f"cannot delete {self.uri!r}", lambda: fs.delete_file(path))
 
     @contextlib.contextmanager
     def held(self, wait_s: float = 0.0):
@@ -172,7 +172,9 @@ class FolderLock:
         """Every other claim on this lock that is alive, each with its ``age`` by the storage's clock; dead
         ones are deleted."""
         fs, folder = resolve(self.folder)
-        files = [f for f in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        listing = retrying(f"cannot list {self.folder!r}",
+                           lambda: fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
+        files = [f for f in listing
                  if f.base_name.startswith(f"{PREFIX}{self.name}-") and f.base_name.endswith(".json")
                  and f.base_name != self.filename]
         live = []
@@ -184,7 +186,7 @@ class FolderLock:
                 log.warning("taking over %s's lock of %s (host %s, pid %s, last refreshed %.0f s ago)",
                             self.name, redact(self.folder), claim["host"], claim["pid"], claim["age"])
                 with contextlib.suppress(FileNotFoundError):
-                    fs.delete_file(info.path)
+                    retrying(f"cannot delete {info.path!r}", lambda: fs.delete_file(info.path))
                 continue
             live.append(claim)
         return live
@@ -212,7 +214,8 @@ class FolderLock:
             self.claim.update(changes, written=time.time())
             write_json(self.uri, self.claim)
             fs, path = resolve(self.uri)
-            self._clock = (_written(fs.get_file_info(path), self.claim), time.monotonic())
+            info = retrying(f"cannot read {self.uri!r}", lambda: fs.get_file_info(path))
+            self._clock = (_written(info, self.claim), time.monotonic())
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

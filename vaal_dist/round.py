@@ -24,10 +24,11 @@ import ray
 
 import vaal_dist
 from vaal_dist.config import RoundConfig
-from vaal_dist.errors import InputError
+from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import round_lock
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, exists, join, pool_files, read_json, \
-    read_manifest, read_pool_ids, read_pool_meta, write_json, write_parquet
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, exists, join, \
+    pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, retrying, \
+    write_json, write_parquet
 from vaal_dist.redaction import redact
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
@@ -133,7 +134,8 @@ def _pool_state(pool: str) -> str:
     """pool.json and each shard's path, size and modification time, from a listing (no pixel is read): a pool
     prepared again in place, with the same ids and other pixels, no longer matches a round started on it."""
     fs, files = pool_files(pool)
-    shards = [(f.path, f.size, f.mtime_ns) for f in fs.get_file_info(files)]
+    infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
+    shards = [(f.path, f.size, f.mtime_ns) for f in infos]
     return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
 
 
@@ -172,6 +174,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     # Held from the checks of what --out holds to the last write: a run that passed the checks before another
     # started could otherwise write over it (docs/reliability.md).
     with round_lock(cfg.out):
+        remove_stale_temporaries(cfg.out)    # half-written files of a killed run; never a live writer's
         record_uri = join(cfg.out, RECORD)
         if _claim(cfg.out, fingerprint):
             log.info("round in %s is already complete; nothing to do", redact(cfg.out))
@@ -247,6 +250,8 @@ def _damage_named(pool: str):
         if not lines:
             raise
         where = lines[0][lines[0].index(SHARD_READ_FAILED):]
+        if STORAGE_KEPT_FAILING in where:
+            raise StorageError(f"pool {pool!r}: {where}; rerun when the storage recovers") from e
         why = ("a Parquet page failed its checksum: re-create or restore the pool" if PAGE_CRC_FAILURE in str(e)
                else "damaged, or its storage could not be read: check that it is reachable, else re-create or "
                     "restore the pool")

@@ -99,6 +99,9 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, (OSError, pa.ArrowException)) and TRANSIENT.search(str(e)) is not None
 
 
+STORAGE_KEPT_FAILING = "the storage kept failing"   # in every StorageError; round.py finds it in a worker's
+
+
 class StorageRetries:
     """The retries left to one operation; ``what`` (e.g. "cannot read 's3://...'") names it in the error."""
 
@@ -113,7 +116,7 @@ class StorageRetries:
         self.failures += 1
         last = " ".join(str(e).split())                    # one line, whatever the library wrote
         if self.failures >= STORAGE_ATTEMPTS:
-            raise StorageError(f"{self.what}: the storage kept failing, {self.failures} attempts over "
+            raise StorageError(f"{self.what}: {STORAGE_KEPT_FAILING}, {self.failures} attempts over "
                                f"{time.monotonic() - self.started:.0f} s; the last error: {last}") from e
         wait = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
         log.warning("%s (attempt %d of %d): %s; trying again in %.1f s", redact(self.what), self.failures,

@@ -28,8 +28,8 @@ from PIL import Image
 
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
-from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, shard_name, write_json, write_parquet, \
-    write_pool
+from vaal_dist.pool.io import PoolMeta, exists, join, read_json, remove_stale_temporaries, resolve, shard_name, \
+    write_json, write_parquet, write_pool
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3
     settings = ShardSettings(image_size, channels, max_pixels, class_folders(source, ids, labels))
     shards = [ids[i:i + files_per_shard] for i in range(0, len(ids), files_per_shard)]
     _claim_dest(dest, ids, settings, files_per_shard)
+    remove_stale_temporaries(dest)           # shards half-written by a killed run; never a live writer's
     _report_unlisted(source, dest, unlisted)
     todo = unfinished_shards(dest, len(shards))
     log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
