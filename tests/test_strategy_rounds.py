@@ -25,9 +25,9 @@ from vaal_dist.strategies import STRATEGIES, get_strategy
 from vaal_dist.round_inputs import RoundInputs
 
 ROUND_TESTED = ["entropy", "mc_dropout", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
-                "vaal_vae_w2", "vaal_disc_only", "coreset", "cluster_margin", "typiclust"]
+                "vaal_vae_w2", "vaal_disc_only", "coreset", "cluster_margin", "typiclust", "badge"]
 TASK_FREE = {"vaal_vae_w2", "vaal_disc_only", "typiclust"}
-ROUND_ROBIN = {"cluster_margin", "typiclust"}     # pick order is over clusters, not by score
+ROUND_ROBIN = {"cluster_margin", "typiclust", "badge"}   # pick order is over clusters or draws, not by score
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_every_strategy_is_registered_and_named_by_its_class():
     assert {"vaal", "random", "coreset", "entropy", "mc_dropout", "dbal", "ensemble", "learning_loss",
             "learning_loss_v2", "ta_vaal", "aalu", "aalu_advvae", "aalu_advvae_pred", "aalu_losslearn",
             "aalu_advvae_losslearn", "vaal_frozen_vae", "vaal_vae_w2", "vaal_disc_only", "ta_vaal_lloss",
-            "coreset_vae", "margin", "cluster_margin", "typiclust"} == set(STRATEGIES)
+            "coreset_vae", "margin", "cluster_margin", "typiclust", "badge"} == set(STRATEGIES)
     for name in STRATEGIES:
         assert get_strategy(name).name == name
     with pytest.raises(InputError, match="unknown strategy"):

@@ -17,6 +17,7 @@ MODULES = (
     "ensemble",
     "coreset",
     "cluster_margin",
+    "badge",
     "typiclust",
     "random",
 )
