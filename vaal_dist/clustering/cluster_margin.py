@@ -68,9 +68,10 @@ def fingerprint(ids, embeddings: np.ndarray, **settings) -> str:
     """BLAKE2b of the ids (in order), the float32 embeddings' bytes and the clustering settings."""
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(settings, sort_keys=True).encode())
-    for i in ids:
-        h.update(str(i).encode() + b"\0")
-    h.update(np.ascontiguousarray(embeddings, dtype=np.float32).data)
+    h.update(json.dumps(list(map(str, ids))).encode())
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    h.update(repr(x.shape).encode())
+    h.update(x.data)
     return h.hexdigest()
 
 
