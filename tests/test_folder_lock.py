@@ -148,6 +148,7 @@ def takeover_after_heartbeats_stop(folder: str, tmp_path, heartbeat_s: float, st
     assert claims(folder) == []
 
 
+@pytest.mark.slow
 def test_a_killed_holder_elsewhere_is_taken_over_once_its_heartbeat_is_stale(tmp_path):
     takeover_after_heartbeats_stop(str(tmp_path / "out"), tmp_path, heartbeat_s=0.5, stale_s=4, mtime_step=0)
 
@@ -191,6 +192,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_an_experiments_tables_keep_every_concurrent_writers_rows(tmp_path):
     folder, barrier = str(tmp_path / "experiment"), tmp_path / "barrier"
     barrier.mkdir()
