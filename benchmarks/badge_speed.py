@@ -15,7 +15,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from vaal_dist.coreset import badge
 from vaal_dist.coreset.kcenter import exact_sq_dists
@@ -101,10 +100,7 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], choices=["exact", "sklearn"])
     p.add_argument("--device", help="where our passes run (default: a GPU when torch sees one)")
     p.add_argument("--chunk", type=int, default=64)
-    p.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     a, h = synthetic_pool(args.n, args.classes, args.dim, args.seed)
 
     stats = count_exact_rows()

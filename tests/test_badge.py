@@ -97,7 +97,8 @@ def test_estimates_coarser_than_the_distances_stay_exact():
 def test_row_order_does_not_change_the_picked_ids():
     a, h, ids = softmax_pool(2, 200, 5, 16, dup=20)
     perm = np.random.default_rng(0).permutation(len(a))
-    assert list(ids[badge_seeding(a, h, 30, 9, ids)]) == list(ids[perm][badge_seeding(a[perm], h[perm], 30, 9, ids[perm])])
+    shuffled = badge_seeding(a[perm], h[perm], 30, 9, ids[perm])
+    assert list(ids[badge_seeding(a, h, 30, 9, ids)]) == list(ids[perm][shuffled])
 
 
 def test_seed_changes_the_draws_but_not_the_first_pick():
@@ -226,8 +227,14 @@ def test_budget_zero_picks_nothing():
     assert len(badge_seeding(a, h, 0, 0, ids)) == 0
 
 
+def test_torch_threads_are_restored():
+    threads = torch.get_num_threads()
+    a, h, ids = softmax_pool(0, 50, 3, 4)
+    badge_seeding(a, h, 5, 0, ids, device="cpu")
+    assert torch.get_num_threads() == threads
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_picks_equal_cpu_picks():
+def test_gpu_seeding_equals_brute_force():
     a, h, ids = softmax_pool(5, 3000, 10, 64, dup=100, zero_gradients=50)
-    np.testing.assert_array_equal(badge_seeding(a, h, 300, 2, ids, device="cuda"),
-                                  badge_seeding(a, h, 300, 2, ids, device="cpu"))
+    assert_same_seeding(badge_seeding_with_d2(a, h, 300, 2, ids, device="cuda"), brute_force_badge(a, h, 300, 2, ids))

@@ -31,11 +31,12 @@ row reduction does not depend on the other rows of the block; ``tests/test_badge
 so does each running sum and pick: rounding cannot flip a pick.
 
 Memory: the factors, O(N (C + D)), plus O(N) float64 vectors and O(chunk C D) for the recomputed rows.
-The passes run in torch on a GPU when there is one (TF32 off); the exact recomputations and the draws
-run in numpy on the host, so the picks do not depend on the device.
+The passes run in torch on a GPU when there is one (TF32 off), else on one CPU thread; the exact
+recomputations and the draws run in numpy on the host, so the picks do not depend on the device.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -98,9 +99,23 @@ def badge_seeding_with_d2(a: np.ndarray, h: np.ndarray, budget: int, seed: int, 
     if order is not None:
         a, h = np.ascontiguousarray(a[order]), np.ascontiguousarray(h[order])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with _full_float32_matmul():
+    with _full_float32_matmul(), _one_thread_on(device):
         picks, d2, totals = _seed(a, h, budget, np.random.default_rng(seed), chunk, device)
     return (order[picks] if order is not None else picks), d2, totals
+
+
+@contextlib.contextmanager
+def _one_thread_on(device: torch.device):
+    """On the CPU the steps run on one torch thread: each is one memory-bound pass and a few O(N) vector
+    operations, and torch's intra-op threads wait on each other whenever another process holds a core
+    (at load 4-8 on the 2-core dev machine the 100k benchmark took 261 s on two threads, 82 s on one)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check(a: np.ndarray, h: np.ndarray, budget: int, ids) -> tuple[np.ndarray, np.ndarray]:
