@@ -67,7 +67,7 @@ def report(curves: pa.Table) -> str:
     def over_pixels(strategy, fraction):
         return [r["accuracy"] - r["pixel_logreg_accuracy"] for r in rows
                 if (r["strategy"], r["labeled_fraction"]) == (strategy, fraction)
-                and not np.isnan(r.get("pixel_logreg_accuracy", np.nan))]
+                and _measured([r], "pixel_logreg_accuracy")]
 
     tables = [
         _markdown(["strategy", "seeds", "AULC (mean ± std)", "minus random, paired (mean ± std)", "seeds above random"],
