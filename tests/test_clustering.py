@@ -272,7 +272,7 @@ def test_typicality_is_the_inverse_mean_euclidean_distance():
     assert typiclust.typicality(np.zeros((3, 2), np.float32), 2).tolist() == [np.inf] * 3
 
 
-def planted_centre(seed=0):
+def planted_centre(seed=0, annulus=200):
     """A point at the origin with 24 points on a circle of radius 0.1 around it, 200 points in an annulus
     of radius 1 to 2, 10 outliers at radius 30. The origin's 20 nearest are all at 0.1; a circle point's
     are the origin and 19 circle points at chords 0.2 sin(pi j / 24), j = 1..9 twice and j = 10, a mean of
@@ -280,7 +280,7 @@ def planted_centre(seed=0):
     rng = np.random.default_rng(seed)
     angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     circle = 0.1 * np.stack([np.cos(angles), np.sin(angles)], 1)
-    r, a = rng.uniform(1, 2, 200), rng.uniform(0, 2 * np.pi, 200)
+    r, a = rng.uniform(1, 2, annulus), rng.uniform(0, 2 * np.pi, annulus)
     annulus = np.stack([r * np.cos(a), r * np.sin(a)], 1)
     outliers = 30 * np.stack([np.cos(angles[:10]), np.sin(angles[:10])], 1)
     x = np.concatenate([np.zeros((1, 2)), circle, annulus, outliers]).astype(np.float32)
@@ -304,6 +304,22 @@ def test_a_labeled_centre_is_not_picked_again():
     assert centre not in result.picks.tolist()
     # with the centre labeled, the circle is the densest: both picks on it (|p| = 0.1)
     np.testing.assert_allclose(np.linalg.norm(x[result.picks], axis=1), 0.1, rtol=1e-6)
+
+
+def test_each_cluster_gives_its_centre_largest_uncovered_first():
+    groups = [planted_centre(seed=s, annulus=a) for s, a in ((0, 100), (1, 200), (2, 150))]
+    x = np.concatenate([g[0] + 100 * i for i, g in enumerate(groups)])      # 100 apart: separate
+    sizes = [len(g[0]) for g in groups]
+    starts = np.cumsum([0] + sizes)
+    centres = [start + g[1] for start, g in zip(starts, groups)]
+    ids = np.array([f"q{i:04d}" for i in range(len(x))])
+    assign = np.repeat([0, 1, 2], sizes)
+    labeled = np.zeros(len(x), bool)
+    labeled[starts[1] + np.argmax(np.linalg.norm(groups[1][0], axis=1))] = True   # an outlier of group 1
+    result = typiclust.select_in_clusters(x, ids, labeled, assign, budget=3)
+    # uncovered first, largest first: group 2 (185 points), group 0 (135); then group 1 (235, covered)
+    assert result.picks.tolist() == [centres[2], centres[0], centres[1]]
+    assert result.cluster.tolist() == [2, 0, 1]
 
 
 def test_clusters_visited_largest_uncovered_first_small_ones_never():

@@ -48,17 +48,27 @@ def select(embeddings: np.ndarray, ids, labeled: np.ndarray, budget: int, n_clus
            niter: int = NITER, train_points: int = TRAIN_POINTS, chunk: int = 65536) -> TypiClustPicks:
     """TypiClust's ``budget`` picks among the pool's unlabeled points (``labeled`` (N,) bool is False).
 
-    k-means: ``niter`` Lloyd iterations on a seeded sample of ``train_points`` points, then every point
-    assigned (``kmeans``; the assignment, N (|L| + b) d multiply-adds, dominates at scale)."""
-    x = check_embeddings(embeddings, ids)
-    ids = np.asarray(ids, dtype=str)
-    labeled = np.asarray(labeled, dtype=bool)
-    if labeled.shape != (len(x),):
-        raise InputError(f"labeled must be one bool per point, got shape {labeled.shape}")
-    if not 0 <= budget <= int((~labeled).sum()):
-        raise InputError(f"budget {budget} must be between 0 and the {int((~labeled).sum())} unlabeled points")
+    k-means into ``n_clusters`` (default |L| + b): ``niter`` Lloyd iterations on a seeded sample of
+    ``train_points`` points, then every point assigned (``kmeans``; the assignment, N (|L| + b) d
+    multiply-adds, dominates at scale); then ``select_in_clusters``."""
+    x, ids, labeled = _check(embeddings, ids, labeled, budget)
     k = n_clusters or min(len(x), int(labeled.sum()) + budget)
     assign = nearest_centroids(x, train_centroids(x, k, seed, niter, train_points), chunk)
+    return _pick(x, ids, labeled, assign, k, budget, neighbours, min_cluster_size)
+
+
+def select_in_clusters(embeddings: np.ndarray, ids, labeled: np.ndarray, assign: np.ndarray, budget: int,
+                       neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE) -> TypiClustPicks:
+    """TypiClust's picks given each point's cluster ``assign`` (N,) int: steps 2 and 3 above."""
+    x, ids, labeled = _check(embeddings, ids, labeled, budget)
+    assign = np.asarray(assign, dtype=np.int64)
+    if assign.shape != (len(x),) or assign.min() < 0:
+        raise InputError(f"assign must be one cluster number >= 0 per point, got shape {assign.shape}")
+    return _pick(x, ids, labeled, assign, int(assign.max()) + 1, budget, neighbours, min_cluster_size)
+
+
+def _pick(x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, assign: np.ndarray, k: int, budget: int,
+          neighbours: int, min_cluster_size: int) -> TypiClustPicks:
     members = np.argsort(assign, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
     remaining = {}                                       # cluster -> its unlabeled points not yet picked
@@ -80,6 +90,16 @@ def select(embeddings: np.ndarray, ids, labeled: np.ndarray, budget: int, n_clus
             if len(picks) == budget:
                 break
     return TypiClustPicks(np.array(picks, dtype=np.int64), np.array(typicality), np.array(clusters, dtype=np.int64))
+
+
+def _check(embeddings, ids, labeled, budget) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = check_embeddings(embeddings, ids)
+    labeled = np.asarray(labeled, dtype=bool)
+    if labeled.shape != (len(x),):
+        raise InputError(f"labeled must be one bool per point, got shape {labeled.shape}")
+    if not 0 <= budget <= int((~labeled).sum()):
+        raise InputError(f"budget {budget} must be between 0 and the {int((~labeled).sum())} unlabeled points")
+    return x, np.asarray(ids, dtype=str), labeled
 
 
 def _visit_order(assign: np.ndarray, labeled: np.ndarray, k: int, min_cluster_size: int) -> np.ndarray:
