@@ -127,14 +127,17 @@ def authors_typiclust(x, labeled, budget, seed=0, neighbours=20, min_size=5):
     sizes, covered = np.bincount(assign, minlength=k), np.bincount(assign[labeled], minlength=k)
     order = [c for c in np.lexsort((-sizes, covered)) if sizes[c] > min_size]
     free = ~labeled
-    picks = []
-    for i in range(budget):
+    picks, i = [], 0
+    while len(picks) < budget:
         rows = np.flatnonzero((assign == order[i % len(order)]) & free)
-        nn = min(neighbours, len(rows) // 2)
+        i += 1
+        if len(rows) == 0:                  # an exhausted cluster: the authors' code fails here; skip it
+            continue
+        nn = min(neighbours, len(rows) // 2)     # 0 for a lone point: the authors take it (argmax of NaN)
         index = faiss.IndexFlatL2(x.shape[1])
         index.add(x[rows])
         dist, _ = index.search(x[rows], nn + 1)
-        pick = rows[np.argmax(1 / (dist[:, 1:].mean(1) + 1e-5))]
+        pick = rows[np.argmax(1 / (dist[:, 1:].mean(1) + 1e-5))] if nn else rows[0]
         picks.append(pick)
         free[pick] = False
     return np.array(picks)

@@ -246,14 +246,19 @@ def test_knn_distances_are_exact(k, offset):
     rng = np.random.default_rng(k)
     x = (rng.normal(size=(400, 24)) + offset).astype(np.float32)    # far from the origin too
     x[rng.choice(400, 30, replace=False)] = x[rng.choice(400, 30, replace=False)]   # exact duplicates
-    np.testing.assert_allclose(typiclust.knn_sq_dists(x, k), brute_force_knn(x, k), rtol=1e-12, atol=0)
+    sq, nbrs = typiclust.knn(x, k)
+    np.testing.assert_allclose(sq, brute_force_knn(x, k), rtol=1e-12, atol=0)
+    # the positions name points at those distances, never the point itself
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(((x64[nbrs] - x64[:, None, :]) ** 2).sum(-1), sq, rtol=1e-12)
+    assert not (nbrs == np.arange(len(x))[:, None]).any()
 
 
 def test_rows_the_candidates_cannot_settle_are_recomputed():
     # a square lattice: each point has 4 neighbours at 1, 4 at sqrt 2...; with no slack the k-th
     # candidate ties with points FAISS did not return, so rows must fall back to the full search
     grid = np.stack(np.meshgrid(np.arange(15), np.arange(15)), -1).reshape(-1, 2).astype(np.float32)
-    np.testing.assert_allclose(typiclust.knn_sq_dists(grid, 6, slack=0), brute_force_knn(grid, 6), rtol=1e-12)
+    np.testing.assert_allclose(typiclust.knn(grid, 6, slack=0)[0], brute_force_knn(grid, 6), rtol=1e-12)
 
 
 def test_near_ties_below_float32_resolution_are_settled_exactly():
@@ -262,7 +267,7 @@ def test_near_ties_below_float32_resolution_are_settled_exactly():
     # one; the row must be recomputed in float64
     angles = np.linspace(0, 2 * np.pi, 50, endpoint=False)
     x = np.concatenate([[[0, 0]], np.stack([np.cos(angles), np.sin(angles)], 1)]).astype(np.float32)
-    assert typiclust.knn_sq_dists(x, 1, slack=0)[0, 0] == brute_force_knn(x, 1)[0, 0]
+    assert typiclust.knn(x, 1, slack=0)[0][0, 0] == brute_force_knn(x, 1)[0, 0]
 
 
 def test_typicality_is_the_inverse_mean_euclidean_distance():
@@ -320,6 +325,43 @@ def test_each_cluster_gives_its_centre_largest_uncovered_first():
     # uncovered first, largest first: group 2 (185 points), group 0 (135); then group 1 (235, covered)
     assert result.picks.tolist() == [centres[2], centres[0], centres[1]]
     assert result.cluster.tolist() == [2, 0, 1]
+
+
+def textbook_typiclust(x, ids, labeled, assign, budget, neighbours=20, min_size=5):
+    """The authors' loop with the paper's distance, brute force: visit the clusters of more than 5
+    points by (labeled count, -size, number), round and round; each visit measures the cluster's
+    remaining unlabeled points from scratch and takes the most typical, ties to the smallest id."""
+    k_clusters = assign.max() + 1
+    sizes, covered = np.bincount(assign, minlength=k_clusters), np.bincount(assign[labeled], minlength=k_clusters)
+    order = [c for c in sorted(range(k_clusters), key=lambda c: (covered[c], -sizes[c], c)) if sizes[c] > min_size]
+    free, picks = ~labeled.copy(), []
+    while len(picks) < budget:
+        for c in order:
+            rows = np.flatnonzero((assign == c) & free)
+            if not len(rows) or len(picks) == budget:
+                continue
+            k = min(neighbours, len(rows) // 2)
+            t = 1 / np.sqrt(brute_force_knn(x[rows], k)).mean(1) if k else np.zeros(1)
+            best = rows[t == t.max()]
+            pick = best[np.argmin(ids[best])]
+            picks.append(pick)
+            free[pick] = False
+    return np.array(picks)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_revisited_clusters_give_the_textbook_picks(seed):
+    # 4 clusters of 60, 45, 30 and 7 points, 3 labeled, budget 120: about 35 visits per cluster, each
+    # after a removal that the incremental k-NN lists must follow (k falls from 20 once < 40 are left)
+    rng = np.random.default_rng(seed)
+    assign = rng.permutation(np.repeat([0, 1, 2, 3], [60, 45, 30, 7]))
+    x = (rng.normal(size=(142, 5)) + 4 * assign[:, None]).astype(np.float32)
+    x[rng.choice(142, 10, replace=False)] = x[rng.choice(142, 10, replace=False)]     # duplicates: ties
+    ids = np.array([f"r{i:03d}" for i in rng.permutation(142)])
+    labeled = np.zeros(142, bool)
+    labeled[rng.choice(142, 3, replace=False)] = True
+    result = typiclust.select_in_clusters(x, ids, labeled, assign, budget=120)
+    np.testing.assert_array_equal(result.picks, textbook_typiclust(x, ids, labeled, assign, 120))
 
 
 def test_clusters_visited_largest_uncovered_first_small_ones_never():

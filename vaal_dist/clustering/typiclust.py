@@ -5,7 +5,9 @@
 2. Clusters of at most ``min_cluster_size`` = 5 points (labeled ones included) are never chosen (the
    authors' code); the others are visited by fewest labeled points, then largest first, then cluster
    number, so the first are the largest clusters holding no labeled point (the paper's "largest uncovered
-   clusters": with |L| + b clusters at least b hold none). Past the last, the visits start again.
+   clusters": with |L| + b clusters at least b hold none). Past the last, the visits start again; a
+   revisited cluster keeps its k-NN lists, and a pick re-measures only the points that had it among
+   their K nearest.
 3. From each visited cluster, its most typical unlabeled point not yet picked (ties: smallest id):
 
        typicality(x) = 1 / ((1/K) sum_{y in K-NN(x)} |x - y|_2),   K = min(20, floor(n / 2)),
@@ -76,17 +78,21 @@ def _pick(x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, assign: np.ndarra
         rows = members[bounds[c]:bounds[c + 1]]
         if (~labeled[rows]).any():
             remaining[c] = rows[~labeled[rows]]
+    # keep each cluster's k-NN lists only when clusters will be visited again (memory: 16 k bytes a point)
+    revisit = budget > len(remaining)
+    states = {c: _Cluster(rows) for c, rows in remaining.items()}
     picks, typicality, clusters = [], [], []
     while len(picks) < budget:
-        if not remaining:
+        if not states:
             raise InputError(f"only {len(picks)} unlabeled points lie in clusters of more than "
                              f"{min_cluster_size} points; the budget is {budget}")
-        for c in list(remaining):
-            pick, typical = _most_typical(x, ids, remaining[c], neighbours)
+        for c in list(states):
+            pick, typical = states[c].most_typical(x, ids, neighbours)
             picks.append(pick), typicality.append(typical), clusters.append(c)
-            remaining[c] = remaining[c][remaining[c] != pick]
-            if not len(remaining[c]):
-                del remaining[c]
+            if revisit and len(states[c].rows) > 1:
+                states[c].remove(x, pick, neighbours)
+            else:
+                del states[c]
             if len(picks) == budget:
                 break
     return TypiClustPicks(np.array(picks, dtype=np.int64), np.array(typicality), np.array(clusters, dtype=np.int64))
@@ -110,26 +116,56 @@ def _visit_order(assign: np.ndarray, labeled: np.ndarray, k: int, min_cluster_si
     return order[sizes[order] > min_cluster_size]
 
 
-def _most_typical(x: np.ndarray, ids: np.ndarray, rows: np.ndarray, neighbours: int) -> tuple[int, float]:
-    """(row, its typicality): the most typical of ``rows`` among themselves, ties to the smallest id."""
-    k = min(neighbours, len(rows) // 2)
-    if k == 0:                                           # a lone point: nothing to measure it against
-        return int(rows[0]), float("nan")
-    t = typicality(x[rows], k)
-    best = rows[t == t.max()]
-    return int(best[np.argmin(ids[best])]), float(t.max())
+class _Cluster:
+    """A cluster's unlabeled points not yet picked and, once measured, each one's k nearest among them."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows                                 # (n,) indices into the pool
+        self.sq = self.nbrs = None                       # (n, k): exact squared distances, pool indices
+
+    def most_typical(self, x: np.ndarray, ids: np.ndarray, neighbours: int) -> tuple[int, float]:
+        """(row, its typicality): ties to the smallest id; NaN for a lone point (nothing to measure)."""
+        if self.sq is None:
+            k = min(neighbours, len(self.rows) // 2)
+            if k == 0:
+                return int(self.rows[0]), float("nan")
+            self.sq, positions = knn(x[self.rows], k)
+            self.nbrs = self.rows[positions]
+        t = _inverse_mean_distance(self.sq)
+        best = self.rows[t == t.max()]
+        return int(best[np.argmin(ids[best])]), float(t.max())
+
+    def remove(self, x: np.ndarray, pick: int, neighbours: int) -> None:
+        """Drop ``pick``; only the rows that had it among their k nearest are measured again (exactly,
+        against the whole cluster), unless k itself changes (small clusters), which re-measures all."""
+        keep = self.rows != pick
+        self.rows = self.rows[keep]
+        if self.sq is None or min(neighbours, len(self.rows) // 2) != self.sq.shape[1]:
+            self.sq = self.nbrs = None
+            return
+        self.sq, self.nbrs = self.sq[keep], self.nbrs[keep]
+        k = self.sq.shape[1]
+        for i in np.flatnonzero((self.nbrs == pick).any(1)):
+            row = exact_sq_dists(x[self.rows], x[self.rows[i]])
+            row[i] = np.inf
+            nearest = np.argsort(row, kind="stable")[:k]
+            self.sq[i], self.nbrs[i] = row[nearest], self.rows[nearest]
 
 
 def typicality(points: np.ndarray, k: int) -> np.ndarray:
     """(n,) float64: 1 / mean Euclidean distance of each point to its k nearest other points (inf when
     those are all at distance 0)."""
-    mean = np.sqrt(knn_sq_dists(points, k)).mean(1)
+    return _inverse_mean_distance(knn(points, k)[0])
+
+
+def _inverse_mean_distance(sq: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        return 1.0 / mean
+        return 1.0 / np.sqrt(sq).mean(1)
 
 
-def knn_sq_dists(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 2 ** 26) -> np.ndarray:
-    """(n, k) exact (float64) squared distances of each point to its k nearest other points, ascending.
+def knn(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 2 ** 26) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's k nearest other points: (n, k) exact (float64) squared distances, ascending, and
+    (n, k) their positions (among equal distances, any).
 
     Candidates: the k + 1 + ``slack`` nearest by float32 distances (|a|^2 + |b|^2 - 2 a.b, one GEMM per
     block of rows of at most ``chunk_bytes``) on the points centred at their float64 mean and rounded to
@@ -142,7 +178,7 @@ def knn_sq_dists(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 
         raise InputError(f"need 1 <= k < n points, got k={k}, n={n}")
     centred = (x.astype(np.float64) - x.mean(0, dtype=np.float64)).astype(np.float32)
     width = min(n, k + 1 + slack)
-    out = np.empty((n, k))
+    sq_out, nbrs_out = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
     last = np.empty(n, dtype=np.float32)                 # each row's largest candidate float32 distance
     sq = np.einsum("ij,ij->i", centred, centred)
     step = max(1, chunk_bytes // (4 * n))
@@ -156,14 +192,17 @@ def knn_sq_dists(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 
         last[rows] = np.take_along_axis(approx, cand, 1).max(1)
         exact = exact_sq_dists(np.repeat(x[rows], width, axis=0), x[cand.ravel()]).reshape(len(rows), width)
         exact[cand == rows[:, None]] = np.inf            # not its own neighbour
-        out[rows] = np.sort(exact, axis=1)[:, :k]
+        nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        sq_out[rows] = np.take_along_axis(exact, nearest, 1)
+        nbrs_out[rows] = np.take_along_axis(cand, nearest, 1)
     if width < n:
         norms = np.sqrt((centred.astype(np.float64) ** 2).sum(1))
         # float32 error on |a|^2 + |b|^2 - 2 a.b (as in kcenter: 2 gamma_{d+4}) plus the centring's
         # rounding (2 u (|a| + |b|)^2), on the centred norms; times 2 for safety (_UNIT)
         eps = (d + 6) * _UNIT * (norms + norms.max()) ** 2
-        for i in np.flatnonzero(out[:, -1] > last - eps):
+        for i in np.flatnonzero(sq_out[:, -1] > last - eps):
             row = exact_sq_dists(x, x[i])
             row[i] = np.inf
-            out[i] = np.sort(row)[:k]
-    return out
+            nbrs_out[i] = np.argsort(row, kind="stable")[:k]
+            sq_out[i] = row[nbrs_out[i]]
+    return sq_out, nbrs_out
