@@ -240,9 +240,16 @@ def brute_force_knn(x, k):
     return np.sort(sq, axis=1)[:, :k]
 
 
+@pytest.fixture(params=["numpy", "faiss"])
+def search(request, monkeypatch):
+    """Both candidate searches: numpy's GEMM (small clusters) and FAISS's (from _FAISS_FROM points)."""
+    monkeypatch.setattr(typiclust, "_FAISS_FROM", 10 ** 9 if request.param == "numpy" else 1)
+    return request.param
+
+
 @pytest.mark.parametrize("k", [1, 5, 20])
 @pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_knn_distances_are_exact(k, offset):
+def test_knn_distances_are_exact(k, offset, search):
     rng = np.random.default_rng(k)
     x = (rng.normal(size=(400, 24)) + offset).astype(np.float32)    # far from the origin too
     x[rng.choice(400, 30, replace=False)] = x[rng.choice(400, 30, replace=False)]   # exact duplicates
@@ -254,14 +261,14 @@ def test_knn_distances_are_exact(k, offset):
     assert not (nbrs == np.arange(len(x))[:, None]).any()
 
 
-def test_rows_the_candidates_cannot_settle_are_recomputed():
+def test_rows_the_candidates_cannot_settle_are_recomputed(search):
     # a square lattice: each point has 4 neighbours at 1, 4 at sqrt 2...; with no slack the k-th
     # candidate ties with points FAISS did not return, so rows must fall back to the full search
     grid = np.stack(np.meshgrid(np.arange(15), np.arange(15)), -1).reshape(-1, 2).astype(np.float32)
     np.testing.assert_allclose(typiclust.knn(grid, 6, slack=0)[0], brute_force_knn(grid, 6), rtol=1e-12)
 
 
-def test_near_ties_below_float32_resolution_are_settled_exactly():
+def test_near_ties_below_float32_resolution_are_settled_exactly(search):
     # the origin and 50 float32 points on the unit circle: every squared distance from the origin is 1
     # to within 1e-7, below what FAISS's float32 search resolves, so its single candidate can be the wrong
     # one; the row must be recomputed in float64

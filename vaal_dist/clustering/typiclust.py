@@ -16,12 +16,12 @@
    within the cluster, K halved for small ones). The paper writes the Euclidean distance, which we use;
    the authors' code averages FAISS's squared distances, which can rank points differently.
 
-The k-NN distances are exact: a float32 GEMM over the cluster's points centred at their mean proposes
+The k-NN distances are exact: a float32 search over the cluster's points centred at their mean proposes
 candidates, each candidate's distance is recomputed in float64 (``coreset.kcenter.exact_sq_dists``), and a
 row whose K-th distance is not provably below every other point's is recomputed against the whole
-cluster. (The candidates come from numpy, not FAISS: clusters hold about N / (|L| + b) points, 100 at
-1M and b = 10,000, where a FAISS search costs 6 ms a call, 45 ms with two OpenMP threads on this shared
-machine, and numpy's 0.7 ms.)
+cluster. The search is FAISS's for clusters of 4,096 points or more and one numpy GEMM below: clusters
+hold about N / (|L| + b) points, 100 at 1M and b = 10,000, where a FAISS search costs 6 ms a call (45 ms
+with two OpenMP threads on this shared machine) and numpy 0.7 ms.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaal_dist.clustering.kmeans import NITER, TRAIN_POINTS, check_embeddings, nearest_centroids, train_centroids
+from vaal_dist.clustering.kmeans import (NITER, TRAIN_POINTS, check_embeddings, flat_index, nearest_centroids,
+                                         train_centroids)
 from vaal_dist.coreset.kcenter import exact_sq_dists
 from vaal_dist.errors import InputError
 
@@ -163,42 +164,35 @@ def _inverse_mean_distance(sq: np.ndarray) -> np.ndarray:
         return 1.0 / np.sqrt(sq).mean(1)
 
 
-def knn(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 2 ** 26) -> tuple[np.ndarray, np.ndarray]:
+def knn(points: np.ndarray, k: int, slack: int = 8, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Each point's k nearest other points: (n, k) exact (float64) squared distances, ascending, and
     (n, k) their positions (among equal distances, any).
 
-    Candidates: the k + 1 + ``slack`` nearest by float32 distances (|a|^2 + |b|^2 - 2 a.b, one GEMM per
-    block of rows of at most ``chunk_bytes``) on the points centred at their float64 mean and rounded to
-    float32, so the error bound scales with the spread, not the distance from the origin. Each candidate
-    is measured exactly; a row is recomputed against all points unless its k-th exact distance is at most
-    the last candidate's float32 distance less the error bound, which no other point can undercut."""
+    Candidates: the k + 1 + ``slack`` nearest by float32 distances on the points centred at their float64
+    mean and rounded to float32 (so the error bound scales with the spread, not the distance from the
+    origin). Each candidate is measured exactly; a row is recomputed against all points unless its k-th
+    exact distance is at most the last candidate's float32 distance less the error bound, which no other
+    point can undercut."""
     x = np.ascontiguousarray(points, dtype=np.float32)
     n, d = x.shape
     if not 1 <= k < n:
         raise InputError(f"need 1 <= k < n points, got k={k}, n={n}")
     centred = (x.astype(np.float64) - x.mean(0, dtype=np.float64)).astype(np.float32)
     width = min(n, k + 1 + slack)
+    cand, last = _candidates(centred, width)
     sq_out, nbrs_out = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
-    last = np.empty(n, dtype=np.float32)                 # each row's largest candidate float32 distance
-    sq = np.einsum("ij,ij->i", centred, centred)
-    step = max(1, chunk_bytes // (4 * n))
-    for start in range(0, n, step):
-        rows = np.arange(start, min(start + step, n))
-        approx = sq[rows, None] + sq[None, :] - 2 * (centred[rows] @ centred.T)       # (m, n) float32
-        if width < n:
-            cand = np.argpartition(approx, width - 1, axis=1)[:, :width]
-        else:
-            cand = np.tile(np.arange(n), (len(rows), 1))
-        last[rows] = np.take_along_axis(approx, cand, 1).max(1)
-        exact = exact_sq_dists(np.repeat(x[rows], width, axis=0), x[cand.ravel()]).reshape(len(rows), width)
-        exact[cand == rows[:, None]] = np.inf            # not its own neighbour
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        exact = exact_sq_dists(np.repeat(x[rows], width, axis=0), x[cand[rows].ravel()]).reshape(len(rows), width)
+        exact[cand[rows] == rows[:, None]] = np.inf      # not its own neighbour
         nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
         sq_out[rows] = np.take_along_axis(exact, nearest, 1)
-        nbrs_out[rows] = np.take_along_axis(cand, nearest, 1)
+        nbrs_out[rows] = np.take_along_axis(cand[rows], nearest, 1)
     if width < n:
         norms = np.sqrt((centred.astype(np.float64) ** 2).sum(1))
-        # float32 error on |a|^2 + |b|^2 - 2 a.b (as in kcenter: 2 gamma_{d+4}) plus the centring's
-        # rounding (2 u (|a| + |b|)^2), on the centred norms; times 2 for safety (_UNIT)
+        # float32 error on |a|^2 + |b|^2 - 2 a.b (as in kcenter: 2 gamma_{d+4}; it also covers FAISS's
+        # direct sum of squares) plus the centring's rounding (2 u (|a| + |b|)^2), on the centred norms;
+        # times 2 for safety (_UNIT)
         eps = (d + 6) * _UNIT * (norms + norms.max()) ** 2
         for i in np.flatnonzero(sq_out[:, -1] > last - eps):
             row = exact_sq_dists(x, x[i])
@@ -206,3 +200,26 @@ def knn(points: np.ndarray, k: int, slack: int = 8, chunk_bytes: int = 2 ** 26) 
             nbrs_out[i] = np.argsort(row, kind="stable")[:k]
             sq_out[i] = row[nbrs_out[i]]
     return sq_out, nbrs_out
+
+
+_FAISS_FROM = 4096       # points: below, numpy measured faster (a FAISS call costs 6-45 ms here, plus its heaps)
+
+
+def _candidates(centred: np.ndarray, width: int, chunk_bytes: int = 2 ** 26) -> tuple[np.ndarray, np.ndarray]:
+    """(n, width) positions of each point's ``width`` nearest by float32 distance (itself among them,
+    unless ``width`` exact ties crowd it out) and (n,) the largest of those float32 distances: a FAISS
+    flat search for large sets, else |a|^2 + |b|^2 - 2 a.b from one numpy GEMM per block of rows."""
+    n = len(centred)
+    if width == n:
+        return np.tile(np.arange(n), (n, 1)), np.full(n, np.inf, dtype=np.float32)
+    if n >= _FAISS_FROM:
+        approx, cand = flat_index(centred).search(centred, width)         # ascending
+        return cand, approx[:, -1]
+    sq = np.einsum("ij,ij->i", centred, centred)
+    cand, last = np.empty((n, width), dtype=np.int64), np.empty(n, dtype=np.float32)
+    step = max(1, chunk_bytes // (4 * n))
+    for start in range(0, n, step):
+        approx = sq[start:start + step, None] + sq[None, :] - 2 * (centred[start:start + step] @ centred.T)
+        cand[start:start + step] = np.argpartition(approx, width - 1, axis=1)[:, :width]
+        last[start:start + step] = np.take_along_axis(approx, cand[start:start + step], 1).max(1)
+    return cand, last
