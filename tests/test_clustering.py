@@ -240,41 +240,43 @@ def brute_force_knn(x, k):
     return np.sort(sq, axis=1)[:, :k]
 
 
-@pytest.fixture(params=["numpy", "faiss"])
-def search(request, monkeypatch):
-    """Both candidate searches: numpy's GEMM (small clusters) and FAISS's (from _FAISS_FROM points)."""
-    monkeypatch.setattr(typiclust, "_FAISS_FROM", 10 ** 9 if request.param == "numpy" else 1)
-    return request.param
+def float64_gemm_bound(x):
+    """knn's documented error: (d + 6) 2^-53 (|a| + |b|)^2 on the points centred at their mean."""
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    return (x.shape[1] + 6) * 2.0 ** -53 * (2 * np.linalg.norm(centred, axis=1).max()) ** 2
 
 
 @pytest.mark.parametrize("k", [1, 5, 20])
 @pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_knn_distances_are_exact(k, offset, search):
+def test_knn_distances_are_exact_to_float64_rounding(k, offset):
     rng = np.random.default_rng(k)
     x = (rng.normal(size=(400, 24)) + offset).astype(np.float32)    # far from the origin too
     x[rng.choice(400, 30, replace=False)] = x[rng.choice(400, 30, replace=False)]   # exact duplicates
+    bound = float64_gemm_bound(x)                                    # 6.5e-13 here
     sq, nbrs = typiclust.knn(x, k)
-    np.testing.assert_allclose(sq, brute_force_knn(x, k), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(sq, brute_force_knn(x, k), rtol=0, atol=bound)
     # the positions name points at those distances, never the point itself
     x64 = x.astype(np.float64)
-    np.testing.assert_allclose(((x64[nbrs] - x64[:, None, :]) ** 2).sum(-1), sq, rtol=1e-12)
+    np.testing.assert_allclose(((x64[nbrs] - x64[:, None, :]) ** 2).sum(-1), sq, rtol=0, atol=bound)
     assert not (nbrs == np.arange(len(x))[:, None]).any()
+    queries = rng.choice(400, 37, replace=False)                  # some rows only: the same answers
+    np.testing.assert_allclose(typiclust.knn(x, k, queries=queries)[0], sq[queries], rtol=0, atol=bound)
 
 
-def test_rows_the_candidates_cannot_settle_are_recomputed(search):
-    # a square lattice: each point has 4 neighbours at 1, 4 at sqrt 2...; with no slack the k-th
-    # candidate ties with points FAISS did not return, so rows must fall back to the full search
+def test_rows_split_into_blocks_give_the_same_neighbours():
+    # a square lattice: many exact ties (4 neighbours at 1, 4 at sqrt 2, ...); 8-row blocks
     grid = np.stack(np.meshgrid(np.arange(15), np.arange(15)), -1).reshape(-1, 2).astype(np.float32)
-    np.testing.assert_allclose(typiclust.knn(grid, 6, slack=0)[0], brute_force_knn(grid, 6), rtol=1e-12)
+    small_blocks = typiclust.knn(grid, 6, chunk_bytes=8 * 8 * len(grid))[0]
+    np.testing.assert_allclose(small_blocks, brute_force_knn(grid, 6), rtol=0, atol=float64_gemm_bound(grid))
 
 
-def test_near_ties_below_float32_resolution_are_settled_exactly(search):
+def test_near_ties_below_float32_resolution_are_resolved():
     # the origin and 50 float32 points on the unit circle: every squared distance from the origin is 1
-    # to within 1e-7, below what FAISS's float32 search resolves, so its single candidate can be the wrong
-    # one; the row must be recomputed in float64
+    # to within 1e-7, which float32 arithmetic cannot order (a float32 search names a point at
+    # 0.99999996 where the nearest is at 0.99999995); float64 can
     angles = np.linspace(0, 2 * np.pi, 50, endpoint=False)
     x = np.concatenate([[[0, 0]], np.stack([np.cos(angles), np.sin(angles)], 1)]).astype(np.float32)
-    assert typiclust.knn(x, 1, slack=0)[0][0, 0] == brute_force_knn(x, 1)[0, 0]
+    assert typiclust.knn(x, 1)[0][0, 0] == pytest.approx(brute_force_knn(x, 1)[0, 0], rel=1e-15)
 
 
 def test_typicality_is_the_inverse_mean_euclidean_distance():

@@ -16,12 +16,11 @@
    within the cluster, K halved for small ones). The paper writes the Euclidean distance, which we use;
    the authors' code averages FAISS's squared distances, which can rank points differently.
 
-The k-NN distances are exact: a float32 search over the cluster's points centred at their mean proposes
-candidates, each candidate's distance is recomputed in float64 (``coreset.kcenter.exact_sq_dists``), and a
-row whose K-th distance is not provably below every other point's is recomputed against the whole
-cluster. The search is FAISS's for clusters of 4,096 points or more and one numpy GEMM below: clusters
-hold about N / (|L| + b) points, 100 at 1M and b = 10,000, where a FAISS search costs 6 ms a call (45 ms
-with two OpenMP threads on this shared machine) and numpy 0.7 ms.
+The k-NN distances are float64 GEMMs over each cluster's points centred at their mean: within
+(d + 6) 2^-53 (|a| + |b|)^2 of exact (1e-13 of the cluster's spread at d = 512), so the typicalities are
+exact to float64 precision, whichever of near-equal neighbours are named. (Not FAISS: it searches in
+float32, and measuring its candidates again in float64, 29 per point, cost more than the GEMM: 180 s
+against 20 s for the picks at 1M x 512, b = 10,000; clusters hold about N / (|L| + b) points.)
 """
 from __future__ import annotations
 
@@ -29,14 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vaal_dist.clustering.kmeans import (NITER, TRAIN_POINTS, check_embeddings, flat_index, nearest_centroids,
-                                         train_centroids)
-from vaal_dist.coreset.kcenter import exact_sq_dists
+from vaal_dist.clustering.kmeans import NITER, TRAIN_POINTS, check_embeddings, nearest_centroids, train_centroids
 from vaal_dist.errors import InputError
 
 NEIGHBOURS = 20
 MIN_CLUSTER_SIZE = 5
-_UNIT = 2.0 ** -23       # twice float32's unit roundoff: a safety factor of 2, as in coreset.kcenter
 
 
 @dataclass(frozen=True)
@@ -137,20 +133,18 @@ class _Cluster:
         return int(best[np.argmin(ids[best])]), float(t.max())
 
     def remove(self, x: np.ndarray, pick: int, neighbours: int) -> None:
-        """Drop ``pick``; only the rows that had it among their k nearest are measured again (exactly,
-        against the whole cluster), unless k itself changes (small clusters), which re-measures all."""
+        """Drop ``pick``; only the rows that had it among their k nearest are measured again (``knn`` on
+        those queries), unless k itself changes (small clusters), which re-measures all."""
         keep = self.rows != pick
         self.rows = self.rows[keep]
         if self.sq is None or min(neighbours, len(self.rows) // 2) != self.sq.shape[1]:
             self.sq = self.nbrs = None
             return
         self.sq, self.nbrs = self.sq[keep], self.nbrs[keep]
-        k = self.sq.shape[1]
-        for i in np.flatnonzero((self.nbrs == pick).any(1)):
-            row = exact_sq_dists(x[self.rows], x[self.rows[i]])
-            row[i] = np.inf
-            nearest = np.argsort(row, kind="stable")[:k]
-            self.sq[i], self.nbrs[i] = row[nearest], self.rows[nearest]
+        stale = np.flatnonzero((self.nbrs == pick).any(1))
+        if len(stale):
+            self.sq[stale], positions = knn(x[self.rows], self.sq.shape[1], queries=stale)
+            self.nbrs[stale] = self.rows[positions]
 
 
 def typicality(points: np.ndarray, k: int) -> np.ndarray:
@@ -164,62 +158,35 @@ def _inverse_mean_distance(sq: np.ndarray) -> np.ndarray:
         return 1.0 / np.sqrt(sq).mean(1)
 
 
-def knn(points: np.ndarray, k: int, slack: int = 8, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's k nearest other points: (n, k) exact (float64) squared distances, ascending, and
-    (n, k) their positions (among equal distances, any).
+def knn(points: np.ndarray, k: int, queries: np.ndarray | None = None,
+        chunk_bytes: int = 2 ** 26) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest other points of each of ``points`` (or of the points at positions ``queries``):
+    (m, k) squared distances, ascending, and (m, k) their positions (among equal distances, any).
 
-    Candidates: the k + 1 + ``slack`` nearest by float32 distances on the points centred at their float64
-    mean and rounded to float32 (so the error bound scales with the spread, not the distance from the
-    origin). Each candidate is measured exactly; a row is recomputed against all points unless its k-th
-    exact distance is at most the last candidate's float32 distance less the error bound, which no other
-    point can undercut."""
-    x = np.ascontiguousarray(points, dtype=np.float32)
-    n, d = x.shape
+    Distances are |a|^2 + |b|^2 - 2 a.b in float64 (one GEMM per block of at most ``chunk_bytes``) on
+    the points centred at their float64 mean: each is within (d + 6) 2^-53 (|a| + |b|)^2 of the exact
+    value, a and b centred (1e-13 of the cluster's spread at d = 512), and so are the k smallest, whichever
+    of near-equal points they name."""
+    x = np.asarray(points, dtype=np.float64)
+    n = len(x)
     if not 1 <= k < n:
         raise InputError(f"need 1 <= k < n points, got k={k}, n={n}")
-    centred = (x.astype(np.float64) - x.mean(0, dtype=np.float64)).astype(np.float32)
-    width = min(n, k + 1 + slack)
-    cand, last = _candidates(centred, width)
-    sq_out, nbrs_out = np.empty((n, k)), np.empty((n, k), dtype=np.int64)
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(start + chunk, n))
-        exact = exact_sq_dists(np.repeat(x[rows], width, axis=0), x[cand[rows].ravel()]).reshape(len(rows), width)
-        exact[cand[rows] == rows[:, None]] = np.inf      # not its own neighbour
-        nearest = np.argsort(exact, axis=1, kind="stable")[:, :k]
-        sq_out[rows] = np.take_along_axis(exact, nearest, 1)
-        nbrs_out[rows] = np.take_along_axis(cand[rows], nearest, 1)
-    if width < n:
-        norms = np.sqrt((centred.astype(np.float64) ** 2).sum(1))
-        # float32 error on |a|^2 + |b|^2 - 2 a.b (as in kcenter: 2 gamma_{d+4}; it also covers FAISS's
-        # direct sum of squares) plus the centring's rounding (2 u (|a| + |b|)^2), on the centred norms;
-        # times 2 for safety (_UNIT)
-        eps = (d + 6) * _UNIT * (norms + norms.max()) ** 2
-        for i in np.flatnonzero(sq_out[:, -1] > last - eps):
-            row = exact_sq_dists(x, x[i])
-            row[i] = np.inf
-            nbrs_out[i] = np.argsort(row, kind="stable")[:k]
-            sq_out[i] = row[nbrs_out[i]]
+    queries = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    centred = x - x.mean(0)
+    norms = np.einsum("ij,ij->i", centred, centred)
+    sq_out, nbrs_out = np.empty((len(queries), k)), np.empty((len(queries), k), dtype=np.int64)
+    step = max(1, chunk_bytes // (8 * n))
+    for start in range(0, len(queries), step):
+        q = queries[start:start + step]
+        dist = centred[q] @ centred.T
+        dist *= -2
+        dist += norms[q, None]
+        dist += norms[None, :]
+        np.maximum(dist, 0, out=dist)                    # rounding can make a duplicate's slightly negative
+        dist[np.arange(len(q)), q] = np.inf              # not its own neighbour
+        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(dist, part, 1)
+        order = np.argsort(values, axis=1, kind="stable")
+        sq_out[start:start + step] = np.take_along_axis(values, order, 1)
+        nbrs_out[start:start + step] = np.take_along_axis(part, order, 1)
     return sq_out, nbrs_out
-
-
-_FAISS_FROM = 4096       # points: below, numpy measured faster (a FAISS call costs 6-45 ms here, plus its heaps)
-
-
-def _candidates(centred: np.ndarray, width: int, chunk_bytes: int = 2 ** 26) -> tuple[np.ndarray, np.ndarray]:
-    """(n, width) positions of each point's ``width`` nearest by float32 distance (itself among them,
-    unless ``width`` exact ties crowd it out) and (n,) the largest of those float32 distances: a FAISS
-    flat search for large sets, else |a|^2 + |b|^2 - 2 a.b from one numpy GEMM per block of rows."""
-    n = len(centred)
-    if width == n:
-        return np.tile(np.arange(n), (n, 1)), np.full(n, np.inf, dtype=np.float32)
-    if n >= _FAISS_FROM:
-        approx, cand = flat_index(centred).search(centred, width)         # ascending
-        return cand, approx[:, -1]
-    sq = np.einsum("ij,ij->i", centred, centred)
-    cand, last = np.empty((n, width), dtype=np.int64), np.empty(n, dtype=np.float32)
-    step = max(1, chunk_bytes // (4 * n))
-    for start in range(0, n, step):
-        approx = sq[start:start + step, None] + sq[None, :] - 2 * (centred[start:start + step] @ centred.T)
-        cand[start:start + step] = np.argpartition(approx, width - 1, axis=1)[:, :width]
-        last[start:start + step] = np.take_along_axis(approx, cand[start:start + step], 1).max(1)
-    return cand, last
