@@ -368,3 +368,54 @@ def failing_s3(s3_endpoint):
     yield proxy
     proxy.shutdown()
     proxy.server_close()
+
+
+# --- a multi-node cluster on loopback -----------------------------------------------------------------------
+# Separate Ray node processes (a head and worker nodes, each its own raylet and object store) on 127.0.0.1, token
+# auth on, this process the driver. Nodes share the machine's files, as nodes with a shared mount would.
+
+import contextlib  # noqa: E402  (kept with the section that uses it)
+
+
+@contextlib.contextmanager
+def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: int = 150):
+    """A ray.cluster_utils.Cluster of a head with ``head_cpus`` and one worker node per ``worker_cpus``, this
+    process connected as its driver. A Ray this process ran before (the ray_local fixture's) is shut down and
+    started again afterwards, so later tests find it as they left it."""
+    import ray
+    from ray._private import ray_constants
+    from ray._private.authentication.authentication_token_setup import (enable_token_auth_by_default,
+                                                                          ensure_token_if_auth_enabled)
+    from ray.cluster_utils import Cluster
+
+    from vaal_dist.cli import start_local_ray
+
+    had_ray = ray.is_initialized()
+    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        # Without this every node advertises the host's address, and nodes that reach the GCS on 127.0.0.1 and
+        # each other on the host's address do not form one cluster (nodes read the variable, this process the
+        # constant it was read into at import).
+        patch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+        patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        enable_token_auth_by_default()                  # what ray.init does for a new local cluster
+        ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+        store = object_store_mib * 1024 ** 2
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": head_cpus, "include_dashboard": False, "object_store_memory": store})
+        try:
+            for cpus in worker_cpus:
+                cluster.add_node(num_cpus=cpus, object_store_memory=store)
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address, log_to_driver=False)
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+    if had_ray:
+        start_local_ray(num_cpus=2, log_to_driver=False)
+
+
+def node_of(cluster, node_id: str):
+    """The cluster's Node object of the Ray node id ``node_id`` (hex)."""
+    return next(n for n in cluster.list_all_nodes() if n.node_id == node_id)

@@ -8,8 +8,12 @@ the driver.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import numpy as np
 import ray
@@ -21,6 +25,7 @@ from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.topk import RunningTopK, Selection, top_k
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _ScorerActor:
@@ -105,12 +110,57 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
 
 
 
-def actor_pool_size(cfg: ScoringConfig, use_gpu: bool) -> int:
-    """One actor per GPU with GPUs; otherwise one per CPU (each asking a fraction of one)."""
-    if cfg.num_actors:
-        return cfg.num_actors
-    resources = ray.cluster_resources()
-    return max(1, int(resources.get("GPU" if use_gpu else "CPU", 1)))
+# What each of pool.dataset's read and id-filter tasks asks: Ray Data's default for a map task.
+READ_TASK_CPUS = 1.0
+# Errors a lost node gives (besides an actor that died), and how long the cluster may take to declare the
+# node dead once they are seen (Ray's health checks: 5 missed, 3 s apart, by default).
+_NODE_LOSS_ERRORS = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
+                     ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)
+NODE_DEATH_SECONDS = 60
+_UNITS = 10_000             # Ray counts resources in 1/10,000ths: the layout's arithmetic is exact in them
+
+
+def actor_layout(cfg: ScoringConfig, use_gpu: bool) -> tuple[int, float]:
+    """(actors, CPUs each actor asks). With GPUs: one per GPU asking no CPU; otherwise ``cpu_actor_layout``
+    on the alive nodes' CPUs."""
+    if use_gpu:
+        return cfg.num_actors or max(1, int(ray.cluster_resources().get("GPU", 1))), 0.0
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    actors, cpus = cpu_actor_layout(node_cpus, cfg.cpus_per_actor, cfg.num_actors)
+    wanted = cfg.num_actors or int(sum(node_cpus))
+    if actors < wanted or cpus != cfg.cpus_per_actor:
+        log.warning("scoring with %d actor(s) asking %g CPU each, not %d asking %g: on nodes of %s CPUs more "
+                    "could leave no node the %g CPU a shard read asks, and the stream would wait forever",
+                    actors, cpus, wanted, cfg.cpus_per_actor, node_cpus, READ_TASK_CPUS)
+    return actors, cpus
+
+
+def cpu_actor_layout(node_cpus: list[float], cpus_per_actor: float, wanted: int | None) -> tuple[int, float]:
+    """(actors, CPUs each) for scoring on CPU nodes of ``node_cpus``: ``wanted`` actors (None: one per CPU)
+    asking ``cpus_per_actor`` each, or fewer if that many could leave no node the READ_TASK_CPUS a read
+    task asks. The reads feed the actors, so that would hang the stream with no error (three 1-CPU nodes,
+    one 0.5-CPU actor on each: 1.5 CPUs free in all, 0.5 on every node).
+
+    Ray, not this function, places the actors (Ray Data spreads them), so the bound holds for any
+    placement: node i keeps a read's CPU until it holds ``(cpus_i - READ) // each + 1`` actors, and fewer
+    actors than those counts added up cannot fill every node. Where not even one actor fits beside a read
+    (a lone 1-CPU node), one actor asks no CPU and shares the node's cores with the reads. A cluster with
+    no CPU yet (an autoscaler's) gets ``wanted`` actors as asked: asking is what adds nodes.
+    """
+    cpus = [round(c * _UNITS) for c in node_cpus]
+    each, read = round(cpus_per_actor * _UNITS), round(READ_TASK_CPUS * _UNITS)
+    wanted = max(1, wanted or sum(cpus) // _UNITS)
+    if not sum(cpus) or not each:
+        return wanted, cpus_per_actor
+    readers = [c for c in cpus if c >= read]
+    fill = [(c - read) // each + 1 for c in readers]
+    if any(f > c // each for f, c in zip(fill, readers)):     # a node that never fills: reads always fit
+        safe = sum(c // each for c in cpus)
+    else:
+        safe = min(sum(c // each for c in cpus), sum(fill) - 1)
+    if safe < 1:
+        return 1, 0.0
+    return min(wanted, safe), cpus_per_actor
 
 
 def _gpus_per_actor(actors: int) -> float:
@@ -124,15 +174,18 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
                  use_gpu: bool = False) -> Selection:
     """Exact top-k of the scorer's scores over ``ds`` (columns id, image, ...), ties by smallest id."""
     start = time.perf_counter()
-    scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k}, cfg, use_gpu)
-    best = RunningTopK(k)
-    merge_seconds = 0.0
-    with _actor_deaths_named(cfg):
+
+    def fold() -> tuple[RunningTopK, float]:
+        scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k}, cfg, use_gpu)
+        best, merge_seconds = RunningTopK(k), 0.0
         for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
             _raise_on_bad_rows(batch)
             t = time.perf_counter()
             best.add(batch["id"], batch["score"])
             merge_seconds += time.perf_counter() - t
+        return best, merge_seconds
+
+    best, merge_seconds = _streamed(fold, cfg)
     t = time.perf_counter()
     ids, scores = best.result()
     merge_seconds += time.perf_counter() - t
@@ -141,39 +194,22 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
     return Selection(ids, scores, best.rows_seen, seconds, merge_seconds)
 
 
-@contextlib.contextmanager
-def _actor_deaths_named(cfg: ScoringConfig):
-    """Ray's error for an actor that died on every retry names only an actor id; say what happened.
-
-    An InputError raised in an actor reaches the driver as text inside Ray's wrapper (a failed batch, or
-    a scorer that refused to start, whose actor dies): it is raised again by its own message."""
-    try:
-        yield
-    except ray.exceptions.RayActorError as e:
-        raise_if_input_error(e)
-        raise ScoringFailedError(
-            f"a scoring actor process died on the same batch {cfg.batch_retries + 1} times (the first try "
-            f"and ScoringConfig.batch_retries={cfg.batch_retries} retries), so nothing was selected; the "
-            f"actor's log (ray logs, or the dashboard) says why: often out of memory (lower the batch size) "
-            f"or an input that crashes a native decoder") from e
-    except Exception as e:
-        raise_if_input_error(e)
-        raise
-
-
 def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
                       use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``.
 
     For strategies that need a global view (Core-set): the driver holds all N embeddings.
     """
-    embedded = _through_actors(ds, BatchEmbed, {"spec": spec}, cfg, use_gpu)
-    ids, embeddings = [], []
-    with _actor_deaths_named(cfg):
-        for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+    def gather() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        ids, embeddings = [], []
+        for batch in _through_actors(ds, BatchEmbed, {"spec": spec}, cfg, use_gpu).iter_batches(
+                batch_format="numpy", batch_size=None):
             _raise_on_bad_rows(batch, values="embedding")
             ids.append(batch["id"].astype(str))
             embeddings.append(batch["embedding"])
+        return ids, embeddings
+
+    ids, embeddings = _streamed(gather, cfg)
     if not ids:
         return np.array([], dtype=str), np.zeros((0, 0), np.float32)
     return np.concatenate(ids), np.concatenate(embeddings)
@@ -182,11 +218,97 @@ def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig
 def stream_columns(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
                    use_gpu: bool = False) -> ray.data.Dataset:
     """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
-    mapped = _through_actors(ds, BatchColumns, {"spec": spec}, cfg, use_gpu)
-    # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
-    mapped.context.execution_options.preserve_order = True
-    with _actor_deaths_named(cfg):
+    def materialize() -> ray.data.Dataset:
+        mapped = _through_actors(ds, BatchColumns, {"spec": spec}, cfg, use_gpu)
+        # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
+        mapped.context.execution_options.preserve_order = True
         return mapped.materialize()
+
+    return _streamed(materialize, cfg)
+
+
+def _streamed(stream: Callable[[], T], cfg: ScoringConfig) -> T:
+    """``stream()``, run again from the start on the nodes left when a node of the cluster was lost while it
+    ran (at most ``batch_retries`` times); Ray's errors for what ended it named.
+
+    Ray retries an actor's batch on the restarted actor, but a lost node's actors stay unreachable until the
+    cluster declares the node dead (missed health checks, ~15 s by Ray's defaults) and the retries run out
+    before that (seen here: ActorUnavailableError, "connection refused", right after the kill). Whole-stream
+    restarts rescore what the lost node had scored; a node loss is rare, and the top-b stays exact.
+
+    An InputError raised in an actor reaches the driver as text inside Ray's wrapper (a failed batch, or
+    a scorer that refused to start, whose actor dies): it is raised again by its own message."""
+    restarts = 0
+    while True:
+        nodes = _alive_nodes()
+        try:
+            return stream()
+        except Exception as e:
+            raise_if_input_error(e)
+            lost = _lost_nodes(nodes, e)
+            if not lost or restarts == cfg.batch_retries:
+                _raise_named(e, lost, cfg)
+            _forget_locals(e)
+        restarts += 1
+        log.warning("scoring lost %s; starting the stream again on the nodes left (restart %d of %d)",
+                    lost, restarts, cfg.batch_retries)
+        _release_failed_stream()        # out of the except block: the exception holds the failed stream
+
+
+def _raise_named(error: Exception, lost: str, cfg: ScoringConfig) -> NoReturn:
+    """Raise ``error`` as what a user can act on: a lost node, an actor that died on every retry, or as is."""
+    if lost:
+        raise ScoringFailedError(
+            f"scoring lost {lost} while it ran, and the actors and data there with it; nothing was selected "
+            f"(streams started again after a lost node: ScoringConfig.batch_retries={cfg.batch_retries}). Rerun "
+            f"the same command: training resumes from its checkpoints under --out") from error
+    if isinstance(error, ray.exceptions.RayActorError):
+        raise ScoringFailedError(
+            f"a scoring actor process died on the same batch {cfg.batch_retries + 1} times (the first try and "
+            f"ScoringConfig.batch_retries={cfg.batch_retries} retries), so nothing was selected; the actor's log "
+            f"(ray logs, or the dashboard) says why: often out of memory (lower the batch size) or an input that "
+            f"crashes a native decoder") from error
+    raise error
+
+
+def _forget_locals(error: BaseException) -> None:
+    """Clear the frames of ``error``'s traceback (and of the errors it chains): Ray Data logs the error with
+    its traceback, and a log handler that keeps records (pytest's does) would otherwise keep the failed
+    stream's executor, and so its actors, alive through those frames' locals."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _release_failed_stream(wait_seconds: float = NODE_DEATH_SECONDS) -> None:
+    """Let the failed stream's actors go before the next one asks for CPUs. Ray Data drops a failed stream's
+    actors by reference only (they stay alive while anything holds them), and its objects sit in reference
+    cycles until a garbage collection. An actor of the lost node that is still held is restarted on a node
+    left (max_restarts=-1) and keeps its CPU: seen here to leave no node a read's CPU, and the next stream
+    waited forever. Then, for up to ``wait_seconds``, until the cluster's CPUs are all free again (another
+    job's may never be)."""
+    gc.collect()
+    deadline = time.monotonic() + wait_seconds
+    while (time.monotonic() < deadline
+           and ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)):
+        time.sleep(0.5)
+
+
+def _alive_nodes() -> dict[str, str]:
+    """{node id: address} of the cluster's alive nodes."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def _lost_nodes(before: dict[str, str], error: Exception) -> str:
+    """'node 1a2b3c4d (10.0.0.7)' for each node alive in ``before`` and dead now, '' if none. After an error
+    that a lost node gives (an unreachable actor, lost objects) while no node is dead yet, the cluster is
+    asked again for up to NODE_DEATH_SECONDS: it declares a node dead only after missed health checks."""
+    deadline = time.monotonic() + (NODE_DEATH_SECONDS if isinstance(error, _NODE_LOSS_ERRORS) else 0)
+    while True:
+        gone = before.keys() - _alive_nodes().keys()
+        if gone or time.monotonic() >= deadline:
+            return ", ".join(f"node {n[:8]} ({before[n]})" for n in sorted(gone))
+        time.sleep(1)
 
 
 def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,
@@ -196,7 +318,7 @@ def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringC
     # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
     # 20k-image pool to one actor as a single block.
     ds.context.target_max_block_size = cfg.block_bytes
-    size = actor_pool_size(cfg, use_gpu)
+    size, cpus_each = actor_layout(cfg, use_gpu)
     limits = ds.context.execution_options.resource_limits
     ds.context.execution_options.resource_limits = limits.copy(
         object_store_memory=cfg.read_ahead_blocks * size * cfg.block_bytes)
@@ -204,5 +326,5 @@ def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringC
         actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp},
         compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=cfg.batch_size, batch_format="numpy",
-        num_gpus=_gpus_per_actor(size) if use_gpu else 0, num_cpus=0 if use_gpu else cfg.cpus_per_actor,
+        num_gpus=_gpus_per_actor(size) if use_gpu else 0, num_cpus=cpus_each,
         max_restarts=-1, max_task_retries=cfg.batch_retries)

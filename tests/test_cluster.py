@@ -1,0 +1,369 @@
+"""A round on several Ray nodes (separate raylets on 127.0.0.1, see conftest's loopback_cluster): the same
+selection as on one node; scoring that cannot hang on nodes too small for an actor and a read together;
+nodes and DDP workers killed for real mid-run, and the selection of the undisturbed run all the same."""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+import vaal_dist.round_inputs as round_inputs
+import vaal_dist.strategies.vaal as vaal_strategy
+from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
+    round_config, s3_uri, vaal_checkpoint
+from vaal_dist.config import RoundConfig, ScoringConfig
+from vaal_dist.errors import ScoringFailedError
+from vaal_dist.pool.dataset import read_pool
+from vaal_dist.placement import shared_storage_problem
+from vaal_dist.pool.io import join, read_pool_meta, resolve, write_manifest
+from vaal_dist.round import run_round
+from vaal_dist.scoring.spec import ScorerSpec
+from vaal_dist.scoring.stream import READ_TASK_CPUS, cpu_actor_layout, stream_top_k
+from vaal_dist.strategies.vaal import VAALScorer
+from vaal_dist.train.vaal_loop import train_loop_per_worker
+
+
+# --- scoring's actor layout, by arithmetic ------------------------------------------------------------------
+
+def _placements(actors: int, node_cpus: list[float], each: float):
+    """Every way Ray could place ``actors`` actors of ``each`` CPUs on nodes of ``node_cpus`` (counts per
+    node), each node holding what fits."""
+    for counts in itertools.product(*(range(int(c // each) + 1) for c in node_cpus)):
+        if sum(counts) == actors:
+            yield counts
+
+
+def _some_node_reads(counts, node_cpus, each) -> bool:
+    return any(c - n * each >= READ_TASK_CPUS for n, c in zip(counts, node_cpus))
+
+
+def test_no_placement_of_the_scoring_actors_leaves_the_reads_without_a_node():
+    """Whichever nodes Ray puts the actors on, some node keeps a read task's CPU; and one actor more (up to
+    ``wanted``, by default one per CPU) could be placed so that none does: the layout gives up no more
+    actors than it must. Every placement is enumerated, for clusters from one to three nodes."""
+    clusters = [[2], [4], [16], [1], [1, 1, 1], [0, 1, 1], [0, 2, 2], [1, 2], [3, 1.5], [0.5, 1, 4], [1.5, 1.5]]
+    for node_cpus, each, wanted in itertools.product(clusters, [0.25, 0.5, 1.0, 1.5], [None, 1, 3, 8]):
+        case = f"nodes {node_cpus}, {each} CPU per actor, {wanted} wanted"
+        actors, cpus = cpu_actor_layout(node_cpus, each, wanted)
+        if cpus == 0:      # not one actor fits beside a read anywhere: one actor shares a node's cores
+            assert actors == 1, case
+            assert not any(_some_node_reads(p, node_cpus, each) for p in _placements(1, node_cpus, each)), case
+            continue
+        assert cpus == each and actors >= 1, case
+        assert all(_some_node_reads(p, node_cpus, each) for p in _placements(actors, node_cpus, each)), case
+        assert any(_placements(actors, node_cpus, each)), case                # and Ray can place them all
+        if actors < (wanted or int(sum(node_cpus))):
+            more = list(_placements(actors + 1, node_cpus, each))
+            assert not more or not all(_some_node_reads(p, node_cpus, each) for p in more), case
+
+
+def test_the_default_layout_is_unchanged_where_it_never_hung_and_shrinks_where_it_did():
+    assert cpu_actor_layout([2], 0.5, None) == (2, 0.5)              # the one-node default: one per CPU
+    assert cpu_actor_layout([4, 4], 0.5, None) == (8, 0.5)
+    assert cpu_actor_layout([1, 1, 1], 0.5, None) == (2, 0.5)        # issue 20: 3 actors hung here
+    assert cpu_actor_layout([1, 1, 1], 0.5, 3) == (2, 0.5)           # asked for, too
+    assert cpu_actor_layout([1], 0.5, None) == (1, 0.0)              # no room beside a read: share the core
+    assert cpu_actor_layout([0], 0.5, None) == (1, 0.5)              # no CPU yet: ask, an autoscaler adds
+
+
+# --- on a cluster -------------------------------------------------------------------------------------------
+
+@contextmanager
+def deadline(seconds: float, what: str):
+    """Raise TimeoutError in this (the main) thread if the block runs past ``seconds``: a hang fails the test."""
+    def expire(*_):
+        raise TimeoutError(f"{what} did not finish in {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _every_row(pool: str) -> dict[str, np.ndarray]:
+    """The whole pool as one numpy batch (id, image)."""
+    table = pa.concat_tables(pq.read_table(shard, columns=["id", "image"])
+                             for shard in sorted(Path(pool).glob("*.parquet")))
+    return {"id": np.array(table.column("id").to_pylist()),
+            "image": np.array(table.column("image").to_pylist(), dtype=object)}
+
+
+@pytest.mark.slow
+def test_three_one_cpu_nodes_score_the_pool_without_hanging(tmp_path):
+    """Issue 20: on three 1-CPU nodes one 0.5-CPU actor per CPU left every node 0.5 CPU, none the 1 CPU a
+    shard read asks, and the stream waited forever with no error. Now two actors score it (the layout above),
+    and the top-b is the in-memory one."""
+    pool = str(tmp_path / "pool")
+    make_raw_pool(pool, 256)
+    spec = ScorerSpec(VAALScorer, {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)})
+    with loopback_cluster(1, 1, 1), deadline(300, "scoring on three 1-CPU nodes"):
+        got = stream_top_k(read_pool(pool), spec, 20, ScoringConfig(batch_size=32))
+    rows = _every_row(pool)
+    scores = spec.build()(rows)
+    assert_same_top_k(got, rows["id"], scores, f32_noise(scores), 20)
+
+
+def _scorer_waiting_for_its_node_to_die(marker: Path, victim: str) -> type:
+    """VAAL's scorer, but the first actor to meet ``victim`` writes its node's id to ``marker`` and waits for
+    the test to kill that node; a retry of that batch, on another node, scores it as usual. (A class made
+    here travels to the actors by value: nothing needs to import this test module there.)"""
+
+    class WaitsForItsNodeToDie(VAALScorer):
+        def __call__(self, batch):
+            if victim in batch["id"]:
+                try:
+                    with open(marker, "x") as f:
+                        f.write(ray.get_runtime_context().get_node_id())
+                except FileExistsError:
+                    pass                                # the retry, after the node died
+                else:
+                    time.sleep(600)                     # killed with its node long before
+            return super().__call__(batch)
+
+    return WaitsForItsNodeToDie
+
+
+@contextmanager
+def _node_killed_when_marked(cluster, marker: Path, timeout: float = 600):
+    """While the block runs, a thread SIGKILLs every process of the node whose id ``marker`` comes to hold
+    (Cluster.remove_node without grace: its raylet and its workers, as when a machine is lost).
+    Yields the list that receives the killed node's id."""
+    killed: list[str] = []
+
+    def kill() -> None:
+        deadline_at = time.monotonic() + timeout
+        while time.monotonic() < deadline_at and not killed:
+            node_id = marker.read_text() if marker.exists() else ""
+            if len(node_id) == 56:                      # the whole hex id is written
+                cluster.remove_node(node_of(cluster, node_id), allow_graceful=False)
+                killed.append(node_id)
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    try:
+        yield killed
+    finally:
+        killer.join(timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_node_lost_while_scoring_changes_nothing_and_one_lost_for_good_is_named(tmp_path):
+    """Head (no CPU) and two 2-CPU worker nodes, one scoring actor on each. The node of the actor scoring
+    ``victim`` dies mid-batch: its actor restarts on the other node, the lost blocks are read again, and the
+    top-b is the undisturbed one, each id once. With no retries left the stream ends with an error that
+    says a node was lost, not that a batch keeps killing its actor."""
+    pool = str(tmp_path / "pool")
+    ids = make_raw_pool(pool, 256)
+    kwargs = {"checkpoint": vaal_checkpoint(tmp_path / "ckpt"), "meta": read_pool_meta(pool)}
+    cfg = ScoringConfig(batch_size=16, num_actors=2)
+    with loopback_cluster(0, 2, 2) as cluster, deadline(600, "scoring while a node dies"):
+        calm = stream_top_k(read_pool(pool), ScorerSpec(VAALScorer, kwargs), 40, cfg)
+        marker = tmp_path / "killed-node"
+        with _node_killed_when_marked(cluster, marker) as killed:
+            hit = stream_top_k(read_pool(pool), ScorerSpec(_scorer_waiting_for_its_node_to_die(marker, str(ids[150])),
+                                                            kwargs), 40, cfg)
+        assert killed and killed[0] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        np.testing.assert_array_equal(hit.ids, calm.ids)
+        np.testing.assert_array_equal(hit.scores, calm.scores)
+
+        cluster.add_node(num_cpus=2)
+        marker = tmp_path / "killed-for-good"
+        no_retries = ScoringConfig(batch_size=16, num_actors=2, batch_retries=0)
+        with _node_killed_when_marked(cluster, marker) as killed, \
+                pytest.raises(ScoringFailedError, match=r"scoring lost node \w{8} \(127\.0\.0\.1\) while it ran"):
+            stream_top_k(read_pool(pool), ScorerSpec(_scorer_waiting_for_its_node_to_die(marker, str(ids[150])),
+                                                     kwargs), 40, no_retries)
+        assert killed
+
+
+# --- whole rounds: on three nodes, and with a node or a DDP worker killed mid-training ---------------------
+
+EPOCHS = 4
+FAULT_AFTER_EPOCH = 2      # its checkpoint is reported before the fault: a resumed run starts at epoch 1 or 2
+
+
+@pytest.fixture(scope="module")
+def pool_and_labeled(tmp_path_factory):
+    """(pool, labeled manifest, labeled ids) on local disk: 256 seeded 32x32 images, 32 labeled."""
+    folder = tmp_path_factory.mktemp("data")
+    ids = make_raw_pool(folder / "pool", 256)
+    labeled = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
+    write_manifest(str(folder / "labeled.parquet"), labeled)
+    return str(folder / "pool"), str(folder / "labeled.parquet"), labeled
+
+
+def _round(pool: str, labeled: str, out, **setup) -> RoundConfig:
+    """The round every test below runs: VAAL, 4 epochs on two DDP workers, two scoring actors, budget 20."""
+    return round_config(pool, labeled, out, vaal={"epochs": EPOCHS}, workers=2, **setup)
+
+
+@pytest.fixture(scope="module")
+def calm(ray_local, pool_and_labeled, tmp_path_factory):
+    """The undisturbed round on one node (the session's local Ray, 2 CPUs): its selection and run record."""
+    pool, labeled, _ = pool_and_labeled
+    out = tmp_path_factory.mktemp("calm")
+    record = run_round(_round(pool, labeled, out)).record
+    assert record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
+    return read_selection(out), record
+
+
+def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
+    """VAAL's training loop, calling ``after_epoch(epoch, rank)`` on each worker once it has reported that
+    epoch (rank 0 with its checkpoint). Made here, it reaches the workers by value: nothing needs to import
+    this test module there."""
+    def loop(config: dict) -> None:
+        import vaal_dist.train.common as common
+
+        report = common.report
+
+        def reported(metrics, write=None):
+            report(metrics, write)
+            after_epoch(metrics["epoch"], ray.train.get_context().get_world_rank())
+
+        common.report = reported
+        train_loop_per_worker(config)
+    return loop
+
+
+@pytest.mark.slow
+def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbed(calm, pool_and_labeled, tmp_path,
+                                                                                 monkeypatch):
+    """Rank 1 SIGKILLs its own process once it has reported epoch 2: Ray Train restarts both workers from the
+    latest checkpoint, and the round selects what the undisturbed one does."""
+    pool, labeled, _ = pool_and_labeled
+    marker = tmp_path / "killed-rank-1"
+
+    def kill_rank_1_once(epoch: int, rank: int) -> None:
+        if epoch == FAULT_AFTER_EPOCH and rank == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(kill_rank_1_once))
+    record = run_round(_round(pool, labeled, tmp_path / "out")).record
+    assert marker.exists() and not psutil.pid_exists(int(marker.read_text()))
+    last = record["train"]["vaal"]["last_epoch"]
+    assert last["epoch"] == EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
+    assert read_selection(tmp_path / "out") == calm[0]
+
+
+@pytest.mark.slow
+def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_undisturbed(calm, pool_and_labeled,
+                                                                                        tmp_path, monkeypatch):
+    """Three 1-CPU nodes; each DDP worker asks a whole CPU, so the two train on two different nodes. Once
+    epoch 2 is reported, a worker on a node other than the head (the driver's) writes its node's id and
+    waits; that node is killed (its raylet and every process on it). Ray Train restarts both workers on the
+    two nodes left, from the latest checkpoint; scoring runs there too (one actor: two would leave no node a
+    read's CPU), and the selection is the undisturbed one-node round's."""
+    pool, labeled, _ = pool_and_labeled
+    marker = tmp_path / "killed-node"
+    with loopback_cluster(1, 1, 1) as cluster:
+        head = cluster.head_node.node_id
+
+        def wait_for_the_node_to_die(epoch: int, rank: int) -> None:
+            node = ray.get_runtime_context().get_node_id()
+            if epoch != FAULT_AFTER_EPOCH or node == head:
+                return
+            try:
+                with open(marker, "x") as f:
+                    f.write(node)
+            except FileExistsError:
+                return                          # the other worker's node, or a run resumed after the kill
+            time.sleep(600)                     # killed with its node long before
+
+        monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(wait_for_the_node_to_die))
+        with _node_killed_when_marked(cluster, marker) as killed, deadline(600, "the round that lost a node"):
+            record = run_round(_round(pool, labeled, tmp_path / "out", cpus_per_worker=1.0)).record
+        assert killed and killed[0] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    last = record["train"]["vaal"]["last_epoch"]
+    assert last["epoch"] == EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
+    assert read_selection(tmp_path / "out") == calm[0]
+
+
+def _scorer_recording_its_node(folder: Path) -> type:
+    """VAAL's scorer, which touches ``folder``/<its node's id> when an actor builds it."""
+
+    class RecordsItsNode(VAALScorer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            (folder / ray.get_runtime_context().get_node_id()).touch()
+
+    return RecordsItsNode
+
+
+@pytest.mark.slow
+def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selects(calm, pool_and_labeled, s3_endpoint,
+                                                                                  tmp_path, monkeypatch):
+    """A head that runs no task and two 2-CPU worker nodes, token auth on (a client with a wrong token is
+    refused); pool, labeled set and --out on the loopback S3 server, the storage every node shares. Each DDP worker asks a whole node, so the two train on
+    both worker nodes; the two scoring actors run one on each. The selection is the one-node round's."""
+    _, _, labeled_ids = pool_and_labeled
+    boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").create_bucket(Bucket="bucket-1")
+    pool, labeled, out = (s3_uri(s3_endpoint, key) for key in ("pool", "labeled.parquet", "out"))
+    make_raw_pool(pool, 256)                              # the same seeded images as the local pool
+    write_manifest(labeled, labeled_ids)
+    trained_on, scored_on = tmp_path / "trained-on", tmp_path / "scored-on"
+    trained_on.mkdir(), scored_on.mkdir()
+
+    def note_the_node(epoch: int, rank: int) -> None:
+        (trained_on / ray.get_runtime_context().get_node_id()).touch()
+
+    monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(note_the_node))
+    monkeypatch.setattr(vaal_strategy, "VAALScorer", _scorer_recording_its_node(scored_on))
+    with loopback_cluster(0, 2, 2) as cluster:
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        run_round(_round(pool, labeled, out, cpus_per_worker=2.0))
+        workers = {n.node_id for n in cluster.worker_nodes}
+        stranger = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={cluster.address!r})"],
+                                  env={**os.environ, "RAY_AUTH_TOKEN": "0" * 32}, capture_output=True, text=True)
+    assert stranger.returncode != 0 and "InvalidAuthToken" in stranger.stderr       # a wrong token is refused
+    assert {p.name for p in trained_on.iterdir()} == workers
+    assert {p.name for p in scored_on.iterdir()} == workers
+    fs, path = resolve(join(out, "selection.parquet"))
+    assert pq.read_table(path, filesystem=fs).to_pydict() == calm[0]
+
+
+# --- storage every node must share ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_local_paths_on_several_nodes_are_used_where_every_node_sees_them_and_refused_where_not(tmp_path,
+                                                                                               monkeypatch):
+    """On two nodes of one machine a local pool and --out are the same files everywhere: accepted, and the
+    check leaves no --out behind. /proc/self/cwd/... names each process's own working folder: the driver's is
+    moved away from the one every node's processes started in, so each node sees other files there, as
+    nodes without a shared mount would, and both paths are refused, naming the nodes. Object storage is one
+    store for every node: accepted without a look."""
+    make_raw_pool(tmp_path / "pool", 16, shards=2)
+
+    def config(pool: str, out: str) -> RoundConfig:
+        return RoundConfig(pool=pool, labeled="unused", out=out, budget=1)
+
+    with loopback_cluster(0, 1):
+        nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
+        assert shared_storage_problem(config(str(tmp_path / "pool"), str(tmp_path / "new" / "out"))) is None
+        assert not (tmp_path / "new").exists()
+        monkeypatch.chdir(tmp_path)
+        problem = shared_storage_problem(config("/proc/self/cwd/pool", "/proc/self/cwd/out"))
+        assert problem.startswith("this Ray cluster has 2 nodes and every one of them must see the same pool and "
+                                  "--out, but the pool '/proc/self/cwd/pool' is not the files the driver lists on ")
+        assert ". And --out '/proc/self/cwd/out' is not the folder the driver writes on " in problem
+        assert {name for name in nodes if problem.count(f"node {name} (127.0.0.1): ") == 2} == nodes
+        assert not (tmp_path / "out").exists()
+        assert shared_storage_problem(config("s3://bucket/pool", "gs://bucket/out")) is None

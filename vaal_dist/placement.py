@@ -1,0 +1,151 @@
+"""Where a round's files must be when Ray has several nodes: the pool and --out where every node sees them.
+
+Every node may read the pool (Ray Data's read tasks, VAAL's training workers) and Ray Train's workers write
+their checkpoints under --out from whichever node they run on. An object-store URI (s3://, gs://, ...) names
+the same objects from every node. A local path names the files of the machine that opens it: the same files
+only on a mount that every node shares (NFS, a cluster file system) or on nodes of one machine. So with
+several nodes a local pool or --out is checked, not assumed: every node must list the pool as the driver does
+(pool.json and each shard's name and size) and read a token the driver writes under --out and write its own
+beside it. A path that fails is refused before anything trains, where it would otherwise fail a worker
+mid-run or scatter checkpoints over the nodes' disks (a resumed run would then not find them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from vaal_dist.config import RoundConfig
+from vaal_dist.pool.io import POOL_META, pool_files, resolve
+
+ANSWER_SECONDS = 120        # how long the check waits for a node's answer (a task that starts a worker there)
+_PROBE = ".shared-storage-check-"
+
+
+def shared_storage_problem(cfg: RoundConfig) -> str | None:
+    """Why the pool or --out cannot be used on this cluster, as a message to raise; None when they can
+    (one node, object storage, or local paths every alive node was seen to share)."""
+    nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    if len(nodes) < 2:
+        return None
+    problems = []
+    if is_local(cfg.pool):
+        problems += _pool_problems(cfg.pool, nodes)
+    if is_local(cfg.out):
+        problems += _out_problems(cfg.out, nodes)
+    if not problems:
+        return None
+    return (f"this Ray cluster has {len(nodes)} nodes and every one of them must see the same pool and --out, "
+            f"but {'. And '.join(problems)}. Put them on storage every node shares: object storage (s3://..., "
+            f"gs://...) or a path mounted on every node")
+
+
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` is a path on the machine that opens it (no scheme, or file://)."""
+    scheme, sep, _ = uri.partition("://")
+    return not sep or scheme.lower() == "file"
+
+
+def _pool_problems(pool: str, nodes: dict[str, str]) -> list[str]:
+    path = resolve(pool)[1]                  # a relative path is the driver's: nodes are sent it absolute
+    expected = pool_listing(path)
+    differing = {n: "other files" if got.startswith("sha256:") else got
+                 for n, got in _on_every_node(pool_listing, nodes, path).items() if got != expected}
+    if not differing:
+        return []
+    return [f"the pool {pool!r} is not the files the driver lists on {_named(differing, nodes)}"]
+
+
+def pool_listing(path: str) -> str:
+    """'sha256:' and a digest of what ``path`` holds for the pool: pool.json and each shard's name and size
+    (no pixels read); or why it could not be listed."""
+    try:
+        fs, files = pool_files(path)
+        shards = [(posixpath.relpath(f.path, path), f.size) for f in fs.get_file_info(files)]
+        listing = {"pool.json": _bytes_or_none(fs, posixpath.join(path, POOL_META)).hex(), "shards": shards}
+    except Exception as e:                    # on a node: reported as its answer
+        return f"cannot be listed: {e}"
+    return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def _bytes_or_none(fs: pafs.FileSystem, path: str) -> bytes:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return b""
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _out_problems(out: str, nodes: dict[str, str]) -> list[str]:
+    fs, path = resolve(out)
+    created = _first_missing(path)
+    token = uuid.uuid4().hex
+    probe = posixpath.join(path, _PROBE + token)
+    try:
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(token.encode())
+        answers = _on_every_node(answer_probe, nodes, probe, token)
+        unseen = {n: a for n, a in answers.items()
+                  if a != "ok" or fs.get_file_info(f"{probe}.{n}").type != pafs.FileType.File}
+    finally:
+        if created and os.path.exists(created):
+            fs.delete_dir(created)            # the check leaves no --out that was not there before it
+        else:
+            for info in fs.get_file_info(pafs.FileSelector(path)):
+                if info.base_name.startswith(_PROBE + token):
+                    fs.delete_file(info.path)
+    if not unseen:
+        return []
+    return [f"--out {out!r} is not the folder the driver writes on {_named(unseen, nodes)}"]
+
+
+def answer_probe(probe: str, token: str) -> str:
+    """On one node: 'ok' if ``probe`` holds ``token`` and ``probe.<node id>`` could be written, else why not."""
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        with open(probe) as f:
+            if f.read() != token:
+                return "another token there"
+        with open(f"{probe}.{node}", "w") as f:
+            f.write(token)
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror}"
+    return "ok"
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, posixpath.dirname(path)
+    return missing
+
+
+def _on_every_node(fn, nodes: dict[str, str], *args) -> dict[str, str]:
+    """{node id: ``fn(*args)`` run on that node, or why there is no answer from it}."""
+    remote = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = {n: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(*args)
+            for n in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ANSWER_SECONDS)
+    answers = {}
+    for node, ref in refs.items():
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+            answers[node] = f"no answer in {ANSWER_SECONDS} s"
+            continue
+        try:
+            answers[node] = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            answers[node] = f"the check failed there: {type(e).__name__}"
+    return answers
+
+
+def _named(answers: dict[str, str], nodes: dict[str, str]) -> str:
+    """'node 1a2b3c4d (10.0.0.7): why' for each node, '; '-joined."""
+    return "; ".join(f"node {n[:8]} ({nodes[n]}): {why}" for n, why in answers.items())
