@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.train
+import torch
 
 import vaal_dist.round_inputs as round_inputs
 import vaal_dist.strategies.vaal as vaal_strategy
 from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
-    round_config, s3_uri, vaal_checkpoint
-from vaal_dist.config import RoundConfig, ScoringConfig
+    round_config, s3_uri, vaal_checkpoint, vaal_trained_as
+from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.placement import shared_storage_problem
@@ -35,7 +37,7 @@ from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import READ_TASK_CPUS, cpu_actor_layout, stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
-from vaal_dist.train.vaal_loop import train_loop_per_worker
+from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint, train_loop_per_worker
 
 
 # --- scoring's actor layout, by arithmetic ------------------------------------------------------------------
@@ -367,3 +369,41 @@ def test_local_paths_on_several_nodes_are_used_where_every_node_sees_them_and_re
         assert {name for name in nodes if problem.count(f"node {name} (127.0.0.1): ") == 2} == nodes
         assert not (tmp_path / "out").exists()
         assert shared_storage_problem(config("s3://bucket/pool", "gs://bucket/out")) is None
+
+
+# --- object-store pressure ----------------------------------------------------------------------------------
+
+def _small_vaal_checkpoint(directory: Path, channels: int) -> ray.train.Checkpoint:
+    """An untrained VAAL of 8-channel convs: scoring 32k images with it takes seconds; the data is what is
+    tested here, not the model."""
+    cfg = preset("cpu", vaal={"channels": (8, 8, 8, 8), "latent_dim": 8, "disc_hidden": 16}).vaal
+    torch.manual_seed(0)
+    vae, disc = build_models(cfg, channels)
+    opt = torch.optim.Adam(vae.parameters())
+    directory.mkdir()
+    save_checkpoint(str(directory / CHECKPOINT_FILE), vae, disc, opt, opt, 1, cfg, channels)
+    return ray.train.Checkpoint.from_directory(str(directory))
+
+
+@pytest.mark.slow
+def test_a_pool_larger_than_the_object_store_selects_what_a_roomy_store_selects(ray_local, tmp_path, monkeypatch):
+    """A 96 MiB pool (32,768 random 32x32 RGB images) scored on a node whose object store holds 75 MiB, the
+    least Ray allows: the stream keeps in flight only what the store can hold (Ray Data holds the reads back at
+    its capacity), and the round selects what the same round selects on the session's Ray, whose store holds
+    the pool many times over.
+    Training is replaced by a checkpoint: it reads the pool's shards itself, not through the object store."""
+    ids = make_raw_pool(tmp_path / "pool", 32768, channels=3, shards=8)
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)])
+    pool_bytes = 32768 * 32 * 32 * 3
+    vaal_trained_as(monkeypatch, _small_vaal_checkpoint(tmp_path / "ckpt", channels=3))
+
+    def config(out: str) -> RoundConfig:
+        return round_config(str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), out,
+                            scoring=ScoringConfig(batch_size=512, num_actors=2))
+
+    with loopback_cluster(2, object_store_mib=75):
+        assert ray.cluster_resources()["object_store_memory"] < pool_bytes
+        run_round(config(str(tmp_path / "pressed")))
+    assert ray.cluster_resources()["object_store_memory"] > 4 * pool_bytes
+    run_round(config(str(tmp_path / "roomy")))
+    assert read_selection(tmp_path / "pressed") == read_selection(tmp_path / "roomy")
