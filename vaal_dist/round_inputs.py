@@ -21,7 +21,8 @@ import ray.data
 from ray.train import Checkpoint
 
 from vaal_dist.config import RoundConfig, VAALConfig
-from vaal_dist.pool.dataset import filter_ids, labeled_datasets, read_pool
+from vaal_dist.labeling.labels import add_labels, labels_beside, pool_has_label_column
+from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
 from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta, check_labels, join, read_pool_ids
 from vaal_dist.scoring.ids import random_subset
@@ -92,9 +93,23 @@ class RoundInputs:
             digest.update(b"\x00" + i.encode())
         return int.from_bytes(digest.digest()[:8], "little", signed=True)
 
+    @cached_property
+    def imported_labels(self) -> pa.Table | None:
+        """(id, label) of labels.parquet beside the labeled manifest when the pool has no ``label`` column
+        (people's answers, ``vaal-dist import-labels``); None when the pool's column holds the labels."""
+        if pool_has_label_column(self.config.pool):
+            return None
+        return labels_beside(self.config.labeled)
+
+    def _pool(self, with_labels: bool) -> ray.data.Dataset:
+        if with_labels and self.imported_labels is not None:
+            return read_pool(self.config.pool, ("id", "image")).map_batches(
+                add_labels, batch_format="pyarrow", batch_size=None, fn_kwargs={"labels": self.imported_labels})
+        return read_pool(self.config.pool, ("id", "image", "label") if with_labels else ("id", "image"))
+
     def images(self, side: Side, with_labels: bool = False) -> ray.data.Dataset:
         """The labeled images, or the unlabeled ones (neither labeled nor held out), read lazily."""
-        pool = read_pool(self.config.pool, ("id", "image", "label") if with_labels else ("id", "image"))
+        pool = self._pool(with_labels)
         if side == "labeled":
             return filter_ids(pool, self.labeled_ids)
         return filter_ids(pool, self.not_unlabeled, keep=False)
@@ -109,7 +124,7 @@ class RoundInputs:
             check_image_size(self.meta, cfg.task.image_size)
             for ids in (self.labeled_ids, self.holdout_ids):
                 if ids is not None:
-                    check_labels(cfg.pool, ids)
+                    check_labels(cfg.pool, ids, self.imported_labels)
 
     def scorer(self, cls: type, **kwargs) -> ScorerSpec:
         """A scorer of this pool's images, on the round's device: ``cls(meta=..., use_gpu=..., **kwargs)``."""
@@ -137,12 +152,17 @@ class RoundInputs:
         """
         cfg = self.config
         check_image_size(self.meta, cfg.task.image_size)
-        num_classes = check_labels(cfg.pool, self.labeled_ids)
+        num_classes = check_labels(cfg.pool, self.labeled_ids, self.imported_labels)
         splits = {"train": self.labeled_ids}
         if self.holdout_ids is not None:
-            check_labels(cfg.pool, self.holdout_ids)          # evaluating needs their labels too
+            check_labels(cfg.pool, self.holdout_ids, self.imported_labels)   # evaluating needs their labels too
             splits["eval"] = self.holdout_ids
-        datasets = labeled_datasets(cfg.pool, splits, self.meta, cfg.task.image_size)
+        if self.imported_labels is None:
+            datasets = labeled_datasets(cfg.pool, splits, self.meta, cfg.task.image_size)
+        else:
+            decode = DecodeForTraining(self.meta, cfg.task.image_size)
+            datasets = {name: filter_ids(self._pool(with_labels=True), ids).map_batches(decode, batch_format="numpy")
+                        for name, ids in splits.items()}
         model_args = {"num_classes": num_classes, "in_channels": self.meta.channels, "rank_loss": rank_loss,
                       "dropout": dropout}
         per_worker = len(self.labeled_ids) if members else math.ceil(len(self.labeled_ids) / max(1, cfg.workers))

@@ -409,18 +409,22 @@ def _columns(schema: pa.Schema) -> str:
     return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
 
 
-def check_labels(pool: str, ids: pa.Array) -> int:
+def check_labels(pool: str, ids: pa.Array, imported: pa.Table | None = None) -> int:
     """The number of classes (1 + the pool's largest label), once every one of ``ids`` has a label.
 
     The labels are the pool's ``label`` column: the oracle's answers for labeled images (or, for
-    prepared folders, the class sub-folder). Task models need one for every labeled image.
+    prepared folders, the class sub-folder). Task models need one for every labeled image. A pool without
+    that column takes ``imported`` (id, label): labels.parquet beside the labeled manifest.
     """
     fs, files = pool_files(pool)
     what = f"cannot read pool {pool!r}"
     dataset = retrying(what, lambda: pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET))
     if "label" not in dataset.schema.names:
-        raise InputError(f"pool {pool!r} has no 'label' column; this strategy trains a classifier on the "
-                         f"labeled images and needs their labels")
+        if imported is None:
+            raise InputError(f"pool {pool!r} has no 'label' column and there is no labels.parquet beside the "
+                             f"labeled manifest; this strategy trains a classifier on the labeled images and "
+                             f"needs their labels")
+        return _check_imported_labels(imported, ids)
     if not pa.types.is_integer(dataset.schema.field("label").type):
         raise InputError(f"pool {pool!r}: column 'label' must be integers, got {dataset.schema.field('label').type}")
     all_labels = retrying(what, lambda: dataset.to_table(columns=["label"]).column("label"))
@@ -433,6 +437,15 @@ def check_labels(pool: str, ids: pa.Array) -> int:
     if low is not None and low < 0:
         raise InputError(f"pool {pool!r}: labels must be class indices >= 0, found {low}")
     return int(pc.max(all_labels).as_py() or 0) + 1
+
+
+def _check_imported_labels(imported: pa.Table, ids: pa.Array) -> int:
+    """1 + the largest label of labels.parquet, once each of ``ids`` has one there."""
+    missing = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=imported.column("id"))))
+    if len(missing):
+        raise InputError(f"labels.parquet beside the labeled manifest has no label for {len(missing)} labeled "
+                         f"images, e.g. {missing[:5].to_pylist()}")
+    return int(pc.max(imported.column("label")).as_py() or 0) + 1
 
 
 def read_manifest(uri: str) -> pa.Array:

@@ -1,0 +1,300 @@
+"""The labeling loop's files: export formats and their splitting, images by id as data: or presigned URLs, imports
+of Label Studio / COCO / CSV answers, per-id refusals that write nothing, labels accumulating across rounds, and
+the labels a round's task models read from labels.parquet when the pool has none."""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_raw_pool, png_bytes, s3_uri
+from PIL import Image
+
+from vaal_dist.config import RoundConfig
+from vaal_dist.errors import InputError
+from vaal_dist.labeling.cli import add_export_args, add_import_args, export_command, import_command
+from vaal_dist.labeling.export import export_selection
+from vaal_dist.labeling.import_labels import import_labels
+from vaal_dist.labeling.labels import add_labels, read_labels
+from vaal_dist.pool.io import PoolMeta, check_labels, write_json, write_manifest, write_parquet, write_pool
+from vaal_dist.round_inputs import RoundInputs
+
+CLASSES = ["zero", "one", "two"]
+
+
+def unlabeled_pool(path, n: int = 40, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, pixels (n, size, size, 1)) of a raw pool without a label column, in 3 shards."""
+    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    ids = np.array([f"im/{i:03d}" for i in range(n)])          # a "/" in ids: file names must quote it
+    bounds = [0, n // 3, 2 * n // 3, n]
+    write_pool(str(path), [pa.table({"id": ids[a:b], "image": pa.array([p.tobytes() for p in pixels[a:b]])})
+                           for a, b in zip(bounds, bounds[1:])], PoolMeta("raw", (size, size, 1)))
+    return ids, pixels
+
+
+def finished_round(out, pool, labeled, selected, strategy: str = "entropy") -> str:
+    """A round folder as run_round leaves it, for what export and import read: run.json's config and
+    selection.parquet (ranks 1..k, scores descending)."""
+    write_parquet(f"{out}/selection.parquet", pa.table({
+        "id": pa.array(list(selected), pa.string()), "score": pa.array(np.linspace(1, 0, len(selected))),
+        "rank": pa.array(np.arange(1, len(selected) + 1), pa.int64())}))
+    write_json(f"{out}/run.json", {"config": {"pool": str(pool), "labeled": str(labeled), "strategy": strategy}})
+    return str(out)
+
+
+@pytest.fixture
+def round1(tmp_path):
+    """(round folder, pool ids, pixels): 40 images, 5 labeled, the round selected 7 (not in rank = pool order)."""
+    ids, pixels = unlabeled_pool(tmp_path / "pool")
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:5])
+    selected = ids[[30, 7, 12, 25, 8, 39, 16]]
+    return finished_round(tmp_path / "round-1", tmp_path / "pool", tmp_path / "labeled.parquet", selected), ids, pixels
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def label_studio_task(image_id: str, *annotations: dict) -> dict:
+    """A task as Label Studio's JSON export holds it."""
+    return {"id": 100, "data": {"image": "data:...", "id": image_id}, "annotations": list(annotations)}
+
+
+def choice(label: str | None, annotator: int = 1, cancelled: bool = False, at: str = "2026-11-28T10:00:00.5Z") -> dict:
+    result = [] if label is None else [{"from_name": "label", "to_name": "image", "type": "choices",
+                                        "value": {"choices": [label]}}]
+    return {"id": 7, "completed_by": annotator, "result": result, "was_cancelled": cancelled, "created_at": at,
+            "updated_at": at}
+
+
+def write_export(path, tasks) -> str:
+    path.write_text(json.dumps(tasks))
+    return str(path)
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+def test_label_studio_export_is_the_selection_in_rank_order_with_images_and_the_classes_as_choices(round1, tmp_path):
+    out, ids, pixels = round1
+    files = export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES, max_tasks=3)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["tasks-00001.json", "tasks-00002.json", "tasks-00003.json",
+                                                  "labeling-config.xml"]
+    tasks = [t for f in files[:3] for t in json.loads(open(f).read())]
+    assert [len(json.loads(open(f).read())) for f in files[:3]] == [3, 3, 1]       # 7 tasks, at most 3 a file
+    selection = pq.read_table(f"{out}/selection.parquet").to_pydict()
+    assert [t["data"]["id"] for t in tasks] == selection["id"]
+    assert [t["data"]["rank"] for t in tasks] == list(range(1, 8))
+    assert [t["data"]["score"] for t in tasks] == selection["score"]
+    assert {t["data"]["strategy"] for t in tasks} == {"entropy"}
+    for t in tasks:
+        head, data = t["data"]["image"].split(",", 1)
+        assert head == "data:image/png;base64"
+        index = list(ids).index(t["data"]["id"])
+        assert np.array_equal(png_pixels(base64.b64decode(data)), pixels[index, :, :, 0])
+    config = ET.parse(files[3]).getroot()
+    assert [c.get("value") for c in config.iter("Choice")] == CLASSES
+    assert config.find("Image").get("value") == "$image"
+
+
+def test_coco_and_csv_exports_name_each_image_by_its_pool_id(round1, tmp_path):
+    out, ids, _ = round1
+    coco = json.loads(open(export_selection(out, "coco", str(tmp_path / "coco"), classes=CLASSES)[0]).read())
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    assert [i["file_name"] for i in coco["images"]] == selection
+    assert [(i["id"], i["width"], i["height"]) for i in coco["images"]] == [(r, 8, 8) for r in range(1, 8)]
+    assert coco["categories"] == [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"}, {"id": 2, "name": "two"}]
+    rows = open(export_selection(out, "csv", str(tmp_path / "csv"), classes=CLASSES)[0]).read().splitlines()
+    assert rows[0] == "id,rank,score,strategy,image"
+    assert [r.split(",")[:2] for r in rows[1:]] == [[i, str(k)] for k, i in enumerate(selection, 1)]
+
+
+def test_an_encoded_pool_exports_its_own_image_bytes(tmp_path):
+    rng = np.random.default_rng(3)
+    images = [png_bytes(rng, size=12 + i) for i in range(4)]
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": ["a", "b", "c", "d"], "image": images})], PoolMeta())
+    write_manifest(str(tmp_path / "labeled.parquet"), ["a"])
+    write_json(str(tmp_path / "pool" / "classes.json"), {"cat": 1, "dog": 0})     # prepare's folder -> label
+    out = finished_round(tmp_path / "r", tmp_path / "pool", tmp_path / "labeled.parquet", ["d", "b"])
+    files = export_selection(out, "label-studio", str(tmp_path / "ls"))
+    tasks = json.loads(open(files[0]).read())
+    assert [base64.b64decode(t["data"]["image"].split(",", 1)[1]) for t in tasks] == [images[3], images[1]]
+    assert [c.get("value") for c in ET.parse(files[1]).getroot().iter("Choice")] == ["dog", "cat"]
+
+
+def test_an_s3_export_links_each_image_by_a_presigned_url_that_serves_it(round1, s3_endpoint):
+    out, ids, pixels = round1
+    boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").create_bucket(Bucket="bucket-1")
+    files = export_selection(out, "label-studio", s3_uri(s3_endpoint, "export"), classes=CLASSES, expires_s=600)
+    tasks = json.loads(boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").get_object(
+        Bucket="bucket-1", Key="export/tasks-00001.json")["Body"].read())
+    assert len(files) == 2 and len(tasks) == 7
+    for t in tasks:
+        url = t["data"]["image"]
+        assert "X-Amz-Expires=600" in url and "X-Amz-Signature=" in url
+        with urllib.request.urlopen(url) as response:          # no credentials but the URL's own
+            served = response.read()
+        assert np.array_equal(png_pixels(served), pixels[list(ids).index(t["data"]["id"]), :, :, 0])
+
+
+def test_export_refusals_name_what_is_missing(round1, tmp_path):
+    out, _, _ = round1
+    with pytest.raises(InputError, match="has no classes.json: name the classes"):
+        export_selection(out, "label-studio", str(tmp_path / "ls"))
+    with pytest.raises(InputError, match="holds no finished round"):
+        export_selection(str(tmp_path), "csv", str(tmp_path / "x"), classes=CLASSES)
+    with pytest.raises(InputError, match="not ftp://"):
+        export_selection(out, "csv", "ftp://host/x", classes=CLASSES)
+    assert not (tmp_path / "ls").exists()
+
+
+# --- import ---------------------------------------------------------------------------------------------------
+
+def test_a_label_studio_export_gives_exactly_its_annotated_ids_and_labels(round1, tmp_path):
+    out, ids, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    export = write_export(tmp_path / "export.json", [
+        label_studio_task(selection[0], choice("two", annotator=3)),
+        label_studio_task(selection[1], choice("zero"), choice("zero", annotator=2)),   # two annotators agree
+        label_studio_task(selection[2]),                                                # not annotated yet
+        label_studio_task(selection[3], choice("one", at="2026-11-28T11:00:00")),
+    ])
+    done = import_labels(export, out, classes=CLASSES)
+    assert (done.new, done.labeled, done.unannotated) == (3, 8, 1)
+    manifest = pq.read_table(f"{out}/labeled.parquet").column("id").to_pylist()
+    assert manifest == list(ids[:5]) + [selection[0], selection[1], selection[3]]
+    labels, classes = read_labels(f"{out}/labels.parquet")
+    assert classes == CLASSES
+    rows = {r["id"]: r for r in labels.to_pylist()}
+    assert {i: r["label"] for i, r in rows.items()} == {selection[0]: 2, selection[1]: 0, selection[3]: 1}
+    assert rows[selection[0]]["annotator"] == "3"
+    assert rows[selection[3]]["time"].isoformat() == "2026-11-28T11:00:00+00:00"
+    assert rows[selection[0]]["time"].isoformat() == "2026-11-28T10:00:00.500000+00:00"
+
+
+def test_a_conflicting_label_is_refused_naming_the_id_and_nothing_is_written(round1, tmp_path):
+    out, _, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    export = write_export(tmp_path / "export.json", [
+        label_studio_task(selection[0], choice("one")),
+        label_studio_task(selection[1], choice("one", annotator=1), choice("two", annotator=2))])
+    with pytest.raises(InputError) as refused:
+        import_labels(export, out, classes=CLASSES)
+    assert f"'{selection[1]}': conflicting labels: 'one' by 1, 'two' by 2" in str(refused.value)
+    assert "1 ids have problems" in str(refused.value) and "nothing written" in str(refused.value)
+    assert not (tmp_path / "round-1" / "labeled.parquet").exists()
+    assert not (tmp_path / "round-1" / "labels.parquet").exists()
+
+
+def test_every_bad_answer_is_reported_by_its_id_in_one_refusal(round1, tmp_path):
+    out, ids, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    export = write_export(tmp_path / "export.json", [
+        label_studio_task(selection[0], choice("one")),                       # the one good answer
+        label_studio_task("no-such-image", choice("one")),
+        label_studio_task(ids[1], choice("one")),                             # in the pool, not selected
+        label_studio_task(selection[1], choice("one", cancelled=True)),
+        label_studio_task(selection[2], choice(None)),
+        label_studio_task(selection[3], choice("seven")),
+    ])
+    with pytest.raises(InputError) as refused:
+        import_labels(export, out, classes=CLASSES)
+    message = str(refused.value)
+    assert "5 ids have problems" in message
+    for expected in ("'no-such-image': not in the pool", f"'{ids[1]}': not in this round's selection",
+                     f"'{selection[1]}': annotation 7 was skipped", f"'{selection[2]}': annotation 7 is empty",
+                     f"'{selection[3]}': unknown class name 'seven'"):
+        assert expected in message
+    assert f"'{selection[0]}'" not in message
+    assert not (tmp_path / "round-1" / "labeled.parquet").exists()
+
+
+def test_coco_and_csv_answers_import_as_label_studio_ones_do(round1, tmp_path):
+    out, _, _ = round1
+    coco = json.loads(open(export_selection(out, "coco", str(tmp_path / "coco"), classes=CLASSES)[0]).read())
+    coco["categories"] = [{"id": 11, "name": "two"}, {"id": 12, "name": "zero"}]    # a tool's own numbering
+    coco["annotations"] = [{"id": 1, "image_id": 1, "category_id": 11}, {"id": 2, "image_id": 3, "category_id": 12}]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    selection = [i["file_name"] for i in coco["images"]]
+    done = import_labels(str(tmp_path / "coco.json"), out, classes=CLASSES, dest=str(tmp_path / "a" / "m.parquet"))
+    assert done.unannotated == 5
+    assert dict(zip(*read_labels(str(tmp_path / "a" / "labels.parquet"))[0].select(["id", "label"]).to_pydict()
+                    .values())) == {selection[0]: 2, selection[2]: 0}
+    (tmp_path / "labels.csv").write_text(f"id,label,annotator\n{selection[4]},one,ann\n{selection[5]},two,\n")
+    import_labels(str(tmp_path / "labels.csv"), out, classes=CLASSES, dest=str(tmp_path / "b" / "m.parquet"))
+    rows = read_labels(str(tmp_path / "b" / "labels.parquet"))[0].to_pylist()
+    assert [(r["id"], r["label"], r["annotator"]) for r in rows] == [(selection[4], 1, "ann"), (selection[5], 2, "")]
+
+
+def test_labels_accumulate_across_rounds_under_one_list_of_classes(round1, tmp_path):
+    out, ids, _ = round1
+    sel1 = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    import_labels(write_export(tmp_path / "e1.json", [label_studio_task(sel1[0], choice("one"))]), out,
+                  classes=CLASSES)
+    sel2 = [ids[20], ids[21]]
+    out2 = finished_round(tmp_path / "round-2", tmp_path / "pool", f"{out}/labeled.parquet", sel2)
+    e2 = write_export(tmp_path / "e2.json", [label_studio_task(sel2[1], choice("two"))])
+    with pytest.raises(InputError, match="must use one list of classes"):
+        import_labels(e2, out2, classes=["a", "b", "c"])
+    done = import_labels(e2, out2, classes=CLASSES)
+    assert done.labeled == 7
+    assert pq.read_table(f"{out2}/labeled.parquet").column("id").to_pylist() == [*ids[:5], sel1[0], sel2[1]]
+    labels = read_labels(f"{out2}/labels.parquet")[0]
+    assert dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist())) == {sel1[0]: 1, sel2[1]: 2}
+
+
+# --- a round's labels from labels.parquet ----------------------------------------------------------------------
+
+def test_a_pool_without_labels_takes_them_from_labels_parquet_beside_the_manifest(round1, tmp_path):
+    out, ids, _ = round1
+    sel = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    import_labels(write_export(tmp_path / "e.json", [label_studio_task(sel[0], choice("two"))]), out,
+                  classes=CLASSES)
+    cfg = RoundConfig(pool=str(tmp_path / "pool"), labeled=f"{out}/labeled.parquet", out=str(tmp_path / "r2"),
+                      budget=2, strategy="entropy")
+    inputs = RoundInputs(cfg, PoolMeta("raw", (8, 8, 1)), pa.array([sel[0]]), str(tmp_path / "r2" / "train"))
+    assert inputs.imported_labels.to_pydict() == {"id": [sel[0]], "label": [2]}
+    assert check_labels(cfg.pool, pa.array([sel[0]]), inputs.imported_labels) == 3
+    with pytest.raises(InputError, match=r"has no label for 1 labeled images, e.g. \['im/000'\]"):
+        check_labels(cfg.pool, pa.array([sel[0], ids[0]]), inputs.imported_labels)
+    with pytest.raises(InputError, match="no 'label' column and there is no labels.parquet"):
+        check_labels(cfg.pool, pa.array([sel[0]]))
+    batch = add_labels(pa.table({"id": [ids[0], sel[0]]}), inputs.imported_labels)
+    assert batch.column("label").to_pylist() == [None, 2]
+
+
+def test_a_pool_with_a_label_column_keeps_reading_it(tmp_path):
+    ids = make_raw_pool(tmp_path / "pool", 20, size=8, shards=2)
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:4])
+    write_parquet(str(tmp_path / "labels.parquet"), pa.table({"id": list(ids[:4]), "label": [9, 9, 9, 9]}))
+    cfg = RoundConfig(pool=str(tmp_path / "pool"), labeled=str(tmp_path / "labeled.parquet"), out=str(tmp_path / "o"),
+                      budget=2, strategy="entropy")
+    assert RoundInputs(cfg, PoolMeta("raw", (8, 8, 1)), pa.array(ids[:4]), "train").imported_labels is None
+
+
+# --- the commands ---------------------------------------------------------------------------------------------
+
+def test_the_commands_export_and_import_and_print_what_they_wrote(round1, tmp_path, capsys):
+    out, _, _ = round1
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_export_args(sub.add_parser("export"))
+    add_import_args(sub.add_parser("import-labels"))
+    assert export_command(parser.parse_args(["export", out, "--to", "label-studio", "--dest", str(tmp_path / "ls"),
+                                             "--classes", *CLASSES])) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path}/ls/tasks-00001.json",
+                                                    f"wrote {tmp_path}/ls/labeling-config.xml"]
+    tasks = json.loads((tmp_path / "ls" / "tasks-00001.json").read_text())
+    export = write_export(tmp_path / "e.json", [{**tasks[0], "annotations": [choice("zero")]}])
+    assert import_command(parser.parse_args(["import-labels", export, "--round", out, "--classes", *CLASSES])) == 0
+    assert capsys.readouterr().out.splitlines() == [f"labeled manifest: {out}/labeled.parquet (6 images, 1 new)",
+                                                    f"labels: {out}/labels.parquet"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])

@@ -1,0 +1,61 @@
+"""``vaal-dist export`` and ``vaal-dist import-labels``: a round's selection out to a labeling tool, its answers
+back as the next round's labeled manifest. Neither starts Ray."""
+from __future__ import annotations
+
+import argparse
+
+from vaal_dist.redaction import redact
+
+
+def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from vaal_dist.cli import at_least
+    from vaal_dist.labeling.export import FORMATS, MAX_TASKS, WEEK_S
+
+    p.add_argument("round", help="a finished round's --out folder or URI")
+    p.add_argument("--to", required=True, choices=FORMATS, help="the labeling tool's format")
+    p.add_argument("--dest", required=True,
+                   help="folder or URI for the task files; a local one embeds the images as data: URLs, an s3:// "
+                        "or gs:// one gets the images beside the tasks, linked by signed URLs")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="class names in label order (default: the pool's classes.json)")
+    p.add_argument("--pool", help="the round's pool, when its run record hides the URI's credentials")
+    p.add_argument("--max-tasks", type=at_least(1), default=MAX_TASKS,
+                   help=f"tasks per file; more are split into several files (default {MAX_TASKS:,}, Label "
+                        f"Studio's recommended project size)")
+    p.add_argument("--expires", type=at_least(1, WEEK_S), default=WEEK_S, help="seconds a signed image URL stays valid "
+                                                                    "(default and most: 7 days)")
+    return p
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from vaal_dist.labeling.export import export_selection
+
+    files = export_selection(args.round, args.to, args.dest, classes=args.classes, pool=args.pool,
+                             max_tasks=args.max_tasks, expires_s=args.expires)
+    for f in files:
+        print(f"wrote {redact(f)}")
+    return 0
+
+
+def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("export", help="the tool's export: Label Studio JSON, COCO JSON, or a CSV of id,label")
+    p.add_argument("--round", required=True, help="the round whose selection was labeled (its --out)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="class names in label order, as given to export (default: the pool's classes.json)")
+    p.add_argument("--out", help="the next round's labeled manifest (default ROUND/labeled.parquet); "
+                                 "labels.parquet is written beside it")
+    p.add_argument("--pool", help="the round's pool, when its run record hides the URI's credentials")
+    p.add_argument("--labeled", help="the round's labeled manifest, when its run record hides the URI's "
+                                     "credentials")
+    return p
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from vaal_dist.labeling.import_labels import import_labels
+
+    done = import_labels(args.export, args.round, classes=args.classes, pool=args.pool, labeled=args.labeled,
+                         dest=args.out)
+    print(f"labeled manifest: {redact(done.manifest)} ({done.labeled} images, {done.new} new)")
+    print(f"labels: {redact(done.labels)}" + (f"; {done.unannotated} exported images have no annotation yet"
+                                               if done.unannotated else ""))
+    return 0

@@ -1,0 +1,239 @@
+"""A round's selection as labeling tasks: Label Studio's import JSON (with its labeling config), COCO image
+entries, or CSV, in rank order.
+
+Each image is read from the pool's shards by id (a filtered scan: only the selected rows are decoded) and
+given as a URL: for a local ``dest``, a ``data:`` URL of the image itself; for an ``s3://`` or ``gs://``
+``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires.
+Selections larger than a project should hold are split into several files of at most ``max_tasks`` each.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from PIL import Image
+
+from vaal_dist.errors import InputError
+from vaal_dist.labeling.labels import class_names
+from vaal_dist.pool.images import RefusedImage, open_image
+from vaal_dist.pool.io import VERIFIED_PARQUET, PoolMeta, exists, join, pool_files, read_json, read_pool_meta, \
+    resolve, retrying, write_atomic
+from vaal_dist.redaction import HIDDEN
+
+FORMATS = ("label-studio", "coco", "csv")
+# Label Studio: "It's best to keep about 100k tasks / 100k annotations per project for optimal performance"
+# (labelstud.io/guide/tasks); one import request is limited to 250k tasks and 200 MB.
+MAX_TASKS = 100_000
+LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what import_labels reads back
+IMAGE_FIELD = "image"
+WEEK_S = 7 * 24 * 3600         # the longest expiry a SigV4 (S3) or V4 (GCS) signed URL may have
+SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
+
+
+@dataclass(frozen=True)
+class Round:
+    """What an export and an import need of a finished round."""
+
+    out: str
+    pool: str
+    labeled: str
+    strategy: str
+    selection: pa.Table        # id, score, rank; in rank order
+
+
+def read_round(out: str, pool: str | None = None, labeled: str | None = None) -> Round:
+    """The round in ``out``; ``pool`` / ``labeled`` replace its run record's (which hides credentials)."""
+    record_uri = join(out, RECORD)
+    if not exists(record_uri):
+        raise InputError(f"{out!r} holds no finished round (no {RECORD})")
+    config = read_json(record_uri)["config"]
+    pool, labeled = pool or config["pool"], labeled or config["labeled"]
+    for flag, uri in (("--pool", pool), ("--labeled", labeled)):
+        if HIDDEN in uri:
+            raise InputError(f"the round's record hides the credentials of {uri!r}: give it again with {flag}")
+    fs, path = resolve(join(out, SELECTION))
+    selection = retrying(f"cannot read {out!r}'s selection", lambda: pq.read_table(
+        path, filesystem=fs, page_checksum_verification=True)).sort_by("rank")
+    return Round(out, pool, labeled, config["strategy"], selection)
+
+
+def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
+                     pool: str | None = None, max_tasks: int = MAX_TASKS, expires_s: int = WEEK_S) -> list[str]:
+    """Write the round's selection under ``dest`` in format ``to`` (one of FORMATS); returns the files written.
+
+    ``classes`` are the class names in label order (default: the pool's classes.json). Label Studio gets
+    ``tasks-NNNNN.json`` and ``labeling-config.xml``; COCO ``coco-NNNNN.json``; CSV ``tasks-NNNNN.csv``.
+    """
+    if to not in FORMATS:
+        raise InputError(f"export format must be one of {FORMATS}, got {to!r}")
+    if not 1 <= expires_s <= WEEK_S:
+        raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
+    done = read_round(round_out, pool=pool)
+    names = class_names(done.pool, classes)
+    link = image_links(dest, expires_s)
+    meta = read_pool_meta(done.pool)
+    written = []
+    for part, start in enumerate(range(0, len(done.selection), max_tasks), 1):
+        rows = done.selection.slice(start, max_tasks)
+        images = dict(pool_images(done.pool, rows.column("id")))
+        gone = [i for i in rows.column("id").to_pylist() if i not in images]
+        if gone:
+            raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+        tasks = [_task(row, done.strategy, images[row["id"]], meta, link) for row in rows.to_pylist()]
+        name, data = WRITERS[to](tasks, names, part)
+        write_atomic(join(dest, name), data)
+        written.append(join(dest, name))
+    if to == "label-studio":
+        write_atomic(join(dest, "labeling-config.xml"), labeling_config(names).encode())
+        written.append(join(dest, "labeling-config.xml"))
+    return written
+
+
+def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
+    """(id, image bytes) of the pool's rows whose id is in ``ids``: a scan of the id and image columns that
+    keeps only those rows, a record batch at a time."""
+    fs, files = pool_files(pool)
+    dataset = retrying(f"cannot read pool {pool!r}", lambda: pads.dataset(files, filesystem=fs,
+                                                                          format=VERIFIED_PARQUET))
+    for batch in dataset.to_batches(columns=["id", "image"], filter=pc.field("id").isin(ids)):
+        yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    rank: int
+    score: float
+    strategy: str
+    url: str
+    width: int
+    height: int
+
+
+def _task(row: dict, strategy: str, image: bytes, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Task:
+    data, mime, (width, height) = viewable(row["id"], image, meta)
+    return Task(row["id"], row["rank"], row["score"], strategy, link(row["id"], data, mime), width, height)
+
+
+def viewable(image_id: str, image: bytes, meta: PoolMeta) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes a browser shows, their MIME type, (width, height)): a raw pool's pixels as PNG, else the
+    pool's own JPEG or PNG bytes."""
+    if meta.encoding == "raw":
+        height, width, channels = meta.image_shape
+        pixels = np.frombuffer(image, np.uint8).reshape(meta.image_shape)
+        buf = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(buf, format="PNG")
+        return buf.getvalue(), "image/png", (width, height)
+    try:
+        with open_image(image) as img:
+            size, kind = img.size, img.format
+    except RefusedImage as e:
+        raise InputError(f"image {image_id!r}: {e}") from None
+    return image, f"image/{kind.lower()}", size
+
+
+def image_links(dest: str, expires_s: int) -> Callable[[str, bytes, str], str]:
+    """How an image becomes a URL for an export to ``dest``: link(id, bytes, mime) -> URL."""
+    scheme = urlsplit(dest).scheme if "://" in dest else ""
+    if scheme in ("", "file"):
+        return lambda _, data, mime: f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    sign = {"s3": _s3_signer, "gs": _gs_signer}.get(scheme)
+    if sign is None:
+        raise InputError(f"images can be linked from s3://, gs:// or local exports, not {scheme}://")
+    presign = sign(dest, expires_s)
+
+    def link(image_id: str, data: bytes, mime: str) -> str:
+        uri = join(dest, "images", quote(image_id, safe="") + "." + mime.split("/")[1])
+        write_atomic(uri, data)
+        return presign(uri)
+    return link
+
+
+def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:
+    """A presigner of GET URLs for objects under ``dest``, with the credentials and endpoint its URI carries
+    (pyarrow's s3://KEY:SECRET@bucket/key?endpoint_override=...&scheme=...&region=...), else the default ones."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise InputError("presigned s3:// URLs need boto3: pip install 'vaal_dist[labeling]'") from None
+    parts = urlsplit(dest)
+    key_id, _, secret = (unquote(p) for p in parts.netloc.rpartition("@")[0].partition(":"))
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    endpoint = options.get("endpoint_override")
+    client = boto3.client(
+        "s3", region_name=options.get("region"),
+        endpoint_url=f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else None,
+        aws_access_key_id=key_id or options.get("access_key"),
+        aws_secret_access_key=secret or options.get("secret_key"),
+        aws_session_token=options.get("session_token"),
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"} if endpoint else {}))
+    return lambda uri: client.generate_presigned_url("get_object", Params=_bucket_and_key(uri), ExpiresIn=expires_s)
+
+
+def _gs_signer(dest: str, expires_s: int) -> Callable[[str], str]:
+    try:
+        from google.cloud import storage
+    except ImportError:
+        raise InputError("signed gs:// URLs need google-cloud-storage (pip install google-cloud-storage) and a "
+                         "service account; or export to a local folder, whose tasks carry the images") from None
+    client = storage.Client()
+
+    def sign(uri: str) -> str:
+        where = _bucket_and_key(uri)
+        return client.bucket(where["Bucket"]).blob(where["Key"]).generate_signed_url(
+            version="v4", expiration=timedelta(seconds=expires_s), method="GET")
+    return sign
+
+
+def _bucket_and_key(uri: str) -> dict[str, str]:
+    """The object ``write_atomic(uri)`` wrote: pyarrow decodes a URI's %-escapes into the key."""
+    bucket, _, key = resolve(uri)[1].partition("/")
+    return {"Bucket": bucket, "Key": key}
+
+
+def labeling_config(classes: list[str]) -> str:
+    """Label Studio's labeling config: the image and one choice of the class names."""
+    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in classes)
+    return (f'<View>\n  <Image name="{IMAGE_FIELD}" value="${IMAGE_FIELD}"/>\n'
+            f'  <Choices name="{LABEL_FIELD}" toName="{IMAGE_FIELD}" choice="single" showInLine="true">\n'
+            f"{choices}\n  </Choices>\n</View>\n")
+
+
+def _label_studio(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
+    doc = [{"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score, "strategy": t.strategy}}
+           for t in tasks]
+    return f"tasks-{part:05d}.json", json.dumps(doc, indent=1).encode()
+
+
+def _coco(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
+    """COCO's images (file_name: the pool id; coco_url: the image) and categories, no annotations yet."""
+    doc = {"info": {"description": "vaal_dist selection"},
+           "images": [{"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
+                       "rank": t.rank, "score": t.score, "strategy": t.strategy} for t in tasks],
+           "categories": [{"id": label, "name": name} for label, name in enumerate(classes)],
+           "annotations": []}
+    return f"coco-{part:05d}.json", json.dumps(doc, indent=1).encode()
+
+
+def _csv(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "rank", "score", "strategy", "image"])
+    writer.writerows([t.id, t.rank, repr(t.score), t.strategy, t.url] for t in tasks)
+    return f"tasks-{part:05d}.csv", text.getvalue().encode()
+
+
+WRITERS = {"label-studio": _label_studio, "coco": _coco, "csv": _csv}

@@ -1,0 +1,193 @@
+"""Annotations back from a labeling tool: the next round's labeled manifest and labels.parquet beside it.
+
+Reads Label Studio's JSON export, a COCO file (its images' ``file_name`` is the pool id, as ``export`` writes
+them) or a CSV of ``id,label`` (optional ``annotator``, ``time``). Every answer is checked before anything is
+written; a refused import names each id and what is wrong with it, and writes nothing. The pool is never
+edited: the labels live in ``labels.parquet`` beside the new manifest, with the previous round's carried over.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vaal_dist.errors import InputError
+from vaal_dist.labeling.export import LABEL_FIELD, read_round
+from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, beside, class_names, read_labels, write_labels
+from vaal_dist.pool.io import exists, join, read_manifest, read_pool_ids, resolve, retrying, write_manifest
+
+NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
+SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One annotation of one image: its class name, or why it gives none (``problem``)."""
+
+    id: str
+    label: str | None
+    annotator: str = ""
+    time: datetime | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Imported:
+    manifest: str          # the next round's labeled manifest
+    labels: str            # labels.parquet beside it
+    new: int               # images labeled by this import
+    labeled: int           # images in the new manifest
+    unannotated: int       # tasks in the export that nobody annotated (they stay unlabeled)
+
+
+def import_labels(export_file: str, round_out: str, *, classes: list[str] | None = None, pool: str | None = None,
+                  labeled: str | None = None, dest: str | None = None) -> Imported:
+    """Check the answers in ``export_file`` against the round in ``round_out``, then write the next round's
+    manifest (``dest``, default ``round_out/labeled.parquet``: the round's labeled ids and the new ones) and
+    labels.parquet beside it (the previous labels.parquet beside the round's manifest, and the new labels)."""
+    done = read_round(round_out, pool, labeled)
+    names = class_names(done.pool, classes)
+    previous = _previous_labels(done.labeled, names)
+    answers, unannotated = read_answers(export_file)
+    labels = _checked(answers, done.selection.column("id"), done.pool, names, export_file)
+    previous = previous.filter(pc.invert(pc.is_in(previous.column("id"), value_set=labels.column("id"))))
+    old_ids = read_manifest(done.labeled)
+    new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
+    manifest = dest or join(round_out, NEXT_MANIFEST)
+    write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
+    write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
+    return Imported(manifest, beside(manifest, LABELS), len(labels), len(old_ids) + len(new_ids), unannotated)
+
+
+def _previous_labels(manifest: str, names: list[str]) -> pa.Table:
+    uri = beside(manifest, LABELS)
+    if not exists(uri):
+        return LABELS_SCHEMA.empty_table()
+    table, their_names = read_labels(uri)
+    if their_names != names:
+        raise InputError(f"{uri} names the classes {their_names}, this import {names}: labels of two rounds "
+                         f"must use one list of classes, in one order")
+    return table
+
+
+def _checked(answers: list[Answer], selection: pa.Array, pool: str, names: list[str], source: str) -> pa.Table:
+    """The labels (LABELS_SCHEMA) the answers give, or one InputError naming every id with a problem."""
+    by_id: dict[str, list[Answer]] = defaultdict(list)
+    for a in answers:
+        by_id[a.id].append(a)
+    problems = {i: [a.problem for a in given if a.problem] for i, given in by_id.items()}
+    for a in answers:
+        if a.label is not None and a.label not in names:
+            problems[a.id].append(f"unknown class name {a.label!r} (classes: {names})")
+    _not_selected(problems, selection, pool)
+    for i, given in by_id.items():
+        labels = sorted({a.label for a in given if a.label is not None})
+        if len(labels) > 1:
+            who = ", ".join(f"{a.label!r} by {a.annotator or 'an unnamed annotator'}" for a in given if a.label)
+            problems[i].append(f"conflicting labels: {who}")
+    if not by_id:
+        raise InputError(f"{source}: import refused: it holds no annotation")
+    bad = {i: p for i, p in problems.items() if p}
+    if bad:
+        shown = "; ".join(f"{i!r}: {', '.join(p)}" for i, p in list(bad.items())[:SHOWN_PROBLEMS])
+        more = f"; and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        raise InputError(f"{source}: import refused, nothing written: {len(bad)} ids have problems: {shown}{more}")
+    now = datetime.now(timezone.utc)
+    firsts = [given[0] for given in by_id.values()]
+    return pa.table({"id": [a.id for a in firsts], "label": [names.index(a.label) for a in firsts],
+                     "annotator": [a.annotator for a in firsts], "time": [a.time or now for a in firsts]},
+                    schema=LABELS_SCHEMA)
+
+
+def _not_selected(problems: dict[str, list[str]], selection: pa.Array, pool: str) -> None:
+    ids = pa.array(list(problems), pa.string())
+    outside = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=selection)))
+    if not len(outside):
+        return
+    in_pool = pc.is_in(outside, value_set=read_pool_ids(pool)).to_pylist()
+    for i, known in zip(outside.to_pylist(), in_pool):
+        problems[i].append("not in this round's selection" if known else "not in the pool")
+
+
+def read_answers(export_file: str) -> tuple[list[Answer], int]:
+    """(every annotation in the file, the number of its images nobody annotated)."""
+    fs, path = resolve(export_file)
+    if not retrying(f"cannot look up {export_file!r}", lambda: fs.get_file_info(path)).is_file:
+        raise InputError(f"export {export_file!r} does not exist")
+    raw = retrying(f"cannot read {export_file!r}", lambda: _read_all(fs, path))
+    try:
+        text = raw.decode("utf-8-sig")
+        if path.endswith(".csv"):
+            return _csv_answers(text), 0
+        doc = json.loads(text)
+        if isinstance(doc, list):
+            return _label_studio_answers(doc)
+        if isinstance(doc, dict) and "images" in doc:
+            return _coco_answers(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"export {export_file!r} cannot be read: {e!r}") from e
+    raise InputError(f"export {export_file!r} is neither Label Studio's JSON export (a list of tasks) nor COCO "
+                     f"(an object with images) nor a .csv")
+
+
+def _read_all(fs, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _label_studio_answers(tasks: list[dict]) -> tuple[list[Answer], int]:
+    answers, unannotated = [], 0
+    for task in tasks:
+        image_id = str(task["data"].get("id", f"task {task.get('id')} (its data has no id)"))
+        annotations = task.get("annotations") or []
+        unannotated += not annotations
+        answers += [_label_studio_answer(image_id, a) for a in annotations]
+    return answers, unannotated
+
+
+def _label_studio_answer(image_id: str, annotation: dict) -> Answer:
+    who = annotation.get("completed_by")
+    annotator = str(who.get("email") or who.get("id")) if isinstance(who, dict) else str(who or "")
+    when = _time(annotation.get("updated_at") or annotation.get("created_at"))
+    if annotation.get("was_cancelled"):
+        return Answer(image_id, None, annotator, when, f"annotation {annotation.get('id')} was skipped")
+    chosen = [c for r in annotation.get("result") or [] if r.get("from_name") == LABEL_FIELD
+              for c in r.get("value", {}).get("choices", [])]
+    if len(chosen) != 1:
+        why = "is empty" if not chosen else f"chooses {len(chosen)} classes"
+        return Answer(image_id, None, annotator, when, f"annotation {annotation.get('id')} {why}")
+    return Answer(image_id, chosen[0], annotator, when)
+
+
+def _coco_answers(doc: dict) -> tuple[list[Answer], int]:
+    images = {image["id"]: str(image["file_name"]) for image in doc["images"]}
+    categories = {c["id"]: str(c["name"]) for c in doc.get("categories", [])}
+    answers = []
+    for a in doc.get("annotations", []):
+        image_id = images.get(a.get("image_id"), f"image_id {a.get('image_id')} (not among the file's images)")
+        category = a.get("category_id")
+        problem = None if category in categories else f"annotation {a.get('id')} has no known category ({category})"
+        answers.append(Answer(image_id, categories.get(category), str(a.get("annotator", "")), None, problem))
+    annotated = {a.get("image_id") for a in doc.get("annotations", [])}
+    return answers, sum(i not in annotated for i in images)
+
+
+def _csv_answers(text: str) -> list[Answer]:
+    rows = csv.DictReader(io.StringIO(text))
+    if not {"id", "label"} <= set(rows.fieldnames or ()):
+        raise InputError(f"a CSV of labels needs the columns id and label, got {rows.fieldnames}")
+    return [Answer(row["id"], row["label"] or None, row.get("annotator") or "", _time(row.get("time")),
+                   None if row["label"] else "empty label") for row in rows]
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
