@@ -10,7 +10,8 @@ adding them to the labeled set. Every step leaves a file, so a rerun of the same
 Layout under ``out``: ``splits/seed-S/`` with ``test.parquet``, ``initial.parquet`` and the round-0
 evaluation, shared by the strategies; ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the
 set entering round R), ``eval.json`` (R > 0) and the selection round in ``select/``; results in ``curves.parquet``,
-``curves.csv``, ``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``).
+``curves.csv``, ``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
+(``report.pages``: the curves, the summary and links to each selecting round's ``report.html``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from vaal_dist.folder_lock import tables_lock
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import VERIFIED_PARQUET, check_labels, exists, join, pool_files, read_json, read_manifest, \
     read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, write_json, write_manifest
+from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
 from vaal_dist.round_inputs import RoundInputs
@@ -93,6 +95,7 @@ def _record_curves(out: str, curves: pa.Table) -> pa.Table:
     with tables_lock(out):
         curves = _with_earlier_curves(out, curves)
         write_results(out, curves)
+        write_experiment_report(out, curves)
     return curves
 
 

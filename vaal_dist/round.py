@@ -1,10 +1,11 @@
 """One selection round: validate the inputs, train the strategy, stream-score the pool, write the selection.
 
-Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, score, rank) and ``run.json``
-(config, versions, sizes, timings). Both files are written atomically and run.json last, so a round
-whose run.json exists is complete; rerunning it is a no-op, and rerunning an interrupted one resumes
-training from its latest checkpoint. One round at a time per ``out``: a second is refused naming the first
-(``folder_lock.round_lock``).
+Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, score, rank), ``report.html``
+(``report.pages``, with ``scores-sample.parquet`` where the strategy streams scores) and ``run.json``
+(config, versions, sizes, timings). Every file is written atomically and run.json last, so a round
+whose run.json exists is complete; rerunning it is a no-op (but for writing the report of a round completed
+before reports were written), and rerunning an interrupted one resumes training from its latest checkpoint.
+One round at a time per ``out``: a second is refused naming the first (``folder_lock.round_lock``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import platform
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, ST
     pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, retrying, \
     write_json, write_parquet
 from vaal_dist.redaction import redact
+from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
 from vaal_dist.strategies import get_strategy
@@ -50,6 +53,12 @@ class RoundResult:
     @property
     def per_100_seconds(self) -> float:
         return self.record["per_100_query_seconds"]
+
+    @property
+    def report(self) -> str:
+        """URI of report.html, beside selection.parquet."""
+        base, sep, query = self.selection.partition("?")
+        return join(posixpath.dirname(base) + sep + query, REPORT)
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,8 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         record_uri = join(cfg.out, RECORD)
         if _claim(cfg.out, fingerprint):
             log.info("round in %s is already complete; nothing to do", redact(cfg.out))
+            if write_missing_round_report(cfg.out, cfg.pool, meta):    # a round completed before reports were
+                log.info("wrote its missing %s", REPORT)
             return RoundResult(join(cfg.out, SELECTION), read_json(record_uri))
         log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
                  cfg.budget)
@@ -191,6 +202,8 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         selection_uri = _write_selection(cfg.out, top)
         record = _record(inputs, sizes, fingerprint, trained, top, selection_uri,
                          {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - start})
+        # Before run.json: a complete round always has its report. Its cost is not in the query time.
+        write_round_report(cfg.out, cfg.pool, meta, record, top.ids, top.scores, top.sample)
         write_json(record_uri, record)
         return RoundResult(selection_uri, record)
 

@@ -3,7 +3,8 @@
 A strategy's scorer (``scoring.spec``) is built once per actor (it loads the model there) and called on
 batch dicts of numpy arrays; it returns one float per row, higher meaning "label this". ``BatchTopK``
 wraps it so that each batch leaves the actor as its own top-b only, and ``RunningTopK`` folds those on
-the driver.
+the driver; beside them go the rows entering the actor's sample of the scores (``RunningSample``, a bounded
+uniform sample by a hash of the id), folded on the driver into the pool's score distribution.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import ray.data
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error
 from vaal_dist.scoring.spec import ScorerSpec
-from vaal_dist.scoring.topk import RunningTopK, Selection, top_k
+from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, sample_priorities, top_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,11 +48,14 @@ class _ScorerActor:
 
 
 class BatchTopK(_ScorerActor):
-    """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score)."""
+    """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score, top=True)
+    and the rows that enter this actor's sample of the scores (sampled=True, with their priority)."""
 
-    def __init__(self, spec: ScorerSpec, k: int, threads: int | None = None, amp: bool = False):
+    def __init__(self, spec: ScorerSpec, k: int, threads: int | None = None, amp: bool = False,
+                 sample_size: int = SAMPLE_SIZE):
         super().__init__(spec, threads, amp)
         self.k = k
+        self.sample = RunningSample(sample_size, fold_at=0)     # folds as soon as it is full: a tight threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
@@ -59,14 +63,28 @@ class BatchTopK(_ScorerActor):
             with self.precision():
                 scores = np.asarray(self.scorer(batch), dtype=np.float64)
         except InputError as e:   # a bad image: hand it to the driver, which raises it by name
-            return _rows(ids[:1], error=str(e), score=np.array([np.nan]))
+            return _scored_rows(ids[:1], np.array([np.nan]), error=str(e))
         if scores.shape != ids.shape:
             raise ValueError(f"scorer returned shape {scores.shape} for {len(ids)} rows")
         bad = ~np.isfinite(scores)
         if bad.any():             # a diverged model: the driver raises DivergedModelError
-            return _rows(ids[bad], score=scores[bad])
-        top_ids, top_scores = top_k(ids, scores, self.k)
-        return _rows(top_ids, score=top_scores)
+            return _scored_rows(ids[bad], scores[bad])
+        top = np.zeros(len(ids), bool)
+        top[top_rows(ids.astype(str), scores, self.k)] = True
+        priorities = sample_priorities(ids)
+        sampled = self.sample.add(ids, priorities, scores)
+        sent = top | sampled
+        return _scored_rows(ids[sent], scores[sent], top=top[sent], sampled=sampled[sent],
+                            priority=priorities[sent])
+
+
+def _scored_rows(ids: np.ndarray, scores: np.ndarray, error: str = "", top=None, sampled=None,
+                 priority=None) -> dict[str, np.ndarray]:
+    """BatchTopK's rows; every block has the same columns (error rows: neither top nor sampled)."""
+    nowhere = np.zeros(len(ids), bool)
+    return _rows(ids, error=error, score=scores, top=nowhere if top is None else top,
+                 sampled=nowhere if sampled is None else sampled,
+                 priority=np.full(len(ids), np.nan) if priority is None else priority)
 
 
 class BatchEmbed(_ScorerActor):
@@ -171,27 +189,32 @@ def _gpus_per_actor(actors: int) -> float:
 
 
 def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringConfig,
-                 use_gpu: bool = False) -> Selection:
-    """Exact top-k of the scorer's scores over ``ds`` (columns id, image, ...), ties by smallest id."""
+                 use_gpu: bool = False, sample_size: int = SAMPLE_SIZE) -> Selection:
+    """Exact top-k of the scorer's scores over ``ds`` (columns id, image, ...), ties by smallest id, and a
+    uniform sample of ``sample_size`` of the scores."""
     start = time.perf_counter()
 
-    def fold() -> tuple[RunningTopK, float]:
-        scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k}, cfg, use_gpu)
-        best, merge_seconds = RunningTopK(k), 0.0
+    def fold() -> tuple[RunningTopK, RunningSample, float]:
+        scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k, "sample_size": sample_size}, cfg,
+                                 use_gpu)
+        best, sample, merge_seconds = RunningTopK(k), RunningSample(sample_size), 0.0
         for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
             _raise_on_bad_rows(batch)
             t = time.perf_counter()
-            best.add(batch["id"], batch["score"])
+            top, sampled = batch["top"], batch["sampled"]
+            best.add(batch["id"][top], batch["score"][top])
+            sample.add(batch["id"][sampled], batch["priority"][sampled], batch["score"][sampled])
             merge_seconds += time.perf_counter() - t
-        return best, merge_seconds
+        return best, sample, merge_seconds
 
-    best, merge_seconds = _streamed(fold, cfg)
+    best, sample, merge_seconds = _streamed(fold, cfg)
     t = time.perf_counter()
     ids, scores = best.result()
+    scores_sample = sample.result()
     merge_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
     log.info("scored; folded %d candidate rows in %.2f s of %.1f s", best.rows_seen, merge_seconds, seconds)
-    return Selection(ids, scores, best.rows_seen, seconds, merge_seconds)
+    return Selection(ids, scores, best.rows_seen, seconds, merge_seconds, scores_sample)
 
 
 def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,

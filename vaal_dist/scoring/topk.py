@@ -3,12 +3,32 @@
 The global top-b of a pool is contained in the union of the top-b of any partition of it, so each
 scoring batch keeps only its own top-b and the driver folds those into a running top-b: the answer is the
 same as a full sort of every score, and memory is O(b + batch) wherever this runs.
+
+The same pass keeps a sample of the pool's scores for its distribution (``RunningSample``): the rows whose ids
+hash highest, a fixed number of them, folded the same way.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+
+SAMPLE_SIZE = 10_000     # scores kept for a round's score distribution, whatever the pool's size
+
+
+@dataclass(frozen=True)
+class ScoreSample:
+    """Scores of a uniform sample of the scored rows: every row when there were at most ``limit``."""
+
+    ids: np.ndarray        # (n,) str, n <= limit
+    scores: np.ndarray     # (n,) float64
+    limit: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether these are all the scores (fewer rows than the limit were scored)."""
+        return len(self.ids) < self.limit
 
 
 @dataclass(frozen=True)
@@ -19,7 +39,8 @@ class Selection:
     scores: np.ndarray     # (b,) float64
     candidates: int        # rows sent to the driver to choose from (each batch's top-b, or every embedding)
     seconds: float         # wall time of the selection, merging included
-    merge_seconds: float   # driver time spent choosing from the candidates
+    merge_seconds: float   # driver time spent choosing from the candidates (and folding the score sample)
+    sample: ScoreSample | None = None   # the pool's score distribution, where scores were streamed
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,15 +57,20 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
         raise ValueError(f"ids and scores must be 1-d of one length, got {ids.shape} and {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite")
+    best = top_rows(ids, scores, k)
+    return ids[best], scores[best]
+
+
+def top_rows(ids: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k rows with the highest key, ties by smallest id, in that order."""
+    rows = np.arange(len(keys))
     if k == 0:
-        return ids[:0], scores[:0]
-    if len(scores) > k:
-        # Every row scoring at least the k-th largest score is a candidate (ties at the cut included).
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        keep = scores >= kth
-        ids, scores = ids[keep], scores[keep]
-    order = np.lexsort((ids, -scores))[:k]
-    return ids[order], scores[order]
+        return rows[:0]
+    if len(keys) > k:
+        # Every row keyed at least the k-th largest key is a candidate (ties at the cut included).
+        kth = np.partition(keys, len(keys) - k)[len(keys) - k]
+        rows = np.flatnonzero(keys >= kth)
+    return rows[np.lexsort((ids[rows], -keys[rows]))[:k]]
 
 
 class RunningTopK:
@@ -81,8 +107,9 @@ class RunningTopK:
 
     def _fold(self) -> None:
         parts = [(self._ids, self._scores), *self._pending]
-        ids, scores = _one_per_id(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        self._ids, self._scores = top_k(ids, scores, self.k)
+        ids, scores = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        once = _one_per_id(ids, scores)
+        self._ids, self._scores = top_k(ids[once], scores[once], self.k)
         self._pending, self._pending_rows = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +118,67 @@ class RunningTopK:
         return self._ids, self._scores
 
 
-def _one_per_id(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each id once, with its highest score."""
+def _one_per_id(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Positions of each id once, the row with its highest score."""
     order = np.lexsort((-scores, ids))
-    ids, scores = ids[order], scores[order]
     first = np.ones(len(ids), dtype=bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return ids[first], scores[first]
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    return order[first]
+
+
+def sample_priorities(ids) -> np.ndarray:
+    """Each id's claim to a place in the score sample, uniform in [0, 1) from the id alone, (N,) float64.
+    blake2b personalised for this use: independent of the random strategy's seeded scores of the same ids,
+    whatever its seed (a sample of the rows those score highest would be the top of the distribution)."""
+    digests = (hashlib.blake2b(str(i).encode(), digest_size=8, person=b"score-sample").digest()
+               for i in ids)
+    bits = np.fromiter((int.from_bytes(d, "little") for d in digests), np.uint64, count=len(ids))
+    return (bits >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+
+
+class RunningSample:
+    """The ``size`` rows of highest priority so far (ties by smallest id) with their scores, in
+    O(size + pending) rows: with ``sample_priorities`` a uniform sample of a stream's scores, the same for any
+    split or order of the stream (it is the top-size of the priorities, found as ``RunningTopK`` finds the
+    top-b). An id added again (a batch a restarted actor rescored) is kept once, with its highest score.
+
+    ``add`` returns which rows could still be in the sample: a scoring actor that keeps its own sample of
+    its batches sends the driver only those, since a row of the stream's sample is in the sample of any part
+    of the stream that holds it."""
+
+    def __init__(self, size: int = SAMPLE_SIZE, fold_at: int = 65536):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = size
+        self._fold_at = max(size, fold_at)
+        self._ids, self._priorities, self._scores = np.array([], str), np.array([]), np.array([])
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0
+
+    def add(self, ids, priorities, scores) -> np.ndarray:
+        ids = np.asarray(ids, dtype=str)
+        priorities, scores = np.asarray(priorities, np.float64), np.asarray(scores, np.float64)
+        if not (ids.shape == priorities.shape == scores.shape and ids.ndim == 1):
+            raise ValueError(f"ids, priorities and scores must be 1-d of one length, got {ids.shape}, "
+                             f"{priorities.shape} and {scores.shape}")
+        keep = np.ones(len(ids), bool)
+        if len(self._ids) == self.size:
+            keep = priorities >= self._priorities[-1]     # below the current size-th can never enter
+        self._pending.append((ids[keep], priorities[keep], scores[keep]))
+        self._pending_rows += int(keep.sum())
+        if self._pending_rows > self._fold_at:
+            self._fold()
+        return keep
+
+    def _fold(self) -> None:
+        parts = [(self._ids, self._priorities, self._scores), *self._pending]
+        ids, priorities, scores = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        once = _one_per_id(ids, scores)
+        ids, priorities, scores = ids[once], priorities[once], scores[once]
+        best = top_rows(ids, priorities, self.size)
+        self._ids, self._priorities, self._scores = ids[best], priorities[best], scores[best]
+        self._pending, self._pending_rows = [], 0
+
+    def result(self) -> ScoreSample:
+        self._fold()
+        return ScoreSample(self._ids, self._scores, self.size)

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports: a round's ``report.html``, an experiment's ``experiment.html`` (``pages``)."""
