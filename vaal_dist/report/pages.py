@@ -10,12 +10,16 @@ Both pages are written atomically (``pool.io.write_atomic``): a reader sees a wh
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaal_dist.experiment_report import summarize
 from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, retrying, write_atomic, write_parquet
+from vaal_dist.redaction import redact
 from vaal_dist.report.html import Fact, Series, Thumb, contact_sheet, esc, facts, histogram_svg, line_chart_svg, \
     page, table
 from vaal_dist.report.thumbnails import data_urls
@@ -26,11 +30,14 @@ EXPERIMENT_REPORT = "experiment.html"
 SCORES_SAMPLE = "scores-sample.parquet"
 SHEET_LIMIT = 500           # thumbnails on a page; the rest are counted
 
+log = logging.getLogger(__name__)
+
 
 def write_round_report(out: str, pool: str, meta: PoolMeta, record: dict, ids: np.ndarray, scores: np.ndarray,
                        sample: ScoreSample | None, limit: int = SHEET_LIMIT) -> str:
     """Write ``scores-sample.parquet`` (when there is a sample) and ``report.html`` under ``out``; returns
     the report's URI. ``ids``/``scores``: the selection, best first; ``pool``: the unredacted pool URI."""
+    start = time.perf_counter()
     if sample is not None:
         write_parquet(join(out, SCORES_SAMPLE), pa.table(
             {"id": pa.array(sample.ids, pa.string()), "score": pa.array(sample.scores, pa.float64())},
@@ -41,6 +48,7 @@ def write_round_report(out: str, pool: str, meta: PoolMeta, record: dict, ids: n
               for rank, (i, score) in enumerate(zip(shown, scores), start=1)]
     uri = join(out, REPORT)
     write_atomic(uri, round_page(record, thumbs, np.asarray(scores, np.float64), sample).encode())
+    log.info("wrote %s in %.1f s", redact(uri), time.perf_counter() - start)
     return uri
 
 

@@ -1,8 +1,8 @@
 """Thumbnails of chosen pool images as data: URLs, read from the shards by id.
 
 Only the id column of each row group is read to find the chosen ids, and the image column only of row groups
-that hold one, a row group at a time: the driver never holds more of the pool than one row group per read
-thread, whatever the pool's size.
+that hold one, a row group at a time, each image made a thumbnail at once: the driver never holds more of the
+pool than one row group per read thread, whatever the pool's size.
 """
 from __future__ import annotations
 
@@ -29,22 +29,23 @@ def data_urls(pool: str, meta: PoolMeta, ids: list[str]) -> dict[str, str | Exce
     wanted = pa.array(ids, pa.string())
     fs, files = pool_files(pool)
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(files)))) as threads:
-        found = list(threads.map(lambda path: _images_in_shard(fs, path, wanted), files))
-    return {i: _thumbnail_url(image, meta) for part in found for i, image in part.items()}
+        found = list(threads.map(lambda path: _thumbnails_in_shard(fs, path, wanted, meta), files))
+    return {i: url for part in found for i, url in part.items()}
 
 
-def _images_in_shard(fs, path: str, wanted: pa.Array) -> dict[str, bytes]:
-    def read() -> dict[str, bytes]:
+def _thumbnails_in_shard(fs, path: str, wanted: pa.Array, meta: PoolMeta) -> dict[str, str | Exception]:
+    def read() -> dict[str, str | Exception]:
         with fs.open_input_file(path) as f:
             parquet = pq.ParquetFile(f, page_checksum_verification=True)
-            images = {}
+            urls = {}
             for group in range(parquet.num_row_groups):
                 ids = parquet.read_row_group(group, columns=["id"]).column("id")
                 hits = pc.is_in(ids, value_set=wanted)
                 if pc.any(hits).as_py():
                     rows = parquet.read_row_group(group, columns=["id", "image"]).filter(hits)
-                    images.update(zip(rows.column("id").to_pylist(), rows.column("image").to_pylist()))
-            return images
+                    urls.update((i, _thumbnail_url(image, meta)) for i, image in
+                                zip(rows.column("id").to_pylist(), rows.column("image").to_pylist()))
+            return urls
     return retrying(f"cannot read shard {path} for the report's thumbnails", read)
 
 
