@@ -255,19 +255,20 @@ def test_labels_accumulate_across_rounds_under_one_list_of_classes(round1, tmp_p
 def test_a_pool_without_labels_takes_them_from_labels_parquet_beside_the_manifest(round1, tmp_path):
     out, ids, _ = round1
     sel = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
-    import_labels(write_export(tmp_path / "e.json", [label_studio_task(sel[0], choice("two"))]), out,
+    import_labels(write_export(tmp_path / "e.json", [label_studio_task(sel[0], choice("zero"))]), out,
                   classes=CLASSES)
     cfg = RoundConfig(pool=str(tmp_path / "pool"), labeled=f"{out}/labeled.parquet", out=str(tmp_path / "r2"),
                       budget=2, strategy="entropy")
     inputs = RoundInputs(cfg, PoolMeta("raw", (8, 8, 1)), pa.array([sel[0]]), str(tmp_path / "r2" / "train"))
-    assert inputs.imported_labels.to_pydict() == {"id": [sel[0]], "label": [2]}
+    assert inputs.imported_labels.to_pydict() == {"id": [sel[0]], "label": [0]}
+    # three classes, though only class 0 has a label yet: the task model predicts every class named
     assert check_labels(cfg.pool, pa.array([sel[0]]), inputs.imported_labels) == 3
     with pytest.raises(InputError, match=r"has no label for 1 labeled images, e.g. \['im/000'\]"):
         check_labels(cfg.pool, pa.array([sel[0], ids[0]]), inputs.imported_labels)
     with pytest.raises(InputError, match="no 'label' column and there is no labels.parquet"):
         check_labels(cfg.pool, pa.array([sel[0]]))
     batch = add_labels(pa.table({"id": [ids[0], sel[0]]}), inputs.imported_labels)
-    assert batch.column("label").to_pylist() == [None, 2]
+    assert batch.column("label").to_pylist() == [None, 0]
 
 
 def test_a_pool_with_a_label_column_keeps_reading_it(tmp_path):

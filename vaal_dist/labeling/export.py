@@ -46,7 +46,6 @@ SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
 class Round:
     """What an export and an import need of a finished round."""
 
-    out: str
     pool: str
     labeled: str
     strategy: str
@@ -66,7 +65,7 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None) ->
     fs, path = resolve(join(out, SELECTION))
     selection = retrying(f"cannot read {out!r}'s selection", lambda: pq.read_table(
         path, filesystem=fs, page_checksum_verification=True)).sort_by("rank")
-    return Round(out, pool, labeled, config["strategy"], selection)
+    return Round(pool, labeled, config["strategy"], selection)
 
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,

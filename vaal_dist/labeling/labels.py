@@ -14,11 +14,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import exists, join, pool_files, read_json, resolve, retrying, write_parquet
+from vaal_dist.pool.io import IMPORTED_CLASSES, exists, join, pool_files, read_json, resolve, retrying, \
+    write_parquet
 
 LABELS = "labels.parquet"
 CLASSES = "classes.json"       # a prepared pool's class folder -> label (pool/prepare.py)
-CLASSES_KEY = b"vaal_dist.classes"    # labels.parquet's schema metadata: the class names, in label order
 
 LABELS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int64()), ("annotator", pa.string()),
                            ("time", pa.timestamp("us", tz="UTC"))])
@@ -55,22 +55,24 @@ def read_labels(uri: str) -> tuple[pa.Table, list[str]]:
     fs, path = resolve(uri)
     table = retrying(f"cannot read {uri!r}", lambda: pq.read_table(path, filesystem=fs,
                                                                     page_checksum_verification=True))
-    classes = json.loads((table.schema.metadata or {}).get(CLASSES_KEY, b"[]"))
+    classes = json.loads((table.schema.metadata or {}).get(IMPORTED_CLASSES, b"[]"))
     return table.cast(LABELS_SCHEMA), classes
 
 
 def labels_beside(manifest: str) -> pa.Table | None:
-    """The (id, label) rows of labels.parquet beside ``manifest``, or None when it has none."""
+    """The (id, label) rows of labels.parquet beside ``manifest``, its class names in the schema's metadata, or
+    None when it has none."""
     uri = beside(manifest, LABELS)
     if not exists(uri):
         return None
-    return read_labels(uri)[0].select(["id", "label"])
+    table, classes = read_labels(uri)
+    return table.select(["id", "label"]).replace_schema_metadata({IMPORTED_CLASSES: json.dumps(classes).encode()})
 
 
 def write_labels(uri: str, table: pa.Table, classes: list[str]) -> None:
     """labels.parquet: ``table`` (LABELS_SCHEMA's columns) sorted by id, the class names in its metadata."""
     table = table.cast(LABELS_SCHEMA).sort_by("id")
-    write_parquet(uri, table.replace_schema_metadata({CLASSES_KEY: json.dumps(classes).encode()}))
+    write_parquet(uri, table.replace_schema_metadata({IMPORTED_CLASSES: json.dumps(classes).encode()}))
 
 
 def add_labels(batch: pa.Table, labels: pa.Table) -> pa.Table:

@@ -439,13 +439,18 @@ def check_labels(pool: str, ids: pa.Array, imported: pa.Table | None = None) -> 
     return int(pc.max(all_labels).as_py() or 0) + 1
 
 
+IMPORTED_CLASSES = b"vaal_dist.classes"     # labels.parquet's metadata: its class names, in label order
+
+
 def _check_imported_labels(imported: pa.Table, ids: pa.Array) -> int:
-    """1 + the largest label of labels.parquet, once each of ``ids`` has one there."""
+    """The number of class names labels.parquet holds (else 1 + its largest label), once each of ``ids`` has a
+    label there: a class nobody has labeled yet is still one the task model predicts."""
     missing = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=imported.column("id"))))
     if len(missing):
         raise InputError(f"labels.parquet beside the labeled manifest has no label for {len(missing)} labeled "
                          f"images, e.g. {missing[:5].to_pylist()}")
-    return int(pc.max(imported.column("label")).as_py() or 0) + 1
+    named = (imported.schema.metadata or {}).get(IMPORTED_CLASSES)
+    return len(json.loads(named)) if named else int(pc.max(imported.column("label")).as_py() or 0) + 1
 
 
 def read_manifest(uri: str) -> pa.Array:

