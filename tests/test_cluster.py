@@ -29,7 +29,7 @@ import vaal_dist.strategies.vaal as vaal_strategy
 from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
     round_config, s3_uri, vaal_checkpoint, vaal_trained_as
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
-from vaal_dist.errors import ScoringFailedError
+from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.placement import shared_storage_problem
 from vaal_dist.pool.io import join, read_pool_meta, resolve, write_manifest
@@ -350,12 +350,14 @@ def test_local_paths_on_several_nodes_are_used_where_every_node_sees_them_and_re
     """On two nodes of one machine a local pool and --out are the same files everywhere: accepted, and the
     check leaves no --out behind. /proc/self/cwd/... names each process's own working folder: the driver's is
     moved away from the one every node's processes started in, so each node sees other files there, as
-    nodes without a shared mount would, and both paths are refused, naming the nodes. Object storage is one
+    nodes without a shared mount would, and both paths are refused, naming the nodes, and a round given them stops before it writes anything. Object storage is one
     store for every node: accepted without a look."""
-    make_raw_pool(tmp_path / "pool", 16, shards=2)
+    ids = make_raw_pool(tmp_path / "pool", 16, shards=2)
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:2])
 
     def config(pool: str, out: str) -> RoundConfig:
-        return RoundConfig(pool=pool, labeled="unused", out=out, budget=1)
+        return RoundConfig(pool=pool, labeled=str(tmp_path / "labeled.parquet"), out=out, budget=1,
+                           strategy="random")
 
     with loopback_cluster(0, 1):
         nodes = {n["NodeID"][:8] for n in ray.nodes() if n["Alive"]}
@@ -367,6 +369,10 @@ def test_local_paths_on_several_nodes_are_used_where_every_node_sees_them_and_re
                                   "--out, but the pool '/proc/self/cwd/pool' is not the files the driver lists on ")
         assert ". And --out '/proc/self/cwd/out' is not the folder the driver writes on " in problem
         assert {name for name in nodes if problem.count(f"node {name} (127.0.0.1): ") == 2} == nodes
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(InputError) as refused:
+            run_round(config("/proc/self/cwd/pool", "/proc/self/cwd/out"))
+        assert str(refused.value).startswith(problem.split(" on ")[0])
         assert not (tmp_path / "out").exists()
         assert shared_storage_problem(config("s3://bucket/pool", "gs://bucket/out")) is None
 

@@ -28,6 +28,7 @@ import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import round_lock
+from vaal_dist.placement import shared_storage_problem
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, exists, join, \
     pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, retrying, \
     write_json, write_parquet
@@ -180,6 +181,9 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     with _damage_named(cfg.pool):
         inputs.check(strategy.trains)        # refused input leaves nothing behind, not even inputs.json
+    problem = shared_storage_problem(cfg)    # a path only some nodes see would fail late, on a worker
+    if problem:
+        raise InputError(problem)
     # Held from the checks of what --out holds to the last write: a run that passed the checks before another
     # started could otherwise write over it (docs/reliability.md).
     with round_lock(cfg.out):
