@@ -299,3 +299,19 @@ def test_the_commands_export_and_import_and_print_what_they_wrote(round1, tmp_pa
                                                     f"labels: {out}/labels.parquet"]
     with pytest.raises(SystemExit):
         parser.parse_args(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])
+
+
+def test_export_reads_only_the_shards_that_hold_selected_ids(round1, tmp_path):
+    """The pool is scanned by id: a shard none of whose ids is selected is skipped on its footer's id range, so
+    its pages, here garbage, are never read (read, they would fail their checksums)."""
+    out, ids, _ = round1
+    shards = sorted((tmp_path / "pool").glob("part-*.parquet"))
+    finished_round(out, tmp_path / "pool", tmp_path / "labeled.parquet", [ids[30], ids[39], ids[27]])
+    data = bytearray(shards[0].read_bytes())           # the first shard holds ids 0..12: none selected
+    data[4:len(data) // 2] = bytes(len(data) // 2 - 4)
+    shards[0].write_bytes(bytes(data))
+    tasks = json.loads(open(export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES)[0]).read())
+    assert [t["data"]["id"] for t in tasks] == [ids[30], ids[39], ids[27]]
+    finished_round(out, tmp_path / "pool", tmp_path / "labeled.parquet", [ids[3]])
+    with pytest.raises(InputError, match=f"cannot read pool .*: shard .*{shards[0].name}"):
+        export_selection(out, "label-studio", str(tmp_path / "ls2"), classes=CLASSES)

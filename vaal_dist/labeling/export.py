@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -38,6 +39,7 @@ FORMATS = ("label-studio", "coco", "csv")
 MAX_TASKS = 100_000
 LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what import_labels reads back
 IMAGE_FIELD = "image"
+LINK_THREADS = 16             # images written and signed at once
 WEEK_S = 7 * 24 * 3600         # the longest expiry a SigV4 (S3) or V4 (GCS) signed URL may have
 SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
 
@@ -90,7 +92,9 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         gone = [i for i in rows.column("id").to_pylist() if i not in images]
         if gone:
             raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
-        tasks = [_task(row, done.strategy, images[row["id"]], meta, link) for row in rows.to_pylist()]
+        with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
+            tasks = list(threads.map(lambda row: _task(row, done.strategy, images[row["id"]], meta, link),
+                                     rows.to_pylist()))
         name, data = WRITERS[to](tasks, names, part)
         write_atomic(join(dest, name), data)
         written.append(join(dest, name))
@@ -101,13 +105,16 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
 
 
 def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
-    """(id, image bytes) of the pool's rows whose id is in ``ids``: a scan of the id and image columns that
-    keeps only those rows, a record batch at a time."""
+    """(id, image bytes) of the pool's rows whose id is in ``ids``: each shard's id and image columns scanned
+    with that filter, a record batch at a time; a row group whose id range holds none of them is not read."""
     fs, files = pool_files(pool)
-    dataset = retrying(f"cannot read pool {pool!r}", lambda: pads.dataset(files, filesystem=fs,
-                                                                          format=VERIFIED_PARQUET))
-    for batch in dataset.to_batches(columns=["id", "image"], filter=pc.field("id").isin(ids)):
-        yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
+    for path in files:
+        try:
+            shard = pads.dataset(path, filesystem=fs, format=VERIFIED_PARQUET)
+            for batch in shard.to_batches(columns=["id", "image"], filter=pc.field("id").isin(ids)):
+                yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"cannot read pool {pool!r}: shard {path}: {e}") from e
 
 
 @dataclass(frozen=True)
