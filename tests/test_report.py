@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_raw_pool
-from vaal_dist.pool.io import read_pool_meta, write_parquet
+from conftest import make_raw_pool, png_bytes
+from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_parquet, write_pool
 from vaal_dist.report.html import Thumb, contact_sheet, histogram_svg
 from vaal_dist.report.pages import REPORT, SCORES_SAMPLE, experiment_page, round_page, write_missing_round_report, \
     write_round_report
@@ -151,6 +151,20 @@ def test_a_round_report_shows_the_first_thumbnails_read_by_id_and_counts_the_res
     assert float(page.having(id="cut-off")[0][1]["data-value"]) == 0.5
     written = pq.read_table(tmp_path / "out" / SCORES_SAMPLE)
     assert written.column("id").to_pylist() == list(ids[:30]) and written.schema.metadata[b"limit"] == b"10000"
+
+
+def test_encoded_images_become_thumbnails_and_an_undecodable_one_says_why(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {"big.png": png_bytes(rng, 200), "small.png": png_bytes(rng, 16), "text": b"not an image"}
+    write_pool(str(tmp_path / "pool"), [pa.table({"id": list(images), "image": list(images.values())})], PoolMeta())
+    write_round_report(str(tmp_path / "out"), str(tmp_path / "pool"), PoolMeta(), record(budget=4),
+                       np.array(["text", "big.png", "small.png", "gone"]), np.array([4.0, 3.0, 2.0, 1.0]), None)
+    page = Page((tmp_path / "out" / REPORT).read_text())
+    assert {a["alt"]: a["src"][:22] for t, a in page.elements if t == "img"} == {
+        "big.png": "data:image/jpeg;base64", "small.png": "data:image/png;base64,"}   # 96 px JPEG; 16 px PNG
+    text = (tmp_path / "out" / REPORT).read_text()
+    assert "cannot show: RefusedImage: not a JPEG or PNG image" in text and "not in the pool" in text
+    assert len(page.having(**{"class": "thumb"})) == 4 and not (tmp_path / "out" / SCORES_SAMPLE).exists()
 
 
 def test_ids_are_escaped_and_nothing_is_loaded_from_elsewhere():
