@@ -29,7 +29,8 @@ from vaal_dist.pool.default import mnist_pixels
 from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
 from vaal_dist.round import run_round
 
-pytestmark = pytest.mark.slow
+# The first run installs Label Studio (6 min here at load 40) and migrates its database (3.5 min at load 60).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 LABEL_STUDIO = "label-studio>=1.13,<2"
 # Read at import, before conftest's private HOME is set: the environment is built once per machine, not per run.
