@@ -315,3 +315,16 @@ def test_export_reads_only_the_shards_that_hold_selected_ids(round1, tmp_path):
     finished_round(out, tmp_path / "pool", tmp_path / "labeled.parquet", [ids[3]])
     with pytest.raises(InputError, match=f"cannot read pool .*: shard .*{shards[0].name}"):
         export_selection(out, "label-studio", str(tmp_path / "ls2"), classes=CLASSES)
+
+
+def test_an_export_without_annotations_or_in_no_known_format_is_refused(round1, tmp_path):
+    out, _, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    with pytest.raises(InputError, match="holds no annotation"):
+        import_labels(write_export(tmp_path / "e.json", [label_studio_task(selection[0])]), out, classes=CLASSES)
+    with pytest.raises(InputError, match="neither Label Studio's JSON export"):
+        import_labels(write_export(tmp_path / "f.json", {"tasks": []}), out, classes=CLASSES)
+    (tmp_path / "g.csv").write_text("image,class\nx,one\n")
+    with pytest.raises(InputError, match="needs the columns id and label"):
+        import_labels(str(tmp_path / "g.csv"), out, classes=CLASSES)
+    assert not (tmp_path / "round-1" / "labeled.parquet").exists()

@@ -81,18 +81,17 @@ def _checked(answers: list[Answer], selection: pa.Array, pool: str, names: list[
     by_id: dict[str, list[Answer]] = defaultdict(list)
     for a in answers:
         by_id[a.id].append(a)
+    if not by_id:
+        raise InputError(f"{source}: import refused: it holds no annotation")
     problems = {i: [a.problem for a in given if a.problem] for i, given in by_id.items()}
     for a in answers:
         if a.label is not None and a.label not in names:
             problems[a.id].append(f"unknown class name {a.label!r} (classes: {names})")
     _not_selected(problems, selection, pool)
     for i, given in by_id.items():
-        labels = sorted({a.label for a in given if a.label is not None})
-        if len(labels) > 1:
+        if len({a.label for a in given if a.label is not None}) > 1:
             who = ", ".join(f"{a.label!r} by {a.annotator or 'an unnamed annotator'}" for a in given if a.label)
             problems[i].append(f"conflicting labels: {who}")
-    if not by_id:
-        raise InputError(f"{source}: import refused: it holds no annotation")
     bad = {i: p for i, p in problems.items() if p}
     if bad:
         shown = "; ".join(f"{i!r}: {', '.join(p)}" for i, p in list(bad.items())[:SHOWN_PROBLEMS])
