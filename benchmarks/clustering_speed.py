@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/clustering_speed.py cluster --n 1000000 --dim 512 --exact-sizes 5000 10000 20000
     .venv/bin/python benchmarks/clustering_speed.py select --n 1000000 --budget 50000
-    .venv/bin/python benchmarks/clustering_speed.py typiclust --n 1000000 --dim 32 --budget 10000 --authors-n 1000000
+    .venv/bin/python benchmarks/clustering_speed.py typiclust --n 1000000 --dim 512 --budget 10000 --plain-sizes 20000 50000
     .venv/bin/python benchmarks/clustering_speed.py ari --n 2000
 
 Seeded Gaussian blobs (100 blob centres N(0, 1), points N(centre, 1) per coordinate). Every command
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import time
 
 import numpy as np
@@ -47,10 +48,25 @@ def machine() -> str:
     return f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}, float32 GEMM {rate:.0f} GFLOP/s"
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
+class Timing:
+    """Wall seconds, this process's CPU seconds (all its threads) and the 1-minute load average around a call."""
+
+    def __init__(self, wall: float, cpu: float, load: tuple[float, float]):
+        self.wall, self.cpu, self.load = wall, cpu, load
+
+    def __str__(self) -> str:
+        return f"{self.wall:.1f} s ({self.cpu:.1f} CPU s, load {self.load[0]:.1f}-{self.load[1]:.1f})"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(fn, *args, **kwargs) -> tuple[object, Timing]:
+    load, cpu, start = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
+    return out, Timing(time.perf_counter() - start, cpu_seconds() - cpu, (load, os.getloadavg()[0]))
 
 
 def bench_cluster(args) -> None:
@@ -63,18 +79,19 @@ def bench_cluster(args) -> None:
     k = default_centroids(args.n)
     print(f"| vaal_dist cluster_pool, {args.n:,} x {args.dim}, K = {k} cells -> {k // 4} clusters | ", end="",
           flush=True)
-    _, seconds = timed(cluster_pool, x, ids)
-    print(f"{seconds:.1f} s | k-means {kmeans_tflop(args.n, k, args.dim):.1f} TFLOP |", flush=True)
+    _, ours = timed(cluster_pool, x, ids)
+    print(f"{ours} | k-means {kmeans_tflop(args.n, k, args.dim):.1f} TFLOP |", flush=True)
     for m in args.exact_sizes:
         sub = x[:m]
         n_clusters = default_centroids(m) // 4
-        exact, exact_s = timed(AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict, sub)
-        ours, ours_s = timed(cluster_pool, sub, ids[:m])
-        extrapolated = exact_s * (args.n / m) ** 2 / 3600
+        exact, exact_t = timed(AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict, sub)
+        small, small_t = timed(cluster_pool, sub, ids[:m])
+        scale = (args.n / m) ** 2
         print(f"| sklearn AgglomerativeClustering(average), {m:,} x {args.dim}, {n_clusters} clusters | "
-              f"{exact_s:.1f} s (distance matrix {m * (m - 1) / 2 * 8 / 2**30:.1f} GiB; x (N/m)^2 at N = "
-              f"{args.n:,}: {extrapolated:.0f} h, {args.n * (args.n - 1) / 2 * 8 / 2**40:.1f} TiB) | "
-              f"ours on the same points {ours_s:.1f} s, ARI {adjusted_rand_score(exact, ours.cluster):.3f} |",
+              f"{exact_t} (distance matrix {m * (m - 1) / 2 * 8 / 2**30:.1f} GiB); x (N/m)^2 = {scale:,.0f} at "
+              f"N = {args.n:,}: extrapolated {exact_t.wall * scale / 3600:,.0f} h wall, "
+              f"{exact_t.cpu * scale / 3600:,.0f} CPU h, {args.n * (args.n - 1) / 2 * 8 / 2**40:.1f} TiB | "
+              f"ours on the same points {small_t}, ARI {adjusted_rand_score(exact, small.cluster):.3f} |",
               flush=True)
 
 
@@ -107,12 +124,12 @@ def bench_select(args) -> None:
     ids = pool_ids(args.n)
     scores = rng.random(args.n).round(4)                    # rounded: ties at the k_m edge
     clusters = rng.integers(0, args.clusters, args.n)
-    picks, ours_s = timed(select, scores, clusters, ids, args.budget)
+    picks, ours = timed(select, scores, clusters, ids, args.budget)
     print(f"| vaal_dist select, {args.n:,} points, {args.clusters} clusters, b = {args.budget:,}, k_m = 10 b | "
-          f"{ours_s:.1f} s | reference |", flush=True)
-    plain, plain_s = timed(plain_round_robin, scores, clusters, ids, args.budget)
+          f"{ours} | reference |", flush=True)
+    plain, plain_t = timed(plain_round_robin, scores, clusters, ids, args.budget)
     same = "same picks, same order" if np.array_equal(plain, picks) else "DIFFERENT picks"
-    print(f"| plain Python round-robin (full sort, dict of lists) | {plain_s:.1f} s | {same} |", flush=True)
+    print(f"| plain Python round-robin (full sort, dict of lists) | {plain_t} | {same} |", flush=True)
 
 
 def authors_typiclust(x, labeled, budget, seed=0, neighbours=20, min_size=5):
@@ -148,9 +165,35 @@ def kmeans_tflop(n: int, k: int, dim: int) -> float:
     return (n + 10 * min(n, 2 ** 17)) * 2 * k * dim / 1e12
 
 
+def plain_typiclust(x, budget, neighbours=20, min_size=5, seed=0):
+    """The straightforward TypiClust with nothing labeled: sklearn KMeans (one Lloyd run to convergence) into
+    b clusters, then per cluster, largest first, sklearn NearestNeighbors and the point of least mean
+    Euclidean distance to its K = min(20, n // 2) nearest. Returns (assign, picks, kmeans Timing, k-NN Timing)."""
+    from sklearn.cluster import KMeans
+
+    assign, kmeans_t = timed(KMeans(n_clusters=budget, n_init=1, random_state=seed).fit_predict, x)
+    picks, knn_t = timed(plain_typical_picks, x, assign, budget, neighbours, min_size)
+    return assign, picks, kmeans_t, knn_t
+
+
+def plain_typical_picks(x, assign, budget, neighbours, min_size):
+    from sklearn.neighbors import NearestNeighbors
+
+    sizes = np.bincount(assign, minlength=budget)
+    picks = []
+    for c in np.lexsort((np.arange(budget), -sizes)):
+        rows = np.flatnonzero(assign == c)
+        if len(rows) <= min_size:
+            continue
+        k = min(neighbours, len(rows) // 2)
+        dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x[rows]).kneighbors(x[rows])
+        picks.append(rows[np.argmin(dist[:, 1:].mean(1))])
+    return np.array(picks)
+
+
 def bench_typiclust(args) -> None:
     """typiclust.select's three steps timed one by one (the same calls it makes), so a run cut short
-    still reports the finished ones."""
+    still reports the finished ones; then the straightforward implementation at smaller sizes."""
     from vaal_dist.clustering import typiclust
     from vaal_dist.clustering.kmeans import nearest_centroids, train_centroids
 
@@ -158,20 +201,33 @@ def bench_typiclust(args) -> None:
     labeled = np.zeros(args.n, bool)
     labeled[np.random.default_rng(1).choice(args.n, args.labeled, replace=False)] = True
     k = args.labeled + args.budget
-    print(f"| vaal_dist typiclust, {args.n:,} x {args.dim}, |L| = {args.labeled:,}, b = {args.budget:,} "
-          f"({k:,} clusters; k-means {kmeans_tflop(args.n, k, args.dim):.1f} TFLOP) | ", end="", flush=True)
-    centroids, train_s = timed(train_centroids, x, k)
-    print(f"train {train_s:.1f} s, ", end="", flush=True)
-    assign, assign_s = timed(nearest_centroids, x, centroids)
-    print(f"assign {assign_s:.1f} s, ", end="", flush=True)
-    result, pick_s = timed(typiclust.select_in_clusters, x, ids, labeled, assign, args.budget)
-    print(f"typicality and picks {pick_s:.1f} s: **{train_s + assign_s + pick_s:.1f} s** | "
-          f"{len(set(result.cluster.tolist())):,} clusters picked from |", flush=True)
+    if not args.skip_ours:
+        print(f"| vaal_dist typiclust, {args.n:,} x {args.dim}, |L| = {args.labeled:,}, b = {args.budget:,} "
+              f"({k:,} clusters; k-means {kmeans_tflop(args.n, k, args.dim):.1f} TFLOP) | ", end="", flush=True)
+        centroids, train_t = timed(train_centroids, x, k)
+        print(f"train {train_t}, ", end="", flush=True)
+        assign, assign_t = timed(nearest_centroids, x, centroids)
+        print(f"assign {assign_t}, ", end="", flush=True)
+        result, pick_t = timed(typiclust.select_in_clusters, x, ids, labeled, assign, args.budget)
+        print(f"typicality and picks {pick_t}: **{train_t.wall + assign_t.wall + pick_t.wall:.1f} s, "
+              f"{train_t.cpu + assign_t.cpu + pick_t.cpu:.0f} CPU s** | "
+              f"{len(set(result.cluster.tolist())):,} clusters picked from |", flush=True)
+    for m in args.plain_sizes:
+        b = max(1, round(args.budget * m / args.n))        # the same ~N / b points a cluster
+        sub, none = x[:m], np.zeros(m, bool)
+        assign, plain, kmeans_t, knn_t = plain_typiclust(sub, b)
+        ours = typiclust.select_in_clusters(sub, ids[:m], none, assign, len(plain)).picks
+        same = "same picks, same order" if np.array_equal(ours, plain) else (
+            f"{len(set(ours.tolist()) & set(plain.tolist()))} of {len(plain)} picks equal")
+        print(f"| sklearn KMeans + NearestNeighbors, {m:,} x {args.dim}, b = {b:,} | KMeans {kmeans_t} -> "
+              f"x (N/m)(b/b_m) = {args.n / m * args.budget / b:,.0f}: extrapolated {kmeans_t.wall * args.n / m * args.budget / b:,.0f} s; "
+              f"k-NN and picks {knn_t} -> x N/m: {knn_t.wall * args.n / m:,.0f} s | given sklearn's clusters, "
+              f"vaal_dist's picks: {same} |", flush=True)
     if args.authors_n:
         m = args.authors_n
-        _, authors_s = timed(authors_typiclust, x[:m], labeled[:m], args.budget)
+        _, authors_t = timed(authors_typiclust, x[:m], labeled[:m], args.budget)
         print(f"| authors' procedure (MiniBatchKMeans + per-cluster FAISS), {m:,} x {args.dim} | "
-              f"{authors_s:.1f} s | |", flush=True)
+              f"{authors_t} | |", flush=True)
 
 
 def bench_ari(args) -> None:
@@ -229,6 +285,9 @@ def main() -> None:
     t.add_argument("--budget", type=int, default=10_000)
     t.add_argument("--labeled", type=int, default=0)
     t.add_argument("--authors-n", type=int, default=0, help="also run the authors' procedure on this many points")
+    t.add_argument("--plain-sizes", type=int, nargs="*", default=[],
+                   help="run sklearn KMeans + NearestNeighbors on the first m points, b scaled by m / N")
+    t.add_argument("--skip-ours", action="store_true")
     a = sub.add_parser("ari")
     a.add_argument("--n", type=int, default=2000)
     args = p.parse_args()
