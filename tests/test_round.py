@@ -1,6 +1,7 @@
 """Whole rounds on a local Ray: VAAL end to end, determinism and resume, bad input, the CLI."""
 import hashlib
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,8 @@ from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
-from vaal_dist.round import _hash_sorted, run_round
+from vaal_dist.labeling.labels import write_labels
+from vaal_dist.round import _hash_sorted, run_round, validate_inputs
 from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 
@@ -158,6 +160,33 @@ def test_a_rerun_with_a_changed_labeled_set_is_refused(ray_local, tmp_path, tiny
     write_manifest(labeled, [*labeled_ids, *read_selection(tmp_path / "out")["id"]])   # next round's set
     with pytest.raises(InputError, match="started with another config, pool"):
         run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
+
+
+def test_imported_labels_changed_under_the_same_ids_change_the_fingerprint(tmp_path):
+    """A pool without a label column takes labels.parquet beside the manifest: an import run again with other
+    answers must not let a rerun into the old --out return the old selection. Beside a pool that has the
+    column, labels.parquet is not read and does not count."""
+    ids = [f"img-{i:05d}" for i in range(6)]                 # as make_raw_pool names them
+    write_pool(str(tmp_path / "bare"), [pa.table({"id": ids, "image": [b"\0" * 4] * 6})], PoolMeta("raw", (2, 2, 1)))
+    make_raw_pool(tmp_path / "with-labels", 6)
+    write_manifest(str(tmp_path / "round" / "labeled.parquet"), ids[:2])
+    answers = tmp_path / "round" / "labels.parquet"
+
+    def fingerprint(pool: str) -> str:
+        return validate_inputs(round_config(str(tmp_path / pool), str(tmp_path / "round" / "labeled.parquet"),
+                                            tmp_path / "out", budget=1, strategy="entropy"), True)[3]
+
+    def write_answers(labels: list[int], mtime_ns: int) -> None:
+        write_labels(str(answers), pa.table({"id": ids[:2], "label": labels, "annotator": ["a", "a"],
+                                             "time": pa.array([0, 0], pa.timestamp("us", tz="UTC"))}), ["0", "1"])
+        os.utime(answers, ns=(mtime_ns, mtime_ns))
+
+    bare, with_labels = fingerprint("bare"), fingerprint("with-labels")
+    write_answers([0, 1], 10**18)
+    first = fingerprint("bare")
+    write_answers([1, 0], 2 * 10**18)
+    assert len({bare, first, fingerprint("bare")}) == 3
+    assert fingerprint("with-labels") == with_labels
 
 
 @pytest.mark.slow

@@ -30,8 +30,9 @@ from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import round_lock
 from vaal_dist.placement import shared_storage_problem
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, exists, join, \
-    pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, retrying, \
-    write_json, write_parquet
+    pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
+    retrying, write_json, write_parquet
+from vaal_dist.labeling.labels import LABELS, beside, pool_has_label_column
 from vaal_dist.redaction import redact
 from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
@@ -110,7 +111,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     """Check pool, labeled (and held-out) manifests and numbers before any work.
 
     Returns the sizes, the labeled ids, the held-out ids (or None) and a fingerprint of the inputs
-    (config, pool ids, labeled ids, held-out ids, the pool's files and this package's version).
+    (config, pool ids, labeled ids, held-out ids, the pool's files, imported labels and this package's version).
     """
     for name, value in (("budget", cfg.budget), ("scoring batch size", cfg.scoring.batch_size)):
         if value < 1:
@@ -136,6 +137,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
     fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
     fingerprint.update(_pool_state(cfg.pool).encode())
+    fingerprint.update(_imported_labels_state(cfg).encode())
     fingerprint.update(vaal_dist.__version__.encode())
     return sizes, labeled, holdout, fingerprint.hexdigest()
 
@@ -147,6 +149,18 @@ def _pool_state(pool: str) -> str:
     infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
     shards = [(f.path, f.size, f.mtime_ns) for f in infos]
     return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
+
+
+def _imported_labels_state(cfg: RoundConfig) -> str:
+    """labels.parquet beside the labeled manifest, where the labels come from there (a pool without a ``label``
+    column): its size and modification time from a listing, so answers changed under the same ids (an import
+    run again) no longer match a round started on the old ones."""
+    uri = beside(cfg.labeled, LABELS)
+    if not exists(uri) or pool_has_label_column(cfg.pool):
+        return ""
+    fs, path = resolve(uri)
+    info = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
+    return json.dumps({"labels.parquet": [info.size, info.mtime_ns]})
 
 
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
