@@ -5,6 +5,7 @@
         --preset imagenet --workers 8 --use-gpu
 
 With no arguments it runs on the embedded MNIST pool with a local Ray. Same code path as `vaal-dist round`.
+It prints a line per training epoch, Ray Data's progress bars and a summary; --verbose adds Ray's own logs.
 """
 import argparse
 import sys

@@ -70,7 +70,15 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
                                      "their accuracy on them")
     p.add_argument("--seed", type=at_least(0, MAX_SEED), default=RoundConfig.seed)
+    add_verbose_arg(p)
     return add_training_args(p)
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's own logs: Ray Data's execution plans and resource use, Ray Train's "
+                        "worker set-up and reports (by default only warnings, errors and progress show)")
+    return p
 
 
 def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -177,32 +185,57 @@ def start_local_ray(**init_kwargs) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None):
-    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a private local Ray."""
+def ray_session(address: str | None, verbose: bool = False):
+    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a private local Ray.
+    Unless ``verbose``, Ray's own INFO logs stay in its log files (``quiet_ray``)."""
     import ray
 
     if ray.is_initialized():
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    logs = {} if verbose else quiet_ray()
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **logs)
     else:
-        start_local_ray()
+        start_local_ray(**logs)
     try:
         yield
     finally:
         ray.shutdown()
 
 
+def quiet_ray() -> dict:
+    """Ray's INFO logs off on the console, its warnings, errors and progress bars kept; returns the ``ray.init``
+    arguments that quiet the driver's ``ray`` logger, which Ray Train's workers follow (train/trainer.py).
+
+    Ray Data logs an execution plan per dataset and, where stdout is no terminal, its progress as INFO lines
+    every few seconds: both go to its log file only (the session's logs/ray-data*.log). Ray's deprecation
+    warnings name Ray's own internals here, nothing a user can change.
+    """
+    import warnings
+
+    import ray.data
+    from ray.util.annotations import RayDeprecationWarning
+
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    return {"logging_level": logging.WARNING}
+
+
 def round_command(args: argparse.Namespace) -> int:
     from vaal_dist.round import run_round
 
     cfg = config_from_args(args)
-    with ray_session(args.ray_address):
+    with ray_session(args.ray_address, args.verbose):
         result = run_round(cfg)
     t = result.record["timings"]
     print(f"selection: {redact(result.selection)}")
+    print(f"report: {redact(result.report)}")
     print(f"per-100-sample query time: {result.per_100_seconds:.2f} s "
           f"(b={cfg.budget}: train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, "
           f"merge {t['merge_seconds']:.2f} s, total {t['total_seconds']:.1f} s)")
@@ -226,14 +259,14 @@ def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-shard", type=positive_float, help="CPUs each shard task asks of Ray (default 0.5)")
     p.add_argument("--read-threads", type=at_least(1), help="concurrent file reads per shard (default 8)")
     p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local one)")
-    return p
+    return add_verbose_arg(p)
 
 
 def prepare_command(args: argparse.Namespace) -> int:
     from vaal_dist.pool.prepare import prepare_pool
 
     options = {name: getattr(args, name) for name in PREPARE_OPTIONS if getattr(args, name) is not None}
-    with ray_session(args.ray_address):
+    with ray_session(args.ray_address, args.verbose):
         s = prepare_pool(args.source, args.dest, **options)
     reasons = ", ".join(f"{n} {reason}" for reason, n in s["skipped_by_reason"].items()) or "none"
     print(f"pool: {s['dest']}")
@@ -257,6 +290,7 @@ def add_experiment_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--final", type=fraction, default=E.final, help="last fraction evaluated")
     p.add_argument("--test-fraction", type=fraction, default=E.test_fraction,
                    help="share of the pool held out to measure accuracy")
+    add_verbose_arg(p)
     return add_training_args(p)
 
 
@@ -268,7 +302,7 @@ def experiment_command(args: argparse.Namespace) -> int:
     cfg = ExperimentConfig(pool=pool, setup=setup_from_args(args), out=args.out, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
                            initial=args.initial, step=args.step, final=args.final,
                            test_fraction=args.test_fraction)
-    with ray_session(args.ray_address):
+    with ray_session(args.ray_address, args.verbose):
         curves = run_experiment(cfg)
     print(f"results: {redact(args.out)}/curves.csv, summary.csv, report.md, curves.png")
     for row in summarize(curves):
@@ -278,8 +312,11 @@ def experiment_command(args: argparse.Namespace) -> int:
 
 
 def run_safely(command, args) -> int:
-    """Run a command; errors about the user's input print one line and exit 2, not a stack trace."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    """Run a command; errors about the user's input print one line and exit 2, not a stack trace. vaal_dist's
+    own INFO logs show; other libraries' only with --verbose."""
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("vaal_dist").setLevel(logging.INFO)
     try:
         return command(args)
     except VaalDistError as e:

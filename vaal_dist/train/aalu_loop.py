@@ -75,12 +75,13 @@ def train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled: Iterator[dict], un
     vae.train()
     assistant.train()
     sums: dict[str, float] = {}
-    steps = 0
+    steps = images = 0
     for unl in unlabeled:
         for k, v in aalu_step(vae, assistant, opt_vae, opt_a, next(labeled), unl, cfg).items():
             sums[k] = sums.get(k, 0.0) + v
         steps += 1
-    return {k: v / steps for k, v in sums.items()}
+        images += len(unl["features"])
+    return {**{k: v / steps for k, v in sums.items()}, "unlabeled_images": images}
 
 
 def build_aalu(cfg: AALUConfig, feature_dim: int, num_classes: int) -> tuple[FeatureVAE, Assistant]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Iterable
 
 import torch
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.models.vaal import pixels_to_input
-from vaal_dist.train.common import handed_back, mean_metrics, random_hflip, resume_into, save_state, \
-    worker_epoch_seed
+from vaal_dist.train.common import handed_back, mean_metrics, print_epoch, random_hflip, resume_into, \
+    save_state, worker_epoch_seed
 from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.trainer import report
 
@@ -69,11 +70,13 @@ def task_step(model, opt, x: torch.Tensor, y: torch.Tensor, cfg: TaskConfig, ran
 
 def train_task_epoch(model, opt, batches: Iterable[dict], cfg: TaskConfig, epoch: int, rank_loss: str | None,
                      generator: torch.Generator) -> dict[str, float]:
-    """One pass over uint8 ``{'pixels', 'label'}`` batches; returns the mean of each metric."""
+    """One pass over uint8 ``{'pixels', 'label'}`` batches; returns the mean of each metric and the number of
+    images."""
     model.train()
     sums: dict[str, float] = {}
-    steps = 0
+    steps = images = 0
     for batch in batches:
+        images += len(batch["label"])
         x = augment(pixels_to_input(batch["pixels"]), cfg, generator)
         metrics = task_step(model, opt, x, batch["label"].long(), cfg, rank_loss,
                             detach=epoch > cfg.loss_detach_epoch)
@@ -82,7 +85,7 @@ def train_task_epoch(model, opt, batches: Iterable[dict], cfg: TaskConfig, epoch
         steps += 1
     if steps == 0:
         raise ValueError("this worker's labeled shard is empty: use fewer workers or label more")
-    return {k: v / steps for k, v in sums.items()}
+    return {**{k: v / steps for k, v in sums.items()}, "images": images}
 
 
 @torch.no_grad()
@@ -168,6 +171,7 @@ def task_train_loop_per_worker(config: dict) -> None:
     if handed_back(start_epoch, cfg.epochs, rank):
         return
     for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
         per_model = []
         for t in trained:
             # An ensemble member's randomness is its own (seed + m), whichever worker trains it.
@@ -182,7 +186,11 @@ def task_train_loop_per_worker(config: dict) -> None:
         metrics = mean_metrics(per_model)
         if config["members"]:                       # and each of this worker's members on its own
             metrics.update({f"member_{t.member}/{k}": v for t, m in zip(trained, per_model) for k, v in m.items()})
-        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0])
+        metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0],
+                       epoch_seconds=time.perf_counter() - started)
+        # The models train side by side: DDP's replicas on equal shards, or every member on the whole set.
+        models = config["members"] or ctx.get_world_size()
+        print_epoch(epoch + 1, cfg.epochs, metrics["epoch_seconds"], round(metrics["images"] * models), metrics)
         writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
 
         def write(d, epoch=epoch + 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import posixpath
 import re
@@ -57,7 +58,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     """
     datasets = _shuffled(datasets, seed)
     threads = training_threads(workers)
-    train_loop = functools.partial(_on_threads, train_loop, threads)
+    train_loop = functools.partial(_on_threads, train_loop, threads, _ray_log_level())
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
@@ -75,7 +76,8 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
             run_config=ray.train.RunConfig(
                 name=name, storage_path=path, storage_filesystem=fs,
                 failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                logging_config=_logging_config()),
             datasets=datasets,
             dataset_config=ray.train.DataConfig(datasets_to_split="all" if split is None else split,
                                                 execution_options=ingest),
@@ -94,6 +96,17 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     return result
 
 
+def _ray_log_level() -> int:
+    """The driver's level for Ray's own logs: WARNING under the CLI unless --verbose (``ray.init(logging_level=...)``)."""
+    return logging.getLogger("ray").getEffectiveLevel()
+
+
+def _logging_config() -> ray.train.LoggingConfig:
+    """Ray Train's console logs (worker set-up, scheduling) at the driver's level for Ray's logs. Its log files
+    under the session's logs/train keep every level."""
+    return ray.train.LoggingConfig(log_level=logging.getLevelName(_ray_log_level()))
+
+
 def training_threads(workers: int) -> int:
     """Torch threads of each training process: the largest node's cores shared by all the workers.
 
@@ -106,9 +119,19 @@ def training_threads(workers: int) -> int:
     return max(1, int(node_cpus // max(workers, 1)))
 
 
-def _on_threads(train_loop: Callable[[dict], None], threads: int, config: dict) -> None:
+def _on_threads(train_loop: Callable[[dict], None], threads: int, log_level: int, config: dict) -> None:
     torch.set_num_threads(threads)
+    if _driver_run is None:              # a Ray Train worker, not the driver in local mode
+        _worker_log_level(log_level)
     train_loop(config)
+
+
+def _worker_log_level(level: int) -> None:
+    """A worker's root logger at the driver's level for Ray's logs, vaal_dist's own at INFO. Ray Train 2.60
+    logs each report as a ``TrainingReport(...)`` at INFO through a logger named by its file's path, outside
+    the ``ray.train`` logger that its LoggingConfig sets, which its worker set-up leaves to the root's INFO."""
+    logging.getLogger().setLevel(level)
+    logging.getLogger("vaal_dist").setLevel(logging.INFO)
 
 
 def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray.data.Dataset]:
@@ -126,7 +149,8 @@ def _trainer_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.da
         ds.context.execution_options = ingest
     return TorchTrainer(train_loop, train_loop_config=loop_config,
                         scaling_config=ray.train.ScalingConfig(num_workers=0),
-                        run_config=ray.train.RunConfig(name=name, storage_path=path, storage_filesystem=fs),
+                        run_config=ray.train.RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                                                       logging_config=_logging_config()),
                         datasets=datasets)
 
 
