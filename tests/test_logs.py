@@ -16,8 +16,8 @@ from vaal_dist.pool.io import write_manifest
 from vaal_dist.train import common, trainer
 
 REPO = Path(__file__).resolve().parents[1]
-# A screen. The round's lines here: its start, an epoch line per epoch, scoring, the summary, Ray's token
-# warning and two of Ray's core-worker errors about actor restarts: 10.
+# A screen. This round printed 11 lines here: its start, two epoch lines, scoring, the report written, the
+# three summary lines, Ray's token warning and two of Ray's core-worker errors about actor restarts.
 SCREEN_LINES = 40
 # Ray Train's own actors, whose tracebacks the test's machine causes, not the job: its placement-group cleaner
 # cannot tell its cluster's address where several Rays run (the test session's, other jobs'), and a loaded
