@@ -3,7 +3,6 @@ of Label Studio / COCO / CSV answers, per-id refusals that write nothing, labels
 the labels a round's task models read from labels.parquet when the pool has none."""
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -20,7 +19,7 @@ from PIL import Image
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
-from vaal_dist.labeling.cli import add_export_args, add_import_args, export_command, import_command
+from vaal_dist.cli import main
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import add_labels, read_labels
@@ -283,22 +282,20 @@ def test_a_pool_with_a_label_column_keeps_reading_it(tmp_path):
 # --- the commands ---------------------------------------------------------------------------------------------
 
 def test_the_commands_export_and_import_and_print_what_they_wrote(round1, tmp_path, capsys):
+    """Through vaal-dist's own entry point: what a user types."""
     out, _, _ = round1
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_export_args(sub.add_parser("export"))
-    add_import_args(sub.add_parser("import-labels"))
-    assert export_command(parser.parse_args(["export", out, "--to", "label-studio", "--dest", str(tmp_path / "ls"),
-                                             "--classes", *CLASSES])) == 0
+    assert main(["export", out, "--to", "label-studio", "--dest", str(tmp_path / "ls"), "--classes", *CLASSES]) == 0
     assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path}/ls/tasks-00001.json",
                                                     f"wrote {tmp_path}/ls/labeling-config.xml"]
     tasks = json.loads((tmp_path / "ls" / "tasks-00001.json").read_text())
     export = write_export(tmp_path / "e.json", [{**tasks[0], "annotations": [choice("zero")]}])
-    assert import_command(parser.parse_args(["import-labels", export, "--round", out, "--classes", *CLASSES])) == 0
+    assert main(["import-labels", export, "--round", out, "--classes", *CLASSES]) == 0
     assert capsys.readouterr().out.splitlines() == [f"labeled manifest: {out}/labeled.parquet (6 images, 1 new)",
                                                     f"labels: {out}/labels.parquet"]
     with pytest.raises(SystemExit):
-        parser.parse_args(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])
+        main(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])
+    assert main(["import-labels", str(tmp_path / "missing.json"), "--round", out]) == 2
+    assert capsys.readouterr().err.startswith("vaal-dist: error: export ")
 
 
 def test_export_reads_only_the_shards_that_hold_selected_ids(round1, tmp_path):

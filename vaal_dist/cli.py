@@ -10,6 +10,7 @@ import sys
 
 from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import VaalDistError
+from vaal_dist.labeling.cli import add_export_args, add_import_args, export_command, import_command
 from vaal_dist.redaction import redact
 from vaal_dist.strategies import STRATEGIES
 
@@ -330,8 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
     add_prepare_args(sub.add_parser("prepare", help="make a raw pool from a folder or bucket of JPEG/PNG files"))
     add_experiment_args(sub.add_parser("experiment", help="multi-round learning curves with a simulated oracle"))
+    add_export_args(sub.add_parser("export", help="write a round's selection as labeling tasks "
+                                                  "(Label Studio, COCO, CSV)"))
+    add_import_args(sub.add_parser("import-labels", help="read a labeling tool's answers into the next "
+                                                         "round's labeled manifest and labels.parquet"))
     args = parser.parse_args(argv)
-    commands = {"round": round_command, "prepare": prepare_command, "experiment": experiment_command}
+    commands = {"round": round_command, "prepare": prepare_command, "experiment": experiment_command,
+                "export": export_command, "import-labels": import_command}
     return run_safely(commands[args.command], args)
 
 
