@@ -46,7 +46,7 @@ def argv(command: str, tmp_path: Path, flag: str, value: str) -> list[str]:
 @pytest.fixture
 def no_ray(monkeypatch):
     """Ray is reached only through cli.ray_session: starting it fails the test."""
-    def ray_session(address):
+    def ray_session(*args, **kwargs):
         raise AssertionError("Ray was started")
     monkeypatch.setattr(cli, "ray_session", ray_session)
 
