@@ -189,6 +189,23 @@ def test_imported_labels_changed_under_the_same_ids_change_the_fingerprint(tmp_p
     assert fingerprint("with-labels") == with_labels
 
 
+def test_labels_imported_beside_a_pool_that_has_a_label_column_are_named_as_unused(tmp_path, caplog):
+    """The pool's column wins (it is the oracle's); answers imported beside it must not be dropped silently."""
+    ids = make_raw_pool(tmp_path / "pool", 6)
+    write_manifest(str(tmp_path / "round" / "labeled.parquet"), ids[:2])
+    cfg = round_config(str(tmp_path / "pool"), str(tmp_path / "round" / "labeled.parquet"), tmp_path / "out",
+                       budget=1, strategy="entropy")
+    assert RoundInputs(cfg, read_pool_meta(cfg.pool), pa.array(ids[:2]), "train").imported_labels is None
+    assert not caplog.records
+    write_labels(str(tmp_path / "round" / "labels.parquet"), pa.table({
+        "id": ids[:2], "label": [1, 0], "annotator": ["a", "a"],
+        "time": pa.array([0, 0], pa.timestamp("us", tz="UTC"))}), ["0", "1"])
+    assert RoundInputs(cfg, read_pool_meta(cfg.pool), pa.array(ids[:2]), "train").imported_labels is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"labels.parquet beside the labeled manifest is not used: pool {cfg.pool} has a label column, and its "
+        f"labels are the ones trained on"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 0])
 def test_a_corrupt_image_met_in_training_is_named(ray_local, tmp_path, workers):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,10 +22,11 @@ import ray.data
 from ray.train import Checkpoint
 
 from vaal_dist.config import RoundConfig, VAALConfig
-from vaal_dist.labeling.labels import add_labels, labels_beside, pool_has_label_column
+from vaal_dist.labeling.labels import LABELS, add_labels, beside, labels_beside, pool_has_label_column
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
 from vaal_dist.pool.images import check_image_size
-from vaal_dist.pool.io import PoolMeta, check_labels, join, read_pool_ids
+from vaal_dist.pool.io import PoolMeta, check_labels, exists, join, read_pool_ids
+from vaal_dist.redaction import redact
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_columns, stream_embeddings, stream_top_k
@@ -33,6 +35,8 @@ from vaal_dist.train.pool_batches import pool_source
 from vaal_dist.train.task_loop import scheduled, task_train_loop_per_worker
 from vaal_dist.train.trainer import fit
 from vaal_dist.train.vaal_loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
 
 Side = Literal["labeled", "unlabeled"]
 
@@ -98,6 +102,9 @@ class RoundInputs:
         """(id, label) of labels.parquet beside the labeled manifest when the pool has no ``label`` column
         (people's answers, ``vaal-dist import-labels``); None when the pool's column holds the labels."""
         if pool_has_label_column(self.config.pool):
+            if exists(beside(self.config.labeled, LABELS)):
+                log.warning("%s beside the labeled manifest is not used: pool %s has a label column, and its "
+                            "labels are the ones trained on", LABELS, redact(self.config.pool))
             return None
         return labels_beside(self.config.labeled)
 
