@@ -215,6 +215,29 @@ def test_every_bad_answer_is_reported_by_its_id_in_one_refusal(round1, tmp_path)
     assert not (tmp_path / "round-1" / "labeled.parquet").exists()
 
 
+def test_the_exports_of_one_round_import_together_and_a_second_import_is_refused(round1, tmp_path):
+    """export splits a selection into several files; importing them one by one would keep only the last one's
+    labels (each import builds on the round's manifest), so they go in one call and a second call is refused."""
+    out, ids, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    part1 = write_export(tmp_path / "p1.json", [label_studio_task(selection[0], choice("one"))])
+    part2 = write_export(tmp_path / "p2.json", [label_studio_task(selection[4], choice("two"))])
+    clash = write_export(tmp_path / "p3.json", [label_studio_task(selection[0], choice("zero", annotator=5))])
+    with pytest.raises(InputError, match=f"'{selection[0]}': conflicting labels: 'one' by 1, 'zero' by 5"):
+        import_labels([part1, clash], out, classes=CLASSES)
+    done = import_labels([part1, part2], out, classes=CLASSES)
+    assert (done.new, done.labeled) == (2, 7)
+    assert pq.read_table(f"{out}/labeled.parquet").column("id").to_pylist() == [*ids[:5], selection[0], selection[4]]
+    labels = read_labels(f"{out}/labels.parquet")[0]
+    assert dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist())) == {
+        selection[0]: 1, selection[4]: 2}
+    before = (tmp_path / "round-1" / "labeled.parquet").read_bytes(), (tmp_path / "round-1" / "labels.parquet").read_bytes()
+    with pytest.raises(InputError, match="exists from an earlier import: pass every export of the round to one"):
+        import_labels(part2, out, classes=CLASSES)
+    after = (tmp_path / "round-1" / "labeled.parquet").read_bytes(), (tmp_path / "round-1" / "labels.parquet").read_bytes()
+    assert after == before
+
+
 def test_coco_and_csv_answers_import_as_label_studio_ones_do(round1, tmp_path):
     out, _, _ = round1
     coco = json.loads(open(export_selection(out, "coco", str(tmp_path / "coco"), classes=CLASSES)[0]).read())
@@ -289,13 +312,15 @@ def test_the_commands_export_and_import_and_print_what_they_wrote(round1, tmp_pa
                                                     f"wrote {tmp_path}/ls/labeling-config.xml"]
     tasks = json.loads((tmp_path / "ls" / "tasks-00001.json").read_text())
     export = write_export(tmp_path / "e.json", [{**tasks[0], "annotations": [choice("zero")]}])
-    assert main(["import-labels", export, "--round", out, "--classes", *CLASSES]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"labeled manifest: {out}/labeled.parquet (6 images, 1 new)",
+    other = write_export(tmp_path / "f.json", [{**tasks[1], "annotations": [choice("one")]}])
+    assert main(["import-labels", export, other, "--round", out, "--classes", *CLASSES]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"labeled manifest: {out}/labeled.parquet (7 images, 2 new)",
                                                     f"labels: {out}/labels.parquet"]
     with pytest.raises(SystemExit):
         main(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])
     capsys.readouterr()
-    assert main(["import-labels", str(tmp_path / "missing.json"), "--round", out, "--classes", *CLASSES]) == 2
+    assert main(["import-labels", str(tmp_path / "missing.json"), "--round", out, "--classes", *CLASSES,
+                 "--out", str(tmp_path / "next" / "labeled.parquet")]) == 2
     assert capsys.readouterr().err == f"vaal-dist: error: export '{tmp_path}/missing.json' does not exist\n"
 
 

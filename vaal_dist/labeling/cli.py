@@ -38,12 +38,13 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("export", help="the tool's export: Label Studio JSON, COCO JSON, or a CSV of id,label")
+    p.add_argument("export", nargs="+", help="the tool's exports of the round, all of them in one call: Label Studio "
+                                             "JSON, COCO JSON, or CSVs of id,label")
     p.add_argument("--round", required=True, help="the round whose selection was labeled (its --out)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names in label order, as given to export (default: the pool's classes.json)")
-    p.add_argument("--out", help="the next round's labeled manifest (default ROUND/labeled.parquet); "
-                                 "labels.parquet is written beside it")
+    p.add_argument("--out", help="the next round's labeled manifest (default ROUND/labeled.parquet), which must "
+                                 "not exist yet; labels.parquet is written beside it")
     p.add_argument("--pool", help="the round's pool, when its run record hides the URI's credentials")
     p.add_argument("--labeled", help="the round's labeled manifest, when its run record hides the URI's "
                                      "credentials")

@@ -46,20 +46,30 @@ class Imported:
     unannotated: int       # tasks in the export that nobody annotated (they stay unlabeled)
 
 
-def import_labels(export_file: str, round_out: str, *, classes: list[str] | None = None, pool: str | None = None,
-                  labeled: str | None = None, dest: str | None = None) -> Imported:
-    """Check the answers in ``export_file`` against the round in ``round_out``, then write the next round's
-    manifest (``dest``, default ``round_out/labeled.parquet``: the round's labeled ids and the new ones) and
-    labels.parquet beside it (the previous labels.parquet beside the round's manifest, and the new labels)."""
+def import_labels(exports: str | list[str], round_out: str, *, classes: list[str] | None = None,
+                  pool: str | None = None, labeled: str | None = None, dest: str | None = None) -> Imported:
+    """Check the answers in ``exports`` (every export of the round: their answers are checked together) against
+    the round in ``round_out``, then write the next round's manifest (``dest``, default
+    ``round_out/labeled.parquet``: the round's labeled ids and the new ones) and labels.parquet beside it (the
+    previous labels.parquet beside the round's manifest, and the new labels). Refused when ``dest`` exists."""
+    files = [exports] if isinstance(exports, str) else list(exports)
+    manifest = dest or join(round_out, NEXT_MANIFEST)
+    if exists(manifest):
+        # built on the round's manifest, a second import would drop the first one's labels
+        raise InputError(f"{manifest!r} exists from an earlier import: pass every export of the round to one "
+                         f"import-labels call, or give another --out")
     done = read_round(round_out, pool, labeled)
     names = class_names(done.pool, classes)
     previous = _previous_labels(done.labeled, names)
-    answers, unannotated = read_answers(export_file)
-    labels = _checked(answers, done.selection.column("id"), done.pool, names, export_file)
+    answers, unannotated = [], 0
+    for export_file in files:
+        file_answers, file_unannotated = read_answers(export_file)
+        answers += file_answers
+        unannotated += file_unannotated
+    labels = _checked(answers, done.selection.column("id"), done.pool, names, ", ".join(files))
     previous = previous.filter(pc.invert(pc.is_in(previous.column("id"), value_set=labels.column("id"))))
     old_ids = read_manifest(done.labeled)
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
-    manifest = dest or join(round_out, NEXT_MANIFEST)
     write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
     write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
     return Imported(manifest, beside(manifest, LABELS), len(labels), len(old_ids) + len(new_ids), unannotated)
