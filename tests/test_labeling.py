@@ -154,6 +154,18 @@ def test_export_refusals_name_what_is_missing(round1, tmp_path):
     assert not (tmp_path / "ls").exists()
 
 
+def test_export_needs_no_labeled_manifest_so_a_hidden_one_does_not_stop_it(round1, tmp_path):
+    """run.json hides a URI's credentials as ***; export reads the pool, never the labeled manifest."""
+    out, _, _ = round1
+    finished_round(out, tmp_path / "pool", "s3://KEY:***@bucket/labeled.parquet",
+                   pq.read_table(f"{out}/selection.parquet").column("id").to_pylist())
+    tasks = json.loads(open(export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES)[0]).read())
+    assert len(tasks) == 7
+    with pytest.raises(InputError, match="give it again with --labeled"):
+        import_labels(write_export(tmp_path / "e.json", [label_studio_task(tasks[0]["data"]["id"], choice("one"))]),
+                      out, classes=CLASSES)
+
+
 # --- import ---------------------------------------------------------------------------------------------------
 
 def test_a_label_studio_export_gives_exactly_its_annotated_ids_and_labels(round1, tmp_path):

@@ -54,14 +54,16 @@ class Round:
     selection: pa.Table        # id, score, rank; in rank order
 
 
-def read_round(out: str, pool: str | None = None, labeled: str | None = None) -> Round:
-    """The round in ``out``; ``pool`` / ``labeled`` replace its run record's (which hides credentials)."""
+def read_round(out: str, pool: str | None = None, labeled: str | None = None, *, needs_labeled: bool = True) -> Round:
+    """The round in ``out``; ``pool`` / ``labeled`` replace its run record's (which hides credentials). Without
+    ``needs_labeled`` (an export reads no manifest) the labeled manifest's URI may stay hidden."""
     record_uri = join(out, RECORD)
     if not exists(record_uri):
         raise InputError(f"{out!r} holds no finished round (no {RECORD})")
     config = read_json(record_uri)["config"]
     pool, labeled = pool or config["pool"], labeled or config["labeled"]
-    for flag, uri in (("--pool", pool), ("--labeled", labeled)):
+    given = {"--pool": pool, "--labeled": labeled} if needs_labeled else {"--pool": pool}
+    for flag, uri in given.items():
         if HIDDEN in uri:
             raise InputError(f"the round's record hides the credentials of {uri!r}: give it again with {flag}")
     fs, path = resolve(join(out, SELECTION))
@@ -81,7 +83,7 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         raise InputError(f"export format must be one of {FORMATS}, got {to!r}")
     if not 1 <= expires_s <= WEEK_S:
         raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
-    done = read_round(round_out, pool=pool)
+    done = read_round(round_out, pool=pool, needs_labeled=False)
     names = class_names(done.pool, classes)
     link = image_links(dest, expires_s)
     meta = read_pool_meta(done.pool)
