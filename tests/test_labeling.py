@@ -23,7 +23,7 @@ from vaal_dist.cli import main
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import add_labels, read_labels
-from vaal_dist.pool.io import PoolMeta, check_labels, write_json, write_manifest, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, check_labels, resolve, write_json, write_manifest, write_parquet, write_pool
 from vaal_dist.round_inputs import RoundInputs
 
 CLASSES = ["zero", "one", "two"]
@@ -141,6 +141,24 @@ def test_an_s3_export_links_each_image_by_a_presigned_url_that_serves_it(round1,
         with urllib.request.urlopen(url) as response:          # no credentials but the URL's own
             served = response.read()
         assert np.array_equal(png_pixels(served), pixels[list(ids).index(t["data"]["id"]), :, :, 0])
+
+
+def test_presigned_urls_are_signed_for_the_region_pyarrow_writes_to(round1, s3_endpoint, monkeypatch):
+    """Without ?region=, pyarrow takes AWS_REGION (or the bucket's own region, on AWS), which boto3's default
+    ignores: a URL signed for another region than the bucket's is refused by S3 (moto does not check it)."""
+    out, ids, pixels = round1
+    boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").create_bucket(Bucket="bucket-1")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    dest = s3_uri(s3_endpoint, "export").replace("&region=us-east-1", "")
+    assert resolve(dest)[0].region == "ap-south-1"
+    files = export_selection(out, "csv", dest, classes=CLASSES, expires_s=600)
+    rows = boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").get_object(
+        Bucket="bucket-1", Key=files[0].split("bucket-1/", 1)[1].split("?")[0])["Body"].read().decode().splitlines()
+    image_id, url = rows[1].split(",")[0], rows[1].split(",")[-1]
+    assert "%2Fap-south-1%2Fs3%2Faws4_request" in url           # X-Amz-Credential=KEY/DATE/REGION/s3/aws4_request
+    with urllib.request.urlopen(url) as response:
+        assert np.array_equal(png_pixels(response.read()), pixels[list(ids).index(image_id), :, :, 0])
 
 
 def test_export_refusals_name_what_is_missing(round1, tmp_path):

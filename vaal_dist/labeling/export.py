@@ -171,7 +171,8 @@ def image_links(dest: str, expires_s: int) -> Callable[[str, bytes, str], str]:
 
 def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:
     """A presigner of GET URLs for objects under ``dest``, with the credentials and endpoint its URI carries
-    (pyarrow's s3://KEY:SECRET@bucket/key?endpoint_override=...&scheme=...&region=...), else the default ones."""
+    (pyarrow's s3://KEY:SECRET@bucket/key?endpoint_override=...&scheme=...&region=...), else the default ones;
+    signed for the region pyarrow writes to, since a URL signed for another one is refused."""
     try:
         import boto3
         from botocore.config import Config
@@ -182,7 +183,7 @@ def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     endpoint = options.get("endpoint_override")
     client = boto3.client(
-        "s3", region_name=options.get("region"),
+        "s3", region_name=resolve(dest)[0].region,      # pyarrow's: ?region=, else the bucket's, else the default
         endpoint_url=f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else None,
         aws_access_key_id=key_id or options.get("access_key"),
         aws_secret_access_key=secret or options.get("secret_key"),
