@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import urllib.request
 import xml.etree.ElementTree as ET
 
@@ -20,6 +21,7 @@ from PIL import Image
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.cli import main
+from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import add_labels, read_labels
@@ -101,6 +103,34 @@ def test_label_studio_export_is_the_selection_in_rank_order_with_images_and_the_
     config = ET.parse(files[3]).getroot()
     assert [c.get("value") for c in config.iter("Choice")] == CLASSES
     assert config.find("Image").get("value") == "$image"
+
+
+@pytest.mark.parametrize("to", ["label-studio", "coco", "csv"])
+def test_files_are_cut_at_a_byte_budget_each_as_full_as_it_fits(round1, tmp_path, monkeypatch, to):
+    """A local export's data: URLs make tasks large: a file also ends before the task that would take it past
+    max_bytes. READ_ROWS = 2: the 7 images are read 2 at a time, the files built across those reads."""
+    out, _, _ = round1
+    monkeypatch.setattr(export, "READ_ROWS", 2)
+    whole = open(export_selection(out, to, str(tmp_path / "whole"), classes=CLASSES)[0], "rb").read()
+    budget = len(whole) * 2 // 5
+    files = [f for f in export_selection(out, to, str(tmp_path / "cut"), classes=CLASSES, max_bytes=budget)
+             if not f.endswith(".xml")]
+    sizes = [os.path.getsize(f) for f in files]
+    assert len(files) >= 3 and max(sizes) <= budget
+    tasks = [exported_ids(to, open(f).read()) for f in files]
+    assert [i for part in tasks for i in part] == exported_ids(to, whole.decode())
+    one_task_more = export_selection(out, to, str(tmp_path / "more"), classes=CLASSES, max_tasks=len(tasks[0]) + 1)
+    assert os.path.getsize(one_task_more[0]) > budget         # the first file holds as many tasks as fit
+    alone = export_selection(out, to, str(tmp_path / "alone"), classes=CLASSES, max_bytes=10)
+    assert [len(exported_ids(to, open(f).read())) for f in alone if not f.endswith(".xml")] == [1] * 7
+
+
+def exported_ids(to: str, text: str) -> list[str]:
+    if to == "label-studio":
+        return [t["data"]["id"] for t in json.loads(text)]
+    if to == "coco":
+        return [i["file_name"] for i in json.loads(text)["images"]]
+    return [row.split(",")[0] for row in text.splitlines()[1:]]
 
 
 def test_coco_and_csv_exports_name_each_image_by_its_pool_id(round1, tmp_path):

@@ -4,7 +4,8 @@ entries, or CSV, in rank order.
 Each image is read from the pool's shards by id (a filtered scan: only the selected rows are decoded) and
 given as a URL: for a local ``dest``, a ``data:`` URL of the image itself; for an ``s3://`` or ``gs://``
 ``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires.
-Selections larger than a project should hold are split into several files of at most ``max_tasks`` each.
+Selections larger than a project should hold are split into several files of at most ``max_tasks`` tasks and
+``max_bytes`` bytes each, built and written one at a time.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ FORMATS = ("label-studio", "coco", "csv")
 # Label Studio: "It's best to keep about 100k tasks / 100k annotations per project for optimal performance"
 # (labelstud.io/guide/tasks); one import request is limited to 250k tasks and 200 MB.
 MAX_TASKS = 100_000
+MAX_BYTES = 150_000_000        # under the 200 MB import limit: a local export's data: URLs make tasks large
+READ_ROWS = 1_000              # selected images read from the pool at once: ~110 MB of ImageNet-size JPEGs
 LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what import_labels reads back
 IMAGE_FIELD = "image"
 LINK_THREADS = 16             # images written and signed at once
@@ -73,11 +76,13 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None, *,
 
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
-                     pool: str | None = None, max_tasks: int = MAX_TASKS, expires_s: int = WEEK_S) -> list[str]:
+                     pool: str | None = None, max_tasks: int = MAX_TASKS, max_bytes: int = MAX_BYTES,
+                     expires_s: int = WEEK_S) -> list[str]:
     """Write the round's selection under ``dest`` in format ``to`` (one of FORMATS); returns the files written.
 
     ``classes`` are the class names in label order (default: the pool's classes.json). Label Studio gets
-    ``tasks-NNNNN.json`` and ``labeling-config.xml``; COCO ``coco-NNNNN.json``; CSV ``tasks-NNNNN.csv``.
+    ``tasks-NNNNN.json`` and ``labeling-config.xml``; COCO ``coco-NNNNN.json``; CSV ``tasks-NNNNN.csv``. A file
+    holds at most ``max_tasks`` tasks and ``max_bytes`` bytes (but always one task).
     """
     if to not in FORMATS:
         raise InputError(f"export format must be one of {FORMATS}, got {to!r}")
@@ -86,10 +91,24 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     done = read_round(round_out, pool=pool, needs_labeled=False)
     names = class_names(done.pool, classes)
     link = image_links(dest, expires_s)
-    meta = read_pool_meta(done.pool)
+    form = LAYOUTS[to]
+    head = form.head(names)
+    entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
     written = []
-    for part, start in enumerate(range(0, len(done.selection), max_tasks), 1):
-        rows = done.selection.slice(start, max_tasks)
+    for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
+                                         len(form.separator)), 1):
+        written.append(join(dest, form.name.format(number)))
+        write_atomic(written[-1], head + form.separator.join(part) + form.tail)
+    if to == "label-studio":
+        write_atomic(join(dest, "labeling-config.xml"), labeling_config(names).encode())
+        written.append(join(dest, "labeling-config.xml"))
+    return written
+
+
+def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Iterator[Task]:
+    """The selection's tasks in rank order, its images read READ_ROWS at a time."""
+    for start in range(0, len(done.selection), READ_ROWS):
+        rows = done.selection.slice(start, READ_ROWS)
         images = dict(pool_images(done.pool, rows.column("id")))
         gone = [i for i in rows.column("id").to_pylist() if i not in images]
         if gone:
@@ -97,13 +116,23 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
             tasks = list(threads.map(lambda row: _task(row, done.strategy, images[row["id"]], meta, link),
                                      rows.to_pylist()))
-        name, data = WRITERS[to](tasks, names, part)
-        write_atomic(join(dest, name), data)
-        written.append(join(dest, name))
-    if to == "label-studio":
-        write_atomic(join(dest, "labeling-config.xml"), labeling_config(names).encode())
-        written.append(join(dest, "labeling-config.xml"))
-    return written
+        yield from tasks
+
+
+def _parts(entries: Iterator[bytes], max_tasks: int, room: int, separator: int) -> Iterator[list[bytes]]:
+    """``entries`` cut, in order, into runs of at most ``max_tasks`` whose bytes, ``separator`` bytes between
+    two, fit in ``room`` (an entry larger than ``room`` alone); a run is cut as soon as it is full."""
+    part: list[bytes] = []
+    size = 0
+    for entry in entries:
+        grown = size + separator + len(entry) if part else len(entry)
+        if part and (len(part) == max_tasks or grown > room):
+            yield part
+            part, grown = [], len(entry)
+        part.append(entry)
+        size = grown
+    if part:
+        yield part
 
 
 def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
@@ -221,28 +250,44 @@ def labeling_config(classes: list[str]) -> str:
             f"{choices}\n  </Choices>\n</View>\n")
 
 
-def _label_studio(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
-    doc = [{"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score, "strategy": t.strategy}}
-           for t in tasks]
-    return f"tasks-{part:05d}.json", json.dumps(doc, indent=1).encode()
+@dataclass(frozen=True)
+class Layout:
+    """A format's file: ``head`` (of the class names), the tasks' ``entry`` bytes with ``separator`` between two,
+    ``tail``; its ``name`` formatted with the part number."""
+
+    name: str
+    head: Callable[[list[str]], bytes]
+    entry: Callable[[Task], bytes]
+    separator: bytes = b""
+    tail: bytes = b""
 
 
-def _coco(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
-    """COCO's images (file_name: the pool id; coco_url: the image) and categories, no annotations yet."""
-    doc = {"info": {"description": "vaal_dist selection"},
-           "images": [{"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
-                       "rank": t.rank, "score": t.score, "strategy": t.strategy} for t in tasks],
-           "categories": [{"id": label, "name": name} for label, name in enumerate(classes)],
-           "annotations": []}
-    return f"coco-{part:05d}.json", json.dumps(doc, indent=1).encode()
+def _label_studio_entry(t: Task) -> bytes:
+    return json.dumps({"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score,
+                                "strategy": t.strategy}}).encode()
 
 
-def _csv(tasks: list[Task], classes: list[str], part: int) -> tuple[str, bytes]:
+def _coco_head(classes: list[str]) -> bytes:
+    """COCO's categories, no annotations yet, then its images (file_name: the pool id; coco_url: the image)."""
+    categories = [{"id": label, "name": name} for label, name in enumerate(classes)]
+    return (f'{{"info": {{"description": "vaal_dist selection"}},\n "categories": {json.dumps(categories)},\n'
+            f' "annotations": [],\n "images": [\n').encode()
+
+
+def _coco_entry(t: Task) -> bytes:
+    return json.dumps({"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
+                       "rank": t.rank, "score": t.score, "strategy": t.strategy}).encode()
+
+
+def _csv_line(row: list) -> bytes:
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["id", "rank", "score", "strategy", "image"])
-    writer.writerows([t.id, t.rank, repr(t.score), t.strategy, t.url] for t in tasks)
-    return f"tasks-{part:05d}.csv", text.getvalue().encode()
+    csv.writer(text, lineterminator="\n").writerow(row)
+    return text.getvalue().encode()
 
 
-WRITERS = {"label-studio": _label_studio, "coco": _coco, "csv": _csv}
+LAYOUTS = {
+    "label-studio": Layout("tasks-{:05d}.json", lambda _: b"[\n", _label_studio_entry, b",\n", b"\n]\n"),
+    "coco": Layout("coco-{:05d}.json", _coco_head, _coco_entry, b",\n", b"\n]}\n"),
+    "csv": Layout("tasks-{:05d}.csv", lambda _: _csv_line(["id", "rank", "score", "strategy", "image"]),
+                  lambda t: _csv_line([t.id, t.rank, repr(t.score), t.strategy, t.url])),
+}
