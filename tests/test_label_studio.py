@@ -32,7 +32,9 @@ from vaal_dist.round import run_round
 # The first run installs Label Studio (6 min here at load 40) and migrates its database (3.5 min at load 60).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-LABEL_STUDIO = "label-studio>=1.13,<2"
+PINNED = "1.23.2"              # the version this test was run against (its settings read COLLECT_ANALYTICS)
+LABEL_STUDIO = f"label-studio=={PINNED}"
+INSTALL_S = 1800
 # Read at import, before conftest's private HOME is set: the environment is built once per machine, not per run.
 VENV = Path.home() / ".cache" / "vaal_dist" / "label-studio-venv"
 TOKEN = "vaal-dist-test-token-0123456789"
@@ -40,21 +42,55 @@ DIGITS = [str(d) for d in range(10)]
 
 
 def label_studio_python() -> Path:
-    """The Python of a virtual environment holding Label Studio, created on first use: built under a temporary
-    name and renamed when complete, so an interrupted install is never taken for a finished one."""
+    """The Python of a virtual environment holding Label Studio PINNED, built when there is none that works:
+    under a temporary name and renamed when complete, so an interrupted install is never taken for a finished
+    one."""
     python = VENV / "bin" / "python"
-    if python.exists():
+    if _works(python):
         return python
+    _remove_dead_builds()
     building = VENV.with_name(f"{VENV.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-    install = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", LABEL_STUDIO],
-                             capture_output=True, text=True, timeout=1800)
+    try:
+        install = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", LABEL_STUDIO],
+                                 capture_output=True, text=True, timeout=INSTALL_S)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(building, ignore_errors=True)
+        pytest.skip(f"installing {LABEL_STUDIO} into a virtual environment took over {INSTALL_S} s")
     if install.returncode:
         shutil.rmtree(building, ignore_errors=True)
         pytest.skip(f"cannot install {LABEL_STUDIO} into a virtual environment: {install.stderr[-2000:]}")
+    shutil.rmtree(VENV, ignore_errors=True)          # a broken one, or another version
     building.rename(VENV)
     return python
+
+
+def _works(python: Path) -> bool:
+    """Whether ``python`` imports Label Studio, version PINNED."""
+    if not python.exists():
+        return False
+    check = subprocess.run([str(python), "-c", "import importlib.metadata as m, label_studio; "
+                                               "print(m.version('label-studio'))"], capture_output=True, text=True)
+    return check.returncode == 0 and check.stdout.strip() == PINNED
+
+
+def _remove_dead_builds() -> None:
+    """Half-built environments whose builder is gone (killed mid-install)."""
+    for folder in VENV.parent.glob(f"{VENV.name}.building-*"):
+        pid = folder.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)                              # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:                          # another user's
+        return True
+    return True
 
 
 class LabelStudio:
