@@ -23,6 +23,7 @@ from vaal_dist.errors import InputError
 from vaal_dist.cli import main
 from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
+from vaal_dist.labeling import import_labels as import_module
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import add_labels, read_labels
 from vaal_dist.pool.io import PoolMeta, check_labels, resolve, write_json, write_manifest, write_parquet, write_pool
@@ -296,6 +297,26 @@ def test_the_exports_of_one_round_import_together_and_a_second_import_is_refused
         import_labels(part2, out, classes=CLASSES)
     after = (tmp_path / "round-1" / "labeled.parquet").read_bytes(), (tmp_path / "round-1" / "labels.parquet").read_bytes()
     assert after == before
+
+
+def test_an_import_stopped_before_its_last_write_runs_again(round1, tmp_path, monkeypatch):
+    """The manifest is written last: it is what makes a second import refused, so it must not exist beside
+    missing or stale labels (a manifest written first would, with labels.parquet's write failing)."""
+    out, ids, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    export = write_export(tmp_path / "e.json", [label_studio_task(selection[0], choice("two"))])
+    written = []
+
+    def stopped(uri, *_):
+        written.append(uri)
+        raise OSError("the machine went away")
+    monkeypatch.setattr(import_module, "write_labels", stopped)
+    with pytest.raises(OSError, match="went away"):
+        import_labels(export, out, classes=CLASSES)
+    assert written == [f"{out}/labels.parquet"] and not (tmp_path / "round-1" / "labeled.parquet").exists()
+    monkeypatch.undo()
+    assert import_labels(export, out, classes=CLASSES).labeled == 6
+    assert read_labels(f"{out}/labels.parquet")[0].column("id").to_pylist() == [selection[0]]
 
 
 def test_coco_and_csv_answers_import_as_label_studio_ones_do(round1, tmp_path):

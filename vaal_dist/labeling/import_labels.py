@@ -70,6 +70,8 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     previous = previous.filter(pc.invert(pc.is_in(previous.column("id"), value_set=labels.column("id"))))
     old_ids = read_manifest(done.labeled)
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
+    # the manifest last: it marks a finished import (another import into it is refused), so an import stopped
+    # between the two leaves no manifest, and running it again replaces the labels.parquet it left
     write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
     write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
     return Imported(manifest, beside(manifest, LABELS), len(labels), len(old_ids) + len(new_ids), unannotated)
