@@ -215,6 +215,18 @@ def test_export_needs_no_labeled_manifest_so_a_hidden_one_does_not_stop_it(round
                       out, classes=CLASSES)
 
 
+def test_an_export_of_images_the_pool_lost_is_refused_before_any_file_is_written(round1, tmp_path, monkeypatch):
+    """Images are read READ_ROWS at a time as the files are written: the lost one, in the last read, is found by
+    a scan of the pool's ids first."""
+    out, ids, _ = round1
+    monkeypatch.setattr(export, "READ_ROWS", 2)
+    selected = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    finished_round(out, tmp_path / "pool", tmp_path / "labeled.parquet", [*selected, "im/gone"])
+    with pytest.raises(InputError, match=r"no longer holds 1 selected images, e.g. \['im/gone'\]"):
+        export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES, max_tasks=3)   # in part 3
+    assert not (tmp_path / "ls").exists()
+
+
 # --- import ---------------------------------------------------------------------------------------------------
 
 def test_a_label_studio_export_gives_exactly_its_annotated_ids_and_labels(round1, tmp_path):

@@ -91,6 +91,7 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     done = read_round(round_out, pool=pool, needs_labeled=False)
     names = class_names(done.pool, classes)
     link = image_links(dest, expires_s)
+    _check_in_pool(done)
     form = LAYOUTS[to]
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
@@ -103,6 +104,17 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         write_atomic(join(dest, "labeling-config.xml"), labeling_config(names).encode())
         written.append(join(dest, "labeling-config.xml"))
     return written
+
+
+def _check_in_pool(done: Round) -> None:
+    """Refuses a selection whose images the pool no longer holds before any file is written (else a later
+    part's read would refuse it, the earlier parts written)."""
+    ids = done.selection.column("id")
+    held = pa.array([i for batch in _scan(done.pool, ids, ["id"]) for i in batch.column("id").to_pylist()],
+                    pa.string())
+    gone = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=held))).to_pylist()
+    if gone:
+        raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
 
 
 def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Iterator[Task]:
@@ -136,14 +148,19 @@ def _parts(entries: Iterator[bytes], max_tasks: int, room: int, separator: int) 
 
 
 def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
-    """(id, image bytes) of the pool's rows whose id is in ``ids``: each shard's id and image columns scanned
-    with that filter, a record batch at a time; a row group whose id range holds none of them is not read."""
+    """(id, image bytes) of the pool's rows whose id is in ``ids``."""
+    for batch in _scan(pool, ids, ["id", "image"]):
+        yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
+
+
+def _scan(pool: str, ids: pa.Array, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """``columns`` of the pool's rows whose id is in ``ids``: each shard scanned with that filter, a record batch
+    at a time; a row group whose id range holds none of them is not read."""
     fs, files = pool_files(pool)
     for path in files:
         try:
             shard = pads.dataset(path, filesystem=fs, format=VERIFIED_PARQUET)
-            for batch in shard.to_batches(columns=["id", "image"], filter=pc.field("id").isin(ids)):
-                yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
+            yield from shard.to_batches(columns=columns, filter=pc.field("id").isin(ids))
         except (OSError, pa.ArrowException) as e:
             raise InputError(f"cannot read pool {pool!r}: shard {path}: {e}") from e
 
