@@ -304,11 +304,11 @@ def test_the_exports_of_one_round_import_together_and_a_second_import_is_refused
     labels = read_labels(f"{out}/labels.parquet")[0]
     assert dict(zip(labels.column("id").to_pylist(), labels.column("label").to_pylist())) == {
         selection[0]: 1, selection[4]: 2}
-    before = (tmp_path / "round-1" / "labeled.parquet").read_bytes(), (tmp_path / "round-1" / "labels.parquet").read_bytes()
+    written = [tmp_path / "round-1" / name for name in ("labeled.parquet", "labels.parquet")]
+    before = [f.read_bytes() for f in written]
     with pytest.raises(InputError, match="exists from an earlier import: pass every export of the round to one"):
         import_labels(part2, out, classes=CLASSES)
-    after = (tmp_path / "round-1" / "labeled.parquet").read_bytes(), (tmp_path / "round-1" / "labels.parquet").read_bytes()
-    assert after == before
+    assert [f.read_bytes() for f in written] == before
 
 
 def test_an_import_stopped_before_its_last_write_runs_again(round1, tmp_path, monkeypatch):
