@@ -70,6 +70,14 @@ def make_raw_pool(path, n: int, size: int = 32, channels: int = 1, shards: int =
     return ids
 
 
+def damage_image_page(shard) -> None:
+    """Flip one byte in the middle of a raw pool's shard: random pixels fill the file, so it is image data and
+    the page's checksum fails while the ids still read."""
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
 def png_bytes(rng, size: int = 40) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")

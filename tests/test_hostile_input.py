@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_raw_pool
+from conftest import damage_image_page, make_raw_pool
 from vaal_dist.errors import InputError, raise_if_input_error
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, PoolMeta, check_labels, check_row_count, read_manifest, \
@@ -120,9 +120,7 @@ def test_a_damaged_image_page_fails_the_round_naming_the_pool(ray_local, tmp_pat
 
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:4])
     shard = tmp_path / "pool" / "part-00000.parquet"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF                   # random pixels fill the file: the middle is image data
-    shard.write_bytes(bytes(data))
+    damage_image_page(shard)
     assert read_pool_ids(str(tmp_path / "pool")).to_pylist() == list(ids)
     with pytest.raises(InputError, match="shard that cannot be read .*part-00000.*failed its checksum"):
         _round(tmp_path / "pool", tmp_path / "labeled.parquet", tmp_path / "out", 5)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_raw_pool
+from conftest import damage_image_page, make_raw_pool
 from vaal_dist import cli
 from vaal_dist.pool.io import write_manifest
 from vaal_dist.train import common, trainer
@@ -138,9 +138,7 @@ def test_a_round_failing_in_a_worker_still_prints_its_one_error_line(tmp_path):
     ids = make_raw_pool(tmp_path / "pool", 64, shards=1)
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:8])
     shard = tmp_path / "pool" / "part-00000.parquet"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF                 # random pixels fill the file: the middle is image data
-    shard.write_bytes(bytes(data))
+    damage_image_page(shard)
     run = _round(tmp_path, tmp_path / "pool", tmp_path / "labeled.parquet")
     assert run.returncode == 2, run.stderr[-3000:]
     errors = [line for line in _lines(run) if line.startswith("vaal-dist: error: ")]
