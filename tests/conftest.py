@@ -406,8 +406,11 @@ def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: in
         # constant it was read into at import).
         patch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
         patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        token = Path.home() / ".ray" / "auth_token"
+        token.parent.mkdir(mode=0o700, exist_ok=True)   # private from the start, as start_local_ray makes it
         enable_token_auth_by_default()                  # what ray.init does for a new local cluster
         ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+        token.chmod(0o600)                              # Ray writes it 0644
         store = object_store_mib * 1024 ** 2
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "include_dashboard": False, "object_store_memory": store})
