@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import platform
-import posixpath
 import time
 from dataclasses import dataclass
 
@@ -29,10 +28,10 @@ from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import round_lock
 from vaal_dist.placement import shared_storage_problem
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, exists, join, \
-    pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, \
+    join, pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
     retrying, write_json, write_parquet
-from vaal_dist.labeling.labels import LABELS, beside, pool_has_label_column
+from vaal_dist.labeling.labels import LABELS, pool_has_label_column
 from vaal_dist.redaction import redact
 from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
@@ -59,8 +58,7 @@ class RoundResult:
     @property
     def report(self) -> str:
         """URI of report.html, beside selection.parquet."""
-        base, sep, query = self.selection.partition("?")
-        return join(posixpath.dirname(base) + sep + query, REPORT)
+        return beside(self.selection, REPORT)
 
 
 @dataclass(frozen=True)

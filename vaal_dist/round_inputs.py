@@ -22,10 +22,10 @@ import ray.data
 from ray.train import Checkpoint
 
 from vaal_dist.config import RoundConfig, VAALConfig
-from vaal_dist.labeling.labels import LABELS, add_labels, beside, labels_beside, pool_has_label_column
+from vaal_dist.labeling.labels import LABELS, add_labels, labels_beside, pool_has_label_column
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
 from vaal_dist.pool.images import check_image_size
-from vaal_dist.pool.io import PoolMeta, check_labels, exists, join, read_pool_ids
+from vaal_dist.pool.io import PoolMeta, beside, check_labels, exists, join, read_pool_ids
 from vaal_dist.redaction import redact
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.scoring.spec import ScorerSpec

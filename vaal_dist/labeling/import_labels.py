@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.export import LABEL_FIELD, read_round
-from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, beside, class_names, read_labels, write_labels
-from vaal_dist.pool.io import exists, join, read_manifest, read_pool_ids, resolve, retrying, write_manifest
+from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
+from vaal_dist.pool.io import beside, exists, join, read_manifest, read_pool_ids, resolve, retrying, write_manifest
 
 NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted

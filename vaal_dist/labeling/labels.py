@@ -7,14 +7,13 @@ beside the next round's manifest, and the task-aware strategies read it (``round
 from __future__ import annotations
 
 import json
-import posixpath
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import IMPORTED_CLASSES, exists, join, pool_files, read_json, resolve, retrying, \
+from vaal_dist.pool.io import IMPORTED_CLASSES, beside, exists, join, pool_files, read_json, resolve, retrying, \
     write_parquet
 
 LABELS = "labels.parquet"
@@ -22,12 +21,6 @@ CLASSES = "classes.json"       # a prepared pool's class folder -> label (pool/p
 
 LABELS_SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int64()), ("annotator", pa.string()),
                            ("time", pa.timestamp("us", tz="UTC"))])
-
-
-def beside(uri: str, name: str) -> str:
-    """The file ``name`` in the folder of ``uri`` (a local path or URI; a ?query stays at the end)."""
-    base, sep, query = uri.partition("?")
-    return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
 
 
 def class_names(pool: str, given: list[str] | None) -> list[str]:

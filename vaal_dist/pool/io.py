@@ -67,6 +67,12 @@ def join(uri: str, *parts: str) -> str:
     return f"{joined}?{query}" if sep else joined
 
 
+def beside(uri: str, name: str) -> str:
+    """The file ``name`` in the folder of ``uri`` (a local path or URI; a ?query stays at the end)."""
+    base, sep, query = uri.partition("?")
+    return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
+
+
 # --- errors that usually pass: retried a bounded number of times ------------------------------------------------
 #
 # pyarrow's S3 client retries a request itself when the AWS SDK calls its error retryable (throttling, 5xx,
