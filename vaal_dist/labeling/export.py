@@ -20,16 +20,14 @@ from datetime import timedelta
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from PIL import Image
 
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.labels import class_names
-from vaal_dist.pool.images import RefusedImage, open_image
+from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
 from vaal_dist.pool.io import VERIFIED_PARQUET, PoolMeta, exists, join, pool_files, read_json, read_pool_meta, \
     resolve, retrying, write_atomic
 from vaal_dist.redaction import HIDDEN
@@ -185,11 +183,10 @@ def viewable(image_id: str, image: bytes, meta: PoolMeta) -> tuple[bytes, str, t
     """(bytes a browser shows, their MIME type, (width, height)): a raw pool's pixels as PNG, else the
     pool's own JPEG or PNG bytes."""
     if meta.encoding == "raw":
-        height, width, channels = meta.image_shape
-        pixels = np.frombuffer(image, np.uint8).reshape(meta.image_shape)
+        picture = raw_picture(image, meta)
         buf = io.BytesIO()
-        Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(buf, format="PNG")
-        return buf.getvalue(), "image/png", (width, height)
+        picture.save(buf, format="PNG")
+        return buf.getvalue(), "image/png", picture.size
     try:
         with open_image(image) as img:
             size, kind = img.size, img.format

@@ -59,6 +59,16 @@ def decode_images(ids, images, meta: PoolMeta, size: int) -> np.ndarray:
         np.zeros((0, 3, size, size), np.uint8)
 
 
+def raw_picture(image: bytes, meta: PoolMeta) -> Image.Image:
+    """A raw pool's image bytes as a picture for people to look at (grey for one channel)."""
+    h, w, c = meta.image_shape
+    pixels = np.frombuffer(image, np.uint8)
+    if pixels.size != h * w * c:
+        raise ValueError(f"{pixels.size} bytes, not the {h}x{w}x{c} of pool.json")
+    pixels = pixels.reshape(h, w, c)
+    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels[:, :, :3])
+
+
 def check_image_size(meta: PoolMeta, size: int) -> None:
     """A raw pool must already have the model's input size (encoded images are resized on decode)."""
     if meta.encoding == "raw" and tuple(meta.image_shape[:2]) != (size, size):

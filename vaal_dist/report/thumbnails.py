@@ -10,13 +10,12 @@ import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vaal_dist.pool.images import RefusedImage, open_image
+from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
 from vaal_dist.pool.io import READ_THREADS, PoolMeta, pool_files, retrying
 
 THUMB_PIXELS = 96           # the longer side of a thumbnail
@@ -51,7 +50,7 @@ def _thumbnails_in_shard(fs, path: str, wanted: pa.Array, meta: PoolMeta) -> dic
 
 def _thumbnail_url(image: bytes, meta: PoolMeta) -> str | Exception:
     try:
-        picture = _raw_image(image, meta) if meta.encoding == "raw" else _decoded(image)
+        picture = raw_picture(image, meta) if meta.encoding == "raw" else _decoded(image)
     except (RefusedImage, OSError, ValueError, TypeError) as e:   # shown in place of the picture; a report never fails on it
         return e
     picture.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
@@ -60,15 +59,6 @@ def _thumbnail_url(image: bytes, meta: PoolMeta) -> str | Exception:
     picture.save(buf, format="PNG" if lossless else "JPEG", quality=85)
     kind = "png" if lossless else "jpeg"
     return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
-
-
-def _raw_image(image: bytes, meta: PoolMeta) -> Image.Image:
-    h, w, c = meta.image_shape
-    pixels = np.frombuffer(image, np.uint8)
-    if pixels.size != h * w * c:
-        raise ValueError(f"{pixels.size} bytes, not the {h}x{w}x{c} of pool.json")
-    pixels = pixels.reshape(h, w, c)
-    return Image.fromarray(pixels[:, :, 0] if c == 1 else pixels[:, :, :3])
 
 
 def _decoded(image: bytes) -> Image.Image:
