@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -14,8 +15,8 @@ from conftest import make_raw_pool, png_bytes
 from vaal_dist.errors import InputError
 from vaal_dist.pool.dataset import _read_shards
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import (PoolMeta, pool_files, read_manifest, read_pool_ids, read_pool_meta, write_atomic,
-                               write_manifest, write_pool)
+from vaal_dist.pool.io import (PoolMeta, pool_files, read_manifest, read_pool_ids, read_pool_meta, read_rows,
+                               write_atomic, write_manifest, write_pool)
 from vaal_dist.pool.prepare import ShardSettings, decode_file
 from vaal_dist.train.pool_batches import pool_sides
 
@@ -25,6 +26,15 @@ def test_raw_pool_round_trips_ids_and_meta(tmp_path):
     assert sorted(read_pool_ids(str(tmp_path / "p")).to_pylist()) == sorted(ids)
     assert read_pool_meta(str(tmp_path / "p")) == PoolMeta("raw", (16, 16, 3))
     assert read_pool_meta("file://" + str(tmp_path / "p")).channels == 3
+
+
+def test_rows_read_by_id_are_the_pools_rows_with_those_ids(tmp_path):
+    ids = make_raw_pool(tmp_path / "p", 60, size=4, shards=3)
+    whole = pa.concat_tables(pq.read_table(shard) for shard in sorted((tmp_path / "p").glob("part-*.parquet")))
+    wanted = pa.array([ids[59], ids[5], "not-in-the-pool", ids[30], ids[31]])
+    read = pa.concat_tables(read_rows(str(tmp_path / "p"), wanted, ["id", "label", "image"]))
+    held = whole.filter(pc.is_in(whole.column("id"), value_set=wanted)).select(["id", "label", "image"])
+    assert read.sort_by("id").equals(held.sort_by("id")) and read.num_rows == 4
 
 
 def test_manifest_parquet_and_text(tmp_path):

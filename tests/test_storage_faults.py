@@ -27,7 +27,7 @@ import vaal_dist.pool.io as pool_io
 from conftest import Faults, make_raw_pool, round_config, s3_uri
 from vaal_dist.errors import StorageError
 from vaal_dist.pool.dataset import _read_shard, read_pool
-from vaal_dist.pool.io import (STORAGE_ATTEMPTS, TEMPORARY, THIS_MACHINE, is_transient, join,
+from vaal_dist.pool.io import (STORAGE_ATTEMPTS, TEMPORARY, THIS_MACHINE, is_transient, join, read_rows,
                                remove_stale_temporaries, retrying, write_atomic, write_manifest, write_parquet)
 
 # pyarrow 26's words for the proxy's faults, as the tests below met them for real
@@ -185,6 +185,31 @@ def test_a_shard_that_keeps_failing_ends_naming_it_after_yielding_each_row_at_mo
                                         f"attempts") and "\n" not in str(raised.value)
     yielded = pa.concat_tables(parts).column("id").to_pylist()
     assert yielded == [f"img-{i:03d}" for i in range(11 * 5)]
+
+
+def failing_scans(monkeypatch, failures: int) -> None:
+    """The first ``failures`` shard scans opened through pyarrow.dataset fail as a reset GetObject body."""
+    real, left = pool_io.pads.dataset, [failures]
+
+    def dataset(*args, **kwargs):
+        if left[0]:
+            left[0] -= 1
+            raise OSError(RESET_MID_BODY)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pool_io.pads, "dataset", dataset)
+
+
+def test_rows_read_by_id_retry_a_shard_that_fails_for_a_while_and_name_one_that_keeps_failing(
+        tmp_path, monkeypatch, waits):
+    ids = make_raw_pool(tmp_path / "p", 30, size=4, shards=3)
+    wanted = pa.array(ids[::7])
+    calm = pa.concat_tables(read_rows(str(tmp_path / "p"), wanted, ["id", "image"]))
+    failing_scans(monkeypatch, STORAGE_ATTEMPTS - 1)
+    assert pa.concat_tables(read_rows(str(tmp_path / "p"), wanted, ["id", "image"])).equals(calm)
+    assert len(waits) == STORAGE_ATTEMPTS - 1
+    failing_scans(monkeypatch, 10 ** 6)
+    with pytest.raises(StorageError, match=f"cannot read shard {tmp_path}/p/part-0000.*: the storage kept failing"):
+        list(read_rows(str(tmp_path / "p"), wanted, ["id", "image"]))
 
 
 # --- atomic writes: retried whole; temporary files named after their writer -----------------------------------

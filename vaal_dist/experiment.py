@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vaal_dist.config import RoundConfig, Setup
@@ -29,8 +28,8 @@ from vaal_dist.errors import InputError
 from vaal_dist.experiment_report import GAME_METRICS, write_results
 from vaal_dist.folder_lock import tables_lock
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import VERIFIED_PARQUET, check_labels, exists, join, pool_files, read_json, read_manifest, \
-    read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, write_json, write_manifest
+from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
+    read_rows, remove_stale_temporaries, resolve, write_json, write_manifest
 from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
@@ -222,9 +221,7 @@ def _pixel_baseline(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> 
 
 def _pixels(round_cfg: RoundConfig, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(pixels in [0, 1] as (n, C*S*S) float32 at the task model's size, labels) of the images ``ids``."""
-    fs, files = pool_files(round_cfg.pool)
-    table = pads.dataset(files, filesystem=fs, format=VERIFIED_PARQUET).to_table(
-        columns=["id", "image", "label"], filter=pc.field("id").isin(ids))
+    table = pa.concat_tables(read_rows(round_cfg.pool, ids, ["id", "image", "label"]))
     pixels = decode_images(table.column("id").to_numpy(zero_copy_only=False),
                            table.column("image").to_numpy(zero_copy_only=False),
                            read_pool_meta(round_cfg.pool), round_cfg.task.image_size)

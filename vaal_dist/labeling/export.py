@@ -22,14 +22,13 @@ from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
-from vaal_dist.pool.io import VERIFIED_PARQUET, PoolMeta, exists, join, pool_files, read_json, read_pool_meta, \
-    resolve, retrying, write_atomic
+from vaal_dist.pool.io import PoolMeta, exists, join, read_json, read_pool_meta, read_rows, resolve, retrying, \
+    write_atomic
 from vaal_dist.redaction import HIDDEN
 
 FORMATS = ("label-studio", "coco", "csv")
@@ -108,8 +107,7 @@ def _check_in_pool(done: Round) -> None:
     """Refuses a selection whose images the pool no longer holds before any file is written (else a later
     part's read would refuse it, the earlier parts written)."""
     ids = done.selection.column("id")
-    held = pa.array([i for batch in _scan(done.pool, ids, ["id"]) for i in batch.column("id").to_pylist()],
-                    pa.string())
+    held = pa.chunked_array([rows.column("id") for rows in read_rows(done.pool, ids, ["id"])], pa.string())
     gone = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=held))).to_pylist()
     if gone:
         raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
@@ -147,20 +145,8 @@ def _parts(entries: Iterator[bytes], max_tasks: int, room: int, separator: int) 
 
 def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
     """(id, image bytes) of the pool's rows whose id is in ``ids``."""
-    for batch in _scan(pool, ids, ["id", "image"]):
-        yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist())
-
-
-def _scan(pool: str, ids: pa.Array, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """``columns`` of the pool's rows whose id is in ``ids``: each shard scanned with that filter, a record batch
-    at a time; a row group whose id range holds none of them is not read."""
-    fs, files = pool_files(pool)
-    for path in files:
-        try:
-            shard = pads.dataset(path, filesystem=fs, format=VERIFIED_PARQUET)
-            yield from shard.to_batches(columns=columns, filter=pc.field("id").isin(ids))
-        except (OSError, pa.ArrowException) as e:
-            raise InputError(f"cannot read pool {pool!r}: shard {path}: {e}") from e
+    for rows in read_rows(pool, ids, ["id", "image"]):
+        yield from zip(rows.column("id").to_pylist(), rows.column("image").to_pylist())
 
 
 @dataclass(frozen=True)

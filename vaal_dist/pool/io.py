@@ -21,7 +21,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,11 +383,30 @@ def read_pool_ids(pool: str) -> pa.ChunkedArray:
     return ids
 
 
+def read_rows(pool: str, ids: pa.Array, columns: list[str]) -> Iterator[pa.Table]:
+    """``columns`` of the pool's rows whose id is in ``ids``: one table per shard holding only those rows, a row
+    group whose id statistics exclude them all not read, so memory follows ``ids``, not the pool. Shards are
+    read READ_THREADS at a time, each retried and its errors named as ``read_pool_ids``'s."""
+    fs, files = pool_files(pool)
+    wanted = pc.field("id").isin(ids)
+
+    def shard_rows(path: str) -> pa.Table:
+        shard = pads.dataset(path, filesystem=fs, format=VERIFIED_PARQUET)
+        return shard.to_table(columns=columns, filter=wanted)
+    with ThreadPoolExecutor(min(READ_THREADS, len(files))) as threads:
+        yield from threads.map(lambda path: _named_shard_error(pool, path, lambda: shard_rows(path)), files)
+
+
 def _shard_part(fs: pafs.FileSystem, path: str, pool: str, read: Callable[[pq.ParquetFile], T]) -> T:
     """``read(the shard at path)``, retried; an error names the pool and the shard."""
     def attempt() -> T:
         with fs.open_input_file(path) as f:
             return read(pq.ParquetFile(f, page_checksum_verification=True))
+    return _named_shard_error(pool, path, attempt)
+
+
+def _named_shard_error(pool: str, path: str, attempt: Callable[[], T]) -> T:
+    """``attempt()``, retried after transient errors; any other error an InputError naming the pool and shard."""
     try:
         return retrying(f"{SHARD_READ_FAILED}{path}", attempt)
     except (InputError, StorageError):
