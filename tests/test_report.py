@@ -51,7 +51,6 @@ def test_a_sample_kept_by_actors_over_any_split_is_the_full_streams(seed, size):
     want_ids, want_scores = full_sample(list(ids), list(scores), size)
     np.testing.assert_array_equal(got.ids, want_ids)
     np.testing.assert_array_equal(got.scores, want_scores)
-    assert got.complete == (size > n)
 
 
 def test_an_actor_sends_few_rows_once_its_sample_is_full():
@@ -208,6 +207,15 @@ def test_a_strategy_without_streamed_scores_says_so():
     text = round_page(record(strategy="coreset", budget=1), [Thumb(1, 3.0, "a", None, "x")], np.array([3.0]), None)
     assert Page(text).having(id="no-distribution") and "coreset chooses its images together" in text
     assert 'id="cut-off"' not in text
+
+
+@pytest.mark.parametrize("unlabeled", [99, 100, 101])
+def test_the_distribution_says_all_scores_only_when_the_sample_holds_every_unlabeled_image(unlabeled):
+    sample = ScoreSample(np.array([f"i{k}" for k in range(100)]), np.linspace(0, 1, 100), limit=100)
+    text = round_page(record(budget=1, unlabeled=unlabeled), [Thumb(1, 1.0, "i99", None, "x")], np.array([1.0]),
+                      sample)
+    assert ("all 100 scores" in text) == (unlabeled <= 100)
+    assert ("a uniform sample of 100" in text) == (unlabeled > 100)
 
 
 def test_the_count_of_the_rest_is_left_out_when_every_image_is_shown():

@@ -138,7 +138,7 @@ def _distribution(record: dict, selected_scores: np.ndarray, sample: ScoreSample
     cut_off = float(selected_scores[-1])
     above = int((sample.scores >= cut_off).sum())
     n = len(sample.scores)
-    what = (f"all {n:,} scores" if sample.complete else
+    what = (f"all {n:,} scores" if n >= record["pool"]["unlabeled"] else
             f"a uniform sample of {n:,} of the scored images' scores (chosen by a hash of the id; {SCORES_SAMPLE})")
     return (histogram_svg(sample.scores, cut_off) +
             f'<p class="note">{esc(what)}. Cut-off: {cut_off:.6g}, the score of rank {len(selected_scores):,} (the last selected); '

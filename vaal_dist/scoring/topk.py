@@ -25,11 +25,6 @@ class ScoreSample:
     scores: np.ndarray     # (n,) float64
     limit: int
 
-    @property
-    def complete(self) -> bool:
-        """Whether these are all the scores (fewer rows than the limit were scored)."""
-        return len(self.ids) < self.limit
-
 
 @dataclass(frozen=True)
 class Selection:
