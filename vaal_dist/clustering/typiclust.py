@@ -19,8 +19,9 @@
 The k-NN distances are float64 GEMMs over each cluster's points centred at their mean: within
 (d + 6) 2^-53 (|a| + |b|)^2 of exact (1e-13 of the cluster's spread at d = 512), so the typicalities are
 exact to float64 precision, whichever of near-equal neighbours are named. (Not FAISS: it searches in
-float32, and measuring its candidates again in float64, 29 per point, cost more than the GEMM: 180 s
-against 68 s for the picks at 1M x 512, b = 10,000; clusters hold about N / (|L| + b) points.)
+float32, and measuring its candidates again in float64, 29 per point, cost more than the GEMM when it was
+tried at 1M x 512, b = 10,000, where clusters hold about N / (|L| + b) points; the picks' time at that size
+is in docs/benchmarks.md, "TypiClust at 1M points".)
 """
 from __future__ import annotations
 
