@@ -227,6 +227,28 @@ def test_an_export_of_images_the_pool_lost_is_refused_before_any_file_is_written
     assert not (tmp_path / "ls").exists()
 
 
+@pytest.mark.parametrize("dest_there", [False, True])
+def test_an_image_refused_in_a_later_part_leaves_no_part_written(tmp_path, monkeypatch, dest_there):
+    """Parts are written as the images are read: one that cannot be shown (a raw image of the wrong size, here
+    in the third part) is named, and the parts already written are removed, the folder too if the export made it."""
+    ids, _ = unlabeled_pool(tmp_path / "pool")
+    shard = sorted((tmp_path / "pool").glob("part-*.parquet"))[2]
+    table = pq.read_table(shard)
+    short = table.column("image").to_pylist()
+    short[3] = short[3][:-1]
+    write_parquet(str(shard), table.set_column(1, "image", pa.array(short, pa.binary())))
+    bad = table.column("id")[3].as_py()
+    out = finished_round(tmp_path / "r", tmp_path / "pool", tmp_path / "labeled.parquet", [*ids[10:14], bad])
+    monkeypatch.setattr(export, "READ_ROWS", 2)
+    if dest_there:
+        (tmp_path / "ls").mkdir()
+        (tmp_path / "ls" / "notes.txt").write_text("theirs")
+    with pytest.raises(InputError, match=f"image '{bad}': 63 bytes, not the 8x8x1 of pool.json"):
+        export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES, max_tasks=2)
+    left = sorted(p.name for p in (tmp_path / "ls").iterdir()) if (tmp_path / "ls").exists() else None
+    assert left == (["notes.txt"] if dest_there else None)
+
+
 # --- import ---------------------------------------------------------------------------------------------------
 
 def test_a_label_studio_export_gives_exactly_its_annotated_ids_and_labels(round1, tmp_path):

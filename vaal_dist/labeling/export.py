@@ -10,6 +10,7 @@ Selections larger than a project should hold are split into several files of at 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -87,20 +88,38 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
     done = read_round(round_out, pool=pool, needs_labeled=False)
     names = class_names(done.pool, classes)
-    link = image_links(dest, expires_s)
+    images: list[str] = []
+    link = image_links(dest, expires_s, images)
     _check_in_pool(done)
     form = LAYOUTS[to]
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
     written = []
-    for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
-                                         len(form.separator)), 1):
-        written.append(join(dest, form.name.format(number)))
-        write_atomic(written[-1], head + form.separator.join(part) + form.tail)
-    if to == "label-studio":
-        write_atomic(join(dest, "labeling-config.xml"), labeling_config(names).encode())
-        written.append(join(dest, "labeling-config.xml"))
+    dest_was_there = exists(dest)
+    try:
+        for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
+                                             len(form.separator)), 1):
+            written.append(join(dest, form.name.format(number)))
+            write_atomic(written[-1], head + form.separator.join(part) + form.tail)
+        if to == "label-studio":
+            written.append(join(dest, "labeling-config.xml"))
+            write_atomic(written[-1], labeling_config(names).encode())
+    except BaseException:
+        _remove(dest, written + images, dest_was_there)    # an image refused in a later part: nothing is left
+        raise
     return written
+
+
+def _remove(dest: str, uris: list[str], dest_was_there: bool) -> None:
+    fs, path = resolve(dest)
+    if not dest_was_there:
+        with contextlib.suppress(FileNotFoundError):
+            retrying(f"cannot delete {dest!r}", lambda: fs.delete_dir(path))
+        return
+    for uri in uris:
+        fs, path = resolve(uri)
+        with contextlib.suppress(FileNotFoundError):
+            retrying(f"cannot delete {uri!r}", lambda: fs.delete_file(path))
 
 
 def _check_in_pool(done: Round) -> None:
@@ -169,7 +188,10 @@ def viewable(image_id: str, image: bytes, meta: PoolMeta) -> tuple[bytes, str, t
     """(bytes a browser shows, their MIME type, (width, height)): a raw pool's pixels as PNG, else the
     pool's own JPEG or PNG bytes."""
     if meta.encoding == "raw":
-        picture = raw_picture(image, meta)
+        try:
+            picture = raw_picture(image, meta)
+        except ValueError as e:
+            raise InputError(f"image {image_id!r}: {e}") from None
         buf = io.BytesIO()
         picture.save(buf, format="PNG")
         return buf.getvalue(), "image/png", picture.size
@@ -181,8 +203,9 @@ def viewable(image_id: str, image: bytes, meta: PoolMeta) -> tuple[bytes, str, t
     return image, f"image/{kind.lower()}", size
 
 
-def image_links(dest: str, expires_s: int) -> Callable[[str, bytes, str], str]:
-    """How an image becomes a URL for an export to ``dest``: link(id, bytes, mime) -> URL."""
+def image_links(dest: str, expires_s: int, written: list[str]) -> Callable[[str, bytes, str], str]:
+    """How an image becomes a URL for an export to ``dest``: link(id, bytes, mime) -> URL; the objects it writes
+    (a bucket ``dest``'s images) are added to ``written``."""
     scheme = urlsplit(dest).scheme if "://" in dest else ""
     if scheme in ("", "file"):
         return lambda _, data, mime: f"data:{mime};base64,{base64.b64encode(data).decode()}"
@@ -193,6 +216,7 @@ def image_links(dest: str, expires_s: int) -> Callable[[str, bytes, str], str]:
 
     def link(image_id: str, data: bytes, mime: str) -> str:
         uri = join(dest, "images", quote(image_id, safe="") + "." + mime.split("/")[1])
+        written.append(uri)
         write_atomic(uri, data)
         return presign(uri)
     return link
