@@ -431,6 +431,11 @@ def test_the_commands_export_and_import_and_print_what_they_wrote(round1, tmp_pa
     assert main(["import-labels", export, other, "--round", out, "--classes", *CLASSES]) == 0
     assert capsys.readouterr().out.splitlines() == [f"labeled manifest: {out}/labeled.parquet (7 images, 2 new)",
                                                     f"labels: {out}/labels.parquet"]
+    assert main(["export", out, "--to", "csv", "--dest", str(tmp_path / "csv"), "--classes", *CLASSES,
+                 "--max-bytes", "600"]) == 0
+    parts = sorted((tmp_path / "csv").iterdir())
+    assert len(parts) > 1 and all(p.stat().st_size <= 600 for p in parts)
+    assert len(capsys.readouterr().out.splitlines()) == len(parts)
     with pytest.raises(SystemExit):
         main(["export", out, "--to", "label-studio", "--dest", "x", "--expires", "604801"])
     capsys.readouterr()

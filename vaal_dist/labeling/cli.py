@@ -9,7 +9,7 @@ from vaal_dist.redaction import redact
 
 def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from vaal_dist.cli import at_least
-    from vaal_dist.labeling.export import FORMATS, MAX_TASKS, WEEK_S
+    from vaal_dist.labeling.export import FORMATS, MAX_BYTES, MAX_TASKS, WEEK_S
 
     p.add_argument("round", help="a finished round's --out folder or URI")
     p.add_argument("--to", required=True, choices=FORMATS, help="the labeling tool's format")
@@ -22,6 +22,9 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-tasks", type=at_least(1), default=MAX_TASKS,
                    help=f"tasks per file; more are split into several files (default {MAX_TASKS:,}, Label "
                         f"Studio's recommended project size)")
+    p.add_argument("--max-bytes", type=at_least(1), default=MAX_BYTES,
+                   help=f"bytes per file, cut between tasks (default {MAX_BYTES:,}: under Label Studio's 200 MB "
+                        f"import limit)")
     p.add_argument("--expires", type=at_least(1, WEEK_S), default=WEEK_S, help="seconds a signed image URL stays valid "
                                                                     "(default and most: 7 days)")
     return p
@@ -31,7 +34,7 @@ def export_command(args: argparse.Namespace) -> int:
     from vaal_dist.labeling.export import export_selection
 
     files = export_selection(args.round, args.to, args.dest, classes=args.classes, pool=args.pool,
-                             max_tasks=args.max_tasks, expires_s=args.expires)
+                             max_tasks=args.max_tasks, max_bytes=args.max_bytes, expires_s=args.expires)
     for f in files:
         print(f"wrote {redact(f)}")
     return 0
