@@ -2,6 +2,7 @@
 experiment that is interrupted, resumed without re-labeling, and writes its table and plot."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
-from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_pool
 from vaal_dist.round_inputs import RoundInputs
 
 
@@ -124,10 +125,10 @@ def test_an_interrupted_experiment_resumes_at_its_round_without_relabeling(ray_l
                                                                    real_train(inputs))[1])
     real_evaluate = experiment._evaluate
 
-    def crash_in_round_1(round_cfg, folder, test_ids):
+    def crash_in_round_1(round_cfg, folder, test_ids, judged):
         if folder.endswith("round-1"):
             raise RuntimeError("injected crash")
-        return real_evaluate(round_cfg, folder, test_ids)
+        return real_evaluate(round_cfg, folder, test_ids, judged)
 
     monkeypatch.setattr(experiment, "_evaluate", crash_in_round_1)
     with pytest.raises(RuntimeError, match="injected crash"):
@@ -193,3 +194,35 @@ def test_the_pixel_baseline_learns_what_the_pixels_say_and_is_cached(tmp_path):
     assert experiment._pixel_baseline(cfg, str(tmp_path / "round"), pa.array(ids[20:])) == 1.0
     cached = json.loads((tmp_path / "round" / "pixel-baseline.json").read_text())
     assert cached == {"accuracy": 1.0, "labeled": 20, "test": 100}
+
+
+def test_a_round_whose_task_model_is_the_judge_is_not_judged_again(tmp_path, monkeypatch):
+    """A selection round that trained the plain task model on the round's labeled set, seed and test ids gives
+    its test accuracy; a round without one (MC-Dropout's own dropout) and the last round train the judge."""
+    make_raw_pool(tmp_path / "pool", 100, shards=2)
+    judged_here = []
+    monkeypatch.setattr(RoundInputs, "train_task", lambda inputs: judged_here.append(inputs.train_dir) or
+                        SimpleNamespace(last_epoch={"eval_accuracy": 0.25}))
+
+    def a_round(cfg):   # picks the first unlabeled ids; its task model reports 0.75 on the test ids
+        taken = set(read_manifest(cfg.labeled).to_pylist()) | set(read_manifest(cfg.holdout).to_pylist())
+        write_manifest(join(cfg.out, "selection.parquet"),
+                       [i for i in sorted(read_pool_ids(cfg.pool).to_pylist()) if i not in taken][:cfg.budget])
+        settings = {**experiment.JUDGE_SETTINGS, "dropout": 0.5} if cfg.strategy == "mc_dropout" else \
+            experiment.JUDGE_SETTINGS
+        task = {"settings": settings, "last_epoch": {"eval_accuracy": 0.75}}
+        return SimpleNamespace(record={"per_100_query_seconds": 1.0, "train": {"task": task}})
+    monkeypatch.setattr(experiment, "run_round", a_round)
+    out = tmp_path / "exp"
+    curves = run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(preset("cpu")), str(out),
+                                             strategies=("entropy", "mc_dropout"), seeds=(0,), initial=0.2, step=0.1,
+                                             final=0.4))
+    assert [(r["strategy"], r["round"], r["accuracy"]) for r in curves.to_pylist()] == [
+        ("entropy", 0, 0.75), ("entropy", 1, 0.75), ("entropy", 2, 0.25),
+        ("mc_dropout", 0, 0.75), ("mc_dropout", 1, 0.25), ("mc_dropout", 2, 0.25)]   # round 0: entropy's, shared
+    runs = out / "runs"
+    assert judged_here == [str(runs / "entropy" / "seed-0" / "round-2" / "eval"),
+                           str(runs / "mc_dropout" / "seed-0" / "round-1" / "eval"),
+                           str(runs / "mc_dropout" / "seed-0" / "round-2" / "eval")]
+    assert json.loads((out / "splits" / "seed-0" / "eval.json").read_text()) == \
+        {"accuracy": 0.75, "labeled": 16, "test": 20}

@@ -2,10 +2,11 @@
 
 For each seed the pool is split once into a held-out test set and a training set, and a seeded initial
 labeled set is drawn from the training set; every strategy starts from the same splits (so results
-pair by seed). Each round trains a fresh task model on the labeled set and measures its accuracy on the
-test set (the last epoch's model: no model choice on test), then, until the final fraction, runs one
-selection round (``run_round``, with the test ids held out) and reveals the selected images' labels by
-adding them to the labeled set. Every step leaves a file, so a rerun of the same ``out`` resumes.
+pair by seed). Each round, until the final fraction, runs one selection round (``run_round``, with the test
+ids held out) and reveals the selected images' labels by adding them to the labeled set; and each round's
+accuracy is that of a fresh task model trained on its labeled set, on the test set (the last epoch's model:
+no model choice on test): the selection round's own task model where it is that model (``_judged_in_round``),
+else one trained for the purpose. Every step leaves a file, so a rerun of the same ``out`` resumes.
 
 Layout under ``out``: ``splits/seed-S/`` with ``test.parquet``, ``initial.parquet`` and the round-0
 evaluation, shared by the strategies; ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the
@@ -38,6 +39,7 @@ from vaal_dist.round_inputs import RoundInputs
 log = logging.getLogger(__name__)
 
 PIXEL_BASELINE_IMAGES = 50_000      # labeled + test images a logistic-regression baseline decodes on the driver
+JUDGE_SETTINGS = {"rank_loss": None, "dropout": None, "members": 0}     # train_task's defaults: the judge
 
 
 @dataclass(frozen=True)
@@ -150,18 +152,19 @@ def _curve(cfg: ExperimentConfig, strategy: str, seed: int, test_uri: str, initi
         budget = _labeled_count(fractions[r + 1], train_size) - labeled if selects else 0
         round_cfg = RoundConfig(pool=cfg.pool, labeled=labeled_uri, out=join(folder, "select"), budget=budget,
                                 strategy=strategy, holdout=test_uri, seed=seed * 1000 + r, setup=cfg.setup)
-        # Round 0 starts every strategy of a seed from the same set and model seed: evaluated once.
-        evaluated_in = _split_folder(cfg, seed) if r == 0 else folder
-        accuracy = _evaluate(round_cfg, evaluated_in, test_ids)
         row = {"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": fraction,
-               "labeled": labeled, "accuracy": accuracy,
-               "pixel_logreg_accuracy": _pixel_baseline(round_cfg, evaluated_in, test_ids),
-               "query_seconds_per_100": float("nan"), **dict.fromkeys(GAME_METRICS, float("nan"))}
-        if selects:
-            record = run_round(round_cfg).record
+               "labeled": labeled, "query_seconds_per_100": float("nan"),
+               **dict.fromkeys(GAME_METRICS, float("nan"))}
+        record = run_round(round_cfg).record if selects else None
+        if record:
             row["query_seconds_per_100"] = record["per_100_query_seconds"]
             for model in record["train"].values():          # the adversarial game's: VAAL's D or AALU's A
                 row.update({k: float(model["last_epoch"][k]) for k in GAME_METRICS if k in model["last_epoch"]})
+        # Round 0 starts every strategy of a seed from the same set and model seed: evaluated once.
+        evaluated_in = _split_folder(cfg, seed) if r == 0 else folder
+        accuracy = _evaluate(round_cfg, evaluated_in, test_ids, _judged_in_round(record))
+        row.update(accuracy=accuracy, pixel_logreg_accuracy=_pixel_baseline(round_cfg, evaluated_in, test_ids))
+        if record:
             labeled_uri = _revealed(labeled_uri, round_cfg.out)
         log.info("%s seed %d round %d: %d labeled (%.0f%%), test accuracy %.4f", strategy, seed, r,
                  row["labeled"], 100 * fraction, accuracy)
@@ -189,16 +192,28 @@ def _revealed(labeled_uri: str, select_out: str) -> str:
     return merged
 
 
-def _evaluate(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> float:
-    """Test accuracy of a task model trained from scratch on the round's labeled set (cached)."""
+def _judged_in_round(record: dict | None) -> float | None:
+    """The test accuracy of the selection round's own task model where that model is the judge: trained by
+    ``train_task`` with no loss module, dropout override or members, on the same labeled set, seed and test
+    ids, it is the model ``_evaluate`` would train again (identical on CPU: docs/design-choices.md)."""
+    task = (record or {}).get("train", {}).get("task")
+    if task and task.get("settings") == JUDGE_SETTINGS and "eval_accuracy" in task["last_epoch"]:
+        return float(task["last_epoch"]["eval_accuracy"])
+    return None
+
+
+def _evaluate(round_cfg: RoundConfig, folder: str, test_ids: pa.Array, judged: float | None = None) -> float:
+    """Test accuracy of a task model trained from scratch on the round's labeled set (cached): ``judged``, the
+    round's own judge's, when it has one, else the judge trained here."""
     done = join(folder, "eval.json")
     if exists(done):
         return read_json(done)["accuracy"]
     labeled = read_manifest(round_cfg.labeled)
-    inputs = RoundInputs(round_cfg, read_pool_meta(round_cfg.pool), labeled, join(folder, "eval"), test_ids)
-    accuracy = float(inputs.train_task().last_epoch["eval_accuracy"])
-    write_json(done, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
-    return accuracy
+    if judged is None:
+        inputs = RoundInputs(round_cfg, read_pool_meta(round_cfg.pool), labeled, join(folder, "eval"), test_ids)
+        judged = float(inputs.train_task().last_epoch["eval_accuracy"])
+    write_json(done, {"accuracy": judged, "labeled": len(labeled), "test": len(test_ids)})
+    return judged
 
 
 def _pixel_baseline(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> float:

@@ -49,10 +49,13 @@ class TrainedModel:
     checkpoint: Checkpoint
     last_epoch: dict
     num_classes: int | None = None   # task models: the classes they predict
+    settings: dict | None = None     # task models: train_task's rank_loss, dropout and members
 
     def record(self) -> dict:
         facts = {"checkpoint": self.checkpoint.path, "last_epoch": self.last_epoch}
-        return facts if self.num_classes is None else {**facts, "num_classes": self.num_classes}
+        if self.num_classes is None:
+            return facts
+        return {**facts, "num_classes": self.num_classes, "settings": self.settings}
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ class RoundInputs:
         trained = self.fit(task_train_loop_per_worker, loop_config, datasets, name="ensemble" if members else "task",
                            workers=min(cfg.workers, members) if members else None,
                            split=[] if members else ["train"])
-        return dataclasses.replace(trained, name="task", num_classes=num_classes)
+        return dataclasses.replace(trained, name="task", num_classes=num_classes,
+                                   settings={"rank_loss": rank_loss, "dropout": dropout, "members": members})
 
     def train_vaal(self, vaal: VAALConfig | None = None, columns: dict[str, ray.data.Dataset] | None = None
                    ) -> TrainedModel:
