@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/clustering_speed.py cluster --n 1000000 --dim 512 --exact-sizes 5000 10000 20000
     .venv/bin/python benchmarks/clustering_speed.py select --n 1000000 --budget 50000
     .venv/bin/python benchmarks/clustering_speed.py typiclust --n 1000000 --dim 512 --budget 10000 --plain-sizes 20000 50000
+    .venv/bin/python benchmarks/clustering_speed.py typiclust --n 1000000 --dim 512 --budget 10000 --max-clusters 500
     .venv/bin/python benchmarks/clustering_speed.py ari --n 2000
 
 Seeded Gaussian blobs (100 blob centres N(0, 1), points N(centre, 1) per coordinate). Every command
@@ -200,7 +201,7 @@ def bench_typiclust(args) -> None:
     x, ids = blobs(args.n, args.dim), pool_ids(args.n)
     labeled = np.zeros(args.n, bool)
     labeled[np.random.default_rng(1).choice(args.n, args.labeled, replace=False)] = True
-    k = args.labeled + args.budget
+    k = min(args.labeled + args.budget, args.max_clusters or args.n)
     if not args.skip_ours:
         print(f"| vaal_dist typiclust, {args.n:,} x {args.dim}, |L| = {args.labeled:,}, b = {args.budget:,} "
               f"({k:,} clusters; k-means {kmeans_tflop(args.n, k, args.dim):.1f} TFLOP) | ", end="", flush=True)
@@ -284,6 +285,7 @@ def main() -> None:
     t.add_argument("--dim", type=int, default=32)
     t.add_argument("--budget", type=int, default=10_000)
     t.add_argument("--labeled", type=int, default=0)
+    t.add_argument("--max-clusters", type=int, default=0, help="cap |L| + b clusters (the authors' code: 500)")
     t.add_argument("--authors-n", type=int, default=0, help="also run the authors' procedure on this many points")
     t.add_argument("--plain-sizes", type=int, nargs="*", default=[],
                    help="run sklearn KMeans + NearestNeighbors on the first m points, b scaled by m / N")

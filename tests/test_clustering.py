@@ -1,4 +1,6 @@
 """Cluster-Margin's clustering and round-robin selection, TypiClust's exact typicality and picks."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -6,8 +8,10 @@ from scipy.spatial.distance import pdist, squareform
 
 from vaal_dist.clustering import cluster_margin, typiclust
 from vaal_dist.clustering.hac import average_linkage, cut
+from vaal_dist.config import AcquisitionConfig
 from vaal_dist.errors import InputError
 from vaal_dist.scoring.ids import id_hash
+from vaal_dist.strategies.typiclust import TypiClust
 
 
 def same_partition(a, b) -> bool:
@@ -359,9 +363,13 @@ def textbook_typiclust(x, ids, labeled, assign, budget, neighbours=20, min_size=
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_revisited_clusters_give_the_textbook_picks(seed):
+@pytest.mark.parametrize("max_spare", [0, 3, typiclust.MAX_SPARE])
+def test_revisited_clusters_give_the_textbook_picks(seed, max_spare, monkeypatch):
     # 4 clusters of 60, 45, 30 and 7 points, 3 labeled, budget 120: about 35 visits per cluster, each
-    # after a removal that the incremental k-NN lists must follow (k falls from 20 once < 40 are left)
+    # after a removal that the incremental k-NN lists must follow (k falls from 20 once < 40 are left):
+    # with no spare neighbours a row that held the pick is measured again, with 3 after every third such
+    # pick, with the default (29 here) almost never
+    monkeypatch.setattr(typiclust, "MAX_SPARE", max_spare)
     rng = np.random.default_rng(seed)
     assign = rng.permutation(np.repeat([0, 1, 2, 3], [60, 45, 30, 7]))
     x = (rng.normal(size=(142, 5)) + 4 * assign[:, None]).astype(np.float32)
@@ -390,6 +398,21 @@ def test_typiclust_is_deterministic_under_a_seed():
     np.testing.assert_array_equal(first.typicality, again.typicality)
     assert not labeled[first.picks].any() and len(set(first.picks.tolist())) == 30
     assert len(set(first.cluster.tolist())) == 30        # 70 clusters, >= 30 uncovered: one pick each
+
+
+@pytest.mark.parametrize("max_clusters, clusters", [(None, 30), (5, 5), (100, 30)])
+def test_the_strategy_makes_labeled_plus_budget_clusters_at_most_max_clusters(max_clusters, clusters):
+    """10 labeled, b = 20: |L| + b = 30 clusters, or --max-clusters when fewer; the picks are the algorithm's
+    for that many clusters (with 5, each cluster visited four times)."""
+    x, _, ids = planted_blobs(600, 4, 6, seed=2, spread=0.3)
+    config = SimpleNamespace(budget=20, seed=0, acquisition=AcquisitionConfig(max_clusters=max_clusters))
+    inputs = SimpleNamespace(config=config, embeddings=lambda _, side: (ids[:10], x[:10]) if side == "labeled"
+                             else (ids[10:], x[10:]))
+    chosen = TypiClust().select(inputs, SimpleNamespace(scorer=None))
+    labeled = np.arange(600) < 10
+    expected = typiclust.select(x, ids, labeled, 20, n_clusters=clusters, seed=0)
+    assert chosen.ids.tolist() == ids[expected.picks].tolist() and not set(chosen.ids) & set(ids[:10])
+    assert len(set(expected.cluster.tolist())) <= clusters
 
 
 def test_typiclust_refuses_what_it_cannot_do():

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from vaal_dist.cli import add_round_args, config_from_args
-from vaal_dist.config import PRESETS, RoundConfig, Setup, VAALConfig, preset
+from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, Setup, VAALConfig, preset
 from vaal_dist.round import _fingerprint
 
 POOL, LABELED = pa.array(["a", "b", "c"]), pa.array(["a"])
@@ -35,6 +35,14 @@ def test_a_default_round_keeps_its_fingerprint():
     cfg = RoundConfig("pool", "labeled.parquet", "out", 2)
     assert _fingerprint(cfg, pa.array(["a", "b", "c", "d"]), pa.array(["b"]), None) == \
         "2c49cdcebf689e2039a2dc17a9c5442d2cb9f51b1f4a4221019c8a1d2e57f36c"
+
+
+def test_a_setting_added_later_changes_the_fingerprint_only_when_set():
+    default = RoundConfig("pool", "labeled.parquet", "out", 2)
+    capped = RoundConfig("pool", "labeled.parquet", "out", 2,
+                         setup=Setup(preset("cifar10"), acquisition=AcquisitionConfig(max_clusters=500)))
+    ids, labeled = pa.array(["a", "b", "c", "d"]), pa.array(["b"])
+    assert _fingerprint(capped, ids, labeled, None) != _fingerprint(default, ids, labeled, None)
 
 
 def test_the_recorded_preset_names_the_models_the_round_ran_with():

@@ -103,6 +103,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--subset-factor", type=at_least(0),
                    help="score a seeded random subset of this many times b unlabeled images (0: the whole "
                         "pool; default: 10 for ta_vaal and learning_loss, the whole pool otherwise)")
+    p.add_argument("--max-clusters", type=at_least(1),
+                   help="typiclust: at most this many k-means clusters (default: labeled + budget, as the paper; "
+                        "the authors' code uses 500), for large labeled sets and budgets")
     p.add_argument("--workers", type=at_least(0), default=Setup.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
@@ -130,7 +133,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
     return Setup(
         preset=models,
         acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
-                                      subset_factor=args.subset_factor),
+                                      subset_factor=args.subset_factor, max_clusters=args.max_clusters),
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
                               threads_per_actor=args.threads_per_actor, amp=args.amp),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,

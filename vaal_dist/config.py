@@ -89,6 +89,8 @@ class AcquisitionConfig:
     ensemble_members: int = 5              # M task models, trained in parallel
     subset_factor: int | None = None       # score a seeded random subset of factor x b; 0: whole pool;
                                            # None: the strategy's paper default (10 for TA-VAAL, LL)
+    max_clusters: int | None = None        # TypiClust's k-means clusters at most; None: |L| + b (the
+                                           # paper); the authors' code caps them at 500
 
 
 @dataclass(frozen=True)

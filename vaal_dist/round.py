@@ -161,12 +161,19 @@ def _imported_labels_state(cfg: RoundConfig) -> str:
     return json.dumps({"labels.parquet": [info.size, info.mtime_ns]})
 
 
+# Settings added after rounds were first fingerprinted, hashed only when set: those rounds still resume.
+HASHED_WHEN_SET = (("acquisition", "max_clusters"),)
+
+
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
     """The config (less scoring layout) and the pool, labeled and held-out ids: what the selection depends on
     besides the pool's files and the code."""
     h = hashlib.sha256()
     config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out", "max_failures")}
     config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
+    for group, key in HASHED_WHEN_SET:
+        if config[group][key] is None:
+            del config[group][key]
     h.update(json.dumps(config, sort_keys=True).encode())
     for ids in (pool_ids, labeled_ids, pa.array([], pa.string()) if holdout_ids is None else holdout_ids):
         _hash_sorted(h, ids)

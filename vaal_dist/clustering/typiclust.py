@@ -1,13 +1,15 @@
 """TypiClust (Hacohen, Dekel & Weinshall, ICML 2022, "Active Learning on a Budget") on a whole pool.
 
 1. FAISS k-means of every labeled and unlabeled embedding into |L| + b clusters (the paper's number; the
-   authors' code caps it at 500 for its sklearn k-means, we do not: ``n_clusters`` caps it).
+   authors' code caps it at 500 for its sklearn k-means, we do not: ``n_clusters`` caps it, and the
+   strategy's ``--max-clusters``).
 2. Clusters of at most ``min_cluster_size`` = 5 points (labeled ones included) are never chosen (the
    authors' code); the others are visited by fewest labeled points, then largest first, then cluster
    number, so the first are the largest clusters holding no labeled point (the paper's "largest uncovered
    clusters": with |L| + b clusters at least b hold none). Past the last, the visits start again; a
-   revisited cluster keeps its k-NN lists, and a pick re-measures only the points that had it among
-   their K nearest.
+   revisited cluster keeps its k-NN lists, each with a spare neighbour for every later visit (at most
+   MAX_SPARE), so a pick only shortens the lists that held it; a list left shorter than K is measured
+   again.
 3. From each visited cluster, its most typical unlabeled point not yet picked (ties: smallest id):
 
        typicality(x) = 1 / ((1/K) sum_{y in K-NN(x)} |x - y|_2),   K = min(20, floor(n / 2)),
@@ -34,6 +36,7 @@ from vaal_dist.errors import InputError
 
 NEIGHBOURS = 20
 MIN_CLUSTER_SIZE = 5
+MAX_SPARE = 32          # neighbours kept a row beyond K, for the clusters' later visits
 
 
 @dataclass(frozen=True)
@@ -71,13 +74,16 @@ def _pick(x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, assign: np.ndarra
           neighbours: int, min_cluster_size: int) -> TypiClustPicks:
     members = np.argsort(assign, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
+    order = [c for c in _visit_order(assign, labeled, k, min_cluster_size)
+             if (~labeled[members[bounds[c]:bounds[c + 1]]]).any()]
+    # Keep each cluster's k-NN lists only when clusters will be visited again, with a spare neighbour a row
+    # for each later visit (memory: 16 (K + spare) bytes a point); one visit removes one point.
+    revisit = budget > len(order)
+    spare = min(MAX_SPARE, -(-budget // max(1, len(order))) - 1)
     states = {}                                          # in visiting order
-    for c in _visit_order(assign, labeled, k, min_cluster_size):
+    for c in order:
         rows = members[bounds[c]:bounds[c + 1]]
-        if (~labeled[rows]).any():
-            states[c] = _Cluster(rows[~labeled[rows]])
-    # keep each cluster's k-NN lists only when clusters will be visited again (memory: 16 K bytes a point)
-    revisit = budget > len(states)
+        states[c] = _Cluster(rows[~labeled[rows]], spare)
     picks, typicality, clusters = [], [], []
     while len(picks) < budget:
         if not states:
@@ -114,37 +120,56 @@ def _visit_order(assign: np.ndarray, labeled: np.ndarray, k: int, min_cluster_si
 
 
 class _Cluster:
-    """A cluster's unlabeled points not yet picked and, once measured, each one's k nearest among them."""
+    """A cluster's unlabeled points not yet picked and, once measured, each one's nearest among them: the K the
+    typicality averages and up to ``spare`` more, so that a pick only shortens the lists that held it."""
 
-    def __init__(self, rows: np.ndarray):
+    def __init__(self, rows: np.ndarray, spare: int = 0):
         self.rows = rows                                 # (n,) indices into the pool
-        self.sq = self.nbrs = None                       # (n, k): exact squared distances, pool indices
+        self.spare = spare
+        self.k = 0
+        self.sq = self.nbrs = None                       # (n, k + spare): exact squared distances, ascending
+                                                         # (inf past a list's end), pool indices (-1 there)
 
     def most_typical(self, x: np.ndarray, ids: np.ndarray, neighbours: int) -> tuple[int, float]:
         """(row, its typicality): ties to the smallest id; NaN for a lone point (nothing to measure)."""
         if self.sq is None:
-            k = min(neighbours, len(self.rows) // 2)
-            if k == 0:
+            self.k = min(neighbours, len(self.rows) // 2)
+            if self.k == 0:
                 return int(self.rows[0]), float("nan")
-            self.sq, positions = knn(x[self.rows], k)
-            self.nbrs = self.rows[positions]
-        t = _inverse_mean_distance(self.sq)
+            self.sq, self.nbrs = self._measure(x, None)
+        t = _inverse_mean_distance(self.sq[:, :self.k])
         best = self.rows[t == t.max()]
         return int(best[np.argmin(ids[best])]), float(t.max())
 
     def remove(self, x: np.ndarray, pick: int, neighbours: int) -> None:
-        """Drop ``pick``; only the rows that had it among their k nearest are measured again (``knn`` on
-        those queries), unless k itself changes (small clusters), which re-measures all."""
+        """Drop ``pick`` from the cluster and from the lists that held it; a row left with fewer than K is
+        measured again (``knn`` on those queries), and all are when K itself changes (small clusters)."""
         keep = self.rows != pick
         self.rows = self.rows[keep]
-        if self.sq is None or min(neighbours, len(self.rows) // 2) != self.sq.shape[1]:
+        if self.sq is None or min(neighbours, len(self.rows) // 2) != self.k:
             self.sq = self.nbrs = None
             return
         self.sq, self.nbrs = self.sq[keep], self.nbrs[keep]
-        stale = np.flatnonzero((self.nbrs == pick).any(1))
-        if len(stale):
-            self.sq[stale], positions = knn(x[self.rows], self.sq.shape[1], queries=stale)
-            self.nbrs[stale] = self.rows[positions]
+        held = np.flatnonzero((self.nbrs == pick).any(1))
+        if len(held):
+            gone = self.nbrs[held] == pick
+            self.sq[held] = np.where(gone, np.inf, self.sq[held])
+            self.nbrs[held] = np.where(gone, -1, self.nbrs[held])
+            order = np.argsort(self.sq[held], axis=1, kind="stable")      # the gap to the end of the list
+            self.sq[held] = np.take_along_axis(self.sq[held], order, 1)
+            self.nbrs[held] = np.take_along_axis(self.nbrs[held], order, 1)
+        short = np.flatnonzero(np.isinf(self.sq[:, self.k - 1]))
+        if len(short):
+            self.sq[short], self.nbrs[short] = self._measure(x, short)
+
+    def _measure(self, x: np.ndarray, queries: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, pool indices) of the K + spare nearest (fewer if the cluster is smaller, padded
+        with inf and -1) of the rows at ``queries`` (all when None)."""
+        width = self.k + self.spare if self.sq is None else self.sq.shape[1]
+        sq, positions = knn(x[self.rows], min(width, len(self.rows) - 1), queries=queries)
+        pad = width - sq.shape[1]
+        return (np.pad(sq, ((0, 0), (0, pad)), constant_values=np.inf),
+                np.pad(self.rows[positions], ((0, 0), (0, pad)), constant_values=-1))
 
 
 def typicality(points: np.ndarray, k: int) -> np.ndarray:

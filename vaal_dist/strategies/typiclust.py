@@ -3,9 +3,10 @@
 For the first rounds, where the model is too weak to know what it does not know. The embedding is
 unsupervised: the means of VAAL's VAE, trained on the whole pool (labeled and unlabeled) as VAAL trains it.
 Every labeled and unlabeled image is embedded through the scoring actors; ``clustering.typiclust`` runs
-k-means into |L| + b clusters and picks, from the largest clusters holding no labeled image, each one's
-most typical unlabeled image (the highest inverse mean distance to its 20 nearest neighbours in its
-cluster). Each pick's score is its typicality (0 for an image alone in its cluster).
+k-means into |L| + b clusters (at most ``--max-clusters``) and picks, from the largest clusters holding no
+labeled image, each one's most typical unlabeled image (the highest inverse mean distance to its 20
+nearest neighbours in its cluster); with fewer clusters than b it visits them again, round after round.
+Each pick's score is its typicality (0 for an image alone in its cluster).
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ class TypiClust:
         ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
         choosing = time.perf_counter()
         is_labeled = np.concatenate([np.ones(len(labeled), bool), np.zeros(len(unlabeled), bool)])
+        budget, cap = inputs.config.budget, inputs.config.acquisition.max_clusters
         chosen = select(np.concatenate([labeled, unlabeled]), np.concatenate([labeled_ids, ids]), is_labeled,
-                        inputs.config.budget, seed=inputs.config.seed)
+                        budget, n_clusters=cap and min(cap, len(labeled) + budget), seed=inputs.config.seed)
         end = time.perf_counter()
         return Selection(ids[chosen.picks - len(labeled)], np.nan_to_num(chosen.typicality, nan=0.0),
                          candidates=len(ids), seconds=end - start, merge_seconds=end - choosing)
