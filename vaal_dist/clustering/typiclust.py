@@ -74,16 +74,16 @@ def _pick(x: np.ndarray, ids: np.ndarray, labeled: np.ndarray, assign: np.ndarra
           neighbours: int, min_cluster_size: int) -> TypiClustPicks:
     members = np.argsort(assign, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
-    order = [c for c in _visit_order(assign, labeled, k, min_cluster_size)
-             if (~labeled[members[bounds[c]:bounds[c + 1]]]).any()]
+    unlabeled = {}                                       # in visiting order: each cluster's unlabeled rows
+    for c in _visit_order(assign, labeled, k, min_cluster_size):
+        rows = members[bounds[c]:bounds[c + 1]]
+        if (~labeled[rows]).any():
+            unlabeled[c] = rows[~labeled[rows]]
     # Keep each cluster's k-NN lists only when clusters will be visited again, with a spare neighbour a row
     # for each later visit (memory: 16 (K + spare) bytes a point); one visit removes one point.
-    revisit = budget > len(order)
-    spare = min(MAX_SPARE, -(-budget // max(1, len(order))) - 1)
-    states = {}                                          # in visiting order
-    for c in order:
-        rows = members[bounds[c]:bounds[c + 1]]
-        states[c] = _Cluster(rows[~labeled[rows]], spare)
+    revisit = budget > len(unlabeled)
+    spare = min(MAX_SPARE, -(-budget // max(1, len(unlabeled))) - 1)
+    states = {c: _Cluster(rows, spare) for c, rows in unlabeled.items()}
     picks, typicality, clusters = [], [], []
     while len(picks) < budget:
         if not states:
