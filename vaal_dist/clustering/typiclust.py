@@ -152,12 +152,12 @@ class _Cluster:
         self.sq, self.nbrs = self.sq[keep], self.nbrs[keep]
         held = np.flatnonzero((self.nbrs == pick).any(1))
         if len(held):
-            gone = self.nbrs[held] == pick
-            self.sq[held] = np.where(gone, np.inf, self.sq[held])
-            self.nbrs[held] = np.where(gone, -1, self.nbrs[held])
-            order = np.argsort(self.sq[held], axis=1, kind="stable")      # the gap to the end of the list
-            self.sq[held] = np.take_along_axis(self.sq[held], order, 1)
-            self.nbrs[held] = np.take_along_axis(self.nbrs[held], order, 1)
+            sq, nbrs = self.sq[held], self.nbrs[held]
+            gone = nbrs == pick
+            sq[gone], nbrs[gone] = np.inf, -1
+            order = np.argsort(sq, axis=1, kind="stable")                 # the gap to the end of the list
+            self.sq[held] = np.take_along_axis(sq, order, 1)
+            self.nbrs[held] = np.take_along_axis(nbrs, order, 1)
         short = np.flatnonzero(np.isinf(self.sq[:, self.k - 1]))
         if len(short):
             self.sq[short], self.nbrs[short] = self._measure(x, short)
