@@ -8,7 +8,7 @@ only that a file is written whole and that every later listing and read sees it:
 
 1. A contender writes its claim ``choosing``, reads every live claim, and writes ticket 1 + the largest it read.
 2. It waits while any other claim is still choosing, then compares (ticket, token) with every ticket: the
-   smallest holds the lock. Any other is refused naming the holder, or, told to wait, waits for its turn.
+   smallest holds the lock. Any other is refused naming that holder, or, told to wait, waits for its turn.
 3. The holder rewrites its claim every ``heartbeat_s`` seconds from a thread, and deletes it when done.
 
 A claim is dead, and ignored and deleted by whoever reads it, when the storage's clock says it was last
@@ -153,9 +153,12 @@ class FolderLock:
         while True:
             others = self._live_others()
             ahead = [c for c in others if c["ticket"] is not None and (c["ticket"], c["token"]) < mine]
-            if not ahead and all(c["state"] != "choosing" for c in others):
+            settled = all(c["state"] != "choosing" for c in others)
+            if not ahead and settled:
                 return
-            if ahead and time.monotonic() >= deadline:
+            # Refused only once no one is choosing: one still choosing may draw a ticket ahead of those seen,
+            # and then it, not they, holds the lock the refusal names.
+            if ahead and settled and time.monotonic() >= deadline:
                 raise InputError(self._busy(ahead, wait_s))
             time.sleep(pause)
             pause = min(2 * pause, 1.0)
