@@ -20,7 +20,7 @@ def job_main():
 
 TRAINING = [("--epochs", "0"), ("--batch-size", "0"), ("--epoch-images", "0"), ("--task-epochs", "0"), ("--task-min-steps", "-1"),
             ("--aalu-epochs", "0"), ("--mc-passes", "0"), ("--members", "0"), ("--subset-factor", "-1"),
-            ("--max-clusters", "0"),
+            ("--max-clusters", "0"), ("--embedding-image-size", "0"),
             ("--workers", "-1"), ("--cpus-per-worker", "0"), ("--cpus-per-worker", "nan"),
             ("--cpus-per-worker", "inf"), ("--max-failures", "-1"), ("--score-batch-size", "0"), ("--actors", "-1"),
             ("--actors", "0"), ("--threads-per-actor", "-1"), ("--threads-per-actor", "0"), ("--epochs", "2.5"),

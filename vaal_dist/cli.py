@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
+from vaal_dist.config import PRESETS, AcquisitionConfig, Backbone, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import VaalDistError
 from vaal_dist.labeling.cli import add_export_args, add_import_args, export_command, import_command
 from vaal_dist.redaction import redact
@@ -106,6 +106,14 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-clusters", type=at_least(1),
                    help="typiclust: at most this many k-means clusters (default: labeled + budget, as the paper; "
                         "the authors' code uses 500), for large labeled sets and budgets")
+    p.add_argument("--embedding", metavar="ARCH",
+                   help="coreset, cluster_margin, typiclust: embed the pool with this torchvision classifier's "
+                        "penultimate features (e.g. resnet50) instead of the strategy's own model; with "
+                        "--embedding-weights")
+    p.add_argument("--embedding-weights", metavar="FILE",
+                   help="the --embedding model's state dict (torch.save; a local path or URI): nothing is downloaded")
+    p.add_argument("--embedding-image-size", type=at_least(1), default=Backbone.image_size,
+                   help="images are resized to this side for the --embedding model")
     p.add_argument("--workers", type=at_least(0), default=Setup.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
@@ -130,10 +138,14 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
                     vaal=given(epochs=args.epochs, batch_size=args.batch_size, epoch_images=args.epoch_images),
                     task=given(epochs=args.task_epochs, min_steps=args.task_min_steps),
                     aalu=given(epochs=args.aalu_epochs))
+    if (args.embedding is None) != (args.embedding_weights is None):
+        raise VaalDistError("--embedding and --embedding-weights go together: the model and its weights")
+    embedding = args.embedding and Backbone(args.embedding, args.embedding_weights, args.embedding_image_size)
     return Setup(
         preset=models,
         acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
-                                      subset_factor=args.subset_factor, max_clusters=args.max_clusters),
+                                      subset_factor=args.subset_factor, max_clusters=args.max_clusters,
+                                      embedding=embedding),
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
                               threads_per_actor=args.threads_per_actor, amp=args.amp),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,

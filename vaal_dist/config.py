@@ -82,6 +82,16 @@ class AALUConfig:
 
 
 @dataclass(frozen=True)
+class Backbone:
+    """A torchvision classifier whose penultimate features embed the pool in place of a strategy's own model
+    (``--embedding``): Core-set, Cluster-Margin and TypiClust. Its weights are the user's; none is downloaded."""
+
+    arch: str                              # a torchvision classification model, e.g. "resnet50"
+    weights: str                           # its state dict (torch.save), a local path or URI
+    image_size: int = 224                  # images are resized to this side (torchvision's weights: 224)
+
+
+@dataclass(frozen=True)
 class AcquisitionConfig:
     """How uncertainty strategies turn models into scores."""
 
@@ -91,6 +101,7 @@ class AcquisitionConfig:
                                            # None: the strategy's paper default (10 for TA-VAAL, LL)
     max_clusters: int | None = None        # TypiClust's k-means clusters at most; None: |L| + b (the
                                            # paper); the authors' code caps them at 500
+    embedding: Backbone | None = None      # None: each strategy embeds with its own model
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import ray
 
 import vaal_dist
@@ -36,7 +37,7 @@ from vaal_dist.redaction import redact
 from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
-from vaal_dist.strategies import get_strategy
+from vaal_dist.strategies import get_strategy, models_trained
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
     fingerprint.update(_pool_state(cfg.pool).encode())
     fingerprint.update(_imported_labels_state(cfg).encode())
+    fingerprint.update(_embedding_state(cfg).encode())
     fingerprint.update(vaal_dist.__version__.encode())
     return sizes, labeled, holdout, fingerprint.hexdigest()
 
@@ -147,6 +149,19 @@ def _pool_state(pool: str) -> str:
     infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
     shards = [(f.path, f.size, f.mtime_ns) for f in infos]
     return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
+
+
+def _embedding_state(cfg: RoundConfig) -> str:
+    """The ``--embedding`` weights file's size and modification time, from a listing: weights trained again
+    into the same file no longer match a round started on the old ones."""
+    if cfg.acquisition.embedding is None:
+        return ""
+    uri = cfg.acquisition.embedding.weights
+    fs, path = resolve(uri)
+    info = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
+    if info.type != pafs.FileType.File:
+        raise InputError(f"--embedding-weights {uri!r} is not a file")
+    return json.dumps({"embedding weights": [info.size, info.mtime_ns]})
 
 
 def _imported_labels_state(cfg: RoundConfig) -> str:
@@ -162,7 +177,7 @@ def _imported_labels_state(cfg: RoundConfig) -> str:
 
 
 # Settings added after rounds were first fingerprinted, hashed only when set: those rounds still resume.
-HASHED_WHEN_SET = (("acquisition", "max_clusters"),)
+HASHED_WHEN_SET = (("acquisition", "max_clusters"), ("acquisition", "embedding"))
 
 
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
@@ -195,11 +210,12 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(strategy.trains))
+    trains = models_trained(strategy, cfg)
+    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains))
     meta = read_pool_meta(cfg.pool)
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
     with _damage_named(cfg.pool):
-        inputs.check(strategy.trains)        # refused input leaves nothing behind, not even inputs.json
+        inputs.check(trains)                 # refused input leaves nothing behind, not even inputs.json
     problem = shared_storage_problem(cfg)    # a path only some nodes see would fail late, on a worker
     if problem:
         raise InputError(problem)

@@ -23,6 +23,7 @@ from ray.train import Checkpoint
 
 from vaal_dist.config import RoundConfig, VAALConfig
 from vaal_dist.labeling.labels import LABELS, add_labels, labels_beside, pool_has_label_column
+from vaal_dist.models.backbone import BackboneWeights, read_backbone
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
 from vaal_dist.pool.images import check_image_size
 from vaal_dist.pool.io import PoolMeta, beside, check_labels, exists, join, read_pool_ids
@@ -111,6 +112,13 @@ class RoundInputs:
             return None
         return labels_beside(self.config.labeled)
 
+    @cached_property
+    def backbone(self) -> BackboneWeights | None:
+        """The ``--embedding`` backbone's weights, read once and checked; None: strategies embed with their own
+        models."""
+        config = self.config.acquisition.embedding
+        return None if config is None else read_backbone(config)
+
     def _pool(self, with_labels: bool) -> ray.data.Dataset:
         if with_labels and self.imported_labels is not None:
             return read_pool(self.config.pool, ("id", "image")).map_batches(
@@ -126,8 +134,10 @@ class RoundInputs:
 
     def check(self, models: tuple[str, ...]) -> None:
         """What training ``models`` needs of the pool, checked before anything is written: images the models
-        can take, and a label for every labeled (and held-out) image a task model trains (and is tested) on."""
+        can take, a label for every labeled (and held-out) image a task model trains (and is tested) on, and
+        the ``--embedding`` backbone's weights."""
         cfg = self.config
+        self.backbone               # the weights are read and checked now, not first in a scoring actor
         if "vaal" in models:
             check_image_size(self.meta, cfg.vaal.image_size)
         if "task" in models:

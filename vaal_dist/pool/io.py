@@ -242,8 +242,12 @@ def write_json(uri: str, obj) -> None:
 
 
 def read_json(uri: str):
+    return json.loads(read_bytes(uri))
+
+
+def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    return json.loads(retrying(f"cannot read {uri!r}", lambda: _read_all(fs, path)))
+    return retrying(f"cannot read {uri!r}", lambda: _read_all(fs, path))
 
 
 def _read_all(fs: pafs.FileSystem, path: str) -> bytes:

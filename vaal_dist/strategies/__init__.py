@@ -2,6 +2,7 @@
 what it offers in its ``STRATEGIES``; adding a method is one module and one line here."""
 import importlib
 
+from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.strategies.base import Strategy
 
@@ -32,4 +33,17 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-__all__ = ["STRATEGIES", "Strategy", "get_strategy"]
+def models_trained(strategy: Strategy, config: RoundConfig) -> tuple[str, ...]:
+    """The models ``strategy`` trains in a round of ``config``: with ``--embedding``, a backbone embeds the pool
+    in place of the model a strategy trains for that (``trains_with_backbone``), where it offers to."""
+    if config.acquisition.embedding is None:
+        return strategy.trains
+    trains = getattr(strategy, "trains_with_backbone", None)
+    if trains is None:
+        offered = sorted(n for n, s in STRATEGIES.items() if getattr(s, "trains_with_backbone", None) is not None)
+        raise InputError(f"--embedding is for the strategies that embed the pool, {offered}; "
+                         f"{strategy.name} does not")
+    return trains
+
+
+__all__ = ["STRATEGIES", "Strategy", "get_strategy", "models_trained"]

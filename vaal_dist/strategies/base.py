@@ -17,6 +17,8 @@ from vaal_dist.scoring.topk import Selection
 class Strategy(Protocol):
     name: ClassVar[str]
     trains: ClassVar[tuple[str, ...]]   # the models it trains ("task", "vaal", "aalu"); none: no labeled image needed
+    # A strategy that embeds the pool may also offer ``trains_with_backbone``: what it trains when a user's
+    # backbone embeds instead (``--embedding``); see ``strategies.models_trained``.
 
     def train(self, inputs: RoundInputs) -> Trained:
         """Train (through ``inputs``, on Ray Train) what selecting needs."""

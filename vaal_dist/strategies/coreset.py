@@ -2,8 +2,8 @@
 
 A global-view strategy: every unlabeled and labeled image is embedded through the same Ray Data actor
 path as scoring, then the exact greedy runs on the driver (``coreset.kcenter``). ``coreset`` embeds
-with the task model's penultimate features (the paper's choice); ``coreset_vae`` with the encoder means
-of a VAAL-trained VAE.
+with the task model's penultimate features (the paper's choice), or with a user's torchvision backbone
+(``--embedding``) and then trains nothing; ``coreset_vae`` with the encoder means of a VAAL-trained VAE.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.task import TaskScorer
 from vaal_dist.strategies.vaal import VAAL
 
@@ -19,8 +20,11 @@ from vaal_dist.strategies.vaal import VAAL
 class Coreset:
     name = "coreset"
     trains = ("task",)
+    trains_with_backbone = ()
 
     def train(self, inputs: RoundInputs) -> Trained:
+        if inputs.backbone is not None:
+            return Trained(inputs.scorer(BackboneScorer, backbone=inputs.backbone))
         task = inputs.train_task()
         return Trained(inputs.scorer(TaskScorer, checkpoint=task.checkpoint), (task,))
 
@@ -38,6 +42,7 @@ class Coreset:
 class CoresetVAE(Coreset):
     name = "coreset_vae"
     trains = ("vaal",)
+    trains_with_backbone = None         # its embedding is the VAE's: with a backbone it is coreset
 
     def train(self, inputs: RoundInputs) -> Trained:
         return VAAL().train(inputs)

@@ -2,7 +2,9 @@
 
 For the first rounds, where the model is too weak to know what it does not know. The embedding is
 unsupervised: the means of VAAL's VAE, trained on the whole pool (labeled and unlabeled) as VAAL trains it.
-Every labeled and unlabeled image is embedded through the scoring actors; ``clustering.typiclust`` runs
+With ``--embedding``, a user's torchvision backbone embeds instead (closer to the
+paper's self-supervised features), and no model is trained. Every labeled and unlabeled image is embedded
+through the scoring actors; ``clustering.typiclust`` runs
 k-means into |L| + b clusters (at most ``--max-clusters``) and picks, from the largest clusters holding no
 labeled image, each one's most typical unlabeled image (the highest inverse mean distance to its 20
 nearest neighbours in its cluster); with fewer clusters than b it visits them again, round after round.
@@ -17,20 +19,25 @@ import numpy as np
 from vaal_dist.clustering.typiclust import select
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.vaal import VAAL
 
 
 class TypiClust:
     name = "typiclust"
     trains = ("vaal",)
+    trains_with_backbone = ()
 
     def train(self, inputs: RoundInputs) -> Trained:
+        if inputs.backbone is not None:
+            return Trained(inputs.scorer(BackboneScorer, backbone=inputs.backbone))
         return VAAL().train(inputs)
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         start = time.perf_counter()
         labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
         ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
+        labeled = labeled.reshape(len(labeled), unlabeled.shape[1])      # none labeled yet: (0, 0) streamed
         choosing = time.perf_counter()
         is_labeled = np.concatenate([np.ones(len(labeled), bool), np.zeros(len(unlabeled), bool)])
         budget, cap = inputs.config.budget, inputs.config.acquisition.max_clusters
