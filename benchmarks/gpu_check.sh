@@ -12,6 +12,7 @@
 #   2. training images/s: bare loop vs Ray Train, 1 worker (~90 s)
 #   3. the VAAL paper's CIFAR-10 setting, full 45,000-image epochs, extrapolated to 100 epochs (~120 s)
 #   4. a whole 1.28M-image round at --epochs 1 (~150 s)
+#   5. --embedding throughput: resnet50 features at 224, one actor's scorer (~30 s)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -49,4 +50,6 @@ step "paper setting" 150 $PY benchmarks/paper_setting.py --images $PAPER_IMAGES 
     $GPU ${GPU:+--amp} --work /tmp/gpu-check-paper
 step "1.28M round" 170 $PY benchmarks/round_scale.py --images $ROUND_IMAGES --epochs 1 \
     --epoch-images $((EPOCH_IMAGES * 4)) $GPU --work /tmp/gpu-check-round
+step "embedding, resnet50" 60 $PY benchmarks/embed_throughput.py --arch resnet50 --batch $((BATCH / 16)) \
+    --batches 8 ${GPU:+--gpu}
 } | tee "${OUT:-/tmp}/gpu_check.md"
