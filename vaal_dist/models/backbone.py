@@ -19,7 +19,7 @@ from vaal_dist.errors import InputError
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta, read_bytes
 
-# torchvision's classification weights are trained on images normalised so
+# the mean and std of the images torchvision's classification weights were trained on
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
