@@ -4,9 +4,10 @@ For the first rounds, where the model is too weak to know what it does not know.
 unsupervised: the means of VAAL's VAE, trained on the whole pool (labeled and unlabeled) as VAAL trains it;
 or, with ``--embedding``, a user's torchvision backbone (closer to the paper's self-supervised features),
 and then no model is trained. Every labeled and unlabeled image is embedded through the scoring actors;
-``clustering.typiclust`` runs k-means into |L| + b clusters (at most ``--max-clusters``) and picks, from the largest clusters holding no
-labeled image, each one's most typical unlabeled image (the highest inverse mean distance to its 20
-nearest neighbours in its cluster); with fewer clusters than b it visits them again, round after round.
+``clustering.typiclust`` runs k-means into |L| + b clusters (at most ``--max-clusters``) and picks, from the
+largest clusters holding no labeled image, each one's most typical unlabeled image (the highest inverse mean
+distance to its 20 nearest neighbours in its cluster); with fewer clusters than b it visits them again,
+round after round.
 Each pick's score is its typicality (0 for an image alone in its cluster).
 """
 from __future__ import annotations
