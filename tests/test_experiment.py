@@ -12,7 +12,7 @@ import pytest
 import vaal_dist.experiment as experiment
 import vaal_dist.experiment_report as experiment_report
 from conftest import make_raw_pool
-from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
+from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
@@ -110,6 +110,10 @@ def test_paper_fractions_and_bad_settings_are_named():
         ExperimentConfig("pool", setup, "x", seeds=(1, 1))
     with pytest.raises(InputError, match="no strategies"):
         ExperimentConfig("pool", setup, "x", strategies=())
+    embedded = Setup(acquisition=AcquisitionConfig(embedding=Backbone("resnet18", "w.pt")))
+    assert ExperimentConfig("pool", embedded, "x", strategies=("coreset", "typiclust")).strategies
+    with pytest.raises(InputError, match="--embedding is for .*; random does not"):
+        ExperimentConfig("pool", embedded, "x", strategies=("coreset", "random"))
 
 
 @pytest.mark.slow

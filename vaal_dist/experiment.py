@@ -33,7 +33,7 @@ from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manife
     read_rows, remove_stale_temporaries, resolve, write_json, write_manifest
 from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
-from vaal_dist.strategies import STRATEGIES
+from vaal_dist.strategies import STRATEGIES, get_strategy, models_trained
 from vaal_dist.round_inputs import RoundInputs
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class ExperimentConfig:
             raise InputError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if not self.strategies:
             raise InputError("no strategies to run: name at least one")
+        for name in self.strategies:
+            models_trained(get_strategy(name), self.setup.acquisition.embedding)     # --embedding refused early
 
     def fractions(self) -> list[float]:
         rounds = int(round((self.final - self.initial) / self.step)) + 1

@@ -210,7 +210,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    trains = models_trained(strategy, cfg)
+    trains = models_trained(strategy, cfg.acquisition.embedding)
     sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains))
     meta = read_pool_meta(cfg.pool)
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)

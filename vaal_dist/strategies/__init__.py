@@ -2,7 +2,7 @@
 what it offers in its ``STRATEGIES``; adding a method is one module and one line here."""
 import importlib
 
-from vaal_dist.config import RoundConfig
+from vaal_dist.config import Backbone
 from vaal_dist.errors import InputError
 from vaal_dist.strategies.base import Strategy
 
@@ -33,10 +33,10 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-def models_trained(strategy: Strategy, config: RoundConfig) -> tuple[str, ...]:
-    """The models ``strategy`` trains in a round of ``config``: with ``--embedding``, a backbone embeds the pool
-    in place of the model a strategy trains for that (``trains_with_backbone``), where it offers to."""
-    if config.acquisition.embedding is None:
+def models_trained(strategy: Strategy, embedding: Backbone | None) -> tuple[str, ...]:
+    """The models ``strategy`` trains: with an ``--embedding`` backbone, which embeds the pool in place of the
+    model a strategy trains for that, its ``trains_with_backbone``, where it offers one."""
+    if embedding is None:
         return strategy.trains
     trains = getattr(strategy, "trains_with_backbone", None)
     if trains is None:
