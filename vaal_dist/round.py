@@ -157,8 +157,7 @@ def _embedding_state(cfg: RoundConfig) -> str:
     if cfg.acquisition.embedding is None:
         return ""
     uri = cfg.acquisition.embedding.weights
-    fs, path = resolve(uri)
-    info = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
+    info = _listed(uri)
     if info.type != pafs.FileType.File:
         raise InputError(f"--embedding-weights {uri!r} is not a file")
     return json.dumps({"embedding weights": [info.size, info.mtime_ns]})
@@ -171,9 +170,14 @@ def _imported_labels_state(cfg: RoundConfig) -> str:
     uri = beside(cfg.labeled, LABELS)
     if not exists(uri) or pool_has_label_column(cfg.pool):
         return ""
-    fs, path = resolve(uri)
-    info = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
+    info = _listed(uri)
     return json.dumps({"labels.parquet": [info.size, info.mtime_ns]})
+
+
+def _listed(uri: str) -> pafs.FileInfo:
+    """What a listing says of one file (its size and modification time: no byte of it is read)."""
+    fs, path = resolve(uri)
+    return retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
 
 
 # Settings added after rounds were first fingerprinted, hashed only when set: those rounds still resume.
