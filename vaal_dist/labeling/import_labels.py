@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.export import LABEL_FIELD, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
-from vaal_dist.pool.io import beside, exists, join, read_manifest, read_pool_ids, resolve, retrying, write_manifest
+from vaal_dist.pool.io import beside, exists, join, read_bytes, read_manifest, read_pool_ids, resolve, retrying, \
+    write_manifest
 
 NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted
@@ -131,7 +132,7 @@ def read_answers(export_file: str) -> tuple[list[Answer], int]:
     fs, path = resolve(export_file)
     if not retrying(f"cannot look up {export_file!r}", lambda: fs.get_file_info(path)).is_file:
         raise InputError(f"export {export_file!r} does not exist")
-    raw = retrying(f"cannot read {export_file!r}", lambda: _read_all(fs, path))
+    raw = read_bytes(export_file)
     try:
         text = raw.decode("utf-8-sig")
         if path.endswith(".csv"):
@@ -145,11 +146,6 @@ def read_answers(export_file: str) -> tuple[list[Answer], int]:
         raise InputError(f"export {export_file!r} cannot be read: {e!r}") from e
     raise InputError(f"export {export_file!r} is neither Label Studio's JSON export (a list of tasks) nor COCO "
                      f"(an object with images) nor a .csv")
-
-
-def _read_all(fs, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 def _label_studio_answers(tasks: list[dict]) -> tuple[list[Answer], int]:
