@@ -24,13 +24,26 @@ SECRET = "s3cr3t-VALUE"
     (f"cannot read pool 'gs://b/p?token={SECRET}': oops; and 'https://h/x?Password={SECRET}#frag'",
      "cannot read pool 'gs://b/p?token=***': oops; and 'https://h/x?Password=***#frag'"),
     ("s3://***@bucket/p?secret_key=***", "s3://***@bucket/p?secret_key=***"),
+    # Secrets holding "#", "?", quotes or spaces, bare and quoted as an error message quotes them.
+    (f"cannot open 's3://AKID:abc#{SECRET}@bucket/pool'", "cannot open 's3://***@bucket/pool'"),
+    (f"s3://AKID:ab?c {SECRET}@bucket/pool", "s3://***@bucket/pool"),
+    (f"cannot open \"s3://AKID:it's {SECRET}@bucket/pool\": no", "cannot open \"s3://***@bucket/pool\": no"),
+    (repr(f"s3://AKID:a'b\"{SECRET}@bucket/p"), repr("s3://***@bucket/p").replace('"', "'")),
+    (f"'s3://a:{SECRET}@b/p' and 's3://c:{SECRET}@d/q'", "'s3://***@b/p' and 's3://***@d/q'"),
+    (f"s3://a:{SECRET}@b/p failed, see 's3://c:{SECRET}@d/q'", "s3://***@b/p failed, see 's3://***@d/q'"),
+    # Secret query parameters by their common names, values holding quotes, "?" or spaces.
+    (f"https://h/x?pass={SECRET}&pw={SECRET}&auth={SECRET}&user=me", "https://h/x?pass=***&pw=***&auth=***&user=me"),
+    (f"'gs://b/p?x=1&api_key={SECRET}'", "'gs://b/p?x=1&api_key=***'"),
+    (f"\"gs://b/p?password=it's ?{SECRET}\"", "\"gs://b/p?password=***\""),
+    (f"https://h/x?X-Amz-Signature={SECRET}&sig={SECRET}", "https://h/x?X-Amz-Signature=***&sig=***"),
 ])
 def test_credentials_in_uris_are_hidden(text, redacted):
     assert redact(text) == redacted and SECRET not in redact(text)
 
 
 @pytest.mark.parametrize("text", ["/data/pool", "s3://bucket/pool?endpoint_override=127.0.0.1:9000&scheme=http",
-                                  "file:///tmp/pool", "image 'me@home.png' cannot be decoded", "plain words"])
+                                  "file:///tmp/pool", "image 'me@home.png' cannot be decoded", "plain words",
+                                  "manifest 's3://bucket/l.parquet' names ids, e.g. ['img@2x.png']"])
 def test_text_without_credentials_is_unchanged(text):
     assert redact(text) == text
 
