@@ -140,6 +140,16 @@ def photo_pool(tmp_path, n: int, bad: int, bad_bytes: bytes) -> tuple[str, str]:
     return str(tmp_path / "pool"), str(tmp_path / "l.parquet")
 
 
+def test_an_encoded_pool_without_pool_json_runs(ray_local, tmp_path):
+    """pool.json is optional (encoded images assumed): a pool written by hand has none."""
+    pool, labeled = photo_pool(tmp_path, 30, bad=0, bad_bytes=png_bytes(np.random.default_rng(1), 32))
+    (tmp_path / "pool" / "pool.json").unlink()
+    result = run_round(round_config(pool, labeled, tmp_path / "out", budget=5, strategy="random"))
+    picked = read_selection(tmp_path / "out")["id"]
+    assert result.record["pool"]["images"] == 30 and len(set(picked)) == 5
+    assert not set(picked) & {f"photos/{i:03d}.png" for i in range(8)}
+
+
 def test_a_pool_prepared_again_in_place_or_another_version_is_not_taken_for_the_old(ray_local, tmp_path, tiny_pool,
                                                                                     monkeypatch):
     pool, labeled = tiny_pool[:2]

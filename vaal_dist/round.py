@@ -143,12 +143,14 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
 
 
 def _pool_state(pool: str) -> str:
-    """pool.json and each shard's path, size and modification time, from a listing (no pixel is read): a pool
+    """pool.json (where the pool has one) and each shard's path, size and modification time, from a listing (no pixel is read): a pool
     prepared again in place, with the same ids and other pixels, no longer matches a round started on it."""
     fs, files = pool_files(pool)
     infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
     shards = [(f.path, f.size, f.mtime_ns) for f in infos]
-    return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
+    meta_uri = join(pool, POOL_META)
+    meta = read_json(meta_uri) if exists(meta_uri) else None      # none: encoded images (pool/io.read_pool_meta)
+    return json.dumps({"pool.json": meta, "shards": shards}, sort_keys=True)
 
 
 def _embedding_state(cfg: RoundConfig) -> str:
