@@ -109,6 +109,23 @@ def test_bad_round_input_is_named_and_nothing_is_written(ray_local, tmp_path, ti
     _assert_nothing_written(tmp_path / "out")
 
 
+def test_an_out_inside_the_pool_or_a_pool_inside_the_out_is_refused_before_writing(ray_local, tmp_path, tiny_pool):
+    """The pool's shards are listed recursively: a round written inside it would break every later round."""
+    pool, labeled = tiny_pool[:2]
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(InputError, match=r"--out '.*/pool/round' lies inside --pool"):
+        run_round(round_config(pool, labeled, tmp_path / "pool" / "round", strategy="random"))
+    with pytest.raises(InputError, match=r"--out '.*/pool' lies inside --pool"):
+        run_round(round_config(pool, labeled, tmp_path / "pool" / ".", strategy="random"))
+    (tmp_path / "link").symlink_to(tmp_path / "pool")
+    with pytest.raises(InputError, match="lies inside --pool"):
+        run_round(round_config(pool, labeled, tmp_path / "link" / "round", strategy="random"))
+    with pytest.raises(InputError, match=r"--pool '.*/pool' lies inside --out"):
+        run_round(round_config(pool, labeled, tmp_path, strategy="random"))
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "link"])
+    run_round(round_config(pool, labeled, tmp_path / "pool-round", strategy="random"))   # a shared prefix is apart
+
+
 def test_duplicate_and_empty_pools_are_refused(ray_local, tmp_path):
     write_pool(str(tmp_path / "dup"), [pa.table({"id": ["a", "b", "a"], "image": [b"", b"", b""]})], PoolMeta())
     write_pool(str(tmp_path / "empty"), [pa.table({"id": pa.array([], pa.string()),

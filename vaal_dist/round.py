@@ -30,7 +30,7 @@ from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import round_lock
 from vaal_dist.placement import shared_storage_problem
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, \
-    join, pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
+    join, lies_within, pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
     retrying, write_json, write_parquet
 from vaal_dist.labeling.labels import LABELS, pool_has_label_column
 from vaal_dist.redaction import redact
@@ -120,6 +120,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     if cfg.workers == 0 and cfg.use_gpu:
         raise InputError("workers=0 trains in the driver process, which holds no GPU of the cluster: "
                          "train on GPUs with workers >= 1")
+    _check_apart(cfg.pool, cfg.out)
     pool_ids = read_pool_ids(cfg.pool)
     labeled = _ids_in_pool(cfg.labeled, "labeled", pool_ids)
     holdout = None if cfg.holdout is None else _ids_in_pool(cfg.holdout, "held-out", pool_ids)
@@ -142,9 +143,20 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     return sizes, labeled, holdout, fingerprint.hexdigest()
 
 
+def _check_apart(pool: str, out: str) -> None:
+    """The pool's shards are listed recursively: a round's Parquet files written inside it would become shards."""
+    if lies_within(out, pool):
+        raise InputError(f"--out {out!r} lies inside --pool {pool!r}: the round's files would be read as the "
+                         f"pool's shards; choose an --out outside the pool")
+    if lies_within(pool, out):
+        raise InputError(f"--pool {pool!r} lies inside --out {out!r}: the round writes and cleans up there; "
+                         f"choose an --out outside the pool")
+
+
 def _pool_state(pool: str) -> str:
-    """pool.json (where the pool has one) and each shard's path, size and modification time, from a listing (no pixel is read): a pool
-    prepared again in place, with the same ids and other pixels, no longer matches a round started on it."""
+    """pool.json (where the pool has one) and each shard's path, size and modification time, from a listing (no
+    pixel is read): a pool prepared again in place, with the same ids and other pixels, no longer matches a round
+    started on it."""
     fs, files = pool_files(pool)
     infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
     shards = [(f.path, f.size, f.mtime_ns) for f in infos]

@@ -73,6 +73,18 @@ def beside(uri: str, name: str) -> str:
     return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
 
 
+def lies_within(inner: str, outer: str) -> bool:
+    """Whether ``inner`` is ``outer`` or a path below it, on the same kind of storage (local paths compared as
+    real paths: either may be reached through a link)."""
+    inner_fs, inner_path = resolve(inner)
+    outer_fs, outer_path = resolve(outer)
+    if inner_fs.type_name != outer_fs.type_name:
+        return False
+    if isinstance(outer_fs, pafs.LocalFileSystem):
+        inner_path, outer_path = os.path.realpath(inner_path), os.path.realpath(outer_path)
+    return (inner_path.rstrip("/") + "/").startswith(outer_path.rstrip("/") + "/")
+
+
 # --- errors that usually pass: retried a bounded number of times ------------------------------------------------
 #
 # pyarrow's S3 client retries a request itself when the AWS SDK calls its error retryable (throttling, 5xx,

@@ -28,8 +28,8 @@ from PIL import Image
 
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
-from vaal_dist.pool.io import PoolMeta, exists, join, read_json, remove_stale_temporaries, resolve, shard_name, \
-    write_json, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, exists, join, lies_within, read_json, remove_stale_temporaries, resolve, \
+    shard_name, write_json, write_parquet, write_pool
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,11 @@ def list_source(source: str, dest: str) -> tuple[list[str], dict[str, tuple[str,
         raise InputError(f"source {source!r} does not exist")
     if info.type != pafs.FileType.Directory:
         raise InputError(f"source {source!r} is not a folder")
-    dest_fs, dest_root = resolve(dest)
-    local = isinstance(fs, pafs.LocalFileSystem)
-    if local:   # compare real paths: either may be reached through a link
-        root, dest_root = os.path.realpath(root), os.path.realpath(dest_root)
-    if dest_fs.type_name == fs.type_name and (dest_root.rstrip("/") + "/").startswith(root + "/"):
+    if lies_within(dest, source):
         raise InputError(f"dest {dest!r} lies inside source {source!r}; a rerun would list "
                          f"the pool as source files")
-    if local:
-        ids, unlisted = _local_listing(root)
+    if isinstance(fs, pafs.LocalFileSystem):
+        ids, unlisted = _local_listing(os.path.realpath(root))
     else:
         ids = sorted(f.path[len(root) + 1:] for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
                      if f.type == pafs.FileType.File)
