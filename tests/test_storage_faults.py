@@ -45,6 +45,8 @@ TRANSIENT_WORDS = [
     "When getting information for key 'd/obj' in bucket 'bucket-1': AWS Error UNKNOWN (HTTP status 500) during "
     "HeadObject operation: No response body.",
     RESET_MID_BODY,
+    "UNAVAILABLE: Connection reset by peer",                   # GCS status codes, as google-cloud-cpp writes them
+    "When reading 'b/o': RESOURCE_EXHAUSTED: rate limit exceeded",
 ]
 
 
@@ -63,6 +65,12 @@ def test_throttling_5xx_and_resets_are_transient(error):
     pa.ArrowInvalid("Parquet magic bytes not found in footer. Either the file is corrupted or this is not a "
                     "parquet file."),
     ValueError("AWS Error SLOW_DOWN"),                        # not an I/O error, whatever its words
+    # Classified by the error's code where pyarrow writes it, not by words a key's path may hold
+    FileNotFoundError("When getting information for key 'UNAVAILABLE/x' in bucket 'b': AWS Error NO_SUCH_KEY during "
+                      "HeadObject operation: No response body."),
+    FileNotFoundError("When getting information for key 'AWS Error SLOW_DOWN (HTTP status 503)/x' in bucket 'b': AWS "
+                      "Error NO_SUCH_KEY during HeadObject operation: No response body."),
+    OSError("NOT_FOUND: object 'DEADLINE_EXCEEDED/UNAVAILABLE' not found"),
     StorageError(f"cannot read 'x': the storage kept failing; the last error: {RESET_MID_BODY}"),   # spent
 ])
 def test_damage_denial_and_spent_retries_are_not(error):

@@ -100,12 +100,16 @@ def lies_within(inner: str, outer: str) -> bool:
 STORAGE_ATTEMPTS = 5
 BACKOFF_S = 1.0
 BACKOFF_CAP_S = 16.0
-# The words of such errors: pyarrow's S3 error codes (Ray Data's Parquet reader retries the same but THROTTLING
-# and REQUEST_TIMEOUT), any 429 or 5xx pyarrow reports by its HTTP status (a HEAD has no body to name its error, a
-# 429 may name a code the SDK does not know), and the status codes of pyarrow's GCS errors.
-TRANSIENT = re.compile(r"AWS Error (SLOW_DOWN|THROTTLING|INTERNAL_FAILURE|NETWORK_CONNECTION|SERVICE_UNAVAILABLE"
-                       r"|REQUEST_TIMEOUT)\b|HTTP status (429|5\d\d)\b"
-                       r"|\b(UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED)\b")
+# Such errors by their codes, read where pyarrow writes them, never from other words of the message (a key's own
+# path may hold any word): pyarrow's S3 error code after "AWS Error" (the last one: the key comes before it) and
+# the HTTP status it gives beside UNKNOWN or at the message's end (a HEAD has no body to name its error, a 429 may
+# name a code the SDK does not know); a GCS status code where google-cloud-cpp writes it ("CODE: message"). Ray
+# Data's Parquet reader retries the same S3 codes but THROTTLING and REQUEST_TIMEOUT.
+TRANSIENT_S3_CODES = frozenset({"SLOW_DOWN", "THROTTLING", "INTERNAL_FAILURE", "NETWORK_CONNECTION",
+                                "SERVICE_UNAVAILABLE", "REQUEST_TIMEOUT"})
+_S3_CODE = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d{3})\))?")
+_TRAILING_HTTP_STATUS = re.compile(r"\(HTTP status (\d{3})\)\s*$")
+_GCS_TRANSIENT = re.compile(r"(?:^|: )(?:UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED): ", re.MULTILINE)
 
 
 def is_transient(e: BaseException) -> bool:
@@ -114,7 +118,17 @@ def is_transient(e: BaseException) -> bool:
         return False
     if isinstance(e, (ConnectionError, TimeoutError)):       # raised by fsspec filesystems
         return True
-    return isinstance(e, (OSError, pa.ArrowException)) and TRANSIENT.search(str(e)) is not None
+    return isinstance(e, (OSError, pa.ArrowException)) and _transient_code(str(e))
+
+
+def _transient_code(message: str) -> bool:
+    s3_codes = _S3_CODE.findall(message)
+    if not s3_codes:
+        return _GCS_TRANSIENT.search(message) is not None
+    code, status = s3_codes[-1]
+    trailing = _TRAILING_HTTP_STATUS.search(message)
+    status = status or (trailing.group(1) if trailing else "")
+    return code in TRANSIENT_S3_CODES or status == "429" or status.startswith("5")
 
 
 STORAGE_KEPT_FAILING = "the storage kept failing"   # in every StorageError; round.py finds it in a worker's
