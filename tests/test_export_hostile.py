@@ -48,8 +48,8 @@ def hostile_round(tmp_path, ids: list[str]) -> tuple[str, np.ndarray]:
     write_parquet(f"{out}/selection.parquet", pa.table({
         "id": pa.array(selected, pa.string()), "score": pa.array(np.linspace(1, 0, len(ids))),
         "rank": pa.array(np.arange(1, len(ids) + 1), pa.int64())}))
-    write_json(f"{out}/run.json", {"config": {"pool": str(tmp_path / "pool"), "labeled": str(tmp_path / "labeled.parquet"),
-                                              "strategy": "entropy"}})
+    write_json(f"{out}/run.json", {"config": {"pool": str(tmp_path / "pool"),
+                                              "labeled": str(tmp_path / "labeled.parquet"), "strategy": "entropy"}})
     return str(out), pixels
 
 

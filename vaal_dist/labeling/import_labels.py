@@ -189,8 +189,8 @@ def _csv_answers(text: str) -> list[Answer]:
     rows = csv.DictReader(io.StringIO(text))
     if not {"id", "label"} <= set(rows.fieldnames or ()):
         raise InputError(f"a CSV of labels needs the columns id and label, got {rows.fieldnames}")
-    return [Answer(from_spreadsheet_text(row["id"]), row["label"] or None, row.get("annotator") or "", _time(row.get("time")),
-                   None if row["label"] else "empty label") for row in rows]
+    return [Answer(from_spreadsheet_text(row["id"]), row["label"] or None, row.get("annotator") or "",
+                   _time(row.get("time")), None if row["label"] else "empty label") for row in rows]
 
 
 def _time(text: str | None) -> datetime | None:
