@@ -3,7 +3,9 @@ entries, or CSV, in rank order.
 
 Each image is read from the pool's shards by id (a filtered scan: only the selected rows are decoded) and
 given as a URL: for a local ``dest``, a ``data:`` URL of the image itself; for an ``s3://`` or ``gs://``
-``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires.
+``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires. Ids are
+anyone's text: no id becomes a path (an image's object is named by a hash of its id), and a CSV cell a
+spreadsheet would run as a formula is quoted.
 Selections larger than a project should hold are split into several files of at most ``max_tasks`` tasks and
 ``max_bytes`` bytes each, built and written one at a time.
 """
@@ -12,17 +14,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import errno
+import hashlib
 import io
 import json
+import logging
+import os
+import posixpath
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
@@ -32,6 +40,7 @@ from vaal_dist.pool.io import PoolMeta, exists, join, read_json, read_pool_meta,
     write_atomic
 from vaal_dist.redaction import HIDDEN
 
+log = logging.getLogger(__name__)
 FORMATS = ("label-studio", "coco", "csv")
 # Label Studio: "It's best to keep about 100k tasks / 100k annotations per project for optimal performance"
 # (labelstud.io/guide/tasks); one import request is limited to 250k tasks and 200 MB.
@@ -43,6 +52,10 @@ IMAGE_FIELD = "image"
 LINK_THREADS = 16             # images written and signed at once
 WEEK_S = 7 * 24 * 3600         # the longest expiry a SigV4 (S3) or V4 (GCS) signed URL may have
 SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
+IMAGES = "images"              # a bucket dest's folder of the images its tasks link
+# OWASP's CSV injection: a cell starting with one of these is a formula to a spreadsheet
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARK = "'"                # a spreadsheet shows a cell after it as text
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,8 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
     written = []
-    dest_was_there = exists(dest)
+    fs, dest_path = resolve(dest)
+    new_folders = _missing_folders(fs, posixpath.join(dest_path, IMAGES))
     try:
         for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
                                              len(form.separator)), 1):
@@ -105,21 +119,51 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
             written.append(join(dest, "labeling-config.xml"))
             write_atomic(written[-1], labeling_config(names).encode())
     except BaseException:
-        _remove(dest, written + images, dest_was_there)    # an image refused in a later part: nothing is left
+        # an image refused in a later part: what this export wrote goes, what others wrote meanwhile stays
+        _remove(fs, [resolve(uri)[1] for uri in written + images], new_folders)
         raise
     return written
 
 
-def _remove(dest: str, uris: list[str], dest_was_there: bool) -> None:
-    fs, path = resolve(dest)
-    if not dest_was_there:
+def _missing_folders(fs: pafs.FileSystem, path: str) -> list[str]:
+    """``path`` and the folders above it that do not exist yet, deepest first: writing there creates them. A
+    bucket (a URI's first component) is never among them."""
+    missing = []
+    while "/" in path.strip("/") and retrying(f"cannot look up {path!r}", lambda: fs.get_file_info(
+            path)).type == pafs.FileType.NotFound:
+        missing.append(path)
+        path = posixpath.dirname(path)
+    return missing
+
+
+def _remove(fs: pafs.FileSystem, files: list[str], new_folders: list[str]) -> None:
+    """Deletes ``files``, then each of ``new_folders`` (deepest first) left empty: not one another writer put a
+    file in meanwhile, nor any folder above it."""
+    for path in files:
         with contextlib.suppress(FileNotFoundError):
-            retrying(f"cannot delete {dest!r}", lambda: fs.delete_dir(path))
-        return
-    for uri in uris:
-        fs, path = resolve(uri)
-        with contextlib.suppress(FileNotFoundError):
-            retrying(f"cannot delete {uri!r}", lambda: fs.delete_file(path))
+            retrying(f"cannot delete {path!r}", lambda: fs.delete_file(path))
+    for folder in new_folders:
+        if not _removed_if_empty(fs, folder):
+            return
+
+
+def _removed_if_empty(fs: pafs.FileSystem, folder: str) -> bool:
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.rmdir(folder)                # refuses a folder that holds anything, in one step
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            return False
+        return True
+    # an object store has no such step: a file written between this listing and the delete would go too
+    if retrying(f"cannot list {folder!r}", lambda: fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        retrying(f"cannot delete {folder!r}", lambda: fs.delete_dir(folder))
+    return True
 
 
 def _check_in_pool(done: Round) -> None:
@@ -215,11 +259,17 @@ def image_links(dest: str, expires_s: int, written: list[str]) -> Callable[[str,
     presign = sign(dest, expires_s)
 
     def link(image_id: str, data: bytes, mime: str) -> str:
-        uri = join(dest, "images", quote(image_id, safe="") + "." + mime.split("/")[1])
+        uri = join(dest, IMAGES, image_name(image_id, mime))
         written.append(uri)
         write_atomic(uri, data)
         return presign(uri)
     return link
+
+
+def image_name(image_id: str, mime: str) -> str:
+    """The name of an image's object: the SHA-256 of its id, which no storage library reads as a path (pyarrow
+    decodes a %-quoted id's %2F into '/', and '..' and '//' then leave or break the folder)."""
+    return f"{hashlib.sha256(image_id.encode()).hexdigest()}.{mime.split('/')[1]}"
 
 
 def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:
@@ -235,14 +285,39 @@ def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:
     key_id, _, secret = (unquote(p) for p in parts.netloc.rpartition("@")[0].partition(":"))
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     endpoint = options.get("endpoint_override")
-    client = boto3.client(
+    session = boto3.Session(aws_access_key_id=key_id or options.get("access_key"),
+                            aws_secret_access_key=secret or options.get("secret_key"),
+                            aws_session_token=options.get("session_token"))
+    client = session.client(
         "s3", region_name=resolve(dest)[0].region,      # pyarrow's: ?region=, else the bucket's, else the default
         endpoint_url=f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else None,
-        aws_access_key_id=key_id or options.get("access_key"),
-        aws_secret_access_key=secret or options.get("secret_key"),
-        aws_session_token=options.get("session_token"),
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"} if endpoint else {}))
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise InputError("presigned s3:// URLs need AWS credentials: there are none in the --dest URI, the "
+                         "environment, the AWS config files or an instance role")
+    warning = expiry_warning(credentials, expires_s, datetime.now(timezone.utc))
+    if warning:
+        log.warning(warning)
     return lambda uri: client.generate_presigned_url("get_object", Params=_bucket_and_key(uri), ExpiresIn=expires_s)
+
+
+def expiry_warning(credentials, expires_s: int, now: datetime) -> str | None:
+    """Why URLs signed with botocore ``credentials`` may stop working before ``expires_s`` seconds: a presigned
+    URL dies with the credentials that signed it, and temporary ones (a role's, a session token) expire. None
+    when they outlive it or are long-term keys."""
+    credentials.get_frozen_credentials()                # refreshes credentials about to expire, as signing does
+    expiry = getattr(credentials, "_expiry_time", None)     # botocore's RefreshableCredentials: a role's
+    if expiry is not None:
+        if expiry >= now + timedelta(seconds=expires_s):
+            return None
+        return (f"the signed image URLs stop working when the credentials that sign them expire at "
+                f"{expiry.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC, before --expires ({expires_s} s) runs out: "
+                f"export again before then, or sign with credentials that last longer")
+    if not credentials.token:
+        return None
+    return (f"the signed image URLs are signed with temporary credentials (a session token) whose expiry is "
+            f"unknown here: they stop working when those expire, which may be before --expires ({expires_s} s)")
 
 
 def _gs_signer(dest: str, expires_s: int) -> Callable[[str], str]:
@@ -305,13 +380,28 @@ def _coco_entry(t: Task) -> bytes:
 
 def _csv_line(row: list) -> bytes:
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerow(row)
+    # CSV's own CRLF: with a bare LF the writer leaves a CR in an id unquoted, and a reader ends the row there
+    csv.writer(text, lineterminator="\r\n").writerow([spreadsheet_text(c) if isinstance(c, str) else c for c in row])
     return text.getvalue().encode()
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it and never runs it: one starting with a formula's first character (OWASP's
+    = + - @ tab CR) gets a leading ', and so does one starting with ', so that ``from_spreadsheet_text`` gives
+    back every cell exactly."""
+    return TEXT_MARK + cell if cell.startswith((*FORMULA_STARTS, TEXT_MARK)) else cell
+
+
+def from_spreadsheet_text(cell: str) -> str:
+    """The text ``spreadsheet_text`` made ``cell`` of; a cell it would not have written (' then other text, typed
+    by a person) as it is."""
+    quoted = cell.startswith(TEXT_MARK) and cell[1:].startswith((*FORMULA_STARTS, TEXT_MARK))
+    return cell[1:] if quoted else cell
 
 
 LAYOUTS = {
     "label-studio": Layout("tasks-{:05d}.json", lambda _: b"[\n", _label_studio_entry, b",\n", b"\n]\n"),
     "coco": Layout("coco-{:05d}.json", _coco_head, _coco_entry, b",\n", b"\n]}\n"),
     "csv": Layout("tasks-{:05d}.csv", lambda _: _csv_line(["id", "rank", "score", "strategy", "image"]),
-                  lambda t: _csv_line([t.id, t.rank, repr(t.score), t.strategy, t.url])),
+                  lambda t: _csv_line([t.id, t.rank, t.score, t.strategy, t.url])),
 }

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
-from vaal_dist.labeling.export import LABEL_FIELD, read_round
+from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
 from vaal_dist.pool.io import beside, exists, join, read_bytes, read_manifest, read_pool_ids, resolve, retrying, \
     write_manifest
@@ -189,8 +189,8 @@ def _csv_answers(text: str) -> list[Answer]:
     rows = csv.DictReader(io.StringIO(text))
     if not {"id", "label"} <= set(rows.fieldnames or ()):
         raise InputError(f"a CSV of labels needs the columns id and label, got {rows.fieldnames}")
-    return [Answer(row["id"], row["label"] or None, row.get("annotator") or "", _time(row.get("time")),
-                   None if row["label"] else "empty label") for row in rows]
+    return [Answer(from_spreadsheet_text(row["id"]), row["label"] or None, row.get("annotator") or "",
+                   _time(row.get("time")), None if row["label"] else "empty label") for row in rows]
 
 
 def _time(text: str | None) -> datetime | None:
