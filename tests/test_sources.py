@@ -198,3 +198,17 @@ def test_a_bucket_source_is_linked_by_a_signed_url_of_its_own_objects_or_its_pla
     with pytest.raises(InputError, match=r"image 'cat/2.png': its original .* is gone since prepare"):
         export_selection(out, "label-studio", s3_uri(s3_endpoint, "export-2"), source=source)
     assert "Contents" not in s3.list_objects_v2(Bucket="bucket-1", Prefix="export-2/")
+
+
+@pytest.mark.slow
+def test_a_local_source_exported_to_a_bucket_puts_the_originals_beside_the_tasks(ray_local, s3_endpoint, tmp_path):
+    """Not in a bucket, the original cannot be signed where it lies: its bytes are written under DEST/images/."""
+    s3 = boto3.client("s3", endpoint_url=f"http://{s3_endpoint}")
+    s3.create_bucket(Bucket="bucket-1")
+    files = photos(3, seed=2)
+    out, _ = prepared(tmp_path, files, ["cat/2.png", "dog/1.png"])
+    export_selection(out, "label-studio", s3_uri(s3_endpoint, "local-export"), expires_s=600)
+    tasks = json.loads(s3.get_object(Bucket="bucket-1", Key="local-export/tasks-00001.json")["Body"].read())
+    for task, image_id in zip(tasks, ["cat/2.png", "dog/1.png"], strict=True):
+        with urllib.request.urlopen(task["data"]["image"]) as response:
+            assert response.read() == files[image_id]
