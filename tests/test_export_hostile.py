@@ -261,14 +261,19 @@ def test_an_s3_export_signed_with_a_session_token_warns_once_and_still_exports(t
     monkeypatch.setenv("AWS_SESSION_TOKEN", "THESESSIONTOKEN")
     with caplog.at_level(logging.WARNING, logger="vaal_dist"):
         files = export_selection(out, "csv", dest, classes=CLASSES, expires_s=WEEK)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = signing_warnings(caplog)
     assert len(warnings) == 1 and "a session token" in warnings[0] and "THESESSIONTOKEN" not in warnings[0]
     assert len(files) == 1 and "X-Amz-Security-Token=THESESSIONTOKEN" in s3.get_object(
         Bucket=BUCKET, Key="exports/r1/tasks-00001.csv")["Body"].read().decode()
     caplog.clear()
     monkeypatch.delenv("AWS_SESSION_TOKEN")
     export_selection(out, "csv", s3_uri(s3_endpoint, "exports/r2"), classes=CLASSES, expires_s=WEEK)
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert not signing_warnings(caplog)
+
+
+def signing_warnings(caplog) -> list[str]:
+    """The warnings about signed URLs (the pool, written by hand, is also said to record no source files)."""
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "credentials" in r.getMessage()]
 
 
 def test_an_s3_export_with_no_credentials_to_sign_is_refused_before_writing(tmp_path, s3, s3_endpoint, monkeypatch,

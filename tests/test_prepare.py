@@ -61,9 +61,12 @@ def test_class_folders_become_labels_ids_are_relative_paths_and_runs_are_stable(
 
     pool = tmp_path / "pool"
     assert sorted(read_pool_ids(str(pool)).to_pylist()) == ["cat/a.png", "cat/deep/c.JPG", "dog/b.png", "dog/d.jpeg"]
-    assert read_pool_meta(str(pool)) == PoolMeta("raw", (8, 8, 3))
+    assert read_pool_meta(str(pool)) == PoolMeta("raw", (8, 8, 3), str(src))
     assert json.loads((pool / "classes.json").read_text()) == {"cat": 0, "dog": 1}
     table = pool_table(pool)
+    recorded = table.select(["source_size", "source_mtime_ns"]).to_pylist()
+    assert recorded == [{"source_size": (src / i).stat().st_size, "source_mtime_ns": (src / i).stat().st_mtime_ns}
+                        for i in table.column("id").to_pylist()]
     assert dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist())) == {
         "cat/a.png": 0, "cat/deep/c.JPG": 0, "dog/b.png": 1, "dog/d.jpeg": 1}
     with Image.open(src / "cat/a.png") as original:
@@ -189,7 +192,7 @@ def test_resume_rewrites_only_missing_shards_and_refuses_other_settings(ray_loca
 
     assert (summary["shards_written"], summary["shards_reused"], summary["prepared_this_run"]) == (1, 2, 2)
     assert read_pool_ids(str(pool)).to_pylist() == ids == sorted(f"img-{i}.png" for i in range(5))
-    assert read_pool_meta(str(pool)) == PoolMeta("raw", (8, 8, 3))
+    assert read_pool_meta(str(pool)) == PoolMeta("raw", (8, 8, 3), str(src))
     now = {p.name: p.stat().st_mtime_ns for p in pool.glob("*-0000*")}
     assert {n for n in now if now[n] != mtimes[n]} == {"part-00001.parquet", "errors-00001.pq"}
     assert not list(pool.glob("*.tmp-*"))
@@ -200,6 +203,26 @@ def test_resume_rewrites_only_missing_shards_and_refuses_other_settings(ray_loca
     (src / "img-9.png").write_bytes(png_bytes(rng, 12))
     with pytest.raises(InputError, match="prepared from another file listing"):
         prepare_pool(str(src), str(pool), image_size=8, files_per_shard=2)
+
+
+def test_a_dest_started_before_sources_were_recorded_is_finished_without_them(ray_local, tmp_path):
+    """Its shards all read as one pool (the same columns) and its pool.json names no source, as before."""
+    rng = np.random.default_rng(4)
+    src, pool = tmp_path / "src", tmp_path / "pool"
+    write_files(src, {f"img-{i}.png": png_bytes(rng, 12) for i in range(4)})
+    prepare_pool(str(src), str(pool), image_size=8, files_per_shard=2)
+    inputs = json.loads((pool / "prepare-inputs.json").read_text())
+    del inputs["records_sources"]                           # as the earlier prepare wrote it
+    (pool / "prepare-inputs.json").write_text(json.dumps(inputs))
+    kept = pq.read_table(pool / "part-00000.parquet")
+    pq.write_table(kept.drop_columns(["source_size", "source_mtime_ns"]), pool / "part-00000.parquet")
+    (pool / "part-00001.parquet").unlink()
+    (pool / "pool.json").unlink()
+
+    assert prepare_pool(str(src), str(pool), image_size=8, files_per_shard=2)["shards_written"] == 1
+    assert pool_table(pool).column_names == ["id", "image"]
+    assert len(read_pool_ids(str(pool))) == 4
+    assert read_pool_meta(str(pool)) == PoolMeta("raw", (8, 8, 3))
 
 
 def test_bad_arguments_name_the_input(tmp_path):
@@ -267,7 +290,7 @@ def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_
     ids = ["cat/1.png", "cat/2.png", "dog/3.png", "dog/4.png"]
     assert sorted(read_pool_ids(str(tmp_path / "local")).to_pylist()) == ids
     assert sorted(read_pool_ids(remote_pool).to_pylist()) == ids
-    assert read_pool_meta(remote_pool) == PoolMeta("raw", (32, 32, 3))
+    assert read_pool_meta(remote_pool) == PoolMeta("raw", (32, 32, 3), source.replace("testing:testing@", "***@"))
     assert local["skipped_by_reason"] == remote["skipped_by_reason"] == {"not a JPEG or PNG image": 1}
     assert "testing:testing@" not in json.dumps(remote)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="bucket-1", Prefix="pool/")["Contents"]}

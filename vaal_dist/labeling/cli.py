@@ -9,7 +9,7 @@ from vaal_dist.redaction import redact
 
 def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from vaal_dist.cli import at_least
-    from vaal_dist.labeling.export import FORMATS, MAX_BYTES, MAX_TASKS, WEEK_S
+    from vaal_dist.labeling.export import FORMATS, LINKS, MAX_BYTES, MAX_TASKS, WEEK_S
 
     p.add_argument("round", help="a finished round's --out folder or URI")
     p.add_argument("--to", required=True, choices=FORMATS, help="the labeling tool's format")
@@ -19,6 +19,11 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names in label order (default: the pool's classes.json)")
     p.add_argument("--pool", help="the round's pool, when its run record hides the URI's credentials")
+    p.add_argument("--link", choices=LINKS, default="url",
+                   help="a pool made by prepare links each image's original file: 'url' (default) as above, from "
+                        "an s3:// or gs:// source by a signed URL of the source object itself; 'source': its plain "
+                        "s3:// or gs:// URI, for Label Studio's own cloud storage to sign")
+    p.add_argument("--source", help="the pool's source folder, when its pool.json hides the URI's credentials")
     p.add_argument("--max-tasks", type=at_least(1), default=MAX_TASKS,
                    help=f"tasks per file; more are split into several files (default {MAX_TASKS:,}, Label "
                         f"Studio's recommended project size)")
@@ -34,7 +39,8 @@ def export_command(args: argparse.Namespace) -> int:
     from vaal_dist.labeling.export import export_selection
 
     files = export_selection(args.round, args.to, args.dest, classes=args.classes, pool=args.pool,
-                             max_tasks=args.max_tasks, max_bytes=args.max_bytes, expires_s=args.expires)
+                             max_tasks=args.max_tasks, max_bytes=args.max_bytes, expires_s=args.expires,
+                             links=args.link, source=args.source)
     for f in files:
         print(f"wrote {redact(f)}")
     return 0

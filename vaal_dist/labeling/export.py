@@ -3,7 +3,9 @@ entries, or CSV, in rank order.
 
 Each image is read from the pool's shards by id (a filtered scan: only the selected rows are decoded) and
 given as a URL: for a local ``dest``, a ``data:`` URL of the image itself; for an ``s3://`` or ``gs://``
-``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires. Ids are
+``dest``, an object written under ``dest/images/`` and a presigned (signed) https URL that expires. A pool
+``prepare`` made gives the original files instead (labeling/sources.py): their bytes as those URLs, or, from a
+bucket, a signed URL of the source object itself (no copy) or its plain URI for the labeling tool to sign. Ids are
 anyone's text: no id becomes a path (an image's object is named by a hash of its id), and a CSV cell a
 spreadsheet would run as a formula is quoted.
 Selections larger than a project should hold are split into several files of at most ``max_tasks`` tasks and
@@ -35,6 +37,7 @@ import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.labels import class_names
+from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
 from vaal_dist.pool.io import PoolMeta, exists, join, read_json, read_pool_meta, read_rows, resolve, retrying, \
     write_atomic
@@ -42,11 +45,13 @@ from vaal_dist.redaction import HIDDEN
 
 log = logging.getLogger(__name__)
 FORMATS = ("label-studio", "coco", "csv")
+LINKS = ("url", "source")      # a URL a browser opens; the original's plain s3:// or gs:// URI
 # Label Studio: "It's best to keep about 100k tasks / 100k annotations per project for optimal performance"
 # (labelstud.io/guide/tasks); one import request is limited to 250k tasks and 200 MB.
 MAX_TASKS = 100_000
 MAX_BYTES = 150_000_000        # under the 200 MB import limit: a local export's data: URLs make tasks large
 READ_ROWS = 1_000              # selected images read from the pool at once: ~110 MB of ImageNet-size JPEGs
+READ_ORIGINALS = 64            # original files read at once: a camera's photos are ~5 MB each
 LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what import_labels reads back
 IMAGE_FIELD = "image"
 LINK_THREADS = 16             # images written and signed at once
@@ -88,25 +93,33 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None, *,
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
                      pool: str | None = None, max_tasks: int = MAX_TASKS, max_bytes: int = MAX_BYTES,
-                     expires_s: int = WEEK_S) -> list[str]:
+                     expires_s: int = WEEK_S, links: str = "url", source: str | None = None) -> list[str]:
     """Write the round's selection under ``dest`` in format ``to`` (one of FORMATS); returns the files written.
 
     ``classes`` are the class names in label order (default: the pool's classes.json). Label Studio gets
     ``tasks-NNNNN.json`` and ``labeling-config.xml``; COCO ``coco-NNNNN.json``; CSV ``tasks-NNNNN.csv``. A file
-    holds at most ``max_tasks`` tasks and ``max_bytes`` bytes (but always one task).
+    holds at most ``max_tasks`` tasks and ``max_bytes`` bytes (but always one task). ``links`` (one of LINKS) and
+    ``source`` (the pool's source folder again, with the credentials its pool.json hides) choose how the
+    original files of a prepared pool are linked.
     """
     if to not in FORMATS:
         raise InputError(f"export format must be one of {FORMATS}, got {to!r}")
+    if links not in LINKS:
+        raise InputError(f"links must be one of {LINKS}, got {links!r}")
     if not 1 <= expires_s <= WEEK_S:
         raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
     done = read_round(round_out, pool=pool, needs_labeled=False)
     names = class_names(done.pool, classes)
     images: list[str] = []
-    link = image_links(dest, expires_s, images)
+    meta = read_pool_meta(done.pool)
+    originals = pool_originals(done.pool, meta, source)
+    link = original_links(originals, dest, links, expires_s) or image_links(dest, expires_s, images)
+    if originals is None:
+        say_no_originals(done.pool, meta)
     _check_in_pool(done)
     form = LAYOUTS[to]
     head = form.head(names)
-    entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
+    entries = (form.entry(task) for task in _tasks(done, meta, link, originals))
     written = []
     fs, dest_path = resolve(dest)
     new_folders = _missing_folders(fs, posixpath.join(dest_path, IMAGES))
@@ -176,16 +189,22 @@ def _check_in_pool(done: Round) -> None:
         raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
 
 
-def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Iterator[Task]:
-    """The selection's tasks in rank order, its images read READ_ROWS at a time."""
-    for start in range(0, len(done.selection), READ_ROWS):
-        rows = done.selection.slice(start, READ_ROWS)
-        images = dict(pool_images(done.pool, rows.column("id")))
-        gone = [i for i in rows.column("id").to_pylist() if i not in images]
+def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str],
+           originals: Originals | None = None) -> Iterator[Task]:
+    """The selection's tasks in rank order, its images (the ``originals`` when known, else the pool's) read
+    READ_ROWS (READ_ORIGINALS) at a time."""
+    step = READ_ROWS if originals is None else READ_ORIGINALS
+    for start in range(0, len(done.selection), step):
+        rows = done.selection.slice(start, step)
+        ids = rows.column("id")
+        held = dict(pool_images(done.pool, ids)) if originals is None else originals.recorded(done.pool, ids)
+        gone = [i for i in ids.to_pylist() if i not in held]
         if gone:
             raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+        image = held.__getitem__ if originals is None else lambda image_id: originals.read(image_id, held[image_id])
+        shown_as = meta if originals is None else PoolMeta()      # originals: the JPEG/PNG files prepare read
         with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
-            tasks = list(threads.map(lambda row: _task(row, done.strategy, images[row["id"]], meta, link),
+            tasks = list(threads.map(lambda row: _task(row, done.strategy, image(row["id"]), shown_as, link),
                                      rows.to_pylist()))
         yield from tasks
 
@@ -270,6 +289,23 @@ def image_name(image_id: str, mime: str) -> str:
     """The name of an image's object: the SHA-256 of its id, which no storage library reads as a path (pyarrow
     decodes a %-quoted id's %2F into '/', and '..' and '//' then leave or break the folder)."""
     return f"{hashlib.sha256(image_id.encode()).hexdigest()}.{mime.split('/')[1]}"
+
+
+def original_links(originals: Originals | None, dest: str, links: str,
+                   expires_s: int) -> Callable[[str, bytes, str], str] | None:
+    """How an image becomes a URL at its original file: its plain bucket URI (``links`` "source"), or, from a bucket
+    to a bucket ``dest``, a signed URL of the source object (nothing copied); None where the original's bytes
+    travel as the pool's would (``image_links``: a local ``dest``'s data: URL, a bucket ``dest``'s images/)."""
+    in_bucket = originals is not None and originals.scheme in BUCKET_SCHEMES
+    if links == "source":
+        if not in_bucket:
+            raise InputError("--link source writes each original's s3:// or gs:// URI: it needs a pool prepared "
+                             "from an s3:// or gs:// folder")
+        return lambda image_id, _data, _mime: originals.plain_uri(image_id)
+    if not in_bucket or (urlsplit(dest).scheme if "://" in dest else "") not in BUCKET_SCHEMES:
+        return None
+    presign = {"s3": _s3_signer, "gs": _gs_signer}[originals.scheme](originals.uri, expires_s)
+    return lambda image_id, _data, _mime: presign(originals.object_uri(image_id))
 
 
 def _s3_signer(dest: str, expires_s: int) -> Callable[[str], str]:

@@ -3,6 +3,8 @@
 A pool is a folder of Parquet shards with columns ``id`` (unique string), ``image`` (binary) and an
 optional ``label``; beside them ``pool.json`` says how ``image`` is stored: ``raw`` uint8 pixels of a
 fixed ``image_shape`` [H, W, C], or ``encoded`` JPEG/PNG bytes (also assumed when there is no pool.json).
+A pool made by ``prepare`` also names its ``source`` folder there (ids are file paths under it) and has the
+columns ``source_size`` and ``source_mtime_ns`` of each file; pools without them have no known originals.
 A manifest is a list of ids: Parquet with an ``id`` column, or a text file with one id per line.
 
 Every read and write here retries errors that usually pass (``retrying``), and a write goes through a
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POOL_META = "pool.json"
+# A prepared pool's record of each image's file, taken before it was read: a changed original is noticed.
+SOURCE_SIZE, SOURCE_MTIME = "source_size", "source_mtime_ns"
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -322,6 +326,7 @@ class PoolMeta:
 
     encoding: str = "encoded"                    # "raw" or "encoded"
     image_shape: tuple[int, int, int] | None = None  # (H, W, C) when raw
+    source: str | None = None     # the folder prepare read (credentials redacted); ids are paths under it
 
     @property
     def channels(self) -> int:
@@ -337,9 +342,11 @@ def read_pool_meta(pool: str) -> PoolMeta:
         return PoolMeta()
     try:
         meta = read_json(meta_uri)
-        encoding = meta["encoding"]
+        encoding, source = meta["encoding"], meta.get("source")
+        if source is not None and not isinstance(source, str):
+            raise TypeError(f"source must be a string, got {source!r}")
         if encoding == "encoded":
-            return PoolMeta()
+            return PoolMeta(source=source)
         shape = tuple(meta["image_shape"]) if encoding == "raw" else None
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{meta_uri}: not a valid pool description ({e!r})") from e
@@ -347,7 +354,7 @@ def read_pool_meta(pool: str) -> PoolMeta:
         raise InputError(f"{meta_uri}: encoding must be 'raw' or 'encoded', got {encoding!r}")
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise InputError(f"{meta_uri}: image_shape must be [height, width, channels], got {list(shape)}")
-    return PoolMeta("raw", shape)
+    return PoolMeta("raw", shape, source)
 
 
 def shard_name(k: int) -> str:
@@ -362,6 +369,8 @@ def write_pool(pool: str, shards: list[pa.Table], meta: PoolMeta) -> None:
     doc = {"format": "vaal_dist.pool", "version": 1, "encoding": meta.encoding}
     if meta.image_shape:
         doc["image_shape"] = list(meta.image_shape)
+    if meta.source:
+        doc["source"] = meta.source
     write_json(join(pool, POOL_META), doc)
 
 

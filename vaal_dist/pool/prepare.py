@@ -6,7 +6,9 @@ atomically, the report first, so a shard whose two files exist is finished and a
 Links are never followed: they and special files are left out of the listing and reported in
 ``errors-listing.pq``. ``prepare-inputs.json`` pins the listing and settings a dest was started with
 (a rerun on another listing would shift files between shards), ``classes.json`` maps class folders to
-labels, ``prepare.json`` is the summary and ``pool.json`` comes last. See docs/prepare.md.
+labels, ``prepare.json`` is the summary and ``pool.json`` comes last, naming the source folder; each shard
+row keeps its file's size and modification time, so an export can give the labeler the original file. See
+docs/prepare.md.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from PIL import Image
 
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
-from vaal_dist.pool.io import PoolMeta, exists, join, lies_within, read_json, remove_stale_temporaries, resolve, \
-    shard_name, write_json, write_parquet, write_pool
+from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, exists, join, lies_within, read_json, \
+    remove_stale_temporaries, resolve, shard_name, write_json, write_parquet, write_pool
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -82,18 +84,20 @@ def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3
     ids, unlisted = list_source(source, dest)
     settings = ShardSettings(image_size, channels, max_pixels, class_folders(source, ids, labels))
     shards = [ids[i:i + files_per_shard] for i in range(0, len(ids), files_per_shard)]
-    _claim_dest(dest, ids, settings, files_per_shard)
+    record_sources = _claim_dest(dest, ids, settings, files_per_shard)
     remove_stale_temporaries(dest)           # shards half-written by a killed run; never a live writer's
     _report_unlisted(source, dest, unlisted)
     todo = unfinished_shards(dest, len(shards))
     log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
-    written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads)
+    written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads,
+                          record_sources)
     summary = _summarize(source, dest, len(ids) + len(unlisted), len(shards), written, settings,
                          time.perf_counter() - start)
     write_json(join(dest, SUMMARY), summary)
     if summary["prepared"] == 0:
         raise InputError(f"no file under {source!r} could be prepared: {summary['skipped_by_reason']}")
-    write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels)))   # no shards: pool.json only
+    write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels),     # no shards: pool.json only
+                                  source_uri(source) if record_sources else None))
     return summary
 
 
@@ -213,19 +217,28 @@ def _fingerprint(ids: list[str], settings: ShardSettings, files_per_shard: int) 
     return h.hexdigest()
 
 
-def _claim_dest(dest: str, ids: list[str], settings: ShardSettings, files_per_shard: int) -> None:
-    """Pin dest to this listing and these settings, or refuse if it was started with others."""
+def _claim_dest(dest: str, ids: list[str], settings: ShardSettings, files_per_shard: int) -> bool:
+    """Pin dest to this listing and these settings, or refuse if it was started with others. Returns whether its
+    shards record their source files (a dest started before they did is finished without, its shards alike)."""
     inputs_uri = join(dest, INPUTS)
     fingerprint = _fingerprint(ids, settings, files_per_shard)
     if exists(inputs_uri):
-        if read_json(inputs_uri)["fingerprint"] != fingerprint:
+        inputs = read_json(inputs_uri)
+        if inputs["fingerprint"] != fingerprint:
             raise InputError(f"dest {dest!r} was prepared from another file listing or with other "
                              f"settings; choose a new dest (or delete this one)")
-        return
+        return inputs.get("records_sources", False)
     if settings.classes is not None:
         write_json(join(dest, CLASSES), settings.classes)
     write_json(inputs_uri, {"fingerprint": fingerprint, "files": len(ids), "files_per_shard": files_per_shard,
-                            **asdict(settings)})
+                            "records_sources": True, **asdict(settings)})
+    return True
+
+
+def source_uri(source: str) -> str:
+    """What pool.json records of the source folder: a local one's absolute path (an export may run elsewhere in
+    the tree), a URI with its credentials hidden (an export takes them again)."""
+    return redact(source) if "://" in source else os.path.abspath(source)
 
 
 def report_name(k: int) -> str:
@@ -241,14 +254,16 @@ def unfinished_shards(dest: str, n_shards: int) -> list[int]:
     return [k for k in range(n_shards) if shard_name(k) not in names or report_name(k) not in names]
 
 
-def _run_shards(source, dest, shards: dict[int, list[str]], settings, cpus_per_shard, read_threads) -> list[dict]:
+def _run_shards(source, dest, shards: dict[int, list[str]], settings, cpus_per_shard, read_threads,
+                record_sources) -> list[dict]:
     """Write the given shards as Ray Data tasks, one block (one task) per shard; their result rows."""
     if not shards:
         return []
     specs = [{"shard": k, "ids": ids} for k, ids in shards.items()]
     rows = ray.data.from_items(specs, override_num_blocks=len(specs)).map(
         prepare_shard, num_cpus=cpus_per_shard,
-        fn_kwargs={"source": source, "dest": dest, "settings": settings, "read_threads": read_threads},
+        fn_kwargs={"source": source, "dest": dest, "settings": settings, "read_threads": read_threads,
+                   "record_sources": record_sources},
     ).take_all()
     failed = [r for r in rows if r["read_error"]]
     if failed:
@@ -258,8 +273,10 @@ def _run_shards(source, dest, shards: dict[int, list[str]], settings, cpus_per_s
     return rows
 
 
-def prepare_shard(spec: dict, source: str, dest: str, settings: ShardSettings, read_threads: int) -> dict:
-    """Ray Data row fn: read, decode and write one shard; returns its counts.
+def prepare_shard(spec: dict, source: str, dest: str, settings: ShardSettings, read_threads: int,
+                  record_sources: bool = True) -> dict:
+    """Ray Data row fn: read, decode and write one shard, with each file's size and modification time when
+    ``record_sources``; returns its counts.
 
     A file that cannot be read (network, permissions) leaves the shard unwritten, so a rerun retries it;
     the error travels back as data (``read_error``) rather than as an exception that would lose its type.
@@ -267,7 +284,7 @@ def prepare_shard(spec: dict, source: str, dest: str, settings: ShardSettings, r
     fs, root = resolve(source)
     ids = [str(i) for i in spec["ids"]]
     try:
-        contents = _read_files(fs, root.rstrip("/"), ids, read_threads)
+        contents, stats = _read_files(fs, root.rstrip("/"), ids, read_threads)
     except OSError as e:
         return {"shard": spec["shard"], "prepared": 0, "skipped": 0, "read_error": str(e)}
     images, skipped = {}, []
@@ -278,23 +295,28 @@ def prepare_shard(spec: dict, source: str, dest: str, settings: ShardSettings, r
             skipped.append((file_id, s.reason, s.detail))
     write_parquet(join(dest, report_name(spec["shard"])), pa.Table.from_pylist(
         [dict(zip(REPORT_SCHEMA.names, row)) for row in skipped], schema=REPORT_SCHEMA))
-    write_parquet(join(dest, shard_name(spec["shard"])), _shard_table(images, settings))
+    write_parquet(join(dest, shard_name(spec["shard"])),
+                  _shard_table(images, settings, dict(zip(ids, stats)) if record_sources else None))
     return {"shard": spec["shard"], "prepared": len(images), "skipped": len(skipped), "read_error": ""}
 
 
-def _read_files(fs: pafs.FileSystem, root: str, ids: list[str], threads: int) -> list[bytes | None]:
-    """The bytes of each image file (None for other files); threads hide object-store latency."""
-    def read(file_id: str) -> bytes | None:
+def _read_files(fs: pafs.FileSystem, root: str, ids: list[str], threads: int
+                ) -> tuple[list[bytes | None], list[tuple[int, int] | None]]:
+    """The bytes of each image file (None for other files) and its (size, mtime_ns), taken before the read so
+    that a file rewritten meanwhile looks changed to an export; threads hide object-store latency."""
+    def read(file_id: str) -> tuple[bytes | None, tuple[int, int] | None]:
         if not is_image_name(file_id):
-            return None
+            return None, None
         path = f"{root}/{file_id}"
         try:
+            info = fs.get_file_info(path)
             with fs.open_input_stream(path) as f:
-                return f.read()
+                return f.read(), (info.size, info.mtime_ns)
         except OSError as e:
             raise OSError(f"cannot read {path!r}: {e}") from e
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(read, ids))
+        contents, stats = zip(*pool.map(read, ids))
+    return list(contents), list(stats)
 
 
 def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
@@ -317,10 +339,14 @@ def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
             raise SkippedFile(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
 
 
-def _shard_table(images: dict[str, bytes], settings: ShardSettings) -> pa.Table:
+def _shard_table(images: dict[str, bytes], settings: ShardSettings,
+                 stats: dict[str, tuple[int, int]] | None) -> pa.Table:
     columns = {"id": pa.array(list(images), pa.string()), "image": pa.array(list(images.values()), pa.binary())}
     if settings.classes is not None:
         columns["label"] = pa.array([settings.classes[i.split("/", 1)[0]] for i in images], pa.int64())
+    if stats is not None:
+        columns[SOURCE_SIZE] = pa.array([stats[i][0] for i in images], pa.int64())
+        columns[SOURCE_MTIME] = pa.array([stats[i][1] for i in images], pa.int64())
     return pa.table(columns)
 
 
