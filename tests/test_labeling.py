@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import urllib.request
@@ -30,6 +31,7 @@ from vaal_dist.pool.io import PoolMeta, check_labels, resolve, write_json, write
 from vaal_dist.round_inputs import RoundInputs
 
 CLASSES = ["zero", "one", "two"]
+TASK_IDS = itertools.count(100)
 
 
 def unlabeled_pool(path, n: int = 40, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +68,8 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 
 def label_studio_task(image_id: str, *annotations: dict) -> dict:
-    """A task as Label Studio's JSON export holds it."""
-    return {"id": 100, "data": {"image": "data:...", "id": image_id}, "annotations": list(annotations)}
+    """A task as Label Studio's JSON export holds it, its task id its own (import refuses a repeated one)."""
+    return {"id": next(TASK_IDS), "data": {"image": "data:...", "id": image_id}, "annotations": list(annotations)}
 
 
 def choice(label: str | None, annotator: int = 1, cancelled: bool = False, at: str = "2026-11-28T10:00:00.5Z") -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
+from vaal_dist.labeling.shape import check_coco, check_csv, check_label_studio, check_size, parse_json, shown
 from vaal_dist.pool.io import beside, exists, join, read_bytes, read_manifest, read_pool_ids, resolve, retrying, \
     write_manifest
 
@@ -99,22 +99,27 @@ def _checked(answers: list[Answer], selection: pa.Array, pool: str, names: list[
     problems = {i: [a.problem for a in given if a.problem] for i, given in by_id.items()}
     for a in answers:
         if a.label is not None and a.label not in names:
-            problems[a.id].append(f"unknown class name {a.label!r} (classes: {names})")
+            problems[a.id].append(f"unknown class name {shown(repr(a.label))} (classes: {names})")
     _not_selected(problems, selection, pool)
     for i, given in by_id.items():
         if len({a.label for a in given if a.label is not None}) > 1:
-            who = ", ".join(f"{a.label!r} by {a.annotator or 'an unnamed annotator'}" for a in given if a.label)
+            who = ", ".join(f"{shown(repr(a.label))} by {_annotator(a)}" for a in given if a.label)
             problems[i].append(f"conflicting labels: {who}")
     bad = {i: p for i, p in problems.items() if p}
     if bad:
-        shown = "; ".join(f"{i!r}: {', '.join(p)}" for i, p in list(bad.items())[:SHOWN_PROBLEMS])
+        named = "; ".join(f"{shown(repr(i))}: {', '.join(p)}" for i, p in list(bad.items())[:SHOWN_PROBLEMS])
         more = f"; and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
-        raise InputError(f"{source}: import refused, nothing written: {len(bad)} ids have problems: {shown}{more}")
+        raise InputError(f"{source}: import refused, nothing written: {len(bad)} ids have problems: {named}{more}")
     now = datetime.now(timezone.utc)
     firsts = [given[0] for given in by_id.values()]
     return pa.table({"id": [a.id for a in firsts], "label": [names.index(a.label) for a in firsts],
                      "annotator": [a.annotator for a in firsts], "time": [a.time or now for a in firsts]},
                     schema=LABELS_SCHEMA)
+
+
+def _annotator(answer: Answer) -> str:
+    name = answer.annotator or "an unnamed annotator"
+    return shown(name if name.isprintable() else repr(name))
 
 
 def _not_selected(problems: dict[str, list[str]], selection: pa.Array, pool: str) -> None:
@@ -128,22 +133,27 @@ def _not_selected(problems: dict[str, list[str]], selection: pa.Array, pool: str
 
 
 def read_answers(export_file: str) -> tuple[list[Answer], int]:
-    """(every annotation in the file, the number of its images nobody annotated)."""
+    """(every annotation in the file, the number of its images nobody annotated), once the file has the shape
+    of its format (``shape``)."""
     fs, path = resolve(export_file)
-    if not retrying(f"cannot look up {export_file!r}", lambda: fs.get_file_info(path)).is_file:
+    info = retrying(f"cannot look up {export_file!r}", lambda: fs.get_file_info(path))
+    if not info.is_file:
         raise InputError(f"export {export_file!r} does not exist")
-    raw = read_bytes(export_file)
+    check_size(export_file, info.size)
     try:
-        text = raw.decode("utf-8-sig")
-        if path.endswith(".csv"):
-            return _csv_answers(text), 0
-        doc = json.loads(text)
-        if isinstance(doc, list):
-            return _label_studio_answers(doc)
-        if isinstance(doc, dict) and "images" in doc:
-            return _coco_answers(doc)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"export {export_file!r} cannot be read: {e!r}") from e
+        text = read_bytes(export_file).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"export {export_file!r} is not UTF-8 text: {e}") from None
+    if path.endswith(".csv"):
+        check_csv(export_file, text)
+        return _csv_answers(text), 0
+    doc = parse_json(export_file, text)
+    if isinstance(doc, list):
+        check_label_studio(export_file, doc)
+        return _label_studio_answers(doc)
+    if isinstance(doc, dict) and "images" in doc:
+        check_coco(export_file, doc)
+        return _coco_answers(doc)
     raise InputError(f"export {export_file!r} is neither Label Studio's JSON export (a list of tasks) nor COCO "
                      f"(an object with images) nor a .csv")
 
