@@ -73,6 +73,12 @@ def beside(uri: str, name: str) -> str:
     return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
 
 
+def folder_of(uri: str) -> str:
+    """The folder holding ``uri`` (a local path or URI; a ?query stays at the end); "." for a bare file name."""
+    base, sep, query = uri.partition("?")
+    return f"{posixpath.dirname(base) or '.'}{sep}{query}"
+
+
 # --- errors that usually pass: retried a bounded number of times ------------------------------------------------
 #
 # pyarrow's S3 client retries a request itself when the AWS SDK calls its error retryable (throttling, 5xx,
