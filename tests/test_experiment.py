@@ -230,3 +230,44 @@ def test_a_round_whose_task_model_is_the_judge_is_not_judged_again(tmp_path, mon
                            str(runs / "mc_dropout" / "seed-0" / "round-2" / "eval")]
     assert json.loads((out / "splits" / "seed-0" / "eval.json").read_text()) == \
         {"accuracy": 0.75, "labeled": 16, "test": 20}
+
+
+def files_and_times(folder) -> dict[str, int]:
+    return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_rerun_with_other_split_settings_is_refused_naming_them_and_writes_nothing(tmp_path, monkeypatch):
+    """The splits and every round's labeled set were drawn with the first run's settings: a rerun with others
+    would mix them silently. The rounds are left out here (no curve): the refusal comes before any."""
+    make_raw_pool(tmp_path / "pool", 40, shards=1)
+    monkeypatch.setattr(experiment, "_curve", lambda *args: [])
+    monkeypatch.setattr(experiment, "_record_curves", lambda out, curves: curves)
+    out = tmp_path / "exp"
+
+    def run(**settings):
+        return run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(), str(out), strategies=("random",),
+                                               seeds=(0,), **settings))
+
+    run(test_fraction=0.25, initial=0.2, step=0.1, final=0.3)
+    before = files_and_times(out)
+    assert "splits/settings.json" in before and "splits/seed-0/test.parquet" in before
+    with pytest.raises(InputError) as refused:
+        run(test_fraction=0.5, initial=0.1, step=0.05, final=0.3)
+    assert str(refused.value) == (f"'{out}' holds an experiment whose splits were drawn with other settings "
+                                  f"(--test-fraction 0.25 → 0.5, --initial 0.2 → 0.1, --step 0.1 → 0.05): "
+                                  f"rerun with the old ones, or choose a new --out")
+    with pytest.raises(InputError, match=r"\(--test-fraction 0.25 → 0.2\)"):
+        run(test_fraction=0.2, initial=0.2, step=0.1, final=0.3)
+    assert files_and_times(out) == before
+    run(test_fraction=0.25, initial=0.2, step=0.1, final=0.4)      # a later final extends the same curves
+
+
+@pytest.mark.parametrize("settings", ["[0.2]", "{\"test_fraction\": 0.2}", "not json"])
+def test_a_split_settings_file_that_is_not_one_is_refused_in_one_line(tmp_path, settings):
+    make_raw_pool(tmp_path / "pool", 40, shards=1)
+    (tmp_path / "exp" / "splits").mkdir(parents=True)
+    (tmp_path / "exp" / "splits" / "settings.json").write_text(settings)
+    with pytest.raises(InputError, match=r"settings.json' is not an experiment's split settings: expected an "
+                                         r"object of \['initial', 'step', 'test_fraction'\]; choose a new --out"):
+        run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(), str(tmp_path / "exp")))
