@@ -16,7 +16,7 @@ from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringCo
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
-from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_parquet, write_pool
 from vaal_dist.round_inputs import RoundInputs
 
 
@@ -271,3 +271,34 @@ def test_a_split_settings_file_that_is_not_one_is_refused_in_one_line(tmp_path, 
     with pytest.raises(InputError, match=r"settings.json' is not an experiment's split settings: expected an "
                                          r"object of \['initial', 'step', 'test_fraction'\]; choose a new --out"):
         run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(), str(tmp_path / "exp")))
+
+
+def curve_row(strategy: str, seed) -> dict:
+    return {"strategy": strategy, "seed": seed, "round": 0, "labeled_fraction": 0.1, "labeled": 10, "accuracy": 0.5,
+            "query_seconds_per_100": 1.0}
+
+
+@pytest.mark.parametrize("earlier, why", [
+    (pa.table({"strategy": ["random"], "seed": ["<script>alert(1)</script>"]}), "Unable to merge: Field seed has "
+                                                                               "incompatible types: string vs int64"),
+    (pa.table({"strategy": ["random"]}), 'Field "seed" does not exist in schema'),
+    (b"not parquet", "Parquet magic bytes not found")])
+def test_a_folder_curves_table_of_another_shape_is_refused_in_one_line(tmp_path, earlier, why):
+    """curves.parquet comes from an earlier invocation, or from anyone who could write the folder: what cannot
+    be merged with this invocation's curves is named, and the folder's tables are left as they were."""
+    uri = tmp_path / "curves.parquet"
+    uri.write_bytes(earlier) if isinstance(earlier, bytes) else write_parquet(str(uri), earlier)
+    before = uri.read_bytes()
+    with pytest.raises(InputError) as refused:
+        experiment._record_curves(str(tmp_path), pa.Table.from_pylist([curve_row("vaal", 0)]))
+    assert str(refused.value).startswith(f"'{uri}' is not a curves table this experiment can add its curves to (")
+    assert why in str(refused.value) and "\n" not in str(refused.value)
+    assert uri.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet"]
+
+
+def test_a_hostile_strategy_name_in_the_folders_curves_is_text_on_experiment_html(tmp_path):
+    hostile = "<script>alert(1)</script>"
+    write_parquet(str(tmp_path / "curves.parquet"), pa.Table.from_pylist([curve_row(hostile, 0)]))
+    experiment._record_curves(str(tmp_path), pa.Table.from_pylist([curve_row("vaal", 0)]))
+    page = (tmp_path / "experiment.html").read_text()
+    assert "<script" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3   # legend, table, links

@@ -111,10 +111,14 @@ def _with_earlier_curves(out: str, curves: pa.Table) -> pa.Table:
     if not exists(uri):
         return curves
     fs, path = resolve(uri)
-    earlier = pq.read_table(path, filesystem=fs)
     ran = {(r["strategy"], r["seed"]) for r in curves.select(["strategy", "seed"]).to_pylist()}
-    keep = [(r["strategy"], r["seed"]) not in ran for r in earlier.select(["strategy", "seed"]).to_pylist()]
-    return pa.concat_tables([earlier.filter(pa.array(keep, pa.bool_())), curves], promote_options="default")
+    try:                # a file of another shape: not Parquet, no strategy or seed column, a column of another type
+        earlier = pq.read_table(path, filesystem=fs)
+        keep = [(r["strategy"], r["seed"]) not in ran for r in earlier.select(["strategy", "seed"]).to_pylist()]
+        return pa.concat_tables([earlier.filter(pa.array(keep, pa.bool_())), curves], promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+        raise InputError(f"{uri!r} is not a curves table this experiment can add its curves to "
+                         f"({str(e).splitlines()[0]}); move it away or choose a new --out") from None
 
 
 def _pin_split_settings(cfg: ExperimentConfig) -> None:
