@@ -36,6 +36,7 @@ from vaal_dist.redaction import redact
 log = logging.getLogger(__name__)
 
 PREFIX = ".lock-"
+WRITER = "writer"                               # the lock of a folder's writers (``writer_lock``)
 HEARTBEAT_S = "VAAL_DIST_LOCK_HEARTBEAT_S"      # env: seconds between the holder's refreshes (default 10)
 STALE_S = "VAAL_DIST_LOCK_STALE_S"              # env: seconds without a refresh before a claim is dead (120)
 TABLES_WAIT_S = 600.0                           # an experiment waits this long for its folder's tables
@@ -255,7 +256,7 @@ class FolderLock:
 def writer_lock(folder: str):
     """One writer at a time in ``folder`` (a round's --out, prepare's pool, an export's --dest, an import's
     manifest folder): a second is refused, naming the first. Yields the lock, to ``check_held`` before a commit."""
-    with FolderLock(folder, "writer").held() as lock:
+    with FolderLock(folder, WRITER).held() as lock:
         yield lock
 
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
-from vaal_dist.folder_lock import writer_lock
+from vaal_dist.folder_lock import WRITER, FolderLock
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
 from vaal_dist.pool.io import PoolMeta, exists, join, read_json, read_pool_meta, read_rows, resolve, retrying, \
@@ -95,20 +95,23 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     form = LAYOUTS[to]
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
+    lock = FolderLock(dest, WRITER)
+    lock.acquire()                          # one writer in dest at a time: a second is refused naming this one
     written = []
     dest_was_there = exists(dest)
-    with writer_lock(dest):                 # one export into dest at a time; a second is refused naming this one
-        try:
-            for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
-                                                 len(form.separator)), 1):
-                written.append(join(dest, form.name.format(number)))
-                write_atomic(written[-1], head + form.separator.join(part) + form.tail)
-            if to == "label-studio":
-                written.append(join(dest, "labeling-config.xml"))
-                write_atomic(written[-1], labeling_config(names).encode())
-        except BaseException:
-            _remove(dest, written + images, dest_was_there)    # an image refused in a later part: nothing is left
-            raise
+    try:
+        for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
+                                             len(form.separator)), 1):
+            written.append(join(dest, form.name.format(number)))
+            write_atomic(written[-1], head + form.separator.join(part) + form.tail)
+        if to == "label-studio":
+            written.append(join(dest, "labeling-config.xml"))
+            write_atomic(written[-1], labeling_config(names).encode())
+    except BaseException:
+        _remove(dest, written + images, dest_was_there)    # an image refused in a later part: nothing is left
+        raise
+    finally:
+        lock.release()                      # removes dest too where the lock made it and nothing is left in it
     return written
 
 

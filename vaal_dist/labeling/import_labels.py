@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
-from vaal_dist.folder_lock import writer_lock
 from vaal_dist.labeling.export import LABEL_FIELD, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
 from vaal_dist.pool.io import beside, exists, folder_of, join, read_bytes, read_manifest, read_pool_ids, resolve, \
     retrying, write_manifest
+from vaal_dist.folder_lock import writer_lock
 
 NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted

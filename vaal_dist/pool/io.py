@@ -67,16 +67,16 @@ def join(uri: str, *parts: str) -> str:
     return f"{joined}?{query}" if sep else joined
 
 
-def beside(uri: str, name: str) -> str:
-    """The file ``name`` in the folder of ``uri`` (a local path or URI; a ?query stays at the end)."""
-    base, sep, query = uri.partition("?")
-    return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
-
-
 def folder_of(uri: str) -> str:
     """The folder holding ``uri`` (a local path or URI; a ?query stays at the end); "." for a bare file name."""
     base, sep, query = uri.partition("?")
     return f"{posixpath.dirname(base) or '.'}{sep}{query}"
+
+
+def beside(uri: str, name: str) -> str:
+    """The file ``name`` in the folder of ``uri`` (a local path or URI; a ?query stays at the end)."""
+    base, sep, query = uri.partition("?")
+    return f"{posixpath.join(posixpath.dirname(base), name)}{sep}{query}"
 
 
 # --- errors that usually pass: retried a bounded number of times ------------------------------------------------
