@@ -30,7 +30,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError, VaalDistError
-from vaal_dist.pool.io import exists, join, read_json, resolve, retrying, write_json
+from vaal_dist.pool.io import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
+    write_json
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class FolderLock:
                       "process_start": own and own[1],
                       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.lost = False
-        self._made_folder = False
+        self._made_folders: list[str] = []
         self._writing = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -117,7 +118,7 @@ class FolderLock:
 
     def acquire(self, wait_s: float = 0.0) -> None:
         """Hold the lock, or raise InputError naming its holder: at once, or after waiting ``wait_s``."""
-        self._made_folder = not exists(self.folder)
+        self._made_folders = missing_folders(self.folder)
         try:
             self._write(state="choosing")
             tickets = [c["ticket"] or 0 for c in self._live_others()]
@@ -137,10 +138,7 @@ class FolderLock:
         fs, path = resolve(self.uri)
         with contextlib.suppress(FileNotFoundError):
             retrying(f"cannot delete {self.uri!r}", lambda: fs.delete_file(path))
-        if self._made_folder and isinstance(fs, pafs.LocalFileSystem):
-            # a run refused or failed before writing leaves no empty folder; rmdir spares one holding anything
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.dirname(path))
+        remove_empty_folders(self.folder, self._made_folders)    # a run that wrote nothing leaves no folder
 
     @contextlib.contextmanager
     def held(self, wait_s: float = 0.0):
