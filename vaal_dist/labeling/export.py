@@ -92,14 +92,14 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     images: list[str] = []
     link = image_links(dest, expires_s, images)
     _check_in_pool(done)
+    lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
     form = LAYOUTS[to]
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, read_pool_meta(done.pool), link))
-    lock = FolderLock(dest, WRITER)
-    lock.acquire()                          # one writer in dest at a time: a second is refused naming this one
     written = []
     dest_was_there = exists(dest)
     try:
+        lock.acquire()
         for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
                                              len(form.separator)), 1):
             written.append(join(dest, form.name.format(number)))
