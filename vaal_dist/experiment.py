@@ -9,9 +9,10 @@ no model choice on test): the selection round's own task model where it is that 
 else one trained for the purpose. Every step leaves a file, so a rerun of the same ``out`` resumes.
 
 Layout under ``out``: ``splits/seed-S/`` with ``test.parquet``, ``initial.parquet`` and the round-0
-evaluation, shared by the strategies, and ``splits/settings.json`` (the split settings, pinned by the first run); ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the
-set entering round R), ``eval.json`` (R > 0) and the selection round in ``select/``; results in ``curves.parquet``,
-``curves.csv``, ``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
+evaluation, shared by the strategies, and ``splits/settings.json`` (the split settings, pinned by the first
+run); ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the set entering round R), ``eval.json``
+(R > 0) and the selection round in ``select/``; results in ``curves.parquet``, ``curves.csv``,
+``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
 (``report.pages``: the curves, the summary and links to each selecting round's ``report.html``).
 """
 from __future__ import annotations
