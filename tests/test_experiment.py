@@ -16,7 +16,7 @@ from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringCo
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
-from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_parquet, write_pool
 from vaal_dist.round_inputs import RoundInputs
 
 
@@ -230,3 +230,75 @@ def test_a_round_whose_task_model_is_the_judge_is_not_judged_again(tmp_path, mon
                            str(runs / "mc_dropout" / "seed-0" / "round-2" / "eval")]
     assert json.loads((out / "splits" / "seed-0" / "eval.json").read_text()) == \
         {"accuracy": 0.75, "labeled": 16, "test": 20}
+
+
+def files_and_times(folder) -> dict[str, int]:
+    return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_a_rerun_with_other_split_settings_is_refused_naming_them_and_writes_nothing(tmp_path, monkeypatch):
+    """The splits and every round's labeled set were drawn with the first run's settings: a rerun with others
+    would mix them silently. The rounds are left out here (no curve): the refusal comes before any."""
+    make_raw_pool(tmp_path / "pool", 40, shards=1)
+    monkeypatch.setattr(experiment, "_curve", lambda *args: [])
+    monkeypatch.setattr(experiment, "_record_curves", lambda out, curves: curves)
+    out = tmp_path / "exp"
+
+    def run(**settings):
+        return run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(), str(out), strategies=("random",),
+                                               seeds=(0,), **settings))
+
+    run(test_fraction=0.25, initial=0.2, step=0.1, final=0.3)
+    before = files_and_times(out)
+    assert "splits/settings.json" in before and "splits/seed-0/test.parquet" in before
+    with pytest.raises(InputError) as refused:
+        run(test_fraction=0.5, initial=0.1, step=0.05, final=0.3)
+    assert str(refused.value) == (f"'{out}' holds an experiment whose splits were drawn with other settings "
+                                  f"(--test-fraction 0.25 → 0.5, --initial 0.2 → 0.1, --step 0.1 → 0.05): "
+                                  f"rerun with the old ones, or choose a new --out")
+    with pytest.raises(InputError, match=r"\(--test-fraction 0.25 → 0.2\)"):
+        run(test_fraction=0.2, initial=0.2, step=0.1, final=0.3)
+    assert files_and_times(out) == before
+    run(test_fraction=0.25, initial=0.2, step=0.1, final=0.4)      # a later final extends the same curves
+
+
+@pytest.mark.parametrize("settings", ["[0.2]", "{\"test_fraction\": 0.2}", "not json"])
+def test_a_split_settings_file_that_is_not_one_is_refused_in_one_line(tmp_path, settings):
+    make_raw_pool(tmp_path / "pool", 40, shards=1)
+    (tmp_path / "exp" / "splits").mkdir(parents=True)
+    (tmp_path / "exp" / "splits" / "settings.json").write_text(settings)
+    with pytest.raises(InputError, match=r"settings.json' is not an experiment's split settings: expected an "
+                                         r"object of \['initial', 'step', 'test_fraction'\]; choose a new --out"):
+        run_experiment(ExperimentConfig(str(tmp_path / "pool"), Setup(), str(tmp_path / "exp")))
+
+
+def curve_row(strategy: str, seed) -> dict:
+    return {"strategy": strategy, "seed": seed, "round": 0, "labeled_fraction": 0.1, "labeled": 10, "accuracy": 0.5,
+            "query_seconds_per_100": 1.0}
+
+
+@pytest.mark.parametrize("earlier, why", [
+    (pa.table({"strategy": ["random"], "seed": ["<script>alert(1)</script>"]}), "Unable to merge: Field seed has "
+                                                                               "incompatible types: string vs int64"),
+    (pa.table({"strategy": ["random"]}), 'Field "seed" does not exist in schema'),
+    (b"not parquet", "Parquet magic bytes not found")])
+def test_a_folder_curves_table_of_another_shape_is_refused_in_one_line(tmp_path, earlier, why):
+    """curves.parquet comes from an earlier invocation, or from anyone who could write the folder: what cannot
+    be merged with this invocation's curves is named, and the folder's tables are left as they were."""
+    uri = tmp_path / "curves.parquet"
+    uri.write_bytes(earlier) if isinstance(earlier, bytes) else write_parquet(str(uri), earlier)
+    before = uri.read_bytes()
+    with pytest.raises(InputError) as refused:
+        experiment._record_curves(str(tmp_path), pa.Table.from_pylist([curve_row("vaal", 0)]))
+    assert str(refused.value).startswith(f"'{uri}' is not a curves table this experiment can add its curves to (")
+    assert why in str(refused.value) and "\n" not in str(refused.value)
+    assert uri.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["curves.parquet"]
+
+
+def test_a_hostile_strategy_name_in_the_folders_curves_is_text_on_experiment_html(tmp_path):
+    hostile = "<script>alert(1)</script>"
+    write_parquet(str(tmp_path / "curves.parquet"), pa.Table.from_pylist([curve_row(hostile, 0)]))
+    experiment._record_curves(str(tmp_path), pa.Table.from_pylist([curve_row("vaal", 0)]))
+    page = (tmp_path / "experiment.html").read_text()
+    assert "<script" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3   # legend, table, links

@@ -236,8 +236,8 @@ def test_an_experiments_tables_keep_every_concurrent_writers_rows(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys
-    from vaal_dist.folder_lock import round_lock
-    with round_lock(sys.argv[1]):
+    from vaal_dist.folder_lock import writer_lock
+    with writer_lock(sys.argv[1]):
         print("WON", flush=True)
         sys.stdin.read()
 """)
@@ -261,3 +261,38 @@ def test_a_round_is_refused_while_another_holds_its_out_and_runs_once_the_holder
     kill(holder)
     run_round(cfg)
     assert exists(str(out / SELECTION)) and claims(str(out)) == []
+
+
+TAKERS_CLAIM = f"{PREFIX}writer-{'f' * 32}.json"
+
+
+def take_over(folder: str, ours_written_again: bool) -> None:
+    """What a run that found this one's claim stale does: delete it and hold the lock with its own claim. With
+    ``ours_written_again`` a heartbeat that had just seen our claim writes it back after the deletion."""
+    [ours] = claims(folder)
+    if not ours_written_again:
+        os.remove(join(folder, ours))
+    taker = {"token": "f" * 32, "state": "held", "ticket": 1, "host": "host-b", "pid": 1, "machine": None,
+             "started": "2026-11-28T00:00:00+00:00"}
+    with open(join(folder, TAKERS_CLAIM), "w") as f:
+        json.dump(taker, f)
+
+
+@pytest.mark.parametrize("ours_written_again", [False, True])
+def test_a_round_whose_lock_was_taken_over_while_it_ran_commits_nothing(ray_local, tiny_pool, tmp_path, monkeypatch,
+                                                                        ours_written_again):
+    """The takeover happens during training, long before a heartbeat (10 s) would notice: the round checks its
+    claim right before writing selection.parquet and stops with one line, writing neither it nor run.json."""
+    from vaal_dist.round import RECORD, SELECTION, run_round
+    from vaal_dist.strategies.random import Random
+
+    pool, labeled, _, _ = tiny_pool
+    out = str(tmp_path / "round")
+    real_train = Random.train
+    monkeypatch.setattr(Random, "train", lambda self, inputs: (take_over(out, ours_written_again),
+                                                               real_train(self, inputs))[1])
+    with pytest.raises(LockLost, match=f"the lock on '{out}' was taken over by another run") as lost:
+        run_round(round_config(pool, labeled, out, strategy="random"))
+    assert "\n" not in str(lost.value)
+    assert not exists(join(out, SELECTION)) and not exists(join(out, RECORD))
+    assert claims(out) == [TAKERS_CLAIM]            # the taker's, untouched

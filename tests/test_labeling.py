@@ -22,6 +22,7 @@ from PIL import Image
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.cli import main
+from vaal_dist.folder_lock import writer_lock
 from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling import import_labels as import_module
@@ -473,3 +474,51 @@ def test_an_export_without_annotations_or_in_no_known_format_is_refused(round1, 
     with pytest.raises(InputError, match="needs the columns id and label"):
         import_labels(str(tmp_path / "g.csv"), out, classes=CLASSES)
     assert not (tmp_path / "round-1" / "labeled.parquet").exists()
+
+
+# --- one writer per folder ---------------------------------------------------------------------------------------
+
+def busy(folder) -> str:
+    """The start of the refusal of a writer of ``folder`` while this process holds its lock."""
+    return f"'{folder}' is in use by another run: host .*, pid {os.getpid()}, started 20"
+
+
+def test_an_export_into_a_dest_another_writer_holds_is_refused_naming_it_and_writes_nothing(round1, tmp_path):
+    out, _, _ = round1
+    dest = str(tmp_path / "ls")
+    with writer_lock(dest) as holder:
+        with pytest.raises(InputError, match=busy(dest)) as refused:
+            export_selection(out, "label-studio", dest, classes=CLASSES)
+        assert "\n" not in str(refused.value)
+        assert os.listdir(dest) == [holder.filename]
+    assert not os.path.exists(dest)         # the holder made it and wrote nothing into it
+    assert len(export_selection(out, "label-studio", dest, classes=CLASSES)) == 2     # tasks, labeling config
+
+
+def test_an_import_into_a_folder_another_writer_holds_is_refused_naming_it_and_writes_nothing(round1, tmp_path):
+    out, _, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    answers = write_export(tmp_path / "export.json", [label_studio_task(selection[0], choice("one"))])
+    before = sorted(os.listdir(out))
+    with writer_lock(out) as holder:
+        with pytest.raises(InputError, match=busy(out)):
+            import_labels(answers, out, classes=CLASSES)
+        assert sorted(os.listdir(out)) == sorted([*before, holder.filename])
+    assert import_labels(answers, out, classes=CLASSES).new == 1
+
+
+def test_an_import_that_finished_while_another_read_its_answers_is_not_overwritten(round1, tmp_path, monkeypatch):
+    """Both imports found no manifest at first; the one that takes the lock second looks again and is refused,
+    leaving the first one's manifest and labels as they were."""
+    out, ids, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    first = write_export(tmp_path / "first.json", [label_studio_task(selection[0], choice("one"))])
+    second = write_export(tmp_path / "second.json", [label_studio_task(selection[0], choice("two"))])
+    real_read_answers = import_module.read_answers
+    monkeypatch.setattr(import_module, "read_answers", lambda f: (
+        monkeypatch.setattr(import_module, "read_answers", real_read_answers),
+        import_labels(first, out, classes=CLASSES), real_read_answers(f))[-1])
+    with pytest.raises(InputError, match="labeled.parquet' exists from an earlier import"):
+        import_labels(second, out, classes=CLASSES)
+    labels, _ = read_labels(f"{out}/labels.parquet")
+    assert labels.select(["id", "label"]).to_pylist() == [{"id": selection[0], "label": 1}]

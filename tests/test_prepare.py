@@ -15,6 +15,7 @@ from conftest import png_bytes, png_header_only, s3_uri
 from vaal_dist.cli import main
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
+from vaal_dist.folder_lock import writer_lock
 from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_manifest
 from vaal_dist.pool.prepare import ShardSettings, decode_file, prepare_pool, prepare_shard
 from vaal_dist.round import run_round
@@ -306,3 +307,16 @@ def test_prepare_from_and_to_s3_then_a_random_round(ray_local, s3_endpoint, tmp_
                                    setup=Setup(preset("cpu"), scoring=ScoringConfig(batch_size=8, num_actors=1))))
     selected = pq.read_table(result.selection).column("id").to_pylist()
     assert len(set(selected)) == 2 and set(selected) <= set(ids) - {"cat/1.png"}
+
+
+def test_a_prepare_into_a_dest_another_writer_holds_is_refused_naming_it_and_writes_nothing(tmp_path):
+    """Refused before its first write (prepare-inputs.json), so before Ray is needed."""
+    write_files(tmp_path / "src", {"a.png": png_bytes(np.random.default_rng(0))})
+    dest = str(tmp_path / "pool")
+    with writer_lock(dest) as holder:
+        with pytest.raises(InputError, match=f"'{dest}' is in use by another run: host .*, pid {os.getpid()}, "
+                                             f"started 20") as refused:
+            prepare_pool(str(tmp_path / "src"), dest)
+        assert "\n" not in str(refused.value)
+        assert os.listdir(dest) == [holder.filename]
+    assert not os.path.exists(dest)

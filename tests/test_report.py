@@ -256,3 +256,20 @@ def test_the_experiment_page_draws_each_strategys_mean_curve_and_links_its_round
                      for s in ("random", "vaal<&>") for seed in (0, 1) for r in (0, 1)]
     assert "entropy, seed 0: no selecting round yet" in text
     assert_self_contained(text)
+
+
+def test_the_experiment_page_escapes_whatever_curves_parquet_holds(tmp_path):
+    """A curves.parquet written by someone else: a strategy name, a seed and a round that are markup. The page
+    shows them as text; no element of theirs appears (the tags the page itself draws are all there is)."""
+    hostile = {"strategy": "<script>alert(1)</script>", "seed": "<script>alert(2)</script>",
+               "round": '<img src=x onerror="alert(3)">'}
+    rows = [{**hostile, "labeled_fraction": 0.1, "accuracy": 0.5, "query_seconds_per_100": 1.0}]
+    write_parquet(str(tmp_path / "curves.parquet"), pa.Table.from_pylist(rows))
+    text = experiment_page(pq.read_table(tmp_path / "curves.parquet"))
+    page = Page(text)
+    assert "<script" not in text and "<img" not in text
+    assert {t for t, _ in page.elements} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "svg",
+                                             "line", "text", "g", "polyline", "circle", "rect", "table", "thead",
+                                             "tbody", "tr", "th", "td", "ul", "li", "a"}
+    assert ("&lt;script&gt;alert(1)&lt;/script&gt;, seed &lt;script&gt;alert(2)&lt;/script&gt;: <a href=" in text
+            and "round &lt;img src=x onerror=&quot;alert(3)&quot;&gt;</a>" in text)

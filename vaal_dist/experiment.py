@@ -9,9 +9,10 @@ no model choice on test): the selection round's own task model where it is that 
 else one trained for the purpose. Every step leaves a file, so a rerun of the same ``out`` resumes.
 
 Layout under ``out``: ``splits/seed-S/`` with ``test.parquet``, ``initial.parquet`` and the round-0
-evaluation, shared by the strategies; ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the
-set entering round R), ``eval.json`` (R > 0) and the selection round in ``select/``; results in ``curves.parquet``,
-``curves.csv``, ``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
+evaluation, shared by the strategies, and ``splits/settings.json`` (the split settings, pinned by the first
+run); ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the set entering round R), ``eval.json``
+(R > 0) and the selection round in ``select/``; results in ``curves.parquet``, ``curves.csv``,
+``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
 (``report.pages``: the curves, the summary and links to each selecting round's ``report.html``).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from vaal_dist.round_inputs import RoundInputs
 
 log = logging.getLogger(__name__)
 
+SPLIT_SETTINGS = {"test_fraction": "--test-fraction", "initial": "--initial", "step": "--step"}  # pinned per out
 PIXEL_BASELINE_IMAGES = 50_000      # labeled + test images a logistic-regression baseline decodes on the driver
 JUDGE_SETTINGS = {"rank_loss": None, "dropout": None, "members": 0}     # train_task's defaults: the judge
 
@@ -81,6 +83,7 @@ def run_experiment(cfg: ExperimentConfig) -> pa.Table:
     ids = read_pool_ids(cfg.pool).combine_chunks()
     pool_ids = ids.take(pc.sort_indices(ids))      # in id order: the splits do not depend on the shard layout
     check_labels(cfg.pool, pool_ids)    # the oracle: every image needs a label, checked up front
+    _pin_split_settings(cfg)
     remove_stale_temporaries(cfg.out)   # what a killed invocation half-wrote; never a live writer's
     rows = []
     for seed in cfg.seeds:
@@ -109,10 +112,38 @@ def _with_earlier_curves(out: str, curves: pa.Table) -> pa.Table:
     if not exists(uri):
         return curves
     fs, path = resolve(uri)
-    earlier = pq.read_table(path, filesystem=fs)
     ran = {(r["strategy"], r["seed"]) for r in curves.select(["strategy", "seed"]).to_pylist()}
-    keep = [(r["strategy"], r["seed"]) not in ran for r in earlier.select(["strategy", "seed"]).to_pylist()]
-    return pa.concat_tables([earlier.filter(pa.array(keep, pa.bool_())), curves], promote_options="default")
+    try:                # a file of another shape: not Parquet, no strategy or seed column, a column of another type
+        earlier = pq.read_table(path, filesystem=fs)
+        keep = [(r["strategy"], r["seed"]) not in ran for r in earlier.select(["strategy", "seed"]).to_pylist()]
+        return pa.concat_tables([earlier.filter(pa.array(keep, pa.bool_())), curves], promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as e:
+        raise InputError(f"{uri!r} is not a curves table this experiment can add its curves to "
+                         f"({str(e).splitlines()[0]}); move it away or choose a new --out") from None
+
+
+def _pin_split_settings(cfg: ExperimentConfig) -> None:
+    """Write the settings the splits and rounds are drawn with to ``splits/settings.json`` on the first run into
+    ``out``, and refuse a later one with others, naming each (old -> new): the splits it would reuse and the
+    rounds' labeled sets were drawn with the old ones. ``final`` may change: it only ends the curves elsewhere."""
+    uri = join(cfg.out, "splits", "settings.json")
+    settings = {name: getattr(cfg, name) for name in SPLIT_SETTINGS}
+    with tables_lock(cfg.out):              # two first invocations sharing ``out``: one writes, the other reads
+        if not exists(uri):
+            write_json(uri, settings)
+            return
+    try:
+        pinned = read_json(uri)
+    except ValueError:                      # not JSON
+        pinned = None
+    if not isinstance(pinned, dict) or pinned.keys() != settings.keys():
+        raise InputError(f"{uri!r} is not an experiment's split settings: expected an object of "
+                         f"{sorted(settings)}; choose a new --out")
+    changed = [f"{SPLIT_SETTINGS[name]} {pinned[name]!r} → {value!r}" for name, value in settings.items()
+               if pinned[name] != value]
+    if changed:
+        raise InputError(f"{cfg.out!r} holds an experiment whose splits were drawn with other settings "
+                         f"({', '.join(changed)}): rerun with the old ones, or choose a new --out")
 
 
 def _splits(cfg: ExperimentConfig, pool_ids: pa.Array, seed: int) -> tuple[str, str]:

@@ -30,12 +30,14 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError, VaalDistError
-from vaal_dist.pool.io import exists, join, read_json, resolve, retrying, write_json
+from vaal_dist.pool.io import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
+    write_json
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
 
 PREFIX = ".lock-"
+WRITER = "writer"                               # the lock of a folder's writers (``writer_lock``)
 HEARTBEAT_S = "VAAL_DIST_LOCK_HEARTBEAT_S"      # env: seconds between the holder's refreshes (default 10)
 STALE_S = "VAAL_DIST_LOCK_STALE_S"              # env: seconds without a refresh before a claim is dead (120)
 TABLES_WAIT_S = 600.0                           # an experiment waits this long for its folder's tables
@@ -108,6 +110,7 @@ class FolderLock:
                       "process_start": own and own[1],
                       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.lost = False
+        self._made_folders: list[str] = []
         self._writing = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -115,6 +118,7 @@ class FolderLock:
 
     def acquire(self, wait_s: float = 0.0) -> None:
         """Hold the lock, or raise InputError naming its holder: at once, or after waiting ``wait_s``."""
+        self._made_folders = missing_folders(self.folder)
         try:
             self._write(state="choosing")
             tickets = [c["ticket"] or 0 for c in self._live_others()]
@@ -134,6 +138,7 @@ class FolderLock:
         fs, path = resolve(self.uri)
         with contextlib.suppress(FileNotFoundError):
             retrying(f"cannot delete {self.uri!r}", lambda: fs.delete_file(path))
+        remove_empty_folders(self.folder, self._made_folders)    # a run that wrote nothing leaves no folder
 
     @contextlib.contextmanager
     def held(self, wait_s: float = 0.0):
@@ -143,9 +148,21 @@ class FolderLock:
         finally:
             self.release()
         if self.lost:
-            raise LockLost(f"the lock on {self.folder!r} was taken over by another run while this one held it "
-                           f"(its claim was not refreshed for {self.stale_s:.0f} s: was this process paused?); "
-                           f"what both wrote there may be mixed: rerun into a new folder")
+            raise self._lost_error()
+
+    def check_held(self) -> None:
+        """Raise LockLost unless this claim still holds the lock: called right before a commit, since the
+        heartbeat notices a takeover up to ``heartbeat_s`` late. A taker deletes this claim, but a heartbeat
+        that had just seen it may write it again; the taker's claim, held, still tells."""
+        if not self.lost and (not exists(self.uri) or any(c["state"] == "held" for c in self._live_others())):
+            self.lost = True
+        if self.lost:
+            raise self._lost_error()
+
+    def _lost_error(self) -> LockLost:
+        return LockLost(f"the lock on {self.folder!r} was taken over by another run while this one held it "
+                        f"(its claim was not refreshed for {self.stale_s:.0f} s: was this process paused?); "
+                        f"what both wrote there may be mixed: rerun into a new folder")
 
     def _wait_for_turn(self, wait_s: float) -> None:
         deadline, pause = time.monotonic() + wait_s, 0.05
@@ -234,10 +251,11 @@ class FolderLock:
 
 
 @contextlib.contextmanager
-def round_lock(out: str):
-    """One round at a time in ``out``: a second is refused, naming the first."""
-    with FolderLock(out, "round").held():
-        yield
+def writer_lock(folder: str):
+    """One writer at a time in ``folder`` (a round's --out, prepare's pool, an export's --dest, an import's
+    manifest folder): a second is refused, naming the first. Yields the lock, to ``check_held`` before a commit."""
+    with FolderLock(folder, WRITER).held() as lock:
+        yield lock
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, scor
 (config, versions, sizes, timings). Every file is written atomically and run.json last, so a round
 whose run.json exists is complete; rerunning it is a no-op (but for writing the report of a round completed
 before reports were written), and rerunning an interrupted one resumes training from its latest checkpoint.
-One round at a time per ``out``: a second is refused naming the first (``folder_lock.round_lock``).
+One round at a time per ``out``: a second is refused naming the first (``folder_lock.writer_lock``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import ray
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
-from vaal_dist.folder_lock import round_lock
+from vaal_dist.folder_lock import writer_lock
 from vaal_dist.placement import shared_storage_problem
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, \
     join, lies_within, pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
@@ -239,7 +239,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         raise InputError(problem)
     # Held from the checks of what --out holds to the last write: a run that passed the checks before another
     # started could otherwise write over it (docs/reliability.md).
-    with round_lock(cfg.out):
+    with writer_lock(cfg.out) as lock:
         remove_stale_temporaries(cfg.out)    # half-written files of a killed run; never a live writer's
         record_uri = join(cfg.out, RECORD)
         if _claim(cfg.out, fingerprint):
@@ -256,11 +256,13 @@ def run_round(cfg: RoundConfig) -> RoundResult:
             top = strategy.select(inputs, trained)
         if len(top.ids) != cfg.budget:
             raise RuntimeError(f"scoring returned {len(top.ids)} ids for budget {cfg.budget}")
+        lock.check_held()                    # a run that took --out over while this one trained owns it now
         selection_uri = _write_selection(cfg.out, top)
         record = _record(inputs, sizes, fingerprint, trained, top, selection_uri,
                          {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - start})
         # Before run.json: a complete round always has its report. Its cost is not in the query time.
         write_round_report(cfg.out, cfg.pool, meta, record, top.ids, top.scores, top.sample)
+        lock.check_held()
         write_json(record_uri, record)
         return RoundResult(selection_uri, record)
 

@@ -16,13 +16,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
-import errno
 import hashlib
 import io
 import json
 import logging
-import os
-import posixpath
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,11 +33,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
+from vaal_dist.folder_lock import WRITER, FolderLock
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
-from vaal_dist.pool.io import PoolMeta, exists, join, read_json, read_pool_meta, read_rows, resolve, retrying, \
-    write_atomic
+from vaal_dist.pool.io import PoolMeta, exists, join, missing_folders, read_json, read_pool_meta, read_rows, \
+    remove_empty_folders, resolve, retrying, write_atomic
 from vaal_dist.redaction import HIDDEN
 
 log = logging.getLogger(__name__)
@@ -117,13 +115,15 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     if originals is None:
         say_no_originals(done.pool, meta)
     _check_in_pool(done)
+    lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
     form = LAYOUTS[to]
     head = form.head(names)
     entries = (form.entry(task) for task in _tasks(done, meta, link, originals))
     written = []
-    fs, dest_path = resolve(dest)
-    new_folders = _missing_folders(fs, posixpath.join(dest_path, IMAGES))
+    fs, _ = resolve(dest)
+    new_folders = missing_folders(join(dest, IMAGES))
     try:
+        lock.acquire()
         for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
                                              len(form.separator)), 1):
             written.append(join(dest, form.name.format(number)))
@@ -133,50 +133,20 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
             write_atomic(written[-1], labeling_config(names).encode())
     except BaseException:
         # an image refused in a later part: what this export wrote goes, what others wrote meanwhile stays
-        _remove(fs, [resolve(uri)[1] for uri in written + images], new_folders)
+        _remove(dest, fs, [resolve(uri)[1] for uri in written + images], new_folders)
         raise
+    finally:
+        lock.release()                      # removes dest too where the lock made it and nothing is left in it
     return written
 
 
-def _missing_folders(fs: pafs.FileSystem, path: str) -> list[str]:
-    """``path`` and the folders above it that do not exist yet, deepest first: writing there creates them. A
-    bucket (a URI's first component) is never among them."""
-    missing = []
-    while "/" in path.strip("/") and retrying(f"cannot look up {path!r}", lambda: fs.get_file_info(
-            path)).type == pafs.FileType.NotFound:
-        missing.append(path)
-        path = posixpath.dirname(path)
-    return missing
-
-
-def _remove(fs: pafs.FileSystem, files: list[str], new_folders: list[str]) -> None:
+def _remove(dest: str, fs: pafs.FileSystem, files: list[str], new_folders: list[str]) -> None:
     """Deletes ``files``, then each of ``new_folders`` (deepest first) left empty: not one another writer put a
     file in meanwhile, nor any folder above it."""
     for path in files:
         with contextlib.suppress(FileNotFoundError):
             retrying(f"cannot delete {path!r}", lambda: fs.delete_file(path))
-    for folder in new_folders:
-        if not _removed_if_empty(fs, folder):
-            return
-
-
-def _removed_if_empty(fs: pafs.FileSystem, folder: str) -> bool:
-    if isinstance(fs, pafs.LocalFileSystem):
-        try:
-            os.rmdir(folder)                # refuses a folder that holds anything, in one step
-        except FileNotFoundError:
-            return True
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
-                raise
-            return False
-        return True
-    # an object store has no such step: a file written between this listing and the delete would go too
-    if retrying(f"cannot list {folder!r}", lambda: fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))):
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        retrying(f"cannot delete {folder!r}", lambda: fs.delete_dir(folder))
-    return True
+    remove_empty_folders(dest, new_folders)
 
 
 def _check_in_pool(done: Round) -> None:

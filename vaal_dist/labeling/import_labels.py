@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
+from vaal_dist.folder_lock import writer_lock
 from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
 from vaal_dist.labeling.shape import check_coco, check_csv, check_label_studio, check_size, parse_json, shown
-from vaal_dist.pool.io import beside, exists, join, read_bytes, read_manifest, read_pool_ids, resolve, retrying, \
-    write_manifest
+from vaal_dist.pool.io import beside, exists, folder_of, join, read_bytes, read_manifest, read_pool_ids, resolve, \
+    retrying, write_manifest
 
 NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted
@@ -55,10 +56,7 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     previous labels.parquet beside the round's manifest, and the new labels). Refused when ``dest`` exists."""
     files = [exports] if isinstance(exports, str) else list(exports)
     manifest = dest or join(round_out, NEXT_MANIFEST)
-    if exists(manifest):
-        # built on the round's manifest, a second import would drop the first one's labels
-        raise InputError(f"{manifest!r} exists from an earlier import: pass every export of the round to one "
-                         f"import-labels call, or give another --out")
+    _refuse_existing(manifest)
     done = read_round(round_out, pool, labeled)
     names = class_names(done.pool, classes)
     previous = _previous_labels(done.labeled, names)
@@ -73,9 +71,18 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
     # the manifest last: it marks a finished import (another import into it is refused), so an import stopped
     # between the two leaves no manifest, and running it again replaces the labels.parquet it left
-    write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
-    write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
+    with writer_lock(folder_of(manifest)):
+        _refuse_existing(manifest)          # again: another import may have finished since the first look
+        write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
+        write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
     return Imported(manifest, beside(manifest, LABELS), len(labels), len(old_ids) + len(new_ids), unannotated)
+
+
+def _refuse_existing(manifest: str) -> None:
+    if exists(manifest):
+        # built on the round's manifest, a second import would drop the first one's labels
+        raise InputError(f"{manifest!r} exists from an earlier import: pass every export of the round to one "
+                         f"import-labels call, or give another --out")
 
 
 def _previous_labels(manifest: str, names: list[str]) -> pa.Table:

@@ -71,6 +71,12 @@ def join(uri: str, *parts: str) -> str:
     return f"{joined}?{query}" if sep else joined
 
 
+def folder_of(uri: str) -> str:
+    """The folder holding ``uri`` (a local path or URI; a ?query stays at the end); "." for a bare file name."""
+    base, sep, query = uri.partition("?")
+    return f"{posixpath.dirname(base) or '.'}{sep}{query}"
+
+
 def beside(uri: str, name: str) -> str:
     """The file ``name`` in the folder of ``uri`` (a local path or URI; a ?query stays at the end)."""
     base, sep, query = uri.partition("?")
@@ -283,6 +289,44 @@ def read_bytes(uri: str) -> bytes:
 def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def missing_folders(uri: str) -> list[str]:
+    """The paths of ``uri`` and of the folders above it that do not exist yet, deepest first: writing into
+    ``uri`` creates them (pyarrow writes zero-byte markers for them on S3). A bucket is never among them."""
+    fs, path = resolve(uri)
+    missing = []
+    while "/" in path.strip("/") and retrying(f"cannot look up {path!r}", lambda: fs.get_file_info(
+            path)).type == pafs.FileType.NotFound:
+        missing.append(path)
+        path = posixpath.dirname(path)
+    return missing
+
+
+def remove_empty_folders(uri: str, folders: list[str]) -> None:
+    """Remove each of ``folders`` (paths on ``uri``'s storage, deepest first, as ``missing_folders`` gives them)
+    while it is empty: the first that holds anything, and those above it, stay."""
+    fs, _ = resolve(uri)
+    for folder in folders:
+        if not _removed_if_empty(fs, folder):
+            return
+
+
+def _removed_if_empty(fs: pafs.FileSystem, folder: str) -> bool:
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.rmdir(folder)                # refuses a folder that holds anything, in one step
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+    # an object store has no such step: a file written between this listing and the delete would go too
+    if retrying(f"cannot list {folder!r}", lambda: fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        retrying(f"cannot delete {folder!r}", lambda: fs.delete_dir(folder))
+    return True
 
 
 # Every page carries a CRC (written below, checked on every read), so damaged storage is refused, not read.

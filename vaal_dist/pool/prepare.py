@@ -29,6 +29,7 @@ import ray.data
 from PIL import Image
 
 from vaal_dist.errors import InputError
+from vaal_dist.folder_lock import writer_lock
 from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
 from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, exists, join, lies_within, read_json, \
     remove_stale_temporaries, resolve, shard_name, write_json, write_parquet, write_pool
@@ -84,20 +85,22 @@ def prepare_pool(source: str, dest: str, image_size: int = 32, channels: int = 3
     ids, unlisted = list_source(source, dest)
     settings = ShardSettings(image_size, channels, max_pixels, class_folders(source, ids, labels))
     shards = [ids[i:i + files_per_shard] for i in range(0, len(ids), files_per_shard)]
-    record_sources = _claim_dest(dest, ids, settings, files_per_shard)
-    remove_stale_temporaries(dest)           # shards half-written by a killed run; never a live writer's
-    _report_unlisted(source, dest, unlisted)
-    todo = unfinished_shards(dest, len(shards))
-    log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
-    written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads,
-                          record_sources)
-    summary = _summarize(source, dest, len(ids) + len(unlisted), len(shards), written, settings,
-                         time.perf_counter() - start)
-    write_json(join(dest, SUMMARY), summary)
-    if summary["prepared"] == 0:
-        raise InputError(f"no file under {source!r} could be prepared: {summary['skipped_by_reason']}")
-    write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels),     # no shards: pool.json only
-                                  source_uri(source) if record_sources else None))
+    with writer_lock(dest) as lock:          # from the check of what dest holds to pool.json, its last write
+        record_sources = _claim_dest(dest, ids, settings, files_per_shard)
+        remove_stale_temporaries(dest)           # shards half-written by a killed run; never a live writer's
+        _report_unlisted(source, dest, unlisted)
+        todo = unfinished_shards(dest, len(shards))
+        log.info("prepare: %d files in %d shards, %d to write", len(ids), len(shards), len(todo))
+        written = _run_shards(source, dest, {k: shards[k] for k in todo}, settings, cpus_per_shard, read_threads,
+                              record_sources)
+        summary = _summarize(source, dest, len(ids) + len(unlisted), len(shards), written, settings,
+                             time.perf_counter() - start)
+        write_json(join(dest, SUMMARY), summary)
+        if summary["prepared"] == 0:
+            raise InputError(f"no file under {source!r} could be prepared: {summary['skipped_by_reason']}")
+        lock.check_held()
+        write_pool(dest, [], PoolMeta("raw", (image_size, image_size, channels),     # no shards: pool.json only
+                                      source_uri(source) if record_sources else None))
     return summary
 
 

@@ -204,7 +204,7 @@ def _round_links(rows: list[dict]) -> str:
     for strategy, seed in sorted({(r["strategy"], r["seed"]) for r in rows}):
         rounds = sorted(r["round"] for r in rows if (r["strategy"], r["seed"]) == (strategy, seed)
                         and _measured(r.get("query_seconds_per_100")))
-        links = " · ".join(f'<a href="{esc(f"runs/{strategy}/seed-{seed}/round-{k}/select/{REPORT}")}">round {k}</a>'
-                           for k in rounds)
-        items.append(f"<li>{esc(strategy)}, seed {seed}: {links or 'no selecting round yet'}</li>")
+        links = " · ".join(f'<a href="{esc(f"runs/{strategy}/seed-{seed}/round-{k}/select/{REPORT}")}">'
+                           f'round {esc(k)}</a>' for k in rounds)
+        items.append(f"<li>{esc(strategy)}, seed {esc(seed)}: {links or 'no selecting round yet'}</li>")
     return f'<ul id="round-links">{"".join(items)}</ul>'
