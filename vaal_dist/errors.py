@@ -24,7 +24,7 @@ class DivergedModelError(VaalDistError, FloatingPointError):
 
 
 class ScoringFailedError(VaalDistError, RuntimeError):
-    """Scoring actors kept dying on the same batch after every allowed retry."""
+    """Scoring actors kept dying on the same batch after every allowed retry, or a batch ran past its timeout."""
 
 
 def raise_if_input_error(e: Exception) -> None:
