@@ -92,6 +92,19 @@ def png_header_only(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def flat_grey16_png(side: int) -> bytes:
+    """A side x side 16-bit grey PNG of one value, compressed a row at a time (no picture in memory here): at
+    9400 x 9400, under Pillow's pixel limit, ~190 kB that decode to 169 MiB."""
+    deflate, row = zlib.compressobj(9), b"\0" + b"\x12\x34" * side      # filter byte 0, then the samples
+    pixels = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b""))
+
+
 @pytest.fixture
 def tiny_pool(tmp_path):
     """(pool uri, labeled manifest uri, ids, labeled ids): 256 random 32x32 images, 32 labeled."""

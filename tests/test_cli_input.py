@@ -24,7 +24,7 @@ TRAINING = [("--epochs", "0"), ("--batch-size", "0"), ("--epoch-images", "0"), (
             ("--workers", "-1"), ("--cpus-per-worker", "0"), ("--cpus-per-worker", "nan"),
             ("--cpus-per-worker", "inf"), ("--max-failures", "-1"), ("--score-batch-size", "0"), ("--actors", "-1"),
             ("--actors", "0"), ("--threads-per-actor", "-1"), ("--threads-per-actor", "0"), ("--epochs", "2.5"),
-            ("--batch-size", "many")]
+            ("--batch-size", "many"), ("--score-timeout", "0"), ("--score-timeout", "inf")]
 ROUND = [("--budget", "0"), ("--budget", "-5"), ("--seed", "-1"), ("--seed", str(2**32)), *TRAINING]
 PREPARE = [("--image-size", "0"), ("--files-per-shard", "0"), ("--max-pixels", "0"), ("--cpus-per-shard", "0"),
            ("--cpus-per-shard", "-0.5"), ("--read-threads", "0"), ("--channels", "4")]

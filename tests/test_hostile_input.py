@@ -1,16 +1,21 @@
 """Hostile pools, manifests and images: each is refused with an error that names it (or,
 for a corrupt shard, refused wholesale), never another exception and never a wrong answer."""
 import io
+import itertools
+import math
+import types
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from conftest import damage_image_page, make_raw_pool
+from conftest import damage_image_page, flat_grey16_png, make_raw_pool
 from vaal_dist.errors import InputError, raise_if_input_error
-from vaal_dist.pool.images import decode_images
+from vaal_dist.pool import images
+from vaal_dist.pool.images import DECODE_BUDGET, MAX_PIXELS, OVER_DECODE_BUDGET, DecodeBudget, RefusedImage, \
+    decode_images, decode_resized
 from vaal_dist.pool.io import PAGE_CRC_FAILURE, PoolMeta, check_labels, check_row_count, read_manifest, \
     read_pool_ids, write_pool
 
@@ -78,6 +83,46 @@ def test_a_decompression_bomb_in_an_encoded_pool_is_named():
     assert len(buf.getvalue()) < 1_000_000
     with pytest.raises(InputError, match="image 'bomb.png' cannot be decoded"):
         decode_images(np.array(["bomb.png"]), [buf.getvalue()], PoolMeta(), 32)
+
+
+def test_a_16_bit_png_under_the_pixel_limit_is_refused_by_its_decode_budget_before_decoding(monkeypatch):
+    """The 16-bit PNG of the issue: 9400 x 9400, under the pixel limit, a few hundred kB, that once grew a worker
+    by 1.6 GB. Its header names what decoding would take: the 2-byte pixels and a 4-byte RGB copy of each."""
+    side = 9_400
+    data = flat_grey16_png(side)
+    assert side * side < MAX_PIXELS and len(data) < 250_000
+    needed_mib = side * side * (2 + 4) / 2 ** 20
+    assert needed_mib * 2 ** 20 > DECODE_BUDGET.max_bytes
+
+    def decode_pixels(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode_pixels)
+    with pytest.raises(InputError, match=rf"^image 'deep.png' cannot be decoded: over the decode budget "
+                                         rf"\(9400x9400 I;16 takes {needed_mib:.1f} MiB to decode, over 256 MiB\)$"):
+        decode_images(np.array(["deep.png"]), [data], PoolMeta(), 32)
+
+
+def test_the_decode_time_budget_stops_the_decoder_between_input_blocks(monkeypatch):
+    """On a clock that moves one second at each reading, a 10 s budget runs out while the decoder still has
+    most of the PNG's blocks to read; an unbounded budget decodes the same bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)).save(buf, "PNG")
+    data = buf.getvalue()
+
+    def clock_readings(budget: DecodeBudget) -> tuple[int, RefusedImage | None]:
+        readings = itertools.count()
+        monkeypatch.setattr(images, "time", types.SimpleNamespace(monotonic=lambda: float(next(readings))))
+        try:
+            return decode_resized(data, 32, "RGB", budget=budget).size and next(readings), None
+        except RefusedImage as refused:
+            return next(readings), refused
+
+    whole, refused = clock_readings(DecodeBudget(max_seconds=math.inf))
+    assert refused is None and whole > len(data) / ImageFile.MAXBLOCK > 40    # a reading per input block at least
+    stopped, refused = clock_readings(DecodeBudget(max_seconds=10))
+    assert (refused.reason, refused.detail) == (OVER_DECODE_BUDGET, "decoding took over 10 s")
+    assert stopped == 12            # the start, then a reading per read until the one at 11 s
 
 
 def test_a_huge_but_legal_image_is_resized(tmp_path):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, png_header_only, s3_uri
+from conftest import flat_grey16_png, png_bytes, png_header_only, s3_uri
 from vaal_dist.cli import main
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
@@ -80,6 +80,17 @@ def test_class_folders_become_labels_ids_are_relative_paths_and_runs_are_stable(
 
     prepare_pool(str(src), str(tmp_path / "again"), image_size=8, files_per_shard=3)
     assert pool_table(tmp_path / "again").equals(table)
+
+
+def test_an_image_over_the_decode_budget_is_skipped_and_reported_by_name(ray_local, tmp_path):
+    """The 16-bit 9400 x 9400 PNG (under max_pixels) costs its header read, not 1.6 GB, and is reported."""
+    write_files(tmp_path / "src", {"good.png": png_bytes(np.random.default_rng(1)), "deep.png": flat_grey16_png(9_400)})
+    summary = prepare_pool(str(tmp_path / "src"), str(tmp_path / "pool"), image_size=4)
+    reports = pa.concat_tables([pq.read_table(p) for p in (tmp_path / "pool").glob("errors-*.pq")]).to_pylist()
+    needed_mib = 9_400 * 9_400 * (2 + 4) / 2 ** 20        # 2-byte pixels and a 4-byte RGB copy of each
+    assert reports == [{"id": "deep.png", "reason": "over the decode budget",
+                        "detail": f"9400x9400 I;16 takes {needed_mib:.1f} MiB to decode, over 256 MiB"}]
+    assert summary["skipped_by_reason"] == {"over the decode budget": 1} and summary["prepared"] == 1
 
 
 def test_hostile_files_are_skipped_and_reported_odd_modes_are_converted(ray_local, tmp_path):

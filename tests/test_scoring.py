@@ -1,20 +1,26 @@
 """Scorers on hand-made batches without Ray, then streamed through Ray Data actors: same answer."""
 
+import gc
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import assert_same_top_k, f32_noise, pool_batch, vaal_checkpoint
+from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
-from vaal_dist.errors import DivergedModelError, InputError
+from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError
 from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k
 from vaal_dist.scoring.topk import top_k
-from vaal_dist.strategies.random import RandomScorer
+from vaal_dist.strategies.random import Random, RandomScorer
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models
 
@@ -123,3 +129,56 @@ def test_a_scorer_spec_refuses_arguments_its_class_does_not_take_on_the_driver()
         ScorerSpec(VAALScorer, {"checkpoint": None})
     spec = ScorerSpec(RandomScorer, {"seed": 3})
     assert spec.with_kwargs(seed=4).build().seed == 4 and spec.build().seed == 3
+
+
+def stalls_on(victim: str, stall_s: float) -> type:
+    """A RandomScorer that sleeps ``stall_s`` on the batch holding ``victim`` (a decode that hangs); made in a
+    function, so that Ray's workers get the class by value."""
+    class Stalls(RandomScorer):
+        def __call__(self, batch):
+            if victim in batch["id"]:
+                time.sleep(stall_s)
+            return super().__call__(batch)
+    return Stalls
+
+
+def test_a_batch_past_its_timeout_is_a_named_scoring_failure(tiny_pool):
+    batch = pool_batch(tiny_pool[0])
+    first, victim = str(batch["id"][0]), str(batch["id"][3])
+    stalls = BatchTopK(ScorerSpec(stalls_on(victim, 2.0), {"seed": 0}), k=4, timeout_s=0.2)
+    start = time.monotonic()
+    with pytest.raises(ScoringFailedError, match=rf"^the scoring stage stalled: a batch of {len(batch['id'])} "
+                                                 rf"images starting with id '{first}' was not done after 0.2 s "
+                                                 rf"\(--score-timeout\)"):
+        stalls(batch)
+    assert time.monotonic() - start < 2.0               # the caller was let go before the stall ended
+    calm = BatchTopK(ScorerSpec(stalls_on("none", 2.0), {"seed": 0}), k=4, timeout_s=0.2)
+    assert calm(batch)["top"].sum() == 4
+
+
+def test_a_round_whose_scoring_batch_hangs_stops_with_one_error_line(ray_local, tmp_path, tiny_pool, monkeypatch,
+                                                                      capsys):
+    """A batch that never finishes (an hour's sleep in the actor) fails the round after --score-timeout with one
+    'vaal-dist: error:' line, and the stalled thread does not keep its actor alive: every CPU is free again."""
+    pool, labeled, ids, _ = tiny_pool
+    victim = str(ids[100])
+    monkeypatch.setattr(Random, "train", lambda self, inputs: Trained(
+        ScorerSpec(stalls_on(victim, 3600.0), {"seed": 0})))
+    timeout_s = 5
+    start = time.monotonic()
+    code = main(["round", "--pool", pool, "--labeled", labeled, "--budget", "20", "--out", str(tmp_path / "out"),
+                 "--strategy", "random", "--preset", "cpu", "--score-batch-size", "32", "--actors", "2",
+                 "--score-timeout", str(timeout_s)])
+    seconds = time.monotonic() - start
+    err = capsys.readouterr().err.strip().splitlines()        # vaal_dist's INFO log lines, then the error
+    assert code == 2 and sum("error" in line.lower() for line in err) == 1, err
+    assert re.fullmatch(rf"vaal-dist: error: the scoring stage stalled: a batch of 32 images starting with id "
+                        rf"'img-\d+' was not done after {timeout_s} s \(--score-timeout\); nothing was selected\..*",
+                        err[-1]), err
+    assert timeout_s < seconds < timeout_s + 120        # the batch's timeout, plus starting the stream on 2 cores
+    assert not (tmp_path / "out" / "selection.parquet").exists()
+    gc.collect()        # Ray Data lets a failed stream's actors go by reference, held in cycles until collected
+    deadline = time.monotonic() + 60
+    while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the stalled actor still holds its CPU"
+        time.sleep(0.5)

@@ -122,6 +122,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=at_least(0), default=Setup.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
     p.add_argument("--score-batch-size", type=at_least(1), default=ScoringConfig.batch_size)
+    p.add_argument("--score-timeout", type=positive_float, default=ScoringConfig.batch_timeout_s, metavar="SECONDS",
+                   help="a scoring batch still running after this many seconds (an image whose decoding hangs) "
+                        "fails the round with an error naming the stage, instead of hanging it")
     p.add_argument("--actors", type=at_least(1), help="scoring actors (default: one per GPU, else per CPU)")
     p.add_argument("--threads-per-actor", type=at_least(1), help="torch threads in each scoring actor")
     p.add_argument("--amp", action="store_true", help="score under bfloat16 autocast (with --use-gpu)")
@@ -147,7 +150,8 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
                                       subset_factor=args.subset_factor, max_clusters=args.max_clusters,
                                       embedding=embedding),
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
-                              threads_per_actor=args.threads_per_actor, amp=args.amp),
+                              threads_per_actor=args.threads_per_actor, amp=args.amp,
+                              batch_timeout_s=args.score_timeout),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures)
 

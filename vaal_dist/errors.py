@@ -24,20 +24,25 @@ class DivergedModelError(VaalDistError, FloatingPointError):
 
 
 class ScoringFailedError(VaalDistError, RuntimeError):
-    """Scoring actors kept dying on the same batch after every allowed retry."""
+    """Scoring actors kept dying on the same batch after every allowed retry, or a batch ran past its timeout."""
 
 
 def raise_if_input_error(e: Exception) -> None:
     """Raise the InputError whose text ``e`` carries, if any: Ray wraps an error raised in one of its
     tasks, actors or workers and keeps its text, not its type."""
-    message = _input_error_in(e)
+    raise_if_remote(e, InputError)
+
+
+def raise_if_remote(e: Exception, kind: type[VaalDistError]) -> None:
+    """Raise the error of type ``kind`` whose text ``e`` carries, if any (see raise_if_input_error)."""
+    message = _remote_message(e, kind)
     if message:
-        raise InputError(message) from e
+        raise kind(message) from e
 
 
-def _input_error_in(e: Exception) -> str | None:
-    """The message of an InputError raised remotely, from the full (untruncated) worker errors."""
-    marker = f"{InputError.__module__}.{InputError.__name__}: "
+def _remote_message(e: Exception, kind: type[VaalDistError]) -> str | None:
+    """The message of a ``kind`` error raised remotely, from the full (untruncated) worker errors."""
+    marker = f"{kind.__module__}.{kind.__name__}: "
     for text in [str(e), *map(str, getattr(e, "worker_failures", {}).values())]:
         if marker in text:
             return text.split(marker, 1)[1].splitlines()[0]

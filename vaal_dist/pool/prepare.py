@@ -26,11 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray.data
-from PIL import Image
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import writer_lock
-from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, open_image, to_8bit_without_alpha
+from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, decode_resized
 from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, exists, join, lies_within, read_json, \
     remove_stale_temporaries, resolve, shard_name, write_json, write_parquet, write_pool
 from vaal_dist.redaction import redact
@@ -42,7 +41,7 @@ INPUTS, CLASSES, SUMMARY = "prepare-inputs.json", "classes.json", "prepare.json"
 
 NOT_IMAGE_EXTENSION = "not an image extension"
 EMPTY_FILE = "empty file"
-CORRUPT_IMAGE = "corrupt image"               # and NOT_JPEG_OR_PNG, TOO_MANY_PIXELS from open_image
+CORRUPT_IMAGE = "corrupt image"     # and NOT_JPEG_OR_PNG, TOO_MANY_PIXELS, OVER_DECODE_BUDGET from images
 LINK_OUTSIDE = "link outside the source folder"          # reasons of entries the listing leaves out
 LINK_INSIDE = "link inside the source folder"
 BROKEN_LINK = "broken link"
@@ -330,16 +329,11 @@ def decode_file(data: bytes | None, settings: ShardSettings) -> bytes:
         raise SkippedFile(EMPTY_FILE)
     mode = "RGB" if settings.channels == 3 else "L"
     try:
-        img = open_image(data, settings.max_pixels)   # checked on the header, before any pixel is decoded
+        return decode_resized(data, settings.image_size, mode, settings.max_pixels).tobytes()
     except RefusedImage as e:
         raise SkippedFile(e.reason, e.detail) from None
-    with img:
-        try:
-            img.draft(mode, (settings.image_size, settings.image_size))   # JPEG: decode at a reduced scale
-            return to_8bit_without_alpha(img).convert(mode).resize(
-                (settings.image_size, settings.image_size), Image.BILINEAR).tobytes()
-        except Exception as e:   # truncated or broken data surfaces from the decoder in many types
-            raise SkippedFile(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
+    except Exception as e:   # truncated or broken data surfaces from the decoder in many types
+        raise SkippedFile(CORRUPT_IMAGE, f"{type(e).__name__}: {e}") from None
 
 
 def _shard_table(images: dict[str, bytes], settings: ShardSettings,

@@ -9,9 +9,8 @@ import base64
 import io
 
 import pyarrow as pa
-from PIL import Image
 
-from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
+from vaal_dist.pool.images import RefusedImage, decode_picture, raw_picture
 from vaal_dist.pool.io import PoolMeta, read_rows
 
 THUMB_PIXELS = 96           # the longer side of a thumbnail
@@ -30,7 +29,8 @@ def data_urls(pool: str, meta: PoolMeta, ids: list[str]) -> dict[str, str | Exce
 
 def _thumbnail_url(image: bytes, meta: PoolMeta) -> str | Exception:
     try:
-        picture = raw_picture(image, meta) if meta.encoding == "raw" else _decoded(image)
+        picture = (raw_picture(image, meta) if meta.encoding == "raw"
+                   else decode_picture(image, "RGB", THUMB_PIXELS))
     except (RefusedImage, OSError, ValueError, TypeError) as e:   # shown in place of the picture; a report never fails on it
         return e
     picture.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
@@ -41,6 +41,3 @@ def _thumbnail_url(image: bytes, meta: PoolMeta) -> str | Exception:
     return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _decoded(image: bytes) -> Image.Image:
-    with open_image(image) as opened:
-        return opened.convert("RGB")

@@ -14,6 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn, TypeVar
 
 import numpy as np
@@ -21,7 +22,8 @@ import ray
 import ray.data
 
 from vaal_dist.config import ScoringConfig
-from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error
+from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error, \
+    raise_if_remote
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, sample_priorities, top_rows
 
@@ -30,38 +32,66 @@ T = TypeVar("T")
 
 
 class _ScorerActor:
-    """Builds the strategy's scorer once per Ray Data actor; ``amp``: run it under bfloat16 autocast."""
+    """Builds the strategy's scorer once per Ray Data actor; ``amp``: run it under bfloat16 autocast.
 
-    def __init__(self, spec: ScorerSpec, threads: int | None = None, amp: bool = False):
+    Each batch runs in the actor's one worker thread, so that a batch still running after ``timeout_s``
+    (a decoder or model call that hangs) fails the stream instead of hanging it. ``stage`` names the
+    stream in that error."""
+
+    stage = ""
+
+    def __init__(self, spec: ScorerSpec, threads: int | None = None, amp: bool = False,
+                 timeout_s: float | None = None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = True     # fixed batch shapes: pick the fastest conv kernels once
         self.scorer = spec.build()
-        self.amp = amp
+        self.amp, self.timeout_s = amp, timeout_s
+        # torch's thread count is per thread under OpenMP: the worker thread sets it again
+        self.worker = ThreadPoolExecutor(1, initializer=torch.set_num_threads if threads else None,
+                                         initargs=(threads,) if threads else ())
 
     def precision(self):
         import torch
 
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
+    def timed(self, work: Callable[[dict[str, np.ndarray]], T], batch: dict[str, np.ndarray]) -> T:
+        """``work(batch)`` under the scorer's precision, in the worker thread; ScoringFailedError if it runs past
+        ``timeout_s``. The thread cannot be stopped: the error fails the stream, whose actors Ray Data then ends."""
+        future = self.worker.submit(self._under_precision, work, batch)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except TimeoutError:
+            raise ScoringFailedError(
+                f"the {self.stage} stage stalled: a batch of {len(batch['id'])} images starting with id "
+                f"{str(batch['id'][0])!r} was not done after {self.timeout_s:g} s (--score-timeout); nothing was "
+                f"selected. An image whose decoding hangs does this, or a model call that never returns; if "
+                f"batches are just this slow, raise --score-timeout") from None
+
+    def _under_precision(self, work, batch):
+        with self.precision():        # autocast is per thread too
+            return work(batch)
+
 
 class BatchTopK(_ScorerActor):
     """Ray Data actor: score a batch with the strategy's scorer, emit the batch's top-k (id, score, top=True)
     and the rows that enter this actor's sample of the scores (sampled=True, with their priority)."""
 
+    stage = "scoring"
+
     def __init__(self, spec: ScorerSpec, k: int, threads: int | None = None, amp: bool = False,
-                 sample_size: int = SAMPLE_SIZE):
-        super().__init__(spec, threads, amp)
+                 timeout_s: float | None = None, sample_size: int = SAMPLE_SIZE):
+        super().__init__(spec, threads, amp, timeout_s)
         self.k = k
         self.sample = RunningSample(sample_size, fold_at=0)     # folds as soon as it is full: a tight threshold
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
         try:
-            with self.precision():
-                scores = np.asarray(self.scorer(batch), dtype=np.float64)
+            scores = np.asarray(self.timed(self.scorer, batch), dtype=np.float64)
         except InputError as e:   # a bad image: hand it to the driver, which raises it by name
             return _scored_rows(ids[:1], np.array([np.nan]), error=str(e))
         if scores.shape != ids.shape:
@@ -90,11 +120,12 @@ def _scored_rows(ids: np.ndarray, scores: np.ndarray, error: str = "", top=None,
 class BatchEmbed(_ScorerActor):
     """Ray Data actor: the scorer's embedding of every row, (B, scorer.embedding_dim) float32 (an Embedder)."""
 
+    stage = "embedding"
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
         try:
-            with self.precision():
-                embedding = np.asarray(self.scorer.embed(batch), dtype=np.float32)
+            embedding = np.asarray(self.timed(self.scorer.embed, batch), dtype=np.float32)
         except InputError as e:
             return _rows(ids[:1], error=str(e), embedding=np.full((1, self.scorer.embedding_dim), np.nan, np.float32))
         return _rows(ids, embedding=embedding)
@@ -103,9 +134,10 @@ class BatchEmbed(_ScorerActor):
 class BatchColumns(_ScorerActor):
     """Ray Data actor: the training columns the scorer's ``columns`` derives from each batch (a ColumnMaker)."""
 
+    stage = "model outputs for training"
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self.precision():
-            return self.scorer.columns(batch)
+        return self.timed(self.scorer.columns, batch)
 
 
 def _rows(ids: np.ndarray, error: str = "", **columns: np.ndarray) -> dict[str, np.ndarray]:
@@ -268,6 +300,7 @@ def _streamed(stream: Callable[[], T], cfg: ScoringConfig) -> T:
             return stream()
         except Exception as e:
             raise_if_input_error(e)
+            raise_if_remote(e, ScoringFailedError)    # a stalled batch
             lost = _lost_nodes(nodes, e)
             if not lost or restarts == cfg.batch_retries:
                 _raise_named(e, lost, cfg)
@@ -346,7 +379,8 @@ def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringC
     ds.context.execution_options.resource_limits = limits.copy(
         object_store_memory=cfg.read_ahead_blocks * size * cfg.block_bytes)
     return ds.map_batches(
-        actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp},
+        actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp,
+                                          "timeout_s": cfg.batch_timeout_s},
         compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=cfg.batch_size, batch_format="numpy",
         num_gpus=_gpus_per_actor(size) if use_gpu else 0, num_cpus=cpus_each,
