@@ -121,6 +121,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=positive_float, default=Setup.cpus_per_worker)
     p.add_argument("--max-failures", type=at_least(0), default=Setup.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
+    p.add_argument("--placement-timeout", type=at_least(0), default=Setup.placement_timeout, metavar="SECONDS",
+                   help="stop when training workers or scoring actors find no room on the cluster for this long "
+                        "(default %(default)s; 0: wait forever, for a cluster whose autoscaler adds nodes)")
     p.add_argument("--score-batch-size", type=at_least(1), default=ScoringConfig.batch_size)
     p.add_argument("--actors", type=at_least(1), help="scoring actors (default: one per GPU, else per CPU)")
     p.add_argument("--threads-per-actor", type=at_least(1), help="torch threads in each scoring actor")
@@ -149,7 +152,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
                               threads_per_actor=args.threads_per_actor, amp=args.amp),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures)
+        max_failures=args.max_failures, placement_timeout=args.placement_timeout)
 
 
 def _preset_name(args: argparse.Namespace) -> str:
