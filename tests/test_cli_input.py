@@ -22,7 +22,8 @@ TRAINING = [("--epochs", "0"), ("--batch-size", "0"), ("--epoch-images", "0"), (
             ("--aalu-epochs", "0"), ("--mc-passes", "0"), ("--members", "0"), ("--subset-factor", "-1"),
             ("--max-clusters", "0"), ("--embedding-image-size", "0"),
             ("--workers", "-1"), ("--cpus-per-worker", "0"), ("--cpus-per-worker", "nan"),
-            ("--cpus-per-worker", "inf"), ("--max-failures", "-1"), ("--score-batch-size", "0"), ("--actors", "-1"),
+            ("--cpus-per-worker", "inf"), ("--max-failures", "-1"), ("--placement-timeout", "-1"),
+            ("--placement-timeout", "2.5"), ("--score-batch-size", "0"), ("--actors", "-1"),
             ("--actors", "0"), ("--threads-per-actor", "-1"), ("--threads-per-actor", "0"), ("--epochs", "2.5"),
             ("--batch-size", "many"), ("--score-timeout", "0"), ("--score-timeout", "inf")]
 ROUND = [("--budget", "0"), ("--budget", "-5"), ("--seed", "-1"), ("--seed", str(2**32)), *TRAINING]
@@ -90,8 +91,10 @@ def test_every_numeric_flag_has_a_bad_value_above():
 def test_the_edges_of_each_range_are_accepted():
     edges = parsers()["round"].parse_args(
         ["--budget", "1", "--seed", str(2**32 - 1), "--workers", "0", "--subset-factor", "0", "--max-failures", "0",
-         "--cpus-per-worker", "0.25", "--actors", "1", "--threads-per-actor", "1", "--epoch-images", "1"])
+         "--cpus-per-worker", "0.25", "--actors", "1", "--threads-per-actor", "1", "--epoch-images", "1",
+         "--placement-timeout", "0"])
     assert (edges.budget, edges.seed, edges.workers, edges.subset_factor, edges.max_failures, edges.cpus_per_worker,
-            edges.actors, edges.threads_per_actor, edges.epoch_images) == (1, 2**32 - 1, 0, 0, 0, 0.25, 1, 1, 1)
+            edges.actors, edges.threads_per_actor, edges.epoch_images, edges.placement_timeout) == \
+        (1, 2**32 - 1, 0, 0, 0, 0.25, 1, 1, 1, 0)
     fractions = parsers()["experiment"].parse_args(["--initial", "0.01", "--final", "0.99", "--seeds", "0", "7"])
     assert (fractions.initial, fractions.final, fractions.seeds) == (0.01, 0.99, [0, 7])

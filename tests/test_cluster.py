@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,10 +29,11 @@ import vaal_dist.round_inputs as round_inputs
 import vaal_dist.strategies.vaal as vaal_strategy
 from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
     round_config, s3_uri, vaal_checkpoint, vaal_trained_as
+from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
-from vaal_dist.placement import shared_storage_problem
+from vaal_dist.placement import Demand, PlacementError, shared_storage_problem, shortfall
 from vaal_dist.pool.io import join, read_pool_meta, resolve, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec
@@ -81,6 +83,28 @@ def test_the_default_layout_is_unchanged_where_it_never_hung_and_shrinks_where_i
     assert cpu_actor_layout([1, 1, 1], 0.5, 3) == (2, 0.5)           # asked for, too
     assert cpu_actor_layout([1], 0.5, None) == (1, 0.0)              # no room beside a read: share the core
     assert cpu_actor_layout([0], 0.5, None) == (1, 0.5)              # no CPU yet: ask, an autoscaler adds
+
+
+# --- room for workers and actors, by arithmetic ----------------------------------------------------------------
+
+def test_a_shortfall_names_what_is_asked_and_what_the_nodes_have():
+    two_workers = Demand("training", 2, "worker", {"CPU": 1.0})
+    assert shortfall(two_workers, [{"CPU": 1.0}]) == \
+        "training needs 2 workers × 1 CPU, the cluster has 1 CPU free on 1 alive node (room for 1)"
+    assert shortfall(two_workers, [{"CPU": 1.0}, {"CPU": 1.0}]) is None
+    assert shortfall(two_workers, [{"CPU": 2.0}]) is None
+    # Enough CPUs in all, but on no one node: room is counted per node.
+    assert shortfall(Demand("training", 1, "worker", {"CPU": 1.0}), [{"CPU": 0.5}, {"CPU": 0.5, "GPU": 1.0}]) == \
+        "training needs 1 worker × 1 CPU, the cluster has 1 CPU free on 2 alive nodes (room for 0)"
+    gpu_workers = Demand("training", 2, "worker", {"CPU": 0.5, "GPU": 1.0})
+    assert shortfall(gpu_workers, [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0}]) == \
+        "training needs 2 workers × 0.5 CPU + 1 GPU, the cluster has 32 CPU + 1 GPU free on 2 alive nodes (room for 1)"
+    assert shortfall(Demand("scoring", 1, "actor", {"GPU": 1.0}), [{"CPU": 2.0}], free=False) == \
+        "scoring needs 1 actor × 1 GPU, the cluster has 0 GPU on 1 alive node (room for 0)"
+    # Exact in Ray's 1/10,000ths: 0.3 // 0.1 is 2.0 in floats, and three 0.1-CPU actors do fit in 0.3 CPU.
+    assert shortfall(Demand("scoring", 3, "actor", {"CPU": 0.1}), [{"CPU": 0.3}]) is None
+    assert shortfall(Demand("scoring", 4, "actor", {"CPU": 0.1}), [{"CPU": 0.3}]) is not None
+    assert shortfall(Demand("scoring", 5, "actor", {}), [{"CPU": 0.0}]) is None     # asks nothing: always fits
 
 
 # --- on a cluster -------------------------------------------------------------------------------------------
@@ -297,6 +321,54 @@ def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_und
     last = record["train"]["vaal"]["last_epoch"]
     assert last["epoch"] == EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
     assert read_selection(tmp_path / "out") == calm[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480, method="thread")     # Ray Train's fit waits in a ray.get that no signal interrupts
+def test_a_node_lost_for_good_while_training_ends_the_round_naming_the_shortfall(pool_and_labeled, tmp_path,
+                                                                                monkeypatch, caplog, capsys):
+    """Issue 29: a head with no CPU and two 1-CPU nodes, `--workers 2 --cpus-per-worker 1`; once epoch 2 is
+    reported, one worker's node is killed and none replaces it. Ray Train's restart asks 2 CPUs of a cluster
+    with 1: the shortfall is logged once while it waits, and after --placement-timeout the command ends with
+    one error line naming it (Ray Train alone asks again every 60 s, forever)."""
+    pool, labeled, _ = pool_and_labeled
+    marker = tmp_path / "killed-node"
+
+    def wait_for_the_node_to_die(epoch: int, rank: int) -> None:
+        if epoch != FAULT_AFTER_EPOCH:
+            return
+        try:
+            with open(marker, "x") as f:
+                f.write(ray.get_runtime_context().get_node_id())
+        except FileExistsError:
+            return
+        time.sleep(600)                         # killed with its node long before
+
+    monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(wait_for_the_node_to_die))
+    out = tmp_path / "out"
+    argv = ["round", "--pool", pool, "--labeled", labeled, "--budget", "20", "--out", str(out), "--preset", "cpu",
+            "--epochs", str(EPOCHS), "--batch-size", "32", "--workers", "2", "--cpus-per-worker", "1",
+            "--placement-timeout", "10"]
+    # The lost node counts as alive until the cluster declares it dead (missed health checks): 2 or 3 nodes.
+    shortfall_line = (r"training needs 2 workers × 1 CPU, the cluster has 1 CPU free on [23] alive nodes "
+                      r"\(room for 1\)")
+    with loopback_cluster(0, 1, 1) as cluster:
+        with _node_killed_when_marked(cluster, marker) as killed:
+            code = cli.main(argv)
+        assert killed
+    err = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("vaal-dist: error: ")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"vaal-dist: error: {shortfall_line}; waited 10 s \(--placement-timeout\) for resources or nodes to join\. "
+        r"Add nodes, ask less \(--workers, --cpus-per-worker\), or where an autoscaler adds nodes wait longer "
+        r"\(0: as long as it takes\)", errors[0])
+    assert "Traceback" not in err
+    waiting = [r.getMessage() for r in caplog.records if r.name == "vaal_dist.placement"]
+    assert len(waiting) == 1 and re.fullmatch(
+        rf"{shortfall_line}; waiting for up to 10 s \(--placement-timeout\) for resources or nodes to join", waiting[0])
+    assert not (out / "selection.parquet").exists() and not (out / "run.json").exists()
+    assert list((out / "train" / "vaal").glob("checkpoint_*"))          # kept: a rerun resumes from them
 
 
 def _scorer_recording_its_node(folder: Path) -> type:

@@ -13,6 +13,7 @@ from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError
 from vaal_dist.models.vaal import pixels_to_input
+from vaal_dist.placement import PlacementError
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import read_manifest, read_pool_meta
@@ -182,3 +183,17 @@ def test_a_round_whose_scoring_batch_hangs_stops_with_one_error_line(ray_local, 
     while ray_local.available_resources().get("CPU", 0) < ray_local.cluster_resources()["CPU"]:
         assert time.monotonic() < deadline, "the stalled actor still holds its CPU"
         time.sleep(0.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without GPUs")
+def test_actors_the_cluster_has_no_room_for_end_the_stream_naming_the_shortfall(ray_local, tiny_pool, caplog):
+    """A GPU actor asked of a CPU-only Ray: logged once as the stream starts, and after the placement timeout
+    a PlacementError naming what was asked and what the cluster has (Ray Data alone waits forever)."""
+    spec = ScorerSpec(RandomScorer, {"seed": 0})
+    missing = "scoring needs 1 actor × 1 GPU, the cluster has 0 GPU on 1 alive node (room for 0)"
+    with pytest.raises(PlacementError) as stopped:
+        stream_top_k(read_pool(tiny_pool[0]), spec, 5, ScoringConfig(batch_size=32), use_gpu=True,
+                     placement_timeout=3)
+    assert str(stopped.value).startswith(f"{missing}; waited 3 s (--placement-timeout)")
+    assert [r.getMessage() for r in caplog.records if r.name == "vaal_dist.placement"] == \
+        [f"{missing}; waiting for up to 3 s (--placement-timeout) for resources or nodes to join"]

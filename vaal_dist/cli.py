@@ -121,6 +121,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=positive_float, default=Setup.cpus_per_worker)
     p.add_argument("--max-failures", type=at_least(0), default=Setup.max_failures,
                    help="times a training run restarts its workers from the latest checkpoint after a failure")
+    p.add_argument("--placement-timeout", type=at_least(0), default=Setup.placement_timeout, metavar="SECONDS",
+                   help="stop when training workers or scoring actors find no room on the cluster for this long "
+                        "(default %(default)s; 0: wait forever, for a cluster whose autoscaler adds nodes)")
     p.add_argument("--score-batch-size", type=at_least(1), default=ScoringConfig.batch_size)
     p.add_argument("--score-timeout", type=positive_float, default=ScoringConfig.batch_timeout_s, metavar="SECONDS",
                    help="a scoring batch still running after this many seconds (an image whose decoding hangs) "
@@ -153,7 +156,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
                               threads_per_actor=args.threads_per_actor, amp=args.amp,
                               batch_timeout_s=args.score_timeout),
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures)
+        max_failures=args.max_failures, placement_timeout=args.placement_timeout)
 
 
 def _preset_name(args: argparse.Namespace) -> str:

@@ -184,6 +184,8 @@ class Setup:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
     max_failures: int = 2                  # times Ray Train restarts failed workers from the latest checkpoint
+    placement_timeout: float = 300         # seconds a round waits for room for its workers or actors; 0: forever
+                                           # (a cluster whose autoscaler adds nodes for them)
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ class RoundConfig:
     use_gpu = property(lambda self: self.setup.use_gpu)
     cpus_per_worker = property(lambda self: self.setup.cpus_per_worker)
     max_failures = property(lambda self: self.setup.max_failures)
+    placement_timeout = property(lambda self: self.setup.placement_timeout)
 
     def to_dict(self) -> dict:
         """Flat, as run records have always held it and round fingerprints hash it: the round's fields, the

@@ -1,4 +1,5 @@
-"""Where a round's files must be when Ray has several nodes: the pool and --out where every node sees them.
+"""Where a round's work can run on the cluster: its files where every node sees them, and its workers and actors
+on resources the cluster has.
 
 Every node may read the pool (Ray Data's read tasks, VAAL's training workers) and Ray Train's workers write
 their checkpoints under --out from whichever node they run on. An object-store URI (s3://, gs://, ...) names
@@ -8,21 +9,35 @@ several nodes a local pool or --out is checked, not assumed: every node must lis
 (pool.json and each shard's name and size) and read a token the driver writes under --out and write its own
 beside it. A path that fails is refused before anything trains, where it would otherwise fail a worker
 mid-run or scatter checkpoints over the nodes' disks (a resumed run would then not find them).
+
+Ray waits for the resources that training workers and scoring actors ask, without a word and for as long as it
+takes: right where an autoscaler adds nodes for them, a hang where none will come (a node lost for good, a GPU
+asked of a CPU cluster). A ``Demand`` that does not fit the free resources is named once in the log while Ray
+waits, and after ``--placement-timeout`` seconds (0: wait forever) the round stops with a ``PlacementError``
+naming the shortfall.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import threading
 import uuid
+from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 import ray
+from ray.util.placement_group import placement_group_table
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vaal_dist.config import RoundConfig
+from vaal_dist.errors import VaalDistError
 from vaal_dist.pool.io import POOL_META, pool_files, resolve
+
+log = logging.getLogger(__name__)
 
 ANSWER_SECONDS = 120        # how long the check waits for a node's answer (a task that starts a worker there)
 _PROBE = ".shared-storage-check-"
@@ -149,3 +164,123 @@ def _on_every_node(fn, nodes: dict[str, str], *args) -> dict[str, str]:
 def _named(answers: dict[str, str], nodes: dict[str, str]) -> str:
     """'node 1a2b3c4d (10.0.0.7): why' for each node, '; '-joined."""
     return "; ".join(f"node {n[:8]} ({nodes[n]}): {why}" for n, why in answers.items())
+
+
+# --- workers and actors the cluster has no room for ------------------------------------------------------------
+
+RESOURCE_UNITS = 10_000     # Ray counts resources in 1/10,000ths: what fits is exact in them
+_WAITING = ("PENDING", "RESCHEDULING")
+
+
+class PlacementError(VaalDistError, RuntimeError):
+    """Training workers or scoring actors that the cluster could not place within --placement-timeout."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """``count`` alike ``unit``s of a round's ``stage`` (2 training workers, ...), each asking ``each`` resources
+    of one node ({"CPU": 1.0}; resources asked as 0 are left out)."""
+
+    stage: str
+    count: int
+    unit: str
+    each: dict[str, float]
+
+
+def shortfall(demand: Demand, nodes: list[dict[str, float]], free: bool = True) -> str | None:
+    """Why ``demand`` cannot be placed on ``nodes`` (the resources of each alive node: free ones, or all of
+    them), or None if it can: 'training needs 2 workers × 1 CPU, the cluster has 1 CPU free on 1 alive node
+    (room for 1)'. Alike units fit independently on each node, so room is counted node by node, exactly."""
+    room = sum(_room(demand.each, node) for node in nodes)
+    if room >= demand.count:
+        return None
+    totals = {r: sum(node.get(r, 0.0) for node in nodes) for r in demand.each}
+    return (f"{demand.stage} needs {_count(demand.count, demand.unit)} × {_amounts(demand.each)}, the cluster has "
+            f"{_amounts(totals)}{' free' if free else ''} on {_count(len(nodes), 'alive node')} (room for {room})")
+
+
+def placement_error(demand: Demand, nodes: list[dict[str, float]], free: bool, timeout: float,
+                    flags: str) -> PlacementError:
+    """The error that ends a round whose ``demand`` found no room on ``nodes`` in ``timeout`` seconds; ``flags``:
+    those that ask less."""
+    missing = shortfall(demand, nodes, free) or f"{demand.stage}'s {_count(demand.count, demand.unit)} were not placed"
+    return PlacementError(f"{missing}; waited {timeout:g} s (--placement-timeout) for resources or nodes to join. "
+                          f"Add nodes, ask less ({flags}), or where an autoscaler adds nodes wait longer (0: as long "
+                          f"as it takes)")
+
+
+def _room(each: dict[str, float], node: dict[str, float]) -> int:
+    """How many units asking ``each`` fit on a node with ``node`` free."""
+    asked = {r: round(amount * RESOURCE_UNITS) for r, amount in each.items()}
+    fits = [round(node.get(r, 0.0) * RESOURCE_UNITS) // amount for r, amount in asked.items() if amount > 0]
+    return min(fits) if fits else 1 << 62
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return " + ".join(f"{amount:g} {name}" for name, amount in resources.items())
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def free_per_node() -> list[dict[str, float]]:
+    """The free resources of each alive node (Ray's developer API: the public one sums them over the nodes,
+    and a worker asks them of one node)."""
+    from ray._private.state import available_resources_per_node
+
+    return list(available_resources_per_node().values())
+
+
+def total_per_node() -> list[dict[str, float]]:
+    """All the resources of each alive node."""
+    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+
+
+def waiting_message(problem: str, timeout: float) -> str:
+    """The log line of a placement that waits: what is missing and for how long it is awaited."""
+    until = f"for up to {timeout:g} s" if timeout else "for as long as it takes"
+    return f"{problem}; waiting {until} (--placement-timeout) for resources or nodes to join"
+
+
+def log_if_unplaceable(demand: Demand, timeout: float, free: bool = True) -> None:
+    """Log the shortfall if ``demand`` does not fit the alive nodes' free resources now (or all their
+    resources: ``free=False``)."""
+    problem = shortfall(demand, free_per_node() if free else total_per_node(), free)
+    if problem:
+        log.warning(waiting_message(problem, timeout))
+
+
+@contextlib.contextmanager
+def named_while_waiting(demand: Demand, timeout: float, poll_seconds: float = 1.0):
+    """While the block runs, log the shortfall once when a placement group of ``demand``'s bundles waits for
+    resources that the free ones cannot give: Ray Train asks its worker group as one placement group, at the
+    start and again after a lost worker. Seen on two polls in a row: a restarted group may wait a moment for the
+    resources its predecessor still holds."""
+    done = threading.Event()
+
+    def watch() -> None:
+        seen = 0
+        while not done.wait(poll_seconds):
+            problem = _group_waiting(demand) and shortfall(demand, free_per_node())
+            seen = seen + 1 if problem else 0
+            if seen == 2:
+                log.warning(waiting_message(problem, timeout))
+                return
+
+    watcher = threading.Thread(target=watch, name="placement-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _group_waiting(demand: Demand) -> bool:
+    """Whether a placement group of ``demand.count`` bundles of ``demand.each`` is waiting to be placed."""
+    for group in placement_group_table().values():
+        bundles = [{r: a for r, a in b.items() if a} for b in group["bundles"].values()]
+        if group["state"] in _WAITING and bundles == [demand.each] * demand.count:
+            return True
+    return False

@@ -202,7 +202,8 @@ def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
     """The config (less scoring layout) and the pool, labeled and held-out ids: what the selection depends on
     besides the pool's files and the code."""
     h = hashlib.sha256()
-    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in ("scoring", "out", "max_failures")}
+    unhashed = ("scoring", "out", "max_failures", "placement_timeout")     # how it runs, not what it selects
+    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in unhashed}
     config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
     for group, key in HASHED_WHEN_SET:
         if config[group][key] is None:

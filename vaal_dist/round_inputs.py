@@ -159,7 +159,8 @@ class RoundInputs:
         cfg = self.config
         result = fit(train_loop, loop_config, datasets, storage_path=self.train_dir, name=name,
                      workers=workers or cfg.workers, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-                     seed=cfg.seed, max_failures=cfg.max_failures, split=split)
+                     seed=cfg.seed, max_failures=cfg.max_failures, split=split,
+                     placement_timeout=cfg.placement_timeout)
         return TrainedModel(name, result.checkpoint, result.metrics)
 
     def train_task(self, *, rank_loss: str | None = None, dropout: float | None = None,
@@ -214,12 +215,14 @@ class RoundInputs:
     def columns(self, spec: ScorerSpec, side: Side, with_labels: bool = False) -> ray.data.Dataset:
         """``side``'s images mapped through the scorer's ``columns`` (a ColumnMaker), as a training set."""
         cfg = self.config
-        return stream_columns(self.images(side, with_labels), spec, cfg.scoring, cfg.use_gpu)
+        return stream_columns(self.images(side, with_labels), spec, cfg.scoring, cfg.use_gpu,
+                              placement_timeout=cfg.placement_timeout)
 
     def embeddings(self, spec: ScorerSpec, side: Side) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N,), embeddings (N, d) float32) of every one of ``side``'s images, on the driver."""
         cfg = self.config
-        return stream_embeddings(self.images(side), spec, cfg.scoring, cfg.use_gpu)
+        return stream_embeddings(self.images(side), spec, cfg.scoring, cfg.use_gpu,
+                                 placement_timeout=cfg.placement_timeout)
 
     def top_k(self, spec: ScorerSpec, subset_factor: int | None = None) -> Selection:
         """The exact top-b of the scorer over the unlabeled images, or over a seeded uniform subset of
@@ -232,4 +235,5 @@ class RoundInputs:
         if subset_factor:
             images = filter_ids(images, random_subset(self.unlabeled_ids, subset_factor * cfg.budget,
                                                       self.round_seed))
-        return stream_top_k(images, spec, cfg.budget, cfg.scoring, cfg.use_gpu)
+        return stream_top_k(images, spec, cfg.budget, cfg.scoring, cfg.use_gpu,
+                            placement_timeout=cfg.placement_timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import ray.data
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error, \
     raise_if_remote
+from vaal_dist.placement import RESOURCE_UNITS, Demand, log_if_unplaceable, placement_error, total_per_node
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, sample_priorities, top_rows
 
@@ -167,7 +169,6 @@ READ_TASK_CPUS = 1.0
 _NODE_LOSS_ERRORS = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
                      ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)
 NODE_DEATH_SECONDS = 60
-_UNITS = 10_000             # Ray counts resources in 1/10,000ths: the layout's arithmetic is exact in them
 
 
 def actor_layout(cfg: ScoringConfig, use_gpu: bool) -> tuple[int, float]:
@@ -197,9 +198,9 @@ def cpu_actor_layout(node_cpus: list[float], cpus_per_actor: float, wanted: int 
     (a lone 1-CPU node), one actor asks no CPU and shares the node's cores with the reads. A cluster with
     no CPU yet (an autoscaler's) gets ``wanted`` actors as asked: asking is what adds nodes.
     """
-    cpus = [round(c * _UNITS) for c in node_cpus]
-    each, read = round(cpus_per_actor * _UNITS), round(READ_TASK_CPUS * _UNITS)
-    wanted = max(1, wanted or sum(cpus) // _UNITS)
+    cpus = [round(c * RESOURCE_UNITS) for c in node_cpus]
+    each, read = round(cpus_per_actor * RESOURCE_UNITS), round(READ_TASK_CPUS * RESOURCE_UNITS)
+    wanted = max(1, wanted or sum(cpus) // RESOURCE_UNITS)
     if not sum(cpus) or not each:
         return wanted, cpus_per_actor
     readers = [c for c in cpus if c >= read]
@@ -221,14 +222,15 @@ def _gpus_per_actor(actors: int) -> float:
 
 
 def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringConfig,
-                 use_gpu: bool = False, sample_size: int = SAMPLE_SIZE) -> Selection:
+                 use_gpu: bool = False, sample_size: int = SAMPLE_SIZE, placement_timeout: float = 0) -> Selection:
     """Exact top-k of the scorer's scores over ``ds`` (columns id, image, ...), ties by smallest id, and a
-    uniform sample of ``sample_size`` of the scores."""
+    uniform sample of ``sample_size`` of the scores. Actors the cluster has no room for for ``placement_timeout``
+    seconds (0: wait forever) end the stream with a PlacementError, here and in the other streams."""
     start = time.perf_counter()
 
-    def fold() -> tuple[RunningTopK, RunningSample, float]:
+    def fold(actors: Demand) -> tuple[RunningTopK, RunningSample, float]:
         scored = _through_actors(ds, BatchTopK, {"spec": spec, "k": k, "sample_size": sample_size}, cfg,
-                                 use_gpu)
+                                 actors, placement_timeout)
         best, sample, merge_seconds = RunningTopK(k), RunningSample(sample_size), 0.0
         for batch in scored.iter_batches(batch_format="numpy", batch_size=None):
             _raise_on_bad_rows(batch)
@@ -239,7 +241,7 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
             merge_seconds += time.perf_counter() - t
         return best, sample, merge_seconds
 
-    best, sample, merge_seconds = _streamed(fold, cfg)
+    best, sample, merge_seconds = _streamed(fold, cfg, use_gpu, placement_timeout)
     t = time.perf_counter()
     ids, scores = best.result()
     scores_sample = sample.result()
@@ -250,41 +252,42 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
 
 
 def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
-                      use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                      use_gpu: bool = False, placement_timeout: float = 0) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``.
 
     For strategies that need a global view (Core-set): the driver holds all N embeddings.
     """
-    def gather() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def gather(actors: Demand) -> tuple[list[np.ndarray], list[np.ndarray]]:
         ids, embeddings = [], []
-        for batch in _through_actors(ds, BatchEmbed, {"spec": spec}, cfg, use_gpu).iter_batches(
+        for batch in _through_actors(ds, BatchEmbed, {"spec": spec}, cfg, actors, placement_timeout).iter_batches(
                 batch_format="numpy", batch_size=None):
             _raise_on_bad_rows(batch, values="embedding")
             ids.append(batch["id"].astype(str))
             embeddings.append(batch["embedding"])
         return ids, embeddings
 
-    ids, embeddings = _streamed(gather, cfg)
+    ids, embeddings = _streamed(gather, cfg, use_gpu, placement_timeout)
     if not ids:
         return np.array([], dtype=str), np.zeros((0, 0), np.float32)
     return np.concatenate(ids), np.concatenate(embeddings)
 
 
 def stream_columns(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
-                   use_gpu: bool = False) -> ray.data.Dataset:
+                   use_gpu: bool = False, placement_timeout: float = 0) -> ray.data.Dataset:
     """``ds`` mapped through ``scorer.columns`` in actors, materialized: model outputs as a training set."""
-    def materialize() -> ray.data.Dataset:
-        mapped = _through_actors(ds, BatchColumns, {"spec": spec}, cfg, use_gpu)
+    def materialize(actors: Demand) -> ray.data.Dataset:
+        mapped = _through_actors(ds, BatchColumns, {"spec": spec}, cfg, actors, placement_timeout)
         # Rows in pool order, whichever actor finishes first: training on them must not depend on timing.
         mapped.context.execution_options.preserve_order = True
         return mapped.materialize()
 
-    return _streamed(materialize, cfg)
+    return _streamed(materialize, cfg, use_gpu, placement_timeout)
 
 
-def _streamed(stream: Callable[[], T], cfg: ScoringConfig) -> T:
-    """``stream()``, run again from the start on the nodes left when a node of the cluster was lost while it
-    ran (at most ``batch_retries`` times); Ray's errors for what ended it named.
+def _streamed(stream: Callable[[Demand], T], cfg: ScoringConfig, use_gpu: bool, placement_timeout: float) -> T:
+    """``stream(actors)``, run again from the start on the nodes left when a node of the cluster was lost while it
+    ran (at most ``batch_retries`` times); Ray's errors for what ended it named. ``actors``: the scoring actors
+    to ask for on the nodes alive when it starts.
 
     Ray retries an actor's batch on the restarted actor, but a lost node's actors stay unreachable until the
     cluster declares the node dead (missed health checks, ~15 s by Ray's defaults) and the retries run out
@@ -296,11 +299,13 @@ def _streamed(stream: Callable[[], T], cfg: ScoringConfig) -> T:
     restarts = 0
     while True:
         nodes = _alive_nodes()
+        actors = _actors(cfg, use_gpu)
         try:
-            return stream()
+            return stream(actors)
         except Exception as e:
             raise_if_input_error(e)
             raise_if_remote(e, ScoringFailedError)    # a stalled batch
+            _raise_if_unplaced(e, actors, placement_timeout)
             lost = _lost_nodes(nodes, e)
             if not lost or restarts == cfg.batch_retries:
                 _raise_named(e, lost, cfg)
@@ -309,6 +314,25 @@ def _streamed(stream: Callable[[], T], cfg: ScoringConfig) -> T:
         log.warning("scoring lost %s; starting the stream again on the nodes left (restart %d of %d)",
                     lost, restarts, cfg.batch_retries)
         _release_failed_stream()        # out of the except block: the exception holds the failed stream
+
+
+def _actors(cfg: ScoringConfig, use_gpu: bool) -> Demand:
+    """The scoring actors to ask for: ``actor_layout``'s count, each asking its CPUs and a GPU or a share of one."""
+    size, cpus_each = actor_layout(cfg, use_gpu)
+    each = {"CPU": cpus_each, "GPU": _gpus_per_actor(size) if use_gpu else 0.0}
+    return Demand("scoring", size, "actor", {r: amount for r, amount in each.items() if amount})
+
+
+# Ray Data's error when the actors of a pool did not all start within its wait_for_min_actors_s.
+_ACTORS_NOT_STARTED = "Timed out while starting actors"
+
+
+def _raise_if_unplaced(error: Exception, actors: Demand, timeout: float) -> None:
+    """A PlacementError naming the shortfall, if ``error`` is Ray Data giving up on starting the actors."""
+    if _ACTORS_NOT_STARTED not in str(error):
+        return
+    # All the nodes' resources: the actors that did start hold some of the free ones.
+    raise placement_error(actors, total_per_node(), False, timeout, "--actors") from error
 
 
 def _raise_named(error: Exception, lost: str, cfg: ScoringConfig) -> NoReturn:
@@ -367,21 +391,25 @@ def _lost_nodes(before: dict[str, str], error: Exception) -> str:
         time.sleep(1)
 
 
-def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig,
-                    use_gpu: bool) -> ray.data.Dataset:
+def _through_actors(ds: ray.data.Dataset, actor_cls, kwargs: dict, cfg: ScoringConfig, actors: Demand,
+                    placement_timeout: float) -> ray.data.Dataset:
+    use_gpu = "GPU" in actors.each
     if cfg.amp and not use_gpu:
         raise InputError("bfloat16 scoring (amp) runs on GPUs only: add use_gpu (--use-gpu) or drop --amp")
     # Small blocks (a few batches each) keep every actor busy; Ray's 128 MiB default would hand a
     # 20k-image pool to one actor as a single block.
     ds.context.target_max_block_size = cfg.block_bytes
-    size, cpus_each = actor_layout(cfg, use_gpu)
+    size = actors.count
     limits = ds.context.execution_options.resource_limits
     ds.context.execution_options.resource_limits = limits.copy(
         object_store_memory=cfg.read_ahead_blocks * size * cfg.block_bytes)
+    # All the nodes' resources, not the free ones: those of the training just ended may not all be back yet.
+    log_if_unplaceable(actors, placement_timeout, free=False)
+    ds.context.wait_for_min_actors_s = math.ceil(placement_timeout) or -1     # Ray Data's -1: wait forever
     return ds.map_batches(
         actor_cls, fn_constructor_kwargs={**kwargs, "threads": cfg.threads_per_actor, "amp": cfg.amp,
                                           "timeout_s": cfg.batch_timeout_s},
         compute=ray.data.ActorPoolStrategy(size=size),
         batch_size=cfg.batch_size, batch_format="numpy",
-        num_gpus=_gpus_per_actor(size) if use_gpu else 0, num_cpus=cpus_each,
+        num_gpus=actors.each.get("GPU", 0.0), num_cpus=actors.each.get("CPU", 0.0),
         max_restarts=-1, max_task_retries=cfg.batch_retries)

