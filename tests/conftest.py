@@ -55,6 +55,16 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray is reached only through ray_session.connect: starting it fails the test."""
+    from vaal_dist import ray_session
+
+    def connect(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(ray_session, "connect", connect)
+
+
 def make_raw_pool(path, n: int, size: int = 32, channels: int = 1, shards: int = 4, seed: int = 0,
                   id_prefix: str = "img") -> np.ndarray:
     """A raw pool of n seeded random images in ``shards`` files; returns the ids in pool order."""
