@@ -13,6 +13,7 @@ from vaal_dist.config_file import MAX_BYTES, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import read_json
 from vaal_dist.round import _jsonable
+from conftest import read_selection
 
 
 def resolved(argv: list[str]):
@@ -145,3 +146,17 @@ def test_a_hostile_config_file_is_one_error_line_naming_it(name, content, messag
 def test_a_config_that_cannot_be_read_is_named(target, tmp_path, no_ray, capsys):
     assert cli.main(["round", "--config", str(tmp_path / target)]) == 2
     assert capsys.readouterr().err.startswith(f"vaal-dist: error: cannot read config '{tmp_path / target}': ")
+
+
+@pytest.mark.slow           # two VAAL rounds
+def test_a_replayed_round_selects_what_the_original_did(ray_local, tiny_pool, tmp_path, capsys):
+    pool, labeled = tiny_pool[:2]
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert cli.main(["round", "--pool", pool, "--labeled", labeled, "--budget", "6", "--out", str(first),
+                     "--preset", "cpu", "--epochs", "1", "--batch-size", "16", "--workers", "0",
+                     "--score-batch-size", "32", "--seed", "3"]) == 0
+    assert cli.main(["round", "--config", str(first / "run.json"), "--out", str(again)]) == 0
+    capsys.readouterr()
+    original, replay = read_json(str(first / "run.json")), read_json(str(again / "run.json"))
+    assert replay["config"] == {**original["config"], "out": str(again)}
+    assert read_selection(again)["id"] == read_selection(first)["id"]
