@@ -9,7 +9,7 @@ import pytest
 
 import vaal_dist
 from vaal_dist import cli
-from vaal_dist.config_file import MAX_BYTES, parse_with_config
+from vaal_dist.config_file import MAX_BYTES, check_replay, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import read_json
 from vaal_dist.round import _jsonable
@@ -17,8 +17,11 @@ from conftest import read_selection
 
 
 def resolved(argv: list[str]):
-    """The RoundConfig `vaal-dist round ARGV` runs."""
-    return cli.config_from_args(parse_with_config(cli.add_round_args(argparse.ArgumentParser()), argv))
+    """The RoundConfig `vaal-dist round ARGV` runs (api.run_round's checks, before Ray)."""
+    args = parse_with_config(cli.add_round_args(argparse.ArgumentParser()), argv)
+    config = cli.config_from_args(args)
+    check_replay(getattr(args, "replayed", None), config.to_dict())
+    return config
 
 
 YAML = """
@@ -92,6 +95,19 @@ def test_a_uri_the_run_json_hides_must_be_given_again(tmp_path, no_ray, capsys):
     with pytest.raises(InputError, match=r"hides the credentials of embedding_weights \(s3://\*\*\*@bucket/w.pt\): "
                                          r"give --embedding-weights again$"):
         vaal_dist.select("p", "l", 5, config=str(tmp_path / "run.json"))
+
+
+def test_a_run_json_whose_config_no_options_give_is_refused_naming_the_fields(tmp_path, no_ray, capsys):
+    original = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o", "--preset", "cpu"])
+    record = _jsonable(original.to_dict())
+    record["vaal"]["latent_dim"] = 64                # a Preset built in Python: no option sets it
+    record["scoring"]["block_bytes"] = 1024
+    (tmp_path / "run.json").write_text(json.dumps({"config": record, "versions": {}}))
+    assert cli.main(["round", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err == ("vaal-dist: error: the run.json's round cannot be replayed by options: "
+                                       "scoring.block_bytes 1024 there, 8388608 here; vaal.latent_dim 64 there, "
+                                       "32 here\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
 
 
 def billion_laughs(levels: int = 5) -> str:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaal_dist import cli, ray_session
-from vaal_dist.config_file import option_argv, parse_with_config
+from vaal_dist.config_file import check_replay, option_argv, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.cli import add_export_args, add_import_args
 from vaal_dist.pool.io import exists, resolve
@@ -64,6 +64,7 @@ def run_round(args: argparse.Namespace):
     from vaal_dist.round import run_round as run
 
     config = cli.config_from_args(args)
+    check_replay(getattr(args, "replayed", None), config.to_dict())
     ray_session.connect(args.ray_address, args.verbose)
     return run(config)
 

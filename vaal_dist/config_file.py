@@ -9,7 +9,7 @@ import json
 
 from vaal_dist.errors import InputError, VaalDistError
 from vaal_dist.pool.io import resolve, retrying
-from vaal_dist.redaction import HIDDEN
+from vaal_dist.redaction import HIDDEN, redact
 
 MAX_BYTES = 1024 ** 2          # a round's options take a few hundred bytes, its run.json a few KiB
 MAX_VALUES = 10_000            # values in the whole file, alias expansions counted
@@ -39,13 +39,46 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is None:
         return args
-    options = load_options(args.config)
+    options, recorded = load_options(args.config)
     args = parser.parse_args([*option_argv(options, parser), *argv])
     for name, value in options.items():
         if isinstance(value, str) and HIDDEN in value and getattr(args, name) == value:
             raise InputError(f"config {args.config!r} hides the credentials of {name} ({value}): give "
                              f"--{name.replace('_', '-')} again")
+    args.replayed = recorded
     return args
+
+
+def check_replay(recorded: dict | None, resolved: dict) -> None:
+    """A replayed round's config (``RoundConfig.to_dict``) must be the one its run.json records, but for ``out``
+    and the credentials hidden there: a setting no option sets (a Preset built in Python) is refused by name."""
+    if recorded is None:
+        return
+    was, now = _flat(recorded), _flat(resolved)
+    differ = [f"{key} {was.get(key)!r} there, {now.get(key)!r} here" for key in sorted(was.keys() | now.keys())
+              if key != "out" and was.get(key) != now.get(key)]
+    if differ:
+        raise InputError(f"the run.json's round cannot be replayed by options: {'; '.join(differ)}")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """``{"vaal.epochs": 2, ...}`` with values as run.json holds them."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = _as_recorded(value)
+    return flat
+
+
+def _as_recorded(value):
+    """Strings redacted, tuples as lists."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_as_recorded(v) for v in value]
+    return value
 
 
 def option_argv(options: dict, parser: argparse.ArgumentParser) -> list[str]:
@@ -83,9 +116,10 @@ def _did_you_mean(name: str, actions: dict) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f"; options: {', '.join(sorted(actions))}"
 
 
-def load_options(uri: str) -> dict:
-    """The options a config file holds: a mapping of option names (``batch_size`` or ``batch-size``) to
-    values, or a run record, whose config becomes the options that recreate it."""
+def load_options(uri: str) -> tuple[dict, dict | None]:
+    """The options a config file holds, and the config it records if it is a run record (a run.json, whose
+    config becomes the options that recreate it); else a mapping of option names (``batch_size`` or
+    ``batch-size``) to values."""
     loaded = _parse(uri, _read(uri))
     _check_shape(uri, loaded)
     if loaded is None:
@@ -94,11 +128,11 @@ def load_options(uri: str) -> dict:
         raise InputError(f"config {uri!r} must be a mapping of option names to values, not a "
                          f"{type(loaded).__name__}")
     if isinstance(loaded.get("config"), dict) and "versions" in loaded:
-        return options_from_record(loaded["config"])
+        return options_from_record(loaded["config"]), loaded["config"]
     options = {str(name).replace("-", "_"): value for name, value in loaded.items()}
     if "config" in options:
         raise InputError(f"config {uri!r} names another config file: give its options instead")
-    return options
+    return options, None
 
 
 def options_from_record(config: dict) -> dict:
