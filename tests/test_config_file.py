@@ -80,6 +80,10 @@ def test_replaying_a_run_json_gives_the_same_resolved_config(tmp_path):
     replay = resolved(["--config", str(tmp_path / "run.json"), "--out", "new", "--pool", original.pool,
                        "--embedding-weights", original.acquisition.embedding.weights])
     assert replay.to_dict() == {**original.to_dict(), "out": "new"}
+    changed = resolved(["--config", str(tmp_path / "run.json"), "--pool", "p2", "--labeled", "l2", "--budget", "3",
+                        "--embedding-weights", "w2.pt", "--epochs", "9"])
+    assert (changed.pool, changed.labeled, changed.budget, changed.vaal.epochs) == ("p2", "l2", 3, 9)
+    assert changed.out == "old" and changed.acquisition.embedding.weights == "w2.pt"
     default = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o"])
     write_record(tmp_path / "default.json", default)
     assert resolved(["--config", str(tmp_path / "default.json")]) == default

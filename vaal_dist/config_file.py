@@ -50,15 +50,20 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def check_replay(recorded: dict | None, resolved: dict) -> None:
-    """A replayed round's config (``RoundConfig.to_dict``) must be the one its run.json records, but for ``out``
-    and the credentials hidden there: a setting no option sets (a Preset built in Python) is refused by name."""
+    """A replayed round's settings that no option sets (``RoundConfig.to_dict``'s, a Preset built in Python say)
+    must be the ones its run.json records, else it is refused naming them; those options set (from the record,
+    or the flags given over it) are the user's."""
     if recorded is None:
         return
     was, now = _flat(recorded), _flat(resolved)
     differ = [f"{key} {was.get(key)!r} there, {now.get(key)!r} here" for key in sorted(was.keys() | now.keys())
-              if key != "out" and was.get(key) != now.get(key)]
+              if key not in _OPTION_KEYS and was.get(key) != now.get(key)]
     if differ:
         raise InputError(f"the run.json's round cannot be replayed by options: {'; '.join(differ)}")
+
+
+# "vaal.epochs", "acquisition.embedding" (None where no embedding was given), ...: the keys options set
+_OPTION_KEYS = {".".join(path[:n]) for path in RECORDED for n in range(1, len(path) + 1)}
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
