@@ -135,7 +135,7 @@ def one_round(cfg: RoundConfig) -> None:
     """A fresh round in this (spawned) process's own local Ray; its run.json is the result."""
     import ray
 
-    from vaal_dist.cli import start_local_ray
+    from vaal_dist.ray_session import start_local_ray
     from vaal_dist.round import run_round
 
     shutil.rmtree(cfg.out, ignore_errors=True)       # a fresh round, not the stored one (which is a no-op)

@@ -14,7 +14,7 @@ import resource
 import shutil
 import time
 
-from vaal_dist.cli import ray_session
+from vaal_dist.ray_session import ray_session
 from vaal_dist.pool.prepare import prepare_pool
 from vaal_dist.pool.synthetic import write_synthetic_files
 

@@ -11,7 +11,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from vaal_dist.cli import DEFAULT_LABELED, DEFAULT_POOL, ray_session
+from vaal_dist.cli import DEFAULT_LABELED, DEFAULT_POOL
+from vaal_dist.ray_session import ray_session
 from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.round import run_round

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vaal_dist.cli import start_local_ray
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.round import run_round

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from vaal_dist.cli import start_local_ray
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.config import PRESETS, Setup, preset
 from vaal_dist.pool.io import read_manifest, read_pool_meta, write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool

@@ -10,12 +10,11 @@ It prints a line per training epoch, Ray Data's progress bars and a summary; --v
 import argparse
 import sys
 
-from vaal_dist.cli import add_round_args, round_command, run_safely
+from vaal_dist.cli import add_round_args, run_round_safely
 
 
 def main(argv=None) -> int:
-    args = add_round_args(argparse.ArgumentParser(description=__doc__)).parse_args(argv)
-    return run_safely(round_command, args)
+    return run_round_safely(add_round_args(argparse.ArgumentParser(description=__doc__)), argv)
 
 
 if __name__ == "__main__":

@@ -48,11 +48,21 @@ def private_home(tmp_path_factory):
 def ray_local():
     import ray
 
-    from vaal_dist.cli import start_local_ray
+    from vaal_dist.ray_session import start_local_ray
 
     start_local_ray(num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Ray is reached only through ray_session.connect: starting it fails the test."""
+    from vaal_dist import ray_session
+
+    def connect(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(ray_session, "connect", connect)
 
 
 def make_raw_pool(path, n: int, size: int = 32, channels: int = 1, shards: int = 4, seed: int = 0,
@@ -409,7 +419,7 @@ def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: in
                                                                           ensure_token_if_auth_enabled)
     from ray.cluster_utils import Cluster
 
-    from vaal_dist.cli import start_local_ray
+    from vaal_dist.ray_session import start_local_ray
 
     had_ray = ray.is_initialized()
     ray.shutdown()

@@ -45,14 +45,6 @@ def argv(command: str, tmp_path: Path, flag: str, value: str) -> list[str]:
     return ["experiment", "--out", out, flag, value]
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Ray is reached only through cli.ray_session: starting it fails the test."""
-    def ray_session(*args, **kwargs):
-        raise AssertionError("Ray was started")
-    monkeypatch.setattr(cli, "ray_session", ray_session)
-
-
 @pytest.mark.parametrize("command, flag, value", CASES)
 def test_a_bad_number_stops_with_the_flag_named_before_ray_and_before_writing(command, flag, value, tmp_path,
                                                                              no_ray, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import damage_image_page, make_raw_pool
-from vaal_dist import cli
+from vaal_dist import cli, ray_session
 from vaal_dist.pool.io import write_manifest
 from vaal_dist.train import common, trainer
 
@@ -85,7 +85,7 @@ def test_quiet_ray_keeps_ray_datas_warnings_and_bars_and_its_info_off_the_consol
     for handler in consoles:
         monkeypatch.setattr(handler, "level", handler.level)   # restored after the test
     with warnings.catch_warnings():             # quiet_ray filters Ray's deprecation warnings
-        assert cli.quiet_ray() == {"logging_level": logging.WARNING}
+        assert ray_session.quiet_ray() == {"logging_level": logging.WARNING}
     assert not context.print_on_execution_start
     assert all(h.level == logging.WARNING for h in consoles)
 

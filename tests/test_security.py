@@ -29,7 +29,7 @@ from vaal_dist.train.common import load_checkpoint
 PROBE = """
 import json, os, urllib.request, urllib.error
 import ray
-from vaal_dist.cli import ray_session
+from vaal_dist.ray_session import ray_session
 
 def status(url, token=None):
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})

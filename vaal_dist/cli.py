@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import os
 import sys
 
 from vaal_dist.config import PRESETS, AcquisitionConfig, Backbone, RoundConfig, ScoringConfig, Setup, preset
-from vaal_dist.errors import VaalDistError
+from vaal_dist.config_file import parse_with_config
+from vaal_dist.errors import InputError, VaalDistError
 from vaal_dist.labeling.cli import add_export_args, add_import_args, export_command, import_command
+from vaal_dist.ray_session import shut_down_after
 from vaal_dist.redaction import redact
 from vaal_dist.strategies import STRATEGIES
 
@@ -71,6 +71,9 @@ def add_round_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--holdout", help="manifest of ids never trained on or selected; task models report "
                                      "their accuracy on them")
     p.add_argument("--seed", type=at_least(0, MAX_SEED), default=RoundConfig.seed)
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML or JSON of these options (batch_size: 32), or a finished round's run.json to replay "
+                        "it; flags given override the file")
     add_verbose_arg(p)
     return add_training_args(p)
 
@@ -145,7 +148,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
                     task=given(epochs=args.task_epochs, min_steps=args.task_min_steps),
                     aalu=given(epochs=args.aalu_epochs))
     if (args.embedding is None) != (args.embedding_weights is None):
-        raise VaalDistError("--embedding and --embedding-weights go together: the model and its weights")
+        raise InputError("--embedding and --embedding-weights go together: the model and its weights")
     embedding = args.embedding and Backbone(args.embedding, args.embedding_weights, args.embedding_image_size)
     return Setup(
         preset=models,
@@ -180,87 +183,22 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
     else:
         missing = [f"--{n}" for n in ("labeled", "budget", "out") if getattr(args, n) is None]
         if missing:
-            raise VaalDistError(f"with --pool, also give {', '.join(missing)}")
+            raise InputError(f"with --pool, also give {', '.join(missing)}")
         pool, labeled, budget, out = args.pool, args.labeled, args.budget, args.out
     return RoundConfig(pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy,
                        holdout=args.holdout, seed=args.seed, setup=setup_from_args(args))
 
 
-def start_local_ray(**init_kwargs) -> None:
-    """A private Ray on this machine: dashboard / job API on 127.0.0.1, token authentication on, and
-    ~/.ray/auth_token readable by its owner only.
-
-    Ray >= 2.59 turns tokens on for local clusters by itself (RAY_AUTH_MODE cannot be set from here: Ray
-    reads it when imported, and a late change starts the GCS and this driver in different modes). The
-    dashboard serves the state API that Ray Train's cleanup polls. No Ray client server is started. Ray
-    2.60's gRPC servers listen on every interface whatever the node address, and on Linux it replaces a
-    127.0.0.1 node address by the host's, so none is passed (docs/security.md).
-    """
-    from pathlib import Path
-
-    import ray
-
-    token = Path.home() / ".ray" / "auth_token"       # where Ray writes the token it generates
-    token.parent.mkdir(mode=0o700, exist_ok=True)       # a new ~/.ray keeps a new token private from the start
-    ray.init(address="local", dashboard_host="127.0.0.1", **init_kwargs)
-    if token.exists():
-        token.chmod(0o600)                              # Ray writes it 0644; an older one may be 0644 too
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, verbose: bool = False):
-    """Join ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a private local Ray.
-    Unless ``verbose``, Ray's own INFO logs stay in its log files (``quiet_ray``)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    logs = {} if verbose else quiet_ray()
-    if address:
-        ray.init(address=address, **logs)
-    else:
-        start_local_ray(**logs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def quiet_ray() -> dict:
-    """Ray's INFO logs off on the console, its warnings, errors and progress bars kept; returns the ``ray.init``
-    arguments that quiet the driver's ``ray`` logger, which Ray Train's workers follow (train/trainer.py).
-
-    Ray Data logs an execution plan per dataset and, where stdout is no terminal, its progress as INFO lines
-    every few seconds: both go to its log file only (the session's logs/ray-data*.log). Ray's deprecation
-    warnings name Ray's own internals here, nothing a user can change.
-    """
-    import warnings
-
-    import ray.data
-    from ray.util.annotations import RayDeprecationWarning
-
-    context = ray.data.DataContext.get_current()
-    context.print_on_execution_start = False
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=RayDeprecationWarning)
-    return {"logging_level": logging.WARNING}
-
-
 def round_command(args: argparse.Namespace) -> int:
-    from vaal_dist.round import run_round
+    from vaal_dist import api
 
-    cfg = config_from_args(args)
-    with ray_session(args.ray_address, args.verbose):
-        result = run_round(cfg)
+    with shut_down_after():
+        result = api.run_round(args)
     t = result.record["timings"]
     print(f"selection: {redact(result.selection)}")
     print(f"report: {redact(result.report)}")
     print(f"per-100-sample query time: {result.per_100_seconds:.2f} s "
-          f"(b={cfg.budget}: train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, "
+          f"(b={result.record['budget']}: train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, "
           f"merge {t['merge_seconds']:.2f} s, total {t['total_seconds']:.1f} s)")
     return 0
 
@@ -286,11 +224,10 @@ def add_prepare_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from vaal_dist.pool.prepare import prepare_pool
+    from vaal_dist import api
 
-    options = {name: getattr(args, name) for name in PREPARE_OPTIONS if getattr(args, name) is not None}
-    with ray_session(args.ray_address, args.verbose):
-        s = prepare_pool(args.source, args.dest, **options)
+    with shut_down_after():
+        s = api.run_prepare(args)
     reasons = ", ".join(f"{n} {reason}" for reason, n in s["skipped_by_reason"].items()) or "none"
     print(f"pool: {s['dest']}")
     print(f"prepared {s['prepared']} of {s['files_seen']} files in {s['shards']} shards "
@@ -318,15 +255,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def experiment_command(args: argparse.Namespace) -> int:
-    from vaal_dist.experiment import ExperimentConfig, run_experiment
+    from vaal_dist import api
     from vaal_dist.experiment_report import summarize
 
-    pool = embedded_pool(args) if args.pool is None else args.pool
-    cfg = ExperimentConfig(pool=pool, setup=setup_from_args(args), out=args.out, strategies=tuple(args.strategies), seeds=tuple(args.seeds),
-                           initial=args.initial, step=args.step, final=args.final,
-                           test_fraction=args.test_fraction)
-    with ray_session(args.ray_address, args.verbose):
-        curves = run_experiment(cfg)
+    with shut_down_after():
+        curves = api.run_experiment(args)
     print(f"results: {redact(args.out)}/curves.csv, summary.csv, report.md, curves.png")
     for row in summarize(curves):
         print(f"{row['strategy']:>20}: AULC {row['aulc_mean']:.4f} +- {row['aulc_std']:.4f} over {row['seeds']} "
@@ -343,21 +276,37 @@ def run_safely(command, args) -> int:
     try:
         return command(args)
     except VaalDistError as e:
-        print(f"vaal-dist: error: {e}", file=sys.stderr)
-        return 2
+        return _refused(e)
+
+
+def run_round_safely(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """``round_command`` on ``argv`` as ``parser`` reads it, with its ``--config FILE`` read first."""
+    try:
+        args = parse_with_config(parser, sys.argv[1:] if argv is None else argv)
+    except VaalDistError as e:
+        return _refused(e)
+    return run_safely(round_command, args)
+
+
+def _refused(e: VaalDistError) -> int:
+    print(f"vaal-dist: error: {e}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vaal-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
+    round_parser = add_round_args(sub.add_parser("round", help="select the next b images to label (one round)"))
     add_prepare_args(sub.add_parser("prepare", help="make a raw pool from a folder or bucket of JPEG/PNG files"))
     add_experiment_args(sub.add_parser("experiment", help="multi-round learning curves with a simulated oracle"))
     add_export_args(sub.add_parser("export", help="write a round's selection as labeling tasks "
                                                   "(Label Studio, COCO, CSV)"))
     add_import_args(sub.add_parser("import-labels", help="read a labeling tool's answers into the next "
                                                          "round's labeled manifest and labels.parquet"))
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.command == "round":
+        return run_round_safely(round_parser, argv[1:])
     commands = {"round": round_command, "prepare": prepare_command, "experiment": experiment_command,
                 "export": export_command, "import-labels": import_command}
     return run_safely(commands[args.command], args)

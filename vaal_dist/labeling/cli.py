@@ -36,11 +36,9 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from vaal_dist.labeling.export import export_selection
+    from vaal_dist import api
 
-    files = export_selection(args.round, args.to, args.dest, classes=args.classes, pool=args.pool,
-                             max_tasks=args.max_tasks, max_bytes=args.max_bytes, expires_s=args.expires,
-                             links=args.link, source=args.source)
+    files = api.run_export(args)
     for f in files:
         print(f"wrote {redact(f)}")
     return 0
@@ -61,10 +59,9 @@ def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    from vaal_dist.labeling.import_labels import import_labels
+    from vaal_dist import api
 
-    done = import_labels(args.export, args.round, classes=args.classes, pool=args.pool, labeled=args.labeled,
-                         dest=args.out)
+    done = api.run_import(args)
     print(f"labeled manifest: {redact(done.manifest)} ({done.labeled} images, {done.new} new)")
     print(f"labels: {redact(done.labels)}" + (f"; {done.unannotated} exported images have no annotation yet"
                                                if done.unannotated else ""))
