@@ -353,6 +353,15 @@ def pool_files(pool: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
+def pool_state(pool: str) -> str:
+    """pool.json and each shard's path, size and modification time, from a listing (no pixel is read): a pool
+    prepared again in place, with the same ids and other pixels, no longer matches a round started on it."""
+    fs, files = pool_files(pool)
+    infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
+    shards = [(f.path, f.size, f.mtime_ns) for f in infos]
+    return json.dumps({"pool.json": read_json(join(pool, POOL_META)), "shards": shards}, sort_keys=True)
+
+
 def _list(fs: pafs.FileSystem, path: str) -> tuple[pafs.FileInfo, list[pafs.FileInfo]]:
     """``path``'s info and, when it is a folder, every file below it."""
     info = fs.get_file_info(path)
