@@ -118,7 +118,7 @@ BAD_FILES = {
     "integer ids": r"column 'id' must be strings, got int64",
     "no embedding column": r"has no \['embedding'\] column \(columns: \['id', 'vector'\]\)",
     "null embedding": r"1 ids have a null embedding, e\.g\. \['img-00002'\]",
-    "not parquet": r"cannot read --embeddings .*Parquet magic bytes not found",
+    "not parquet": r"cannot read --embeddings .*Is this a 'parquet' file\?",
     "no file": r"--embeddings '.*none.parquet' does not exist",
 }
 

@@ -93,7 +93,7 @@ def _read(uri: str, read):
     except StorageError:
         raise
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"cannot read {FLAG} {uri!r}: {' '.join(str(e).split())[:300]}") from None
+        raise InputError(f"cannot read {FLAG} {uri!r}: {' '.join(str(e).split())[:600]}") from None
 
 
 def _dataset(uri: str, fs: pafs.FileSystem, files: list[pafs.FileInfo]) -> pads.Dataset:
