@@ -105,19 +105,16 @@ def test_weights_that_do_not_fit_are_named(tmp_path, case, message):
     assert not (tmp_path / "ran").exists()
 
 
-def test_cluster_margin_with_a_backbone_clusters_its_features_and_ranks_by_the_task_models_margin(tmp_path):
+def test_cluster_margin_with_features_from_a_file_scores_the_task_models_margin_alone(tmp_path):
     checkpoint = trained_checkpoint(tmp_path / "task")
-    backbone = read_backbone(Backbone("resnet18", saved_weights(tmp_path / "w.pt"), image_size=32))
     batch, _ = two_tone_batch(16)
-    got = FeaturesAndMargin(checkpoint, META, backbone=backbone).embed(batch)
+    got = FeaturesAndMargin(checkpoint, META, features=False).embed(batch)
     own = FeaturesAndMargin(checkpoint, META)
     with torch.inference_mode():
         want_margin = margin(own.probs(batch)).numpy()
-    features = BackboneScorer(backbone, META).embed(batch)
-    assert got.shape == (17, features.shape[1] + 1)
-    np.testing.assert_array_equal(got[:, :-1], features)
-    np.testing.assert_array_equal(got[:, -1], want_margin.astype(np.float32))
-    np.testing.assert_array_equal(own.embed(batch)[:, -1], got[:, -1])
+    assert got.shape == (17, 1)
+    np.testing.assert_array_equal(got[:, 0], want_margin.astype(np.float32))
+    np.testing.assert_array_equal(own.embed(batch)[:, -1], got[:, 0])
 
 
 def backbone_round(pool, labeled, out, strategy, weights, budget=12):

@@ -33,7 +33,7 @@ from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
-from vaal_dist.placement import Demand, PlacementError, shared_storage_problem, shortfall
+from vaal_dist.placement import Demand, shared_storage_problem, shortfall
 from vaal_dist.pool.io import join, read_pool_meta, resolve, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec

@@ -23,9 +23,9 @@ from vaal_dist.cli import main
 from vaal_dist.errors import InputError
 from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
-from vaal_dist.pool.io import POOL_META, SOURCE_MTIME, SOURCE_SIZE, PoolMeta, read_pool_meta, write_pool
+from vaal_dist.pool.io import POOL_META, SOURCE_MTIME, SOURCE_SIZE, PoolMeta, pool_state, read_pool_meta, write_pool
 from vaal_dist.pool.prepare import prepare_pool
-from vaal_dist.round import _pool_state
+
 
 CLASSES = ["cat", "dog"]
 SIDE = 96
@@ -117,14 +117,14 @@ def test_pools_with_no_known_source_keep_their_own_images_and_say_so_once(tmp_pa
     ids = make_raw_pool(tmp_path / "pool", 6, size=8)
     doc = json.loads((tmp_path / "pool" / POOL_META).read_text())
     assert doc == {"format": "vaal_dist.pool", "version": 1, "encoding": "raw", "image_shape": [8, 8, 1]}
-    state = _pool_state(str(tmp_path / "pool"))
+    state = pool_state(str(tmp_path / "pool"))
     out = finished_round(tmp_path / "round", tmp_path / "pool", tmp_path / "labeled.parquet", ids[:2])
     with caplog.at_level(logging.INFO, logger="vaal_dist"):
         tasks = json.loads(open(export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES)[0]).read())
     assert export_lines(caplog) == [
         f"export: pool {tmp_path / 'pool'} records no source files; the tasks show the pool's own images (8x8 pixels)"]
     assert [decoded(base64.b64decode(t["data"]["image"].split(",", 1)[1])).shape for t in tasks] == [(8, 8)] * 2
-    assert _pool_state(str(tmp_path / "pool")) == state
+    assert pool_state(str(tmp_path / "pool")) == state
     with pytest.raises(InputError, match="--link source writes each original's s3:// or gs:// URI"):
         export_selection(out, "csv", str(tmp_path / "csv"), classes=CLASSES, links="source")
     with pytest.raises(InputError, match="records no source folder .* so --source cannot stand in for one"):

@@ -117,6 +117,10 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="the --embedding model's state dict (torch.save; a local path or URI): nothing is downloaded")
     p.add_argument("--embedding-image-size", type=at_least(1), default=Backbone.image_size,
                    help="images are resized to this side for the --embedding model")
+    p.add_argument("--embeddings", metavar="FILE",
+                   help="coreset, cluster_margin, typiclust: the pool's vectors, a Parquet file or folder (local or "
+                        "URI) of id (string) and embedding (a list of float32 or float16 of one width), holding "
+                        "every labeled and unlabeled id; no model embeds the pool")
     p.add_argument("--workers", type=at_least(0), default=Setup.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
@@ -154,7 +158,7 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         preset=models,
         acquisition=AcquisitionConfig(mc_passes=args.mc_passes, ensemble_members=args.members,
                                       subset_factor=args.subset_factor, max_clusters=args.max_clusters,
-                                      embedding=embedding),
+                                      embedding=embedding, embeddings=args.embeddings),
         scoring=ScoringConfig(batch_size=args.score_batch_size, num_actors=args.actors,
                               threads_per_actor=args.threads_per_actor, amp=args.amp,
                               batch_timeout_s=args.score_timeout),

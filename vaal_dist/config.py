@@ -102,6 +102,7 @@ class AcquisitionConfig:
     max_clusters: int | None = None        # TypiClust's k-means clusters at most; None: |L| + b (the
                                            # paper); the authors' code caps them at 500
     embedding: Backbone | None = None      # None: each strategy embeds with its own model
+    embeddings: str | None = None          # a Parquet file or folder of (id, embedding) to use instead
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class RoundConfig:
     holdout: str | None = None             # manifest of ids kept out of training and selection, for evaluation
     seed: int = 0
     setup: Setup = field(default_factory=Setup)
+    embeddings_cache: str | None = None    # where embeddings computed once are kept; None: beside ``out``
 
     # The setup's settings, read through (strategies read cfg.vaal, cfg.workers, ...).
     vaal = property(lambda self: self.setup.preset.vaal)

@@ -13,7 +13,9 @@ evaluation, shared by the strategies, and ``splits/settings.json`` (the split se
 run); ``runs/STRATEGY/seed-S/round-R/`` with ``labeled.parquet`` (the set entering round R), ``eval.json``
 (R > 0) and the selection round in ``select/``; results in ``curves.parquet``, ``curves.csv``,
 ``summary.csv``, ``report.md`` and ``curves.png`` (``experiment_report``) and ``experiment.html``
-(``report.pages``: the curves, the summary and links to each selecting round's ``report.html``).
+(``report.pages``: the curves, the summary and links to each selecting round's ``report.html``); with
+``--embedding``, ``embeddings-cache/`` holds the pool's embeddings (and Cluster-Margin's clusters), computed once
+and read by every round.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manife
 from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES, get_strategy, models_trained
-from vaal_dist.round_inputs import RoundInputs
+from vaal_dist.round_inputs import EMBEDDINGS_CACHE, RoundInputs
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class ExperimentConfig:
         if not self.strategies:
             raise InputError("no strategies to run: name at least one")
         for name in self.strategies:
-            models_trained(get_strategy(name), self.setup.acquisition.embedding)     # --embedding refused early
+            models_trained(get_strategy(name), self.setup.acquisition)     # --embedding refused early
 
     def fractions(self) -> list[float]:
         rounds = int(round((self.final - self.initial) / self.step)) + 1
@@ -184,7 +186,8 @@ def _curve(cfg: ExperimentConfig, strategy: str, seed: int, test_uri: str, initi
         selects = r + 1 < len(fractions)                   # the last round only evaluates
         budget = _labeled_count(fractions[r + 1], train_size) - labeled if selects else 0
         round_cfg = RoundConfig(pool=cfg.pool, labeled=labeled_uri, out=join(folder, "select"), budget=budget,
-                                strategy=strategy, holdout=test_uri, seed=seed * 1000 + r, setup=cfg.setup)
+                                strategy=strategy, holdout=test_uri, seed=seed * 1000 + r, setup=cfg.setup,
+                                embeddings_cache=join(cfg.out, EMBEDDINGS_CACHE))
         row = {"strategy": strategy, "seed": seed, "round": r, "labeled_fraction": fraction,
                "labeled": labeled, "query_seconds_per_100": float("nan"),
                **dict.fromkeys(GAME_METRICS, float("nan"))}

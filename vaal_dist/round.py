@@ -29,10 +29,11 @@ from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import writer_lock
 from vaal_dist.placement import shared_storage_problem
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, POOL_META, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, \
-    join, lies_within, pool_files, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, resolve, \
-    retrying, write_json, write_parquet
+from vaal_dist.pool.io import PAGE_CRC_FAILURE, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, join, \
+    lies_within, pool_state, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, \
+    resolve, retrying, write_json, write_parquet
 from vaal_dist.labeling.labels import LABELS, pool_has_label_column
+from vaal_dist.pool.embeddings import listing_state
 from vaal_dist.redaction import redact
 from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
@@ -136,7 +137,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
         raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
     fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
-    fingerprint.update(_pool_state(cfg.pool).encode())
+    fingerprint.update(pool_state(cfg.pool).encode())
     fingerprint.update(_imported_labels_state(cfg).encode())
     fingerprint.update(_embedding_state(cfg).encode())
     fingerprint.update(vaal_dist.__version__.encode())
@@ -153,21 +154,11 @@ def _check_apart(pool: str, out: str) -> None:
                          f"choose an --out outside the pool")
 
 
-def _pool_state(pool: str) -> str:
-    """pool.json (where the pool has one) and each shard's path, size and modification time, from a listing (no
-    pixel is read): a pool prepared again in place, with the same ids and other pixels, no longer matches a round
-    started on it."""
-    fs, files = pool_files(pool)
-    infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
-    shards = [(f.path, f.size, f.mtime_ns) for f in infos]
-    meta_uri = join(pool, POOL_META)
-    meta = read_json(meta_uri) if exists(meta_uri) else None      # none: encoded images (pool/io.read_pool_meta)
-    return json.dumps({"pool.json": meta, "shards": shards}, sort_keys=True)
-
-
 def _embedding_state(cfg: RoundConfig) -> str:
-    """The ``--embedding`` weights file's size and modification time, from a listing: weights trained again
-    into the same file no longer match a round started on the old ones."""
+    """The ``--embedding`` weights file's (or the ``--embeddings`` files') size and modification time, from a
+    listing: weights trained again into the same file no longer match a round started on the old ones."""
+    if cfg.acquisition.embeddings is not None:
+        return listing_state(cfg.acquisition.embeddings)
     if cfg.acquisition.embedding is None:
         return ""
     uri = cfg.acquisition.embedding.weights
@@ -195,14 +186,14 @@ def _listed(uri: str) -> pafs.FileInfo:
 
 
 # Settings added after rounds were first fingerprinted, hashed only when set: those rounds still resume.
-HASHED_WHEN_SET = (("acquisition", "max_clusters"), ("acquisition", "embedding"))
+HASHED_WHEN_SET = (("acquisition", "max_clusters"), ("acquisition", "embedding"), ("acquisition", "embeddings"))
 
 
 def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
     """The config (less scoring layout) and the pool, labeled and held-out ids: what the selection depends on
     besides the pool's files and the code."""
     h = hashlib.sha256()
-    unhashed = ("scoring", "out", "max_failures", "placement_timeout")     # how it runs, not what it selects
+    unhashed = ("scoring", "out", "max_failures", "placement_timeout", "embeddings_cache")   # how, not what
     config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in unhashed}
     config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
     for group, key in HASHED_WHEN_SET:
@@ -229,7 +220,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
-    trains = models_trained(strategy, cfg.acquisition.embedding)
+    trains = models_trained(strategy, cfg.acquisition)
     sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains))
     meta = read_pool_meta(cfg.pool)
     inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from vaal_dist.config import RoundConfig, VAALConfig
 from vaal_dist.labeling.labels import LABELS, add_labels, labels_beside, pool_has_label_column
 from vaal_dist.models.backbone import BackboneWeights, read_backbone
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
+from vaal_dist.pool.embeddings import Vectors, cache_uri, read_vectors, write_vectors
 from vaal_dist.pool.images import check_image_size
-from vaal_dist.pool.io import PoolMeta, beside, check_labels, exists, join, read_pool_ids
+from vaal_dist.pool.io import PoolMeta, beside, check_labels, exists, join, pool_state, read_pool_ids
 from vaal_dist.redaction import redact
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.scoring.spec import ScorerSpec
@@ -40,6 +42,7 @@ from vaal_dist.train.vaal_loop import train_loop_per_worker
 log = logging.getLogger(__name__)
 
 Side = Literal["labeled", "unlabeled"]
+EMBEDDINGS_CACHE = "embeddings-cache"     # beside a round's out, unless its config names a folder
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class TrainedModel:
 class Trained:
     """What a strategy's training leaves for its selection: the scorer to build and the models behind it."""
 
-    scorer: ScorerSpec
+    scorer: ScorerSpec | None           # None: the strategy's vectors come from a file (``RoundInputs.vectors``)
     models: tuple[TrainedModel, ...] = ()
 
     def record(self) -> dict:
@@ -119,6 +122,49 @@ class RoundInputs:
         config = self.config.acquisition.embedding
         return None if config is None else read_backbone(config)
 
+    @cached_property
+    def vectors(self) -> Vectors | None:
+        """The labeled and unlabeled images' vectors from a file: the ``--embeddings`` file's, or the ``--embedding``
+        backbone's (``backbone_vectors_file``); None: strategies embed with their own models."""
+        acquisition, embedded = self.config.acquisition, pa.concat_arrays([self.labeled_ids, self.unlabeled_ids])
+        if acquisition.embeddings is not None:
+            return read_vectors(acquisition.embeddings, embedded)
+        if acquisition.embedding is not None:
+            uri, key = self.backbone_vectors_file()
+            return read_vectors(uri, embedded, key)
+        return None
+
+    @property
+    def embeddings_cache(self) -> str:
+        """The folder of what is computed once per pool and embedding: the config's, else beside ``out``."""
+        return self.config.embeddings_cache or beside(self.config.out.rstrip("/"), EMBEDDINGS_CACHE)
+
+    def backbone_vectors_file(self) -> tuple[str, str]:
+        """(the ``--embedding`` backbone's embeddings of the whole pool, held out too, in the cache; its key), the
+        file written first if it is not there. The key hashes the weights' bytes, the backbone's settings and the
+        pool's listing: every round on that pool with those weights reads the same file."""
+        from vaal_dist.strategies.backbone import BackboneScorer     # strategies import this module
+
+        cfg, backbone = self.config, self.backbone
+        key = hashlib.sha256(backbone.data)
+        key.update(json.dumps([backbone.config.arch, backbone.config.image_size, pool_state(cfg.pool)]).encode())
+        uri = cache_uri(self.embeddings_cache, key.hexdigest())
+        if not exists(uri):
+            log.info("embedding the pool with %s into %s", backbone.config.arch, redact(uri))
+            ids, x = stream_embeddings(read_pool(cfg.pool, ("id", "image")),
+                                       self.scorer(BackboneScorer, backbone=backbone), cfg.scoring, cfg.use_gpu)
+            write_vectors(uri, ids, x)
+        return uri, key.hexdigest()
+
+    def features(self, spec: ScorerSpec | None, side: Side) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (N,), vectors (N, d) float32) of ``side``'s images: from ``vectors`` when there are, else
+        ``spec``'s embeddings streamed."""
+        if self.vectors is None:
+            return self.embeddings(spec, side)
+        labeled = len(self.labeled_ids)                     # vectors holds the labeled ids', then the unlabeled
+        part = slice(None, labeled) if side == "labeled" else slice(labeled, None)
+        return self.vectors.ids[part], self.vectors.x[part]
+
     def _pool(self, with_labels: bool) -> ray.data.Dataset:
         if with_labels and self.imported_labels is not None:
             return read_pool(self.config.pool, ("id", "image")).map_batches(
@@ -138,6 +184,8 @@ class RoundInputs:
         the ``--embedding`` backbone's weights."""
         cfg = self.config
         self.backbone               # the weights are read and checked now, not first in a scoring actor
+        if cfg.acquisition.embeddings is not None:
+            self.vectors            # so is the --embeddings file
         if "vaal" in models:
             check_image_size(self.meta, cfg.vaal.image_size)
         if "task" in models:

@@ -432,6 +432,18 @@ def pool_files(pool: str) -> tuple[pafs.FileSystem, list[str]]:
     return fs, files
 
 
+def pool_state(pool: str) -> str:
+    """pool.json (where the pool has one) and each shard's path, size and modification time, from a listing (no
+    pixel is read): a pool prepared again in place, with the same ids and other pixels, no longer matches a round
+    started on it."""
+    fs, files = pool_files(pool)
+    infos = retrying(f"cannot list pool {pool!r}", lambda: fs.get_file_info(files))
+    shards = [(f.path, f.size, f.mtime_ns) for f in infos]
+    meta_uri = join(pool, POOL_META)
+    meta = read_json(meta_uri) if exists(meta_uri) else None      # none: encoded images (read_pool_meta)
+    return json.dumps({"pool.json": meta, "shards": shards}, sort_keys=True)
+
+
 def _list(fs: pafs.FileSystem, path: str) -> tuple[pafs.FileInfo, list[pafs.FileInfo]]:
     """``path``'s info and, when it is a folder, every file below it."""
     info = fs.get_file_info(path)

@@ -2,7 +2,7 @@
 what it offers in its ``STRATEGIES``; adding a method is one module and one line here."""
 import importlib
 
-from vaal_dist.config import Backbone
+from vaal_dist.config import AcquisitionConfig
 from vaal_dist.errors import InputError
 from vaal_dist.strategies.base import Strategy
 
@@ -33,15 +33,20 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-def models_trained(strategy: Strategy, embedding: Backbone | None) -> tuple[str, ...]:
-    """The models ``strategy`` trains: with an ``--embedding`` backbone, which embeds the pool in place of the
-    model a strategy trains for that, its ``trains_with_backbone``, where it offers one."""
-    if embedding is None:
+def models_trained(strategy: Strategy, acquisition: AcquisitionConfig) -> tuple[str, ...]:
+    """The models ``strategy`` trains: with vectors from elsewhere (an ``--embedding`` backbone or an
+    ``--embeddings`` file), which embed the pool in place of the model a strategy trains for that, its
+    ``trains_with_backbone``, where it offers one."""
+    flags = [flag for flag, given in (("--embedding", acquisition.embedding), ("--embeddings", acquisition.embeddings))
+             if given is not None]
+    if not flags:
         return strategy.trains
+    if len(flags) > 1:
+        raise InputError("--embedding and --embeddings are two ways to get the same vectors: give one")
     trains = getattr(strategy, "trains_with_backbone", None)
     if trains is None:
         offered = sorted(n for n, s in STRATEGIES.items() if getattr(s, "trains_with_backbone", None) is not None)
-        raise InputError(f"--embedding is for the strategies that embed the pool, {offered}; "
+        raise InputError(f"{flags[0]} is for the strategies that embed the pool, {offered}; "
                          f"{strategy.name} does not")
     return trains
 

@@ -2,16 +2,19 @@
 
 1. The task model trains on the labeled images (Ray Train).
 2. One pass of the pool through the scoring actors gives every image's penultimate features and margin
-   (the features of a user's torchvision backbone instead, with ``--embedding``).
+   (the margin alone where the features come from a file: ``--embeddings``, or the ``--embedding``
+   backbone's, computed once).
 3. The pool (labeled and unlabeled) is clustered on those features (``clustering.cluster_margin``: FAISS
    k-means cells, then average-linkage HAC over them), cached beside the round's checkpoints and
-   fingerprinted, so a rerun of the round reuses it.
+   fingerprinted, so a rerun of the round reuses it; on features from a file, once per pool and embedding
+   (as the paper does), in the embeddings cache, and every later round reuses it.
 4. The 10 x b unlabeled images of smallest margin are taken round-robin over their clusters, smallest
    cluster first, until b are picked. Each pick's score is its margin score, p(2nd) - p(1st): the order is
    the round-robin's, not the scores'.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -19,32 +22,29 @@ import torch
 
 from vaal_dist.acquisition import margin
 from vaal_dist.clustering.cluster_margin import cached_cluster_pool, select
-from vaal_dist.models.backbone import BackboneWeights
 from vaal_dist.pool.io import PoolMeta, join
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
-from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.task import TaskScorer
+
+FILE_CLUSTERS_SEED = 0     # clusters of vectors from a file are the pool's and the embedding's, not a round's
 
 
 class FeaturesAndMargin(TaskScorer):
-    """``embed``: the penultimate features (the task model's, or ``backbone``'s) with the margin score as one
-    more, last, column."""
+    """``embed``: the task model's penultimate features with the margin score as one more, last, column; with
+    ``features=False`` (the features come from a file) the margin alone."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False,
-                 backbone: BackboneWeights | None = None):
+    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False, features: bool = True):
         super().__init__(checkpoint, meta, use_gpu)
-        self.backbone = None if backbone is None else BackboneScorer(backbone, meta, use_gpu)
-        if self.backbone is not None:
-            self.embedding_dim = self.backbone.embedding_dim
-        self.embedding_dim += 1
+        self.with_features = features
+        self.embedding_dim = self.embedding_dim + 1 if features else 1
 
     @torch.inference_mode()
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         out = self.model.net(self.inputs(batch))
-        features = out.features if self.backbone is None else self.backbone.features(batch)
-        probs = torch.softmax(out.logits.double(), -1)
-        return torch.cat([features.double(), margin(probs)[:, None]], 1).float().cpu().numpy()
+        scores = margin(torch.softmax(out.logits.double(), -1))[:, None]
+        columns = [out.features.double(), scores] if self.with_features else [scores]
+        return torch.cat(columns, 1).float().cpu().numpy()
 
 
 class ClusterMargin:
@@ -54,22 +54,37 @@ class ClusterMargin:
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
-        return Trained(inputs.scorer(FeaturesAndMargin, checkpoint=task.checkpoint, backbone=inputs.backbone),
-                       (task,))
+        scorer = inputs.scorer(FeaturesAndMargin, checkpoint=task.checkpoint, features=inputs.vectors is None)
+        return Trained(scorer, (task,))
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         start = time.perf_counter()
-        labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
         ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
-        choosing = time.perf_counter()
-        clusters = cached_cluster_pool(join(inputs.train_dir, "clusters.parquet"),
-                                       np.concatenate([labeled[:, :-1], unlabeled[:, :-1]]),
-                                       np.concatenate([labeled_ids, ids]), seed=inputs.config.seed)
         scores = unlabeled[:, -1].astype(np.float64)
+        cache, pool_ids, features, seed = _pool_features(inputs, trained, ids, unlabeled[:, :-1])
+        choosing = time.perf_counter()
+        clusters = cached_cluster_pool(cache, features, pool_ids, seed=seed)
         picks = select(scores, clusters.of(ids), ids, inputs.config.budget, seed=inputs.round_seed)
         end = time.perf_counter()
         return Selection(ids[picks], scores[picks], candidates=len(ids), seconds=end - start,
                          merge_seconds=end - choosing)
+
+
+def _pool_features(inputs: RoundInputs, trained: Trained, unlabeled_ids: np.ndarray, unlabeled: np.ndarray
+                   ) -> tuple[str, np.ndarray, np.ndarray, int]:
+    """(where the clusters are cached, the pool's ids, their features, the clustering's seed). The task model's
+    features (this round's), cached beside the round's checkpoints; or vectors from a file, cached in the
+    embeddings cache, in id order and seeded with FILE_CLUSTERS_SEED, so that every later round reads the
+    clusters computed once for the pool and embedding."""
+    vectors = inputs.vectors
+    if vectors is None:
+        labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
+        return (join(inputs.train_dir, "clusters.parquet"), np.concatenate([labeled_ids, unlabeled_ids]),
+                np.concatenate([labeled[:, :-1], unlabeled]), inputs.config.seed)
+    order = np.argsort(vectors.ids)
+    ids = vectors.ids[order]
+    which = hashlib.sha256(vectors.key.encode() + b"\x00".join(np.char.encode(ids))).hexdigest()
+    return join(inputs.embeddings_cache, f"clusters-{which}.parquet"), ids, vectors.x[order], FILE_CLUSTERS_SEED
 
 
 STRATEGIES = (ClusterMargin,)

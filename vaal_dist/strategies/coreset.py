@@ -12,7 +12,6 @@ import time
 from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
-from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.task import TaskScorer
 from vaal_dist.strategies.vaal import VAAL
 
@@ -23,16 +22,16 @@ class Coreset:
     trains_with_backbone = ()
 
     def train(self, inputs: RoundInputs) -> Trained:
-        if inputs.backbone is not None:
-            return Trained(inputs.scorer(BackboneScorer, backbone=inputs.backbone))
+        if inputs.vectors is not None:     # --embeddings, or the --embedding backbone's: nothing to train
+            return Trained(None)
         task = inputs.train_task()
         return Trained(inputs.scorer(TaskScorer, checkpoint=task.checkpoint), (task,))
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         """Picks best first; each pick's score is its distance to the nearest center when picked."""
         start = time.perf_counter()
-        _, labeled = inputs.embeddings(trained.scorer, "labeled")
-        ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
+        _, labeled = inputs.features(trained.scorer, "labeled")
+        ids, unlabeled = inputs.features(trained.scorer, "unlabeled")
         greedy_start = time.perf_counter()
         picks, radii = k_center_greedy_with_distances(unlabeled, labeled, inputs.config.budget, ids)
         end = time.perf_counter()

@@ -19,7 +19,6 @@ import numpy as np
 from vaal_dist.clustering.typiclust import select
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
-from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.vaal import VAAL
 
 
@@ -29,14 +28,14 @@ class TypiClust:
     trains_with_backbone = ()
 
     def train(self, inputs: RoundInputs) -> Trained:
-        if inputs.backbone is not None:
-            return Trained(inputs.scorer(BackboneScorer, backbone=inputs.backbone))
+        if inputs.vectors is not None:     # --embeddings, or the --embedding backbone's: nothing to train
+            return Trained(None)
         return VAAL().train(inputs)
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         start = time.perf_counter()
-        labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
-        ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
+        labeled_ids, labeled = inputs.features(trained.scorer, "labeled")
+        ids, unlabeled = inputs.features(trained.scorer, "unlabeled")
         labeled = labeled.reshape(len(labeled), unlabeled.shape[1])      # none labeled yet: (0, 0) streamed
         choosing = time.perf_counter()
         is_labeled = np.concatenate([np.ones(len(labeled), bool), np.zeros(len(unlabeled), bool)])
