@@ -78,9 +78,10 @@ def _run(cfg: RoundConfig) -> dict:
             "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
 
-def round_config(pool: str, labeled: str, out: Path, **acquisition) -> RoundConfig:
+def round_config(pool: str, labeled: str, out: Path, cache: Path | None = None, **acquisition) -> RoundConfig:
     models = preset("cpu", task={"epochs": 1})
     return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=BUDGET, strategy="coreset",
+                       embeddings_cache=None if cache is None else str(cache),
                        setup=Setup(preset=models, acquisition=AcquisitionConfig(**acquisition),
                                    scoring=ScoringConfig(num_actors=2), workers=1))
 
@@ -112,10 +113,12 @@ def main() -> None:
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
         runs = work / f"runs-{time.time_ns()}"
         backbone = Backbone("resnet18", str(weights), image_size=32)
-        results = [run(round_config(pool, labeled, runs / "round-1", embedding=backbone))]
+        cache = runs / "embeddings-cache"
+        results = [run(round_config(pool, labeled, runs / "round-1", cache, embedding=backbone))]
         picked = pq.read_table(runs / "round-1" / "selection.parquet").column("id").to_pylist()
         write_manifest(str(runs / "labeled-2.parquet"), [*read_manifest(labeled).to_pylist(), *picked])
-        results.append(run(round_config(pool, str(runs / "labeled-2.parquet"), runs / "round-2", embedding=backbone)))
+        results.append(run(round_config(pool, str(runs / "labeled-2.parquet"), runs / "round-2", cache,
+                                        embedding=backbone)))
     for result in results:
         print(json.dumps({"variant": args.variant, "images": args.images, **result}))
 

@@ -224,8 +224,9 @@ def test_a_coreset_round_on_given_vectors_picks_what_the_exact_greedy_picks(ray_
 def test_typiclust_and_cluster_margin_rounds_take_the_given_vectors(ray_local, tmp_path):
     pool, labeled, ids, x, is_labeled = vectors_pool(tmp_path, 400, 16, labeled=40, size=32)   # the task model's
     for strategy, trains in (("typiclust", set()), ("cluster_margin", {"task"})):
-        result = run_round(vectors_round(pool, labeled, tmp_path / strategy, tmp_path / "emb.parquet",
-                                         strategy=strategy, budget=12))
+        result = run_round(dataclasses.replace(vectors_round(
+            pool, labeled, tmp_path / strategy, tmp_path / "emb.parquet", strategy=strategy, budget=12),
+            embeddings_cache=str(tmp_path / "embeddings-cache")))
         picked = pq.read_table(result.selection).column("id").to_pylist()
         assert set(result.record["train"]) == trains
         assert len(set(picked)) == 12 and not set(picked) & set(ids[is_labeled])
@@ -237,7 +238,9 @@ def test_a_fixed_backbone_embeds_the_pool_once_and_the_next_round_reads_it(ray_l
                                                                               monkeypatch):
     pool, labeled, ids, labeled_ids = tiny_pool
     weights = saved_weights(tmp_path / "w.pt")
-    run_round(backbone_round(pool, labeled, tmp_path / "r1", "coreset", weights, budget=10))
+    cache = str(tmp_path / "embeddings-cache")           # what rounds of one pool share: --embeddings-cache
+    run_round(dataclasses.replace(backbone_round(pool, labeled, tmp_path / "r1", "coreset", weights, budget=10),
+                                  embeddings_cache=cache))
     (cached,) = (tmp_path / "embeddings-cache").glob("embeddings-*.parquet")
     vectors = pq.read_table(cached)
     assert sorted(vectors.column("id").to_pylist()) == sorted(ids)          # the whole pool, once
@@ -246,8 +249,8 @@ def test_a_fixed_backbone_embeds_the_pool_once_and_the_next_round_reads_it(ray_l
 
     import vaal_dist.round_inputs
     monkeypatch.setattr(vaal_dist.round_inputs, "stream_embeddings", lambda *a, **k: pytest.fail("embedded again"))
-    result = run_round(backbone_round(pool, str(tmp_path / "labeled-2.parquet"), tmp_path / "r2", "coreset", weights,
-                                      budget=10))
+    result = run_round(dataclasses.replace(backbone_round(pool, str(tmp_path / "labeled-2.parquet"), tmp_path / "r2",
+                                                          "coreset", weights, budget=10), embeddings_cache=cache))
     x = np.stack(vectors.column("embedding").to_numpy(zero_copy_only=False))
     file_ids = np.array(vectors.column("id").to_pylist())
     is_labeled = np.isin(file_ids, [*labeled_ids, *picked])

@@ -121,6 +121,9 @@ def add_training_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="coreset, cluster_margin, typiclust: the pool's vectors, a Parquet file or folder (local or "
                         "URI) of id (string) and embedding (a list of float32 or float16 of one width), holding "
                         "every labeled and unlabeled id; no model embeds the pool")
+    p.add_argument("--embeddings-cache", metavar="FOLDER",
+                   help="where the --embedding backbone's embeddings of the pool (and Cluster-Margin's clusters) "
+                        "are kept, computed once: give every round of a pool the same folder (default: in --out)")
     p.add_argument("--workers", type=at_least(0), default=Setup.workers,
                    help="Ray Train workers (DDP); 0 trains in the driver process (Ray Train local mode: no "
                         "worker start-up, for small runs)")
@@ -190,7 +193,8 @@ def config_from_args(args: argparse.Namespace) -> RoundConfig:
             raise InputError(f"with --pool, also give {', '.join(missing)}")
         pool, labeled, budget, out = args.pool, args.labeled, args.budget, args.out
     return RoundConfig(pool=pool, labeled=labeled, out=out, budget=budget, strategy=args.strategy,
-                       holdout=args.holdout, seed=args.seed, setup=setup_from_args(args))
+                       holdout=args.holdout, seed=args.seed, embeddings_cache=args.embeddings_cache,
+                       setup=setup_from_args(args))
 
 
 def round_command(args: argparse.Namespace) -> int:

@@ -201,7 +201,7 @@ class RoundConfig:
     holdout: str | None = None             # manifest of ids kept out of training and selection, for evaluation
     seed: int = 0
     setup: Setup = field(default_factory=Setup)
-    embeddings_cache: str | None = None    # where embeddings computed once are kept; None: beside ``out``
+    embeddings_cache: str | None = None    # where embeddings computed once are kept; None: in ``out``
 
     # The setup's settings, read through (strategies read cfg.vaal, cfg.workers, ...).
     vaal = property(lambda self: self.setup.preset.vaal)

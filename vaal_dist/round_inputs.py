@@ -42,7 +42,7 @@ from vaal_dist.train.vaal_loop import train_loop_per_worker
 log = logging.getLogger(__name__)
 
 Side = Literal["labeled", "unlabeled"]
-EMBEDDINGS_CACHE = "embeddings-cache"     # beside a round's out, unless its config names a folder
+EMBEDDINGS_CACHE = "embeddings-cache"     # in a round's out, unless its config names a folder
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,9 @@ class RoundInputs:
 
     @property
     def embeddings_cache(self) -> str:
-        """The folder of what is computed once per pool and embedding: the config's, else beside ``out``."""
-        return self.config.embeddings_cache or beside(self.config.out.rstrip("/"), EMBEDDINGS_CACHE)
+        """The folder of what is computed once per pool and embedding: the config's (``--embeddings-cache``, which
+        rounds share), else one in ``out``: a round writes nowhere the user did not name."""
+        return self.config.embeddings_cache or join(self.config.out, EMBEDDINGS_CACHE)
 
     def backbone_vectors_file(self) -> tuple[str, str]:
         """(the ``--embedding`` backbone's embeddings of the whole pool, held out too, in the cache; its key), the
