@@ -406,7 +406,7 @@ def test_the_strategy_makes_labeled_plus_budget_clusters_at_most_max_clusters(ma
     for that many clusters (with 5, each cluster visited four times)."""
     x, _, ids = planted_blobs(600, 4, 6, seed=2, spread=0.3)
     config = SimpleNamespace(budget=20, seed=0, acquisition=AcquisitionConfig(max_clusters=max_clusters))
-    inputs = SimpleNamespace(config=config, embeddings=lambda _, side: (ids[:10], x[:10]) if side == "labeled"
+    inputs = SimpleNamespace(config=config, features=lambda _, side: (ids[:10], x[:10]) if side == "labeled"
                              else (ids[10:], x[10:]))
     chosen = TypiClust().select(inputs, SimpleNamespace(scorer=None))
     labeled = np.arange(600) < 10
