@@ -65,7 +65,8 @@ EVERY_OPTION = ["--pool", f"s3://{SECRET}@bucket/pool", "--labeled", "l.parquet"
                 "--subset-factor", "3", "--max-clusters", "50", "--embedding", "resnet18",
                 "--embedding-weights", f"s3://{SECRET}@bucket/w.pt", "--embedding-image-size", "64", "--workers", "0",
                 "--cpus-per-worker", "1.5", "--max-failures", "1", "--score-batch-size", "64", "--actors", "3",
-                "--threads-per-actor", "2", "--amp"]
+                "--threads-per-actor", "2", "--amp", "--score-timeout", "120", "--placement-timeout", "30",
+                "--embeddings-cache", "cache"]
 
 
 def write_record(path, cfg) -> None:
@@ -87,6 +88,36 @@ def test_replaying_a_run_json_gives_the_same_resolved_config(tmp_path):
     default = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o"])
     write_record(tmp_path / "default.json", default)
     assert resolved(["--config", str(tmp_path / "default.json")]) == default
+
+
+def test_a_run_json_from_before_later_options_replays_with_their_defaults(tmp_path):
+    """Settings added to vaal_dist after a round ran are missing from its run.json: not a difference."""
+    original = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o", "--embeddings", "e.pq"])
+    record = _jsonable(original.to_dict())
+    for later in (record, record["scoring"], record["acquisition"]):
+        for key in ("placement_timeout", "embeddings_cache", "batch_timeout_s", "embeddings"):
+            later.pop(key, None)
+    (tmp_path / "run.json").write_text(json.dumps({"config": record, "versions": {}}))
+    replay = resolved(["--config", str(tmp_path / "run.json")])
+    assert replay.to_dict() == {**original.to_dict(), "acquisition": {**original.to_dict()["acquisition"],
+                                                                     "embeddings": None}}
+
+
+def test_select_takes_the_strategy_from_a_config_file_unless_given(tmp_path, monkeypatch):
+    (tmp_path / "round.yaml").write_text("strategy: entropy\nepochs: 3\n")
+    from vaal_dist import api
+
+    class Ran(Exception):
+        pass
+
+    def run_round(args):
+        raise Ran(args)
+    monkeypatch.setattr(api, "run_round", run_round)
+    for given, strategy in ({}, "entropy"), ({"strategy": "margin"}, "margin"):
+        with pytest.raises(Ran) as ran:
+            vaal_dist.select("p", "l", 1, out="o", config=str(tmp_path / "round.yaml"), **given)
+        args = ran.value.args[0]
+        assert (args.strategy, args.epochs) == (strategy, 3)
 
 
 def test_a_uri_the_run_json_hides_must_be_given_again(tmp_path, no_ray, capsys):

@@ -86,6 +86,11 @@ def bad_file(path, case: str, ids) -> str:
         path.mkdir()
         write_embeddings(path / "a.parquet", ids[:10], x[:10])
         write_embeddings(path / "b.parquet", ids[10:], np.zeros((len(ids) - 10, 5), np.float32))
+    elif case == "two id types across files":
+        path.mkdir()
+        write_embeddings(path / "a.parquet", ids[:10], x[:10])
+        pq.write_table(pa.table({"id": pa.array(ids[10:], pa.large_string()), "embedding":
+                                 pa.FixedSizeListArray.from_arrays(pa.array(x[10:].ravel()), 4)}), path / "b.parquet")
     elif case in ("NaN", "inf"):
         x[4, 1] = np.nan if case == "NaN" else np.inf
         return write_embeddings(path, ids, x)
@@ -112,6 +117,7 @@ BAD_FILES = {
     "mixed widths": r"has mixed widths, 4 and 3, e\.g\. ids \['img-00005'\]",
     "mixed widths across files": r"has mixed widths or types across its files: "
                                  r"\['fixed_size_list<element: float>\[4\]', 'fixed_size_list<element: float>\[5\]'\]",
+    "two id types across files": r"cannot read --embeddings .*Unable to merge: Field id has incompatible types",
     "NaN": r"1 embeddings hold NaN or infinity, e\.g\. ids \['img-00004'\]",
     "inf": r"1 embeddings hold NaN or infinity, e\.g\. ids \['img-00004'\]",
     "float64": r"column 'embedding' must be a list of float32 or float16, got fixed_size_list<element: double>\[4\]",

@@ -22,7 +22,7 @@ from PIL import Image
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.cli import main
-from vaal_dist.folder_lock import writer_lock
+from vaal_dist.folder_lock import LockLost, writer_lock
 from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling import import_labels as import_module
@@ -505,6 +505,42 @@ def test_an_import_into_a_folder_another_writer_holds_is_refused_naming_it_and_w
             import_labels(answers, out, classes=CLASSES)
         assert sorted(os.listdir(out)) == sorted([*before, holder.filename])
     assert import_labels(answers, out, classes=CLASSES).new == 1
+
+
+def taken_over(folder) -> None:
+    """What another run that took the folder's lock over does to this one's claim: deletes it."""
+    for claim in (tmp for tmp in os.listdir(folder) if tmp.startswith(".lock-writer-")):
+        os.remove(os.path.join(folder, claim))
+
+
+def test_an_export_whose_lock_is_taken_over_writes_no_further_part_and_removes_its_own(round1, tmp_path,
+                                                                                         monkeypatch):
+    out, _, _ = round1
+    dest = tmp_path / "ls"
+    real_write = export.write_atomic
+
+    def write_then_lose_the_lock(uri, data):
+        real_write(uri, data)
+        taken_over(dest)
+    monkeypatch.setattr(export, "write_atomic", write_then_lose_the_lock)
+    with pytest.raises(LockLost, match="taken over by another run"):
+        export_selection(out, "label-studio", str(dest), classes=CLASSES, max_tasks=1)
+    assert not dest.exists() or not [f for f in os.listdir(dest) if not f.startswith(".lock-")]
+
+
+def test_an_import_whose_lock_is_taken_over_writes_no_manifest(round1, tmp_path, monkeypatch):
+    out, _, _ = round1
+    selection = pq.read_table(f"{out}/selection.parquet").column("id").to_pylist()
+    answers = write_export(tmp_path / "export.json", [label_studio_task(selection[0], choice("one"))])
+    real_write_labels = import_module.write_labels
+
+    def write_then_lose_the_lock(*args):
+        real_write_labels(*args)
+        taken_over(out)
+    monkeypatch.setattr(import_module, "write_labels", write_then_lose_the_lock)
+    with pytest.raises(LockLost, match="taken over by another run"):
+        import_labels(answers, out, classes=CLASSES)
+    assert not os.path.exists(f"{out}/labeled.parquet")
 
 
 def test_an_import_that_finished_while_another_read_its_answers_is_not_overwritten(round1, tmp_path, monkeypatch):

@@ -155,6 +155,8 @@ def test_a_batch_past_its_timeout_is_a_named_scoring_failure(tiny_pool):
     assert time.monotonic() - start < 2.0               # the caller was let go before the stall ended
     calm = BatchTopK(ScorerSpec(stalls_on("none", 2.0), {"seed": 0}), k=4, timeout_s=0.2)
     assert calm(batch)["top"].sum() == 4
+    forever = BatchTopK(ScorerSpec(stalls_on(victim, 0.3), {"seed": 0}), k=4, timeout_s=1e10)   # > TIMEOUT_MAX
+    assert forever(batch)["top"].sum() == 4
 
 
 def test_a_round_whose_scoring_batch_hangs_stops_with_one_error_line(ray_local, tmp_path, tiny_pool, monkeypatch,

@@ -36,12 +36,13 @@ def _parse(add_args, positionals: list[str], options: dict) -> argparse.Namespac
     return parse_with_config(parser, [*option_argv(options, parser), *(["--", *positionals] if positionals else [])])
 
 
-def select(pool: str, labeled: str, budget: int, *, strategy: str = "vaal", out: str | None = None,
+def select(pool: str, labeled: str, budget: int, *, strategy: str | None = None, out: str | None = None,
            preset: str | None = None, **options) -> pa.Table:
     """One selection round (``vaal-dist round``): the ``budget`` images of ``pool`` to label next, as a table of
-    ``id``, ``score`` and ``rank`` in rank order. ``out`` keeps the round (None: a config file's, else a new
-    folder under ./results/, logged); a finished ``out`` is read back, an interrupted one resumed. ``options``: the round's other
-    options, e.g. ``epochs=2``, ``workers=0``, ``config="round.yaml"``."""
+    ``id``, ``score`` and ``rank`` in rank order. ``strategy``: a config file's, else ``vaal``. ``out`` keeps the
+    round (None: a config file's, else a new folder under ./results/, logged); a finished ``out`` is read back, an
+    interrupted one resumed. ``options``: the round's other options, e.g. ``epochs=2``, ``workers=0``,
+    ``config="round.yaml"``."""
     args = _parse(cli.add_round_args, [], dict(pool=pool, labeled=labeled, budget=budget, strategy=strategy,
                                                out=out, preset=preset, **options))
     args.out = args.out or _new_out(args.strategy)      # after the parse: a checked strategy names the folder

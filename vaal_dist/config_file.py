@@ -25,9 +25,11 @@ RECORDED = {
     ("acquisition", "mc_passes"): "mc_passes", ("acquisition", "ensemble_members"): "members",
     ("acquisition", "subset_factor"): "subset_factor", ("acquisition", "max_clusters"): "max_clusters",
     ("acquisition", "embedding", "arch"): "embedding", ("acquisition", "embedding", "weights"): "embedding_weights",
-    ("acquisition", "embedding", "image_size"): "embedding_image_size",
+    ("acquisition", "embedding", "image_size"): "embedding_image_size", ("acquisition", "embeddings"): "embeddings",
+    ("embeddings_cache",): "embeddings_cache",
     ("scoring", "batch_size"): "score_batch_size", ("scoring", "num_actors"): "actors",
     ("scoring", "threads_per_actor"): "threads_per_actor", ("scoring", "amp"): "amp",
+    ("scoring", "batch_timeout_s"): "score_timeout", ("placement_timeout",): "placement_timeout",
     ("workers",): "workers", ("use_gpu",): "use_gpu", ("cpus_per_worker",): "cpus_per_worker",
     ("max_failures",): "max_failures",
 }
@@ -52,12 +54,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 def check_replay(recorded: dict | None, resolved: dict) -> None:
     """A replayed round's settings that no option sets (``RoundConfig.to_dict``'s, a Preset built in Python say)
     must be the ones its run.json records, else it is refused naming them; those options set (from the record,
-    or the flags given over it) are the user's."""
+    or the flags given over it) are the user's. A setting the record lacks (added to vaal_dist after that round)
+    keeps its default."""
     if recorded is None:
         return
     was, now = _flat(recorded), _flat(resolved)
     differ = [f"{key} {was.get(key)!r} there, {now.get(key)!r} here" for key in sorted(was.keys() | now.keys())
-              if key not in _OPTION_KEYS and was.get(key) != now.get(key)]
+              if key not in _OPTION_KEYS and key in was and was[key] != now.get(key)]
     if differ:
         raise InputError(f"the run.json's round cannot be replayed by options: {'; '.join(differ)}")
 

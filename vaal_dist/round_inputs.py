@@ -153,7 +153,8 @@ class RoundInputs:
         if not exists(uri):
             log.info("embedding the pool with %s into %s", backbone.config.arch, redact(uri))
             ids, x = stream_embeddings(read_pool(cfg.pool, ("id", "image")),
-                                       self.scorer(BackboneScorer, backbone=backbone), cfg.scoring, cfg.use_gpu)
+                                       self.scorer(BackboneScorer, backbone=backbone), cfg.scoring, cfg.use_gpu,
+                                       placement_timeout=cfg.placement_timeout)
             write_vectors(uri, ids, x)
         return uri, key.hexdigest()
 

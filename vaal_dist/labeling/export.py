@@ -126,9 +126,11 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         lock.acquire()
         for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
                                              len(form.separator)), 1):
+            lock.check_held()               # each part is a commit: never over another writer's files
             written.append(join(dest, form.name.format(number)))
             write_atomic(written[-1], head + form.separator.join(part) + form.tail)
         if to == "label-studio":
+            lock.check_held()
             written.append(join(dest, "labeling-config.xml"))
             write_atomic(written[-1], labeling_config(names).encode())
     except BaseException:

@@ -71,9 +71,10 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
     # the manifest last: it marks a finished import (another import into it is refused), so an import stopped
     # between the two leaves no manifest, and running it again replaces the labels.parquet it left
-    with writer_lock(folder_of(manifest)):
+    with writer_lock(folder_of(manifest)) as lock:
         _refuse_existing(manifest)          # again: another import may have finished since the first look
         write_labels(beside(manifest, LABELS), pa.concat_tables([previous, labels]), names)
+        lock.check_held()
         write_manifest(manifest, pa.concat_arrays([old_ids, new_ids.combine_chunks()]))
     return Imported(manifest, beside(manifest, LABELS), len(labels), len(old_ids) + len(new_ids), unannotated)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, join, read_rows, resolve, retrying
+from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, join, read_all, read_rows, resolve, retrying
 from vaal_dist.redaction import HIDDEN, redact
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,10 @@ class Originals:
         if (info.size, info.mtime_ns) != (size, mtime_ns):
             raise InputError(f"{where} changed since prepare (size {size:,} -> {info.size:,} bytes, modified "
                              f"{mtime_ns} -> {info.mtime_ns} ns)")
-        data = retrying(f"cannot read {redact(self.object_uri(image_id))!r}", lambda: self._read_all(path))
+        data = retrying(f"cannot read {redact(self.object_uri(image_id))!r}", lambda: read_all(self.fs, path))
         if len(data) != size:                     # rewritten between the look and the read
             raise InputError(f"{where} changed while it was read ({len(data):,} bytes, not {size:,})")
         return data
-
-    def _read_all(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
 
     def _path(self, image_id: str) -> str:
         return f"{self.root.rstrip('/')}/{_checked(image_id)}"

@@ -105,7 +105,7 @@ def _dataset(uri: str, fs: pafs.FileSystem, files: list[pafs.FileInfo]) -> pads.
     kinds = {schema.field("embedding").type for schema in schemas}
     if len(kinds) > 1:
         raise InputError(f"{FLAG} {uri!r} has mixed widths or types across its files: {sorted(map(str, kinds))}")
-    return pads.dataset(parts)
+    return _read(uri, lambda: pads.dataset(parts))       # ids of two string types do not merge: named
 
 
 def _check_types(uri: str, schema: pa.Schema) -> None:

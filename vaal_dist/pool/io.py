@@ -283,10 +283,10 @@ def read_json(uri: str):
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
-    return retrying(f"cannot read {uri!r}", lambda: _read_all(fs, path))
+    return retrying(f"cannot read {uri!r}", lambda: read_all(fs, path))
 
 
-def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
+def read_all(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
 
@@ -586,7 +586,7 @@ def read_manifest(uri: str) -> pa.Array:
             ids.validate(full=True)
         else:
             # utf-8-sig: an editor's byte-order mark is no part of the first id
-            text = retrying(what, lambda: _read_all(fs, path)).decode("utf-8-sig")
+            text = retrying(what, lambda: read_all(fs, path)).decode("utf-8-sig")
             # Ids are kept as written (no Unicode normalisation); only \n ends a line (splitlines() would also
             # cut an id at U+2028, U+0085, \x1c...), and spaces around an id (a \r of \r\n too) are dropped.
             ids = pa.array([line.strip() for line in text.split("\n") if line.strip()], pa.string())

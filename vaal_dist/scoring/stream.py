@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import math
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -65,7 +66,8 @@ class _ScorerActor:
         ``timeout_s``. The thread cannot be stopped: the error fails the stream, whose actors Ray Data then ends."""
         future = self.worker.submit(self._under_precision, work, batch)
         try:
-            return future.result(timeout=self.timeout_s)
+            # past TIMEOUT_MAX (~292 years) a wait overflows: that long is waiting for good
+            return future.result(timeout=self.timeout_s if (self.timeout_s or 0) < threading.TIMEOUT_MAX else None)
         except TimeoutError:
             raise ScoringFailedError(
                 f"the {self.stage} stage stalled: a batch of {len(batch['id'])} images starting with id "
