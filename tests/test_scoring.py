@@ -161,12 +161,13 @@ def test_a_batch_past_its_timeout_is_a_named_scoring_failure(tiny_pool):
 
 def test_a_round_whose_scoring_batch_hangs_stops_with_one_error_line(ray_local, tmp_path, tiny_pool, monkeypatch,
                                                                       capsys):
-    """A batch that never finishes (an hour's sleep in the actor) fails the round after --score-timeout with one
-    'vaal-dist: error:' line, and the stalled thread does not keep its actor alive: every CPU is free again."""
+    """A batch that does not finish in time (a 120 s sleep in the actor, 24x the timeout) fails the round after
+    --score-timeout with one 'vaal-dist: error:' line, and the stalled thread does not keep its actor alive: every
+    CPU is free again. Not an hour's sleep: Ray cannot stop the thread, so its process lives until it ends."""
     pool, labeled, ids, _ = tiny_pool
     victim = str(ids[100])
     monkeypatch.setattr(Random, "train", lambda self, inputs: Trained(
-        ScorerSpec(stalls_on(victim, 3600.0), {"seed": 0})))
+        ScorerSpec(stalls_on(victim, 120.0), {"seed": 0})))
     timeout_s = 5
     start = time.monotonic()
     code = main(["round", "--pool", pool, "--labeled", labeled, "--budget", "20", "--out", str(tmp_path / "out"),
