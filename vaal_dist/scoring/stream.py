@@ -178,7 +178,7 @@ def actor_layout(cfg: ScoringConfig, use_gpu: bool) -> tuple[int, float]:
     on the alive nodes' CPUs."""
     if use_gpu:
         return cfg.num_actors or max(1, int(ray.cluster_resources().get("GPU", 1))), 0.0
-    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    node_cpus = [node.get("CPU", 0.0) for node in total_per_node()]
     actors, cpus = cpu_actor_layout(node_cpus, cfg.cpus_per_actor, cfg.num_actors)
     wanted = cfg.num_actors or int(sum(node_cpus))
     if actors < wanted or cpus != cfg.cpus_per_actor:

@@ -26,7 +26,7 @@ from ray.train.v2._internal.constants import WORKER_GROUP_START_TIMEOUT_S_ENV_VA
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from vaal_dist.errors import InputError, VaalDistError, raise_if_input_error
-from vaal_dist.placement import Demand, free_per_node, named_while_waiting, placement_error
+from vaal_dist.placement import Demand, free_per_node, named_while_waiting, placement_error, total_per_node
 from vaal_dist.pool.io import resolve
 
 KEEP_CHECKPOINTS = 2
@@ -147,7 +147,7 @@ def training_threads(workers: int) -> int:
     leave it one thread). Ray Train may pack every worker on one node, so the cores are split as if it
     did. The driver and one worker get the same count: the same sums, the same model.
     """
-    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    node_cpus = max((node.get("CPU", 0) for node in total_per_node()), default=1)
     return max(1, int(node_cpus // max(workers, 1)))
 
 
