@@ -52,7 +52,10 @@ def embeddings_files(uri: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
 
 def listing_state(uri: str) -> str:
     """Each file's path, size and modification time, from a listing (no byte is read): the round's fingerprint."""
-    _, files = embeddings_files(uri)
+    return _listed(embeddings_files(uri)[1])
+
+
+def _listed(files: list[pafs.FileInfo]) -> str:
     return json.dumps({"embeddings": [(f.path, f.size, f.mtime_ns) for f in files]})
 
 
@@ -66,7 +69,7 @@ def read_vectors(uri: str, wanted: pa.Array, key: str | None = None) -> Vectors:
     _check_ids(uri, file_ids, wanted)
     x = _read(uri, lambda: _gather(uri, dataset, file_ids, wanted))
     return Vectors(wanted.to_numpy(zero_copy_only=False).astype(str), x,
-                   key or hashlib.sha256(listing_state(uri).encode()).hexdigest())
+                   key or hashlib.sha256(_listed(files).encode()).hexdigest())
 
 
 def _gather(uri: str, dataset: pads.Dataset, file_ids: pa.ChunkedArray, wanted: pa.Array) -> np.ndarray:
