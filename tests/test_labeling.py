@@ -145,7 +145,7 @@ def test_coco_and_csv_exports_name_each_image_by_its_pool_id(round1, tmp_path):
     assert [(i["id"], i["width"], i["height"]) for i in coco["images"]] == [(r, 8, 8) for r in range(1, 8)]
     assert coco["categories"] == [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"}, {"id": 2, "name": "two"}]
     rows = open(export_selection(out, "csv", str(tmp_path / "csv"), classes=CLASSES)[0]).read().splitlines()
-    assert rows[0] == "id,rank,score,strategy,image"
+    assert rows[0] == "id,rank,score,strategy,image,predicted,confidence"
     assert [r.split(",")[:2] for r in rows[1:]] == [[i, str(k)] for k, i in enumerate(selection, 1)]
 
 
