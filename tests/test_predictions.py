@@ -119,12 +119,11 @@ def guessed_round(tmp_path):
 def test_label_studio_tasks_carry_the_guess_as_a_prediction_sortable_by_score(guessed_round, tmp_path):
     out, selected, guesses, _ = guessed_round
     tasks = json.loads(open(export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES)[0]).read())
-    scores = pq.read_table(f"{out}/selection.parquet").column("score").to_pylist()
     assert [t["data"]["id"] for t in tasks] == selected
     assert [t["predictions"] for t in tasks] == [
-        [{"model_version": "entropy-ab12cd34", "score": score,
+        [{"model_version": "entropy-ab12cd34", "score": 1 - rank / 7,      # 7 picks: 1 for the first, 1/7 the last
           "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [name]}}]}]
-        for score, name in zip(scores, [CLASSES[g] for g in guesses])]
+        for rank, name in enumerate([CLASSES[g] for g in guesses])]
 
 
 def test_coco_and_csv_carry_the_guess_and_confidence_and_the_csv_imports_back(guessed_round, tmp_path):
@@ -149,6 +148,7 @@ def test_coco_and_csv_carry_the_guess_and_confidence_and_the_csv_imports_back(gu
 
 
 def test_a_round_without_a_guess_or_with_scores_out_of_rank_order_still_sorts_by_prediction_score(tmp_path):
+    """Scores out of rank order and outside [0, 1] (Cluster-Margin's): the prediction's score is the rank's."""
     ids, _ = unlabeled_pool(tmp_path / "pool")
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:5])
     out = finished_round(tmp_path / "round", tmp_path / "pool", tmp_path / "labeled.parquet", ids[[3, 9, 4]],
@@ -156,8 +156,8 @@ def test_a_round_without_a_guess_or_with_scores_out_of_rank_order_still_sorts_by
     table = pq.read_table(f"{out}/selection.parquet")
     write_parquet(f"{out}/selection.parquet", table.set_column(1, "score", pa.array([-0.5, -0.1, -0.3])))
     tasks = json.loads(open(export_selection(out, "label-studio", str(tmp_path / "ls"), classes=CLASSES)[0]).read())
-    assert [t["predictions"] for t in tasks] == [[{"model_version": "cluster_margin-", "score": 1 / rank}]
-                                                for rank in (1, 2, 3)]
+    assert [t["predictions"] for t in tasks] == [[{"model_version": "cluster_margin-", "score": score, "result": []}]
+                                                for score in (1 - r / 3 for r in range(3))]
     rows = list(csv.DictReader(io.StringIO(open(export_selection(out, "csv", str(tmp_path / "csv"),
                                                                  classes=CLASSES)[0]).read())))
     assert [(r["predicted"], r["confidence"]) for r in rows] == [("", "")] * 3

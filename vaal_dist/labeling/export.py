@@ -210,7 +210,7 @@ class Guess:
 
     strategy: str
     model_version: str         # "<strategy>-<the round's short fingerprint>"
-    score: float               # larger means label first: the selection's score, or 1 / rank where ranks are not
+    score: float               # in (0, 1], larger means label first: 1 - (rank - 1) / (the selection's size)
     predicted: str | None      # the guessed class's name; None where the strategy has no task model
     confidence: float | None   # the model's probability of it
 
@@ -232,10 +232,10 @@ def _task(row: dict, guess: Guess, image: bytes, meta: PoolMeta, link: Callable[
 
 
 def _guesses(done: Round, names: list[str]) -> Callable[[dict], Guess]:
-    """Each selection row's Guess. Label Studio sorts by a prediction's score: the selection's scores where they
-    fall with the rank, else (an order that is not the scores', e.g. Cluster-Margin's round-robin) 1 / rank."""
-    scores = done.selection.column("score").to_numpy()
-    by_score = bool((scores[1:] <= scores[:-1]).all())
+    """Each selection row's Guess. Its score is the rank's, not the selection's: Label Studio 1.23 refuses a
+    prediction score outside [0, 1] (entropy's, margin's and the discriminators' are not), and Cluster-Margin's
+    and BADGE's picks are not in the order of their scores."""
+    picked = len(done.selection)
     guessed = "predicted" in done.selection.column_names
     highest = pc.max(done.selection.column("predicted")).as_py() if guessed else None
     if highest is not None and highest >= len(names):
@@ -243,8 +243,7 @@ def _guesses(done: Round, names: list[str]) -> Callable[[dict], Guess]:
                          f"given: give every class (--classes)")
 
     def guess(row: dict) -> Guess:
-        return Guess(done.strategy, f"{done.strategy}-{done.fingerprint[:8]}",
-                     row["score"] if by_score else 1 / row["rank"],
+        return Guess(done.strategy, f"{done.strategy}-{done.fingerprint[:8]}", 1 - (row["rank"] - 1) / picked,
                      names[row["predicted"]] if guessed else None, row["confidence"] if guessed else None)
     return guess
 
@@ -400,10 +399,10 @@ class Layout:
 
 
 def _label_studio_entry(t: Task) -> bytes:
-    prediction = {"model_version": t.guess.model_version, "score": t.guess.score}
-    if t.guess.predicted is not None:
-        prediction["result"] = [{"from_name": LABEL_FIELD, "to_name": IMAGE_FIELD, "type": "choices",
-                                 "value": {"choices": [t.guess.predicted]}}]
+    # Label Studio refuses a prediction without a result: an empty one where there is no guess
+    result = [] if t.guess.predicted is None else [{"from_name": LABEL_FIELD, "to_name": IMAGE_FIELD,
+                                                    "type": "choices", "value": {"choices": [t.guess.predicted]}}]
+    prediction = {"model_version": t.guess.model_version, "score": t.guess.score, "result": result}
     return json.dumps({"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score,
                                 "strategy": t.guess.strategy}, "predictions": [prediction]}).encode()
 
