@@ -112,9 +112,9 @@ def test_cluster_margin_with_features_from_a_file_scores_the_task_models_margin_
     own = FeaturesAndMargin(checkpoint, META)
     with torch.inference_mode():
         want_margin = margin(own.probs(batch)).numpy()
-    assert got.shape == (17, 1)
-    np.testing.assert_array_equal(got[:, 0], want_margin.astype(np.float32))
-    np.testing.assert_array_equal(own.embed(batch)[:, -1], got[:, 0])
+    assert got.shape == (17, 3)                           # the guess (class, probability), then the margin
+    np.testing.assert_array_equal(got[:, -1], want_margin.astype(np.float32))
+    np.testing.assert_array_equal(own.embed(batch)[:, -3:], got)
 
 
 def backbone_round(pool, labeled, out, strategy, weights, budget=12):

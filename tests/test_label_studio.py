@@ -183,6 +183,9 @@ def test_label_studio_round_trip_feeds_the_next_round(label_studio, ray_local, t
         label_studio.call("POST", f"/api/projects/{project}/import", json.loads(Path(f).read_text()))
     tasks = label_studio.call("GET", f"/api/tasks?project={project}&page_size=100")["tasks"]
     assert len(tasks) == 24
+    random_guesses = label_studio.call("GET", f"/api/predictions?project={project}")    # random: no class guessed
+    assert sorted(p["score"] for p in random_guesses) == [1 - r / 24 for r in reversed(range(24))]
+    assert all(p["result"] == [] for p in random_guesses)
     assert all(t["data"]["image"].startswith("data:image/png;base64,") for t in tasks)
     annotated = sorted(tasks, key=lambda t: t["data"]["rank"])[:20]          # 4 left for later
     for t in annotated:                        # what the labeling page posts when an annotator submits a choice
@@ -209,3 +212,16 @@ def test_label_studio_round_trip_feeds_the_next_round(label_studio, ray_local, t
     assert second.record["train"]["task"]["num_classes"] == 10
     assert second.record["pool"]["labeled"] == 80
     assert set(pq.read_table(first.selection).column("id").to_pylist()) >= labeled_now
+
+    # Round 2's tasks carry the task model's guess: Label Studio takes each as the task's prediction.
+    files = export_selection(str(tmp_path / "round-2"), "label-studio", str(tmp_path / "ls-2"), classes=DIGITS)
+    project = label_studio.call("POST", "/api/projects", {
+        "title": "vaal_dist round 2", "label_config": Path(files[-1]).read_text()})["id"]
+    label_studio.call("POST", f"/api/projects/{project}/import", json.loads(Path(files[0]).read_text()))
+    image_of = {t["id"]: t["data"]["id"] for t in
+                label_studio.call("GET", f"/api/tasks?project={project}&page_size=100")["tasks"]}
+    guess = dict(zip(*pq.read_table(second.selection).select(["id", "predicted"]).to_pydict().values()))
+    predictions = label_studio.call("GET", f"/api/predictions?project={project}")
+    assert len(predictions) == 24
+    assert {p["model_version"] for p in predictions} == {f"entropy-{second.record['inputs_fingerprint'][:8]}"}
+    assert all(p["result"][0]["value"]["choices"] == [DIGITS[guess[image_of[p["task"]]]]] for p in predictions)

@@ -145,7 +145,7 @@ def test_coco_and_csv_exports_name_each_image_by_its_pool_id(round1, tmp_path):
     assert [(i["id"], i["width"], i["height"]) for i in coco["images"]] == [(r, 8, 8) for r in range(1, 8)]
     assert coco["categories"] == [{"id": 0, "name": "zero"}, {"id": 1, "name": "one"}, {"id": 2, "name": "two"}]
     rows = open(export_selection(out, "csv", str(tmp_path / "csv"), classes=CLASSES)[0]).read().splitlines()
-    assert rows[0] == "id,rank,score,strategy,image"
+    assert rows[0] == "id,rank,score,strategy,image,predicted,confidence"
     assert [r.split(",")[:2] for r in rows[1:]] == [[i, str(k)] for k, i in enumerate(selection, 1)]
 
 
@@ -189,7 +189,7 @@ def test_presigned_urls_are_signed_for_the_region_pyarrow_writes_to(round1, s3_e
     files = export_selection(out, "csv", dest, classes=CLASSES, expires_s=600)
     rows = boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").get_object(
         Bucket="bucket-1", Key=files[0].split("bucket-1/", 1)[1].split("?")[0])["Body"].read().decode().splitlines()
-    image_id, url = rows[1].split(",")[0], rows[1].split(",")[-1]
+    image_id, url = rows[1].split(",")[0], rows[1].split(",")[rows[0].split(",").index("image")]
     assert "%2Fap-south-1%2Fs3%2Faws4_request" in url           # X-Amz-Credential=KEY/DATE/REGION/s3/aws4_request
     with urllib.request.urlopen(url) as response:
         assert np.array_equal(png_pixels(response.read()), pixels[list(ids).index(image_id), :, :, 0])

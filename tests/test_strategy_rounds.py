@@ -28,6 +28,7 @@ ROUND_TESTED = ["entropy", "mc_dropout", "ensemble", "learning_loss", "ta_vaal",
                 "vaal_vae_w2", "vaal_disc_only", "coreset", "cluster_margin", "typiclust", "badge"]
 TASK_FREE = {"vaal_vae_w2", "vaal_disc_only", "typiclust"}
 ROUND_ROBIN = {"cluster_margin", "typiclust", "badge"}   # pick order is over clusters or draws, not by score
+NO_GUESS = TASK_FREE | {"coreset"}       # no class guess of the task model's beside the selection
 
 
 @pytest.fixture
@@ -62,6 +63,10 @@ def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool
         assert 0.0 <= result.record["train"]["task"]["last_epoch"]["eval_accuracy"] <= 1.0
         assert result.record["train"]["task"]["last_epoch"]["epoch"] == 3
     assert result.record["pool"]["held_out"] == 32
+    guessed = strategy not in NO_GUESS
+    assert ("predicted" in sel) == guessed and (result.record["predictions"] is True) == guessed
+    if guessed:                            # 10 classes: the likeliest has a probability of at least 1/10
+        assert sel["predicted"].between(0, 9).all() and sel["confidence"].between(0.1 - 1e-6, 1).all()
 
 
 @pytest.mark.slow

@@ -272,12 +272,17 @@ def _claim(out: str, fingerprint: str) -> bool:
 
 
 def _write_selection(out: str, top: Selection) -> str:
+    """id, score, rank and, where the strategy has a task model, its guess: predicted (class), confidence."""
     uri = join(out, SELECTION)
-    write_parquet(uri, pa.table({
+    columns = {
         "id": pa.array(top.ids, pa.string()),
         "score": pa.array(top.scores, pa.float64()),
         "rank": pa.array(np.arange(1, len(top.ids) + 1), pa.int64()),
-    }))
+    }
+    if top.predicted is not None:
+        columns["predicted"] = pa.array(top.predicted, pa.int64())
+        columns["confidence"] = pa.array(top.confidence, pa.float64())
+    write_parquet(uri, pa.table(columns))
     return uri
 
 
@@ -300,6 +305,7 @@ def _record(inputs: RoundInputs, sizes: _Sizes, fingerprint: str, trained: Train
         "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
                     sizes.unlabeled / top.seconds if top.seconds else None},
         "per_100_query_seconds": seconds["total_seconds"] / cfg.budget * 100,
+        "predictions": top.predicted is not None or f"none: {cfg.strategy} has no task model's class guess",
     }
 
 

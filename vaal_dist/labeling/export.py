@@ -68,7 +68,8 @@ class Round:
     pool: str
     labeled: str
     strategy: str
-    selection: pa.Table        # id, score, rank; in rank order
+    selection: pa.Table        # id, score, rank (and predicted, confidence: the task model's guess); in rank order
+    fingerprint: str = ""      # the round's inputs fingerprint
 
 
 def read_round(out: str, pool: str | None = None, labeled: str | None = None, *, needs_labeled: bool = True) -> Round:
@@ -77,7 +78,8 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None, *,
     record_uri = join(out, RECORD)
     if not exists(record_uri):
         raise InputError(f"{out!r} holds no finished round (no {RECORD})")
-    config = read_json(record_uri)["config"]
+    record = read_json(record_uri)
+    config = record["config"]
     pool, labeled = pool or config["pool"], labeled or config["labeled"]
     given = {"--pool": pool, "--labeled": labeled} if needs_labeled else {"--pool": pool}
     for flag, uri in given.items():
@@ -86,7 +88,7 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None, *,
     fs, path = resolve(join(out, SELECTION))
     selection = retrying(f"cannot read {out!r}'s selection", lambda: pq.read_table(
         path, filesystem=fs, page_checksum_verification=True)).sort_by("rank")
-    return Round(pool, labeled, config["strategy"], selection)
+    return Round(pool, labeled, config["strategy"], selection, record.get("inputs_fingerprint", ""))
 
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
@@ -118,7 +120,7 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
     form = LAYOUTS[to]
     head = form.head(names)
-    entries = (form.entry(task) for task in _tasks(done, meta, link, originals))
+    entries = (form.entry(task) for task in _tasks(done, meta, link, names, originals))
     written = []
     fs, _ = resolve(dest)
     new_folders = missing_folders(join(dest, IMAGES))
@@ -161,11 +163,12 @@ def _check_in_pool(done: Round) -> None:
         raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
 
 
-def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str],
+def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
            originals: Originals | None = None) -> Iterator[Task]:
     """The selection's tasks in rank order, its images (the ``originals`` when known, else the pool's) read
     READ_ROWS (READ_ORIGINALS) at a time."""
     step = READ_ROWS if originals is None else READ_ORIGINALS
+    guess = _guesses(done, names)
     for start in range(0, len(done.selection), step):
         rows = done.selection.slice(start, step)
         ids = rows.column("id")
@@ -176,7 +179,7 @@ def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str],
         image = held.__getitem__ if originals is None else lambda image_id: originals.read(image_id, held[image_id])
         shown_as = meta if originals is None else PoolMeta()      # originals: the JPEG/PNG files prepare read
         with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
-            tasks = list(threads.map(lambda row: _task(row, done.strategy, image(row["id"]), shown_as, link),
+            tasks = list(threads.map(lambda row: _task(row, guess(row), image(row["id"]), shown_as, link),
                                      rows.to_pylist()))
         yield from tasks
 
@@ -204,19 +207,47 @@ def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
 
 
 @dataclass(frozen=True)
+class Guess:
+    """What a task's prediction says: the model that made it, how soon to label the image, the class guessed."""
+
+    strategy: str
+    model_version: str         # "<strategy>-<the round's short fingerprint>"
+    score: float               # in (0, 1], larger means label first: 1 - (rank - 1) / (the selection's size)
+    predicted: str | None      # the guessed class's name; None where the strategy has no task model
+    confidence: float | None   # the model's probability of it
+
+
+@dataclass(frozen=True)
 class Task:
     id: str
     rank: int
     score: float
-    strategy: str
+    guess: Guess
     url: str
     width: int
     height: int
 
 
-def _task(row: dict, strategy: str, image: bytes, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Task:
+def _task(row: dict, guess: Guess, image: bytes, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Task:
     data, mime, (width, height) = viewable(row["id"], image, meta)
-    return Task(row["id"], row["rank"], row["score"], strategy, link(row["id"], data, mime), width, height)
+    return Task(row["id"], row["rank"], row["score"], guess, link(row["id"], data, mime), width, height)
+
+
+def _guesses(done: Round, names: list[str]) -> Callable[[dict], Guess]:
+    """Each selection row's Guess. Its score is the rank's, not the selection's: Label Studio 1.23 refuses a
+    prediction score outside [0, 1] (entropy's, margin's and the discriminators' are not), and Cluster-Margin's
+    and BADGE's picks are not in the order of their scores."""
+    picked = len(done.selection)
+    guessed = "predicted" in done.selection.column_names
+    highest = pc.max(done.selection.column("predicted")).as_py() if guessed else None
+    if highest is not None and highest >= len(names):
+        raise InputError(f"the round's task model guessed class {highest}, but {len(names)} class names were "
+                         f"given: give every class (--classes)")
+
+    def guess(row: dict) -> Guess:
+        return Guess(done.strategy, f"{done.strategy}-{done.fingerprint[:8]}", 1 - (row["rank"] - 1) / picked,
+                     names[row["predicted"]] if guessed else None, row["confidence"] if guessed else None)
+    return guess
 
 
 def viewable(image_id: str, image: bytes, meta: PoolMeta) -> tuple[bytes, str, tuple[int, int]]:
@@ -370,8 +401,12 @@ class Layout:
 
 
 def _label_studio_entry(t: Task) -> bytes:
+    # Label Studio refuses a prediction without a result: an empty one where there is no guess
+    result = [] if t.guess.predicted is None else [{"from_name": LABEL_FIELD, "to_name": IMAGE_FIELD,
+                                                    "type": "choices", "value": {"choices": [t.guess.predicted]}}]
+    prediction = {"model_version": t.guess.model_version, "score": t.guess.score, "result": result}
     return json.dumps({"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score,
-                                "strategy": t.strategy}}).encode()
+                                "strategy": t.guess.strategy}, "predictions": [prediction]}).encode()
 
 
 def _coco_head(classes: list[str]) -> bytes:
@@ -382,8 +417,11 @@ def _coco_head(classes: list[str]) -> bytes:
 
 
 def _coco_entry(t: Task) -> bytes:
-    return json.dumps({"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
-                       "rank": t.rank, "score": t.score, "strategy": t.strategy}).encode()
+    entry = {"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
+             "rank": t.rank, "score": t.score, "strategy": t.guess.strategy}
+    if t.guess.predicted is not None:
+        entry |= {"predicted": t.guess.predicted, "confidence": t.guess.confidence}
+    return json.dumps(entry).encode()
 
 
 def _csv_line(row: list) -> bytes:
@@ -410,6 +448,8 @@ def from_spreadsheet_text(cell: str) -> str:
 LAYOUTS = {
     "label-studio": Layout("tasks-{:05d}.json", lambda _: b"[\n", _label_studio_entry, b",\n", b"\n]\n"),
     "coco": Layout("coco-{:05d}.json", _coco_head, _coco_entry, b",\n", b"\n]}\n"),
-    "csv": Layout("tasks-{:05d}.csv", lambda _: _csv_line(["id", "rank", "score", "strategy", "image"]),
-                  lambda t: _csv_line([t.id, t.rank, t.score, t.strategy, t.url])),
+    "csv": Layout("tasks-{:05d}.csv",
+                  lambda _: _csv_line(["id", "rank", "score", "strategy", "image", "predicted", "confidence"]),
+                  lambda t: _csv_line([t.id, t.rank, t.score, t.guess.strategy, t.url, t.guess.predicted,
+                                       t.guess.confidence])),
 }

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import numpy as np
 
 
 class Scorer(Protocol):
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """One float per row of ``batch``; higher means label it first."""
+        """One float per row of ``batch``; higher means label it first. A scorer with a task model also offers
+        ``scored(batch) -> Guess``, the same scores with the model's class guess beside them: the stream calls
+        that where there is one."""
+
+
+class Guess(TypedDict):
+    """Scores and the task model's guess of each row, from one forward pass; the top-b carries the guess."""
+
+    score: np.ndarray          # (B,) float64, higher means label it first
+    predicted: np.ndarray      # (B,) int64, the likeliest class
+    confidence: np.ndarray     # (B,) float64, the model's probability of it
 
 
 class Embedder(Protocol):

@@ -1,7 +1,8 @@
 """Streaming scoring: the pool flows through stateful Ray Data actors; the driver keeps the exact top-b.
 
 A strategy's scorer (``scoring.spec``) is built once per actor (it loads the model there) and called on
-batch dicts of numpy arrays; it returns one float per row, higher meaning "label this". ``BatchTopK``
+batch dicts of numpy arrays; it returns one float per row, higher meaning "label this" (with, from a task
+model, its class guess beside: ``spec.Guess``, carried with the top-b). ``BatchTopK``
 wraps it so that each batch leaves the actor as its own top-b only, and ``RunningTopK`` folds those on
 the driver; beside them go the rows entering the actor's sample of the scores (``RunningSample``, a bounded
 uniform sample by a hash of the id), folded on the driver into the pool's score distribution.
@@ -32,6 +33,7 @@ from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Sele
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+NO_GUESS = -1      # ``predicted`` of a row whose scorer gives no class guess
 
 
 class _ScorerActor:
@@ -95,28 +97,38 @@ class BatchTopK(_ScorerActor):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["id"]
         try:
-            scores = np.asarray(self.timed(self.scorer, batch), dtype=np.float64)
+            scored = _as_scored(self.timed(getattr(self.scorer, "scored", self.scorer), batch), len(ids))
         except InputError as e:   # a bad image: hand it to the driver, which raises it by name
-            return _scored_rows(ids[:1], np.array([np.nan]), error=str(e))
+            return _scored_rows(ids[:1], _as_scored(np.array([np.nan]), 1), error=str(e))
+        scores = scored["score"]
         if scores.shape != ids.shape:
             raise ValueError(f"scorer returned shape {scores.shape} for {len(ids)} rows")
         bad = ~np.isfinite(scores)
         if bad.any():             # a diverged model: the driver raises DivergedModelError
-            return _scored_rows(ids[bad], scores[bad])
+            return _scored_rows(ids[bad], {name: values[bad] for name, values in scored.items()})
         top = np.zeros(len(ids), bool)
         top[top_rows(ids.astype(str), scores, self.k)] = True
         priorities = sample_priorities(ids)
         sampled = self.sample.add(ids, priorities, scores)
         sent = top | sampled
-        return _scored_rows(ids[sent], scores[sent], top=top[sent], sampled=sampled[sent],
-                            priority=priorities[sent])
+        return _scored_rows(ids[sent], {name: values[sent] for name, values in scored.items()}, top=top[sent],
+                            sampled=sampled[sent], priority=priorities[sent])
 
 
-def _scored_rows(ids: np.ndarray, scores: np.ndarray, error: str = "", top=None, sampled=None,
+def _as_scored(output, rows: int) -> dict[str, np.ndarray]:
+    """A scorer's output as {score, predicted, confidence}: scores alone (a scorer without a class guess) get
+    predicted NO_GUESS and confidence NaN."""
+    if not isinstance(output, dict):
+        output = {"score": output, "predicted": np.full(rows, NO_GUESS), "confidence": np.full(rows, np.nan)}
+    return {"score": np.asarray(output["score"], np.float64), "predicted": np.asarray(output["predicted"], np.int64),
+            "confidence": np.asarray(output["confidence"], np.float64)}
+
+
+def _scored_rows(ids: np.ndarray, scored: dict[str, np.ndarray], error: str = "", top=None, sampled=None,
                  priority=None) -> dict[str, np.ndarray]:
     """BatchTopK's rows; every block has the same columns (error rows: neither top nor sampled)."""
     nowhere = np.zeros(len(ids), bool)
-    return _rows(ids, error=error, score=scores, top=nowhere if top is None else top,
+    return _rows(ids, error=error, **scored, top=nowhere if top is None else top,
                  sampled=nowhere if sampled is None else sampled,
                  priority=np.full(len(ids), np.nan) if priority is None else priority)
 
@@ -238,7 +250,8 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
             _raise_on_bad_rows(batch)
             t = time.perf_counter()
             top, sampled = batch["top"], batch["sampled"]
-            best.add(batch["id"][top], batch["score"][top])
+            best.add(batch["id"][top], batch["score"][top],
+                     {"predicted": batch["predicted"][top], "confidence": batch["confidence"][top]})
             sample.add(batch["id"][sampled], batch["priority"][sampled], batch["score"][sampled])
             merge_seconds += time.perf_counter() - t
         return best, sample, merge_seconds
@@ -250,7 +263,10 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
     merge_seconds += time.perf_counter() - t
     seconds = time.perf_counter() - start
     log.info("scored; folded %d candidate rows in %.2f s of %.1f s", best.rows_seen, merge_seconds, seconds)
-    return Selection(ids, scores, best.rows_seen, seconds, merge_seconds, scores_sample)
+    predicted, confidence = best.columns.get("predicted"), best.columns.get("confidence")
+    if predicted is None or (predicted == NO_GUESS).any():
+        predicted = confidence = None
+    return Selection(ids, scores, best.rows_seen, seconds, merge_seconds, scores_sample, predicted, confidence)
 
 
 def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,

@@ -36,6 +36,8 @@ class Selection:
     seconds: float         # wall time of the selection, merging included
     merge_seconds: float   # driver time spent choosing from the candidates (and folding the score sample)
     sample: ScoreSample | None = None   # the pool's score distribution, where scores were streamed
+    predicted: np.ndarray | None = None  # (b,) int64, the task model's class for each pick; None: no task model
+    confidence: np.ndarray | None = None  # (b,) float64, the model's probability of ``predicted``
 
 
 def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +71,8 @@ def top_rows(ids: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
 
 
 class RunningTopK:
-    """Folds (ids, scores) batches into the exact top-k, holding O(k + pending) rows.
+    """Folds (ids, scores) batches into the exact top-k, holding O(k + pending) rows; any ``columns`` given
+    with them (the model's guess of each row) travel with their rows.
 
     Rows are buffered and folded once the buffer outgrows ``max(k, fold_at)``, so a long stream of
     small batches costs O(N log k), not one sort per batch. An id folded more than once (a block that a
@@ -82,29 +85,40 @@ class RunningTopK:
         self.k = k
         self._fold_at = max(k, fold_at)
         self._ids, self._scores = top_k([], [], k)
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.columns: dict[str, np.ndarray] = {}     # the top-k's other columns, after ``result``
+        self._pending: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_rows = 0
         self.rows_seen = 0
 
-    def add(self, ids, scores) -> None:
+    def add(self, ids, scores, columns: dict[str, np.ndarray] | None = None) -> None:
+        """Fold one batch; ``columns``: {name: (n,) values} of its rows, the same names in every batch."""
         ids = np.asarray(ids, dtype=str)
         scores = np.asarray(scores, dtype=np.float64)
+        columns = {name: np.asarray(values) for name, values in (columns or {}).items()}
         if not np.isfinite(scores).all():
             raise ValueError("scores must be finite")
         self.rows_seen += len(ids)
         if len(self._scores) == self.k and self.k > 0:
             keep = scores >= self._scores[-1]   # below the current k-th can never enter
             ids, scores = ids[keep], scores[keep]
-        self._pending.append((ids, scores))
+            columns = {name: values[keep] for name, values in columns.items()}
+        self._pending.append((ids, scores, columns))
         self._pending_rows += len(ids)
         if self._pending_rows > self._fold_at:
             self._fold()
 
     def _fold(self) -> None:
-        parts = [(self._ids, self._scores), *self._pending]
+        if not self._pending:
+            return
+        names = self._pending[0][2].keys()
+        kept = self.columns or {name: self._pending[0][2][name][:0] for name in names}   # none kept yet
+        parts = [(self._ids, self._scores, kept), *self._pending]
         ids, scores = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        columns = {name: np.concatenate([p[2][name] for p in parts]) for name in names}
         once = _one_per_id(ids, scores)
-        self._ids, self._scores = top_k(ids[once], scores[once], self.k)
+        best = once[top_rows(ids[once], scores[once], self.k)]
+        self._ids, self._scores = ids[best], scores[best]
+        self.columns = {name: values[best] for name, values in columns.items()}
         self._pending, self._pending_rows = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:

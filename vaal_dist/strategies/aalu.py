@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, TaskScorer, guess
 from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
 from vaal_dist.train.common import load_checkpoint
 
@@ -42,7 +43,7 @@ class FeatureColumns(TaskScorer):
         return cols
 
 
-class AALUScorer(TaskScorer):
+class AALUScorer(GuessingScorer):
     """score = logit A([mu(f), softmax]): the highest A first."""
 
     def __init__(self, checkpoint: Checkpoint, aalu_checkpoint: Checkpoint, meta: PoolMeta,
@@ -53,10 +54,10 @@ class AALUScorer(TaskScorer):
         self.vae, self.assistant = vae.to(self.device), assistant.to(self.device)
 
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
         out = self.model.net(self.inputs(batch))
         mu, _ = self.vae.encode(out.features)
-        return self.assistant(mu, torch.softmax(out.logits, -1)).double().cpu().numpy()
+        return guess(self.assistant(mu, torch.softmax(out.logits, -1)), torch.softmax(out.logits.double(), -1))
 
 
 class AALU(TopKStrategy):

@@ -52,7 +52,9 @@ class BADGE:
         first = picks[0]
         d2[0] = float(np.sum(a[first].astype(np.float64) ** 2) * np.sum(h[first].astype(np.float64) ** 2))
         end = time.perf_counter()
-        return Selection(ids[picks], d2, candidates=len(ids), seconds=end - start, merge_seconds=end - choosing)
+        probs = rows[picks, :classes].astype(np.float64)
+        return Selection(ids[picks], d2, candidates=len(ids), seconds=end - start, merge_seconds=end - choosing,
+                         predicted=probs.argmax(1), confidence=probs.max(1))
 
 
 STRATEGIES = (BADGE,)

@@ -30,20 +30,26 @@ from vaal_dist.strategies.task import TaskScorer
 FILE_CLUSTERS_SEED = 0     # clusters of vectors from a file are the pool's and the embedding's, not a round's
 
 
+GUESS_AND_SCORE = 3     # embed's last columns: the predicted class, its probability, the margin score
+
+
 class FeaturesAndMargin(TaskScorer):
-    """``embed``: the task model's penultimate features with the margin score as one more, last, column; with
-    ``features=False`` (the features come from a file) the margin alone."""
+    """``embed``: the task model's penultimate features, then its guess (class, probability) and the margin
+    score as the GUESS_AND_SCORE last columns; with ``features=False`` (the features come from a file) those
+    alone."""
 
     def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False, features: bool = True):
         super().__init__(checkpoint, meta, use_gpu)
         self.with_features = features
-        self.embedding_dim = self.embedding_dim + 1 if features else 1
+        self.embedding_dim = self.embedding_dim + GUESS_AND_SCORE if features else GUESS_AND_SCORE
 
     @torch.inference_mode()
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         out = self.model.net(self.inputs(batch))
-        scores = margin(torch.softmax(out.logits.double(), -1))[:, None]
-        columns = [out.features.double(), scores] if self.with_features else [scores]
+        probs = torch.softmax(out.logits.double(), -1)
+        confidence, predicted = probs.max(-1)
+        guess_and_score = torch.stack([predicted.double(), confidence, margin(probs)], 1)
+        columns = [out.features.double(), guess_and_score] if self.with_features else [guess_and_score]
         return torch.cat(columns, 1).float().cpu().numpy()
 
 
@@ -60,14 +66,15 @@ class ClusterMargin:
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         start = time.perf_counter()
         ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
-        scores = unlabeled[:, -1].astype(np.float64)
-        cache, pool_ids, features, seed = _pool_features(inputs, trained, ids, unlabeled[:, :-1])
+        predicted, confidence, scores = unlabeled[:, -GUESS_AND_SCORE:].astype(np.float64).T
+        cache, pool_ids, features, seed = _pool_features(inputs, trained, ids, unlabeled[:, :-GUESS_AND_SCORE])
         choosing = time.perf_counter()
         clusters = cached_cluster_pool(cache, features, pool_ids, seed=seed)
         picks = select(scores, clusters.of(ids), ids, inputs.config.budget, seed=inputs.round_seed)
         end = time.perf_counter()
         return Selection(ids[picks], scores[picks], candidates=len(ids), seconds=end - start,
-                         merge_seconds=end - choosing)
+                         merge_seconds=end - choosing, predicted=predicted[picks].astype(np.int64),
+                         confidence=confidence[picks])
 
 
 def _pool_features(inputs: RoundInputs, trained: Trained, unlabeled_ids: np.ndarray, unlabeled: np.ndarray
@@ -80,7 +87,7 @@ def _pool_features(inputs: RoundInputs, trained: Trained, unlabeled_ids: np.ndar
     if vectors is None:
         labeled_ids, labeled = inputs.embeddings(trained.scorer, "labeled")
         return (join(inputs.train_dir, "clusters.parquet"), np.concatenate([labeled_ids, unlabeled_ids]),
-                np.concatenate([labeled[:, :-1], unlabeled]), inputs.config.seed)
+                np.concatenate([labeled[:, :-GUESS_AND_SCORE], unlabeled]), inputs.config.seed)
     order = np.argsort(vectors.ids)
     ids = vectors.ids[order]
     which = hashlib.sha256(vectors.key.encode() + b"\x00".join(np.char.encode(ids))).hexdigest()

@@ -10,16 +10,18 @@ import torch
 
 from vaal_dist.acquisition import variation_ratio
 from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, guess
 
 
-class EnsembleScorer(TaskScorer):
+class EnsembleScorer(GuessingScorer):
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
         x = self.inputs(batch)
         logits = torch.stack([m.net(x).logits for m in self.models])           # (M, B, C)
-        return variation_ratio(logits.argmax(-1), logits.shape[-1]).cpu().numpy()
+        votes = variation_ratio(logits.argmax(-1), logits.shape[-1])
+        return guess(votes, torch.softmax(logits.double(), -1).mean(0))     # the guess: the members' mean softmax
 
 
 class Ensemble(TopKStrategy):

@@ -6,14 +6,16 @@ import torch
 
 from vaal_dist.acquisition import entropy
 from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, guess
 
 
-class EntropyScorer(TaskScorer):
+class EntropyScorer(GuessingScorer):
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return entropy(self.probs(batch)).cpu().numpy()
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
+        probs = self.probs(batch)
+        return guess(entropy(probs), probs)
 
 
 class Entropy(TopKStrategy):

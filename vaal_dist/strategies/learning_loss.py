@@ -11,15 +11,16 @@ import numpy as np
 import torch
 
 from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, guess
 
 
-class PredictedLossScorer(TaskScorer):
+class PredictedLossScorer(GuessingScorer):
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        _, predicted = self.model(self.inputs(batch))
-        return predicted.double().cpu().numpy()
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
+        out, predicted_loss = self.model(self.inputs(batch))
+        return guess(predicted_loss, torch.softmax(out.logits.double(), -1))
 
 
 class LearningLoss(TopKStrategy):

@@ -10,14 +10,16 @@ import torch
 
 from vaal_dist.acquisition import margin
 from vaal_dist.round_inputs import RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, guess
 
 
-class MarginScorer(TaskScorer):
+class MarginScorer(GuessingScorer):
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return margin(self.probs(batch)).cpu().numpy()
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
+        probs = self.probs(batch)
+        return guess(margin(probs), probs)
 
 
 class Margin(TopKStrategy):

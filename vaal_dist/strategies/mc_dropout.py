@@ -16,11 +16,12 @@ from vaal_dist.acquisition import predictive_entropy, variation_ratio
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.scoring.ids import id_hash
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import GuessingScorer, guess
 
 
-class MCDropoutScorer(TaskScorer):
+class MCDropoutScorer(GuessingScorer):
     def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, passes: int, seed: int,
                  acquisition: str, use_gpu: bool = False):
         super().__init__(checkpoint, meta, use_gpu)
@@ -42,11 +43,13 @@ class MCDropoutScorer(TaskScorer):
         return torch.softmax(logits.double(), -1)
 
     @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
         probs = self.probs(batch)
         if self.acquisition == "variation_ratio":
-            return variation_ratio(probs.argmax(-1), probs.shape[-1]).cpu().numpy()
-        return predictive_entropy(probs).cpu().numpy()
+            scores = variation_ratio(probs.argmax(-1), probs.shape[-1])
+        else:
+            scores = predictive_entropy(probs)
+        return guess(scores, probs.mean(0))     # the guess: the class of the mean softmax over the T passes
 
 
 class MCDropout(TopKStrategy):

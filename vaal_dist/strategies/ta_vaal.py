@@ -18,8 +18,9 @@ from vaal_dist.acquisition import least_discriminated
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
-from vaal_dist.strategies.task import TaskScorer
+from vaal_dist.strategies.task import TaskScorer, guess
 from vaal_dist.strategies.vaal import VAALScorer
 
 
@@ -52,8 +53,13 @@ class TAVAALScorer:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        r = torch.from_numpy(self.ranker(batch)).to(self.vaal.device, torch.float32)
-        return least_discriminated(self.vaal.disc(self.vaal.mu(batch), r)).double().cpu().numpy()
+        return self.scored(batch)["score"]
+
+    @torch.inference_mode()
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
+        out, r = self.ranker.model(self.ranker.inputs(batch))
+        scores = least_discriminated(self.vaal.disc(self.vaal.mu(batch), r.float()))
+        return guess(scores, torch.softmax(out.logits.double(), -1))
 
 
 class TAVAAL(TopKStrategy):

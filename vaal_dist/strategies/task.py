@@ -11,6 +11,7 @@ from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import Checkpoint
+from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import model_input, scorer_device
 from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.task_loop import task_config, task_model_from_state
@@ -24,6 +25,13 @@ def load_task_models(checkpoint: Checkpoint, device: torch.device) -> tuple[list
                        key=lambda f: int(re.sub(r"\D", "", f) or 0))
         states = [load_checkpoint(os.path.join(d, f)) for f in files]
     return [task_model_from_state(s).to(device) for s in states], task_config(states[0]["config"])
+
+
+def guess(scores: torch.Tensor, probs: torch.Tensor) -> Guess:
+    """``scores`` (B,) with the likeliest class of each row of ``probs`` (B, C) and the probability of it."""
+    confidence, predicted = probs.max(-1)
+    return {"score": scores.double().cpu().numpy(), "predicted": predicted.cpu().numpy(),
+            "confidence": confidence.double().cpu().numpy()}
 
 
 class TaskScorer:
@@ -47,3 +55,14 @@ class TaskScorer:
     def embed(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Penultimate features (B, D): Core-set's embedding."""
         return self.model.net(self.inputs(batch)).features.float().cpu().numpy()
+
+
+class GuessingScorer(TaskScorer):
+    """A task scorer whose ``scored`` gives each image's score and the model's guess from one forward pass."""
+
+    def scored(self, batch: dict[str, np.ndarray]) -> Guess:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The scores alone."""
+        return self.scored(batch)["score"]
