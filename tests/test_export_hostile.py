@@ -288,3 +288,13 @@ def test_an_s3_export_with_no_credentials_to_sign_is_refused_before_writing(tmp_
     assert main(["export", out, "--to", "csv", "--dest", dest, "--classes", *CLASSES]) == 2
     assert capsys.readouterr().err.startswith("vaal-dist: error: presigned s3:// URLs need AWS credentials")
     assert bucket_objects(s3) == {}
+
+
+def test_a_bucket_dest_the_storage_refuses_is_one_line_naming_it_and_no_secret(tmp_path, s3, s3_endpoint, capsys):
+    from vaal_dist.cli import main
+    out, _ = hostile_round(tmp_path, ["a", "b"])
+    dest = s3_uri(s3_endpoint, "exports/r1").replace(BUCKET, "no-such-bucket")
+    assert main(["export", out, "--to", "csv", "--dest", dest, "--classes", *CLASSES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vaal-dist: error: ") and err.count("\n") == 1, err
+    assert "no-such-bucket" in err and "testing:testing" not in err

@@ -285,6 +285,8 @@ def run_safely(command, args) -> int:
         return command(args)
     except VaalDistError as e:
         return _refused(e)
+    except OSError as e:        # the storage refusing for good (no such bucket, access denied): its words, one line
+        return _refused(redact(str(e)))
 
 
 def run_round_safely(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
@@ -296,7 +298,7 @@ def run_round_safely(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     return run_safely(round_command, args)
 
 
-def _refused(e: VaalDistError) -> int:
+def _refused(e: VaalDistError | str) -> int:
     print(f"vaal-dist: error: {e}", file=sys.stderr)
     return 2
 
