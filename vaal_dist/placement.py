@@ -35,7 +35,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import VaalDistError
-from vaal_dist.pool.io import POOL_META, pool_files, resolve
+from vaal_dist.pool.io import POOL_META, pool_files
+from vaal_dist.pool.storage import resolve
 
 log = logging.getLogger(__name__)
 
