@@ -431,12 +431,12 @@ def test_a_shard_failing_every_request_ends_the_read_naming_it(ray_local, s3_poo
 def test_a_round_through_failing_storage_selects_what_a_calm_round_selects(ray_local, s3_endpoint, s3_pool,
                                                                              failing_s3, tmp_path):
     """A quarter of all requests fail, each at most twice in a row: pyarrow's S3 clients try a request 3 times or
-    more, so every one gets through; pool/io.py's retries take over where they give up. pyarrow re-sends a
+    more, so every one gets through; pool/storage.py's retries take over where they give up. pyarrow re-sends a
     CompleteMultipartUpload that failed once and then succeeded as if it had failed, up to 5 times: that write
     fails when all 5 fail (0.25^5 ~ 1e-3) and is then retried whole, up to 5 times (~1e-15 for one write).
 
-    pyarrow never retries a 429 whose body names TooManyRequests: every storage call of the round (pool/io.py,
-    the pool's state in round.py, the lock's listing in folder_lock.py) goes through pool/io.py's retries."""
+    pyarrow never retries a 429 whose body names TooManyRequests: every storage call of the round (pool/,
+    the pool's state in round.py, the lock's listing in folder_lock.py) goes through pool/storage.py's retries."""
     from vaal_dist.round import run_round
 
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")
@@ -497,7 +497,7 @@ def test_a_writer_killed_between_upload_and_rename_on_s3_leaves_a_temporary_obje
 def test_a_vaal_round_reading_through_failing_storage_selects_what_a_calm_round_selects(ray_local, s3_endpoint,
                                                                                         s3_pool, failing_s3, tmp_path):
     """VAAL's training and scoring read the pool through the same faults as above (no 429s, for the same reason;
-    --out is local: Ray Train's checkpoint uploads do not pass through pool/io.py)."""
+    --out is local: Ray Train's checkpoint uploads do not pass through pool/storage.py)."""
     from vaal_dist.round import run_round
 
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")
