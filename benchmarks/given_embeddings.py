@@ -32,7 +32,9 @@ import torchvision
 from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.labeling.labels import LABELS, write_labels
 from vaal_dist.pool.embeddings import write_vectors
-from vaal_dist.pool.io import beside, read_manifest, read_pool_ids, write_manifest
+from vaal_dist.pool.io import read_pool_ids
+from vaal_dist.pool.manifests import read_manifest, write_manifest
+from vaal_dist.pool.storage import beside
 from vaal_dist.pool.synthetic import write_synthetic_pool
 
 LABELED, BUDGET = 1_000, 100

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
-from vaal_dist.pool.io import write_seeded_sample
+from vaal_dist.pool.manifests import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 
 PRESET = "cifar10"

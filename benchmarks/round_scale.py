@@ -36,7 +36,7 @@ import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from vaal_dist.config import PRESETS, RoundConfig, Setup, preset
-from vaal_dist.pool.io import write_seeded_sample
+from vaal_dist.pool.manifests import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES

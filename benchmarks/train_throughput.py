@@ -50,7 +50,8 @@ import torch
 
 from vaal_dist.ray_session import start_local_ray
 from vaal_dist.config import PRESETS, Setup, preset
-from vaal_dist.pool.io import read_manifest, read_pool_meta, write_seeded_sample
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import read_manifest, write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.train import trainer
 from vaal_dist.train.common import worker_epoch_seed

@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
-from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.vaal import VAAL, VAALScorer

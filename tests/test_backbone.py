@@ -18,7 +18,8 @@ from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.errors import InputError
 from vaal_dist.models.backbone import read_backbone
 from vaal_dist.pool.dataset import read_pool
-from vaal_dist.pool.io import read_pool_meta, write_manifest
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round import run_round, validate_inputs
 from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.cluster_margin import FeaturesAndMargin

@@ -34,7 +34,9 @@ from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.placement import Demand, shared_storage_problem, shortfall
-from vaal_dist.pool.io import join, read_pool_meta, resolve, write_manifest
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.storage import join, resolve
 from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import READ_TASK_CPUS, cpu_actor_layout, stream_top_k

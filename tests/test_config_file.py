@@ -11,7 +11,7 @@ import vaal_dist
 from vaal_dist import cli
 from vaal_dist.config_file import MAX_BYTES, check_replay, parse_with_config
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import read_json
+from vaal_dist.pool.storage import read_json
 from vaal_dist.round import _jsonable
 from conftest import read_selection
 

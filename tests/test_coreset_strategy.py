@@ -7,7 +7,8 @@ from conftest import f32_noise, vaal_checkpoint, vaal_trained_as
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.pool.dataset import filter_ids, read_pool
-from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import read_manifest
 from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_embeddings

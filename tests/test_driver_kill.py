@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import make_raw_pool, read_selection
-from vaal_dist.pool.io import write_manifest
+from vaal_dist.pool.manifests import write_manifest
 
 # Runs the CLI in a driver that SIGKILLs itself when the first scored candidates reach it.
 KILLED_WHILE_SCORING = """

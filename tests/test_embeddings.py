@@ -14,8 +14,8 @@ from vaal_dist.clustering import cluster_margin as clustering
 from vaal_dist.clustering.cluster_margin import cached_cluster_pool
 from vaal_dist.config import AcquisitionConfig, Backbone, preset
 from vaal_dist.errors import InputError
-from vaal_dist.pool.embeddings import Vectors, read_vectors
-from vaal_dist.pool.io import write_manifest
+from vaal_dist.pool.embeddings import Vectors, embeddings_files, read_vectors
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round import run_round, validate_inputs
 from vaal_dist.strategies.cluster_margin import _pool_features
 
@@ -65,7 +65,7 @@ def test_the_vectors_of_the_ids_asked_are_read_in_float32_whatever_the_layout(tm
                "list<float32> of one width": write_embeddings(tmp_path / "list.parquet", ids, x.astype(np.float32),
                                                               "list")}
     for name, uri in layouts.items():
-        vectors = read_vectors(str(uri), wanted)
+        vectors = read_vectors(embeddings_files(str(uri)), wanted)
         assert list(vectors.ids) == ["id-7", "id-3", "id-30"], name           # only the rows asked for, in order
         assert vectors.x.dtype == np.float32
         np.testing.assert_array_equal(vectors.x, x[[7, 3, 30]].astype(np.float32), err_msg=name)
@@ -124,7 +124,7 @@ BAD_FILES = {
     "integer ids": r"column 'id' must be strings, got int64",
     "no embedding column": r"has no \['embedding'\] column \(columns: \['id', 'vector'\]\)",
     "null embedding": r"1 ids have a null embedding, e\.g\. \['img-00002'\]",
-    "not parquet": r"cannot read --embeddings .*Is this a 'parquet' file\?",
+    "not parquet": r"cannot read --embeddings .*this is not a parquet file",
     "no file": r"--embeddings '.*none.parquet' does not exist",
 }
 

@@ -16,7 +16,10 @@ from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringCo
 from vaal_dist.errors import InputError
 from vaal_dist.experiment import ExperimentConfig, run_experiment
 from vaal_dist.experiment_report import aulc, summarize
-from vaal_dist.pool.io import PoolMeta, join, read_manifest, read_pool_ids, write_manifest, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_pool
+from vaal_dist.pool.manifests import read_manifest, write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import join
 from vaal_dist.round_inputs import RoundInputs
 
 

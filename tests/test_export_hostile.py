@@ -25,7 +25,10 @@ from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import read_labels
-from vaal_dist.pool.io import PoolMeta, write_json, write_manifest, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import write_json
 
 CLASSES = ["zero", "one", "two"]
 BUCKET = "bucket-1"

@@ -21,7 +21,7 @@ from conftest import round_config, s3_uri
 from vaal_dist import folder_lock
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import PREFIX, FolderLock, LockLost
-from vaal_dist.pool.io import exists, join, resolve
+from vaal_dist.pool.storage import exists, join, resolve
 
 # A contender: waits at the barrier until all N are ready, tries the lock once, prints WON or REFUSED <message>,
 # and holds a won lock until its stdin is closed. OTHER_MACHINE makes its claim look written on another host,
@@ -32,7 +32,7 @@ CONTENDER = textwrap.dedent("""
     import vaal_dist.folder_lock as fl
     folder, barrier, n, other_machine, heartbeat_s, stale_s = sys.argv[1:]
     if other_machine == "1":
-        fl.THIS_MACHINE = ["another-host", "another-boot", 1]
+        fl.THIS_MACHINE = "0" * 12
     lock = fl.FolderLock(folder, "round", float(heartbeat_s), float(stale_s))
     Path(barrier, f"ready-{os.getpid()}").touch()
     while len(list(Path(barrier).glob("ready-*"))) < int(n):

@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
@@ -16,8 +17,10 @@ from vaal_dist.errors import InputError, raise_if_input_error
 from vaal_dist.pool import images
 from vaal_dist.pool.images import DECODE_BUDGET, MAX_PIXELS, OVER_DECODE_BUDGET, DecodeBudget, RefusedImage, \
     decode_images, decode_resized
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, PoolMeta, check_labels, check_row_count, read_manifest, \
-    read_pool_ids, write_pool
+from vaal_dist.labeling.labels import check_labels
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_pool
+from vaal_dist.pool.manifests import read_manifest
+from vaal_dist.pool.shards import PAGE_CRC_FAILURE, read_parquet
 
 
 @pytest.mark.parametrize("columns,match", [
@@ -145,7 +148,7 @@ def _round(pool, labeled, out, budget, strategy="random"):
 
 
 def test_odd_ids_round_trip_through_a_round(ray_local, tmp_path):
-    from vaal_dist.pool.io import write_manifest
+    from vaal_dist.pool.manifests import write_manifest
 
     rng = np.random.default_rng(0)
     pixels = [rng.integers(0, 256, 32 * 32, dtype=np.uint8).tobytes() for _ in ODD_IDS]
@@ -161,7 +164,7 @@ def test_odd_ids_round_trip_through_a_round(ray_local, tmp_path):
 def test_a_damaged_image_page_fails_the_round_naming_the_pool(ray_local, tmp_path):
     """The ids read fine, an image page does not: the round stops with the pool named, selects nothing."""
     ids = make_raw_pool(tmp_path / "pool", 64, shards=1)
-    from vaal_dist.pool.io import write_manifest
+    from vaal_dist.pool.manifests import write_manifest
 
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:4])
     shard = tmp_path / "pool" / "part-00000.parquet"
@@ -189,9 +192,7 @@ def _image_header_damage_past_the_ids(shard, ids) -> bytes:
             except InputError:
                 continue
             try:
-                with shard.open("rb") as f:
-                    parquet = pq.ParquetFile(f, page_checksum_verification=True)
-                    check_row_count(parquet.read(columns=["image"]).num_rows, parquet.metadata.num_rows)
+                read_parquet(pafs.LocalFileSystem(), str(shard), ["image"])
             except (OSError, pa.ArrowException) as e:
                 if PAGE_CRC_FAILURE not in str(e):
                     return bytes(data)
@@ -201,7 +202,7 @@ def _image_header_damage_past_the_ids(shard, ids) -> bytes:
 def test_a_damaged_page_header_fails_the_round_naming_the_shard(ray_local, tmp_path):
     """Not a CRC failure (page headers have none): still one InputError naming the shard, nothing selected."""
     ids = make_raw_pool(tmp_path / "pool", 64, shards=1)
-    from vaal_dist.pool.io import write_manifest
+    from vaal_dist.pool.manifests import write_manifest
 
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:4])
     shard = tmp_path / "pool" / "part-00000.parquet"

@@ -15,7 +15,8 @@ from conftest import png_bytes, png_header_only, round_config, vaal_checkpoint, 
 from vaal_dist.config import RoundConfig, ScoringConfig
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import IMAGE_FORMATS, MAX_PIXELS, decode_images
-from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.pool.prepare import ShardSettings, SkippedFile, decode_file
 from vaal_dist.round import run_round
 from vaal_dist.train.pool_batches import epoch_batches, pool_sides

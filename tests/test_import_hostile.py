@@ -17,7 +17,7 @@ from vaal_dist.cli import main
 from vaal_dist.labeling import import_labels as import_module
 from vaal_dist.labeling import shape
 from vaal_dist.labeling.labels import read_labels
-from vaal_dist.pool.io import write_manifest
+from vaal_dist.pool.manifests import write_manifest
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import LABELS_SCHEMA, write_labels
 from vaal_dist.pool.default import mnist_pixels
-from vaal_dist.pool.io import PoolMeta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round import run_round
 
 # The first run installs Label Studio (6 min here at load 40) and migrates its database (3.5 min at load 60).

@@ -27,8 +27,11 @@ from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling import import_labels as import_module
 from vaal_dist.labeling.import_labels import import_labels
-from vaal_dist.labeling.labels import add_labels, read_labels
-from vaal_dist.pool.io import PoolMeta, check_labels, resolve, write_json, write_manifest, write_parquet, write_pool
+from vaal_dist.labeling.labels import add_labels, check_labels, read_labels
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import resolve, write_json
 from vaal_dist.round_inputs import RoundInputs
 
 CLASSES = ["zero", "one", "two"]

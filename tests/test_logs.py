@@ -12,7 +12,7 @@ import pytest
 
 from conftest import damage_image_page, make_raw_pool
 from vaal_dist import cli, ray_session
-from vaal_dist.pool.io import write_manifest
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.train import common, trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,9 @@ import pytest
 
 from vaal_dist.clustering.cluster_margin import load_clusters
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
-from vaal_dist.pool.io import PoolMeta, join, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.storage import join
 from vaal_dist.round import RoundResult, run_round
 
 DARK, GRAY, LIGHT = 20, 128, 235

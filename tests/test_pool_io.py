@@ -15,8 +15,9 @@ from conftest import make_raw_pool, png_bytes
 from vaal_dist.errors import InputError
 from vaal_dist.pool.dataset import _read_shards
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import (PoolMeta, pool_files, read_manifest, read_pool_ids, read_pool_meta, read_rows,
-                               write_atomic, write_manifest, write_pool)
+from vaal_dist.pool.io import PoolMeta, pool_files, read_pool_ids, read_pool_meta, read_rows, write_pool
+from vaal_dist.pool.manifests import read_manifest, write_manifest
+from vaal_dist.pool.storage import write_atomic
 from vaal_dist.pool.prepare import ShardSettings, decode_file
 from vaal_dist.train.pool_batches import pool_sides
 

@@ -20,7 +20,10 @@ from vaal_dist.errors import InputError
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import read_labels
-from vaal_dist.pool.io import read_json, write_manifest, write_parquet, write_pool
+from vaal_dist.pool.io import write_pool
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import read_json
 from vaal_dist.round import run_round
 from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.topk import RunningTopK, top_k

@@ -16,7 +16,8 @@ from vaal_dist.cli import main
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import writer_lock
-from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_manifest
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.pool.prepare import ShardSettings, decode_file, prepare_pool, prepare_shard
 from vaal_dist.round import run_round
 

@@ -10,7 +10,8 @@ import pytest
 
 from vaal_dist.cli import main
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, write_pool
+from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.redaction import redact
 
 SECRET = "s3cr3t-VALUE"

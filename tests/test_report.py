@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_raw_pool, png_bytes
-from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
+from vaal_dist.pool.shards import write_parquet
 from vaal_dist.report.html import Thumb, contact_sheet, histogram_svg
 from vaal_dist.report.pages import REPORT, SCORES_SAMPLE, experiment_page, round_page, write_missing_round_report, \
     write_round_report

@@ -13,7 +13,8 @@ from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
 from vaal_dist.pool.default import build_default_pool
-from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_pool
+from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.labeling.labels import write_labels
 from vaal_dist.round import _hash_sorted, run_round, validate_inputs
 from vaal_dist.round_inputs import RoundInputs

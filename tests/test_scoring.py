@@ -16,7 +16,8 @@ from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.placement import PlacementError
 from vaal_dist.pool.dataset import filter_ids, read_pool
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import read_manifest
 from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import BatchTopK, stream_top_k

@@ -19,7 +19,8 @@ import torch
 
 from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import read_manifest, read_pool_meta
+from vaal_dist.pool.io import read_pool_meta
+from vaal_dist.pool.manifests import read_manifest
 from vaal_dist.round import run_round
 from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies.vaal import VAAL

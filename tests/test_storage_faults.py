@@ -23,12 +23,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import vaal_dist.pool.io as pool_io
+import vaal_dist.pool.shards as shards
+import vaal_dist.pool.storage as storage
 from conftest import Faults, make_raw_pool, round_config, s3_uri
 from vaal_dist.errors import StorageError
 from vaal_dist.pool.dataset import _read_shard, read_pool
-from vaal_dist.pool.io import (STORAGE_ATTEMPTS, TEMPORARY, THIS_MACHINE, is_transient, join, read_rows,
-                               remove_stale_temporaries, retrying, write_atomic, write_manifest, write_parquet)
+from vaal_dist.pool.io import read_rows
+from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import STORAGE_ATTEMPTS, TEMPORARY, is_transient, join, remove_stale_temporaries, \
+    retrying, write_atomic
+from vaal_dist.processes import THIS_MACHINE, process_start
 
 # pyarrow 26's words for the proxy's faults, as the tests below met them for real
 RESET_MID_BODY = ("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, Failure when receiving "
@@ -92,7 +97,7 @@ def flaky(failures: int, error: Exception = OSError(RESET_MID_BODY)):
 def waits(monkeypatch) -> list[float]:
     """The backoffs slept, recorded instead of slept."""
     slept = []
-    monkeypatch.setattr(pool_io.time, "sleep", slept.append)
+    monkeypatch.setattr(storage.time, "sleep", slept.append)
     return slept
 
 
@@ -100,7 +105,7 @@ def test_retries_back_off_doubling_with_jitter_until_the_operation_succeeds(wait
     operation = flaky(STORAGE_ATTEMPTS - 1)
     assert retrying("cannot read 'x'", operation) == "done"
     assert operation.calls == STORAGE_ATTEMPTS
-    nominal = [min(pool_io.BACKOFF_CAP_S, pool_io.BACKOFF_S * 2 ** k) for k in range(STORAGE_ATTEMPTS - 1)]
+    nominal = [min(storage.BACKOFF_CAP_S, storage.BACKOFF_S * 2 ** k) for k in range(STORAGE_ATTEMPTS - 1)]
     assert all(n / 2 <= w <= n for w, n in zip(waits, nominal, strict=True)), (waits, nominal)
 
 
@@ -196,15 +201,15 @@ def test_a_shard_that_keeps_failing_ends_naming_it_after_yielding_each_row_at_mo
 
 
 def failing_scans(monkeypatch, failures: int) -> None:
-    """The first ``failures`` shard scans opened through pyarrow.dataset fail as a reset GetObject body."""
-    real, left = pool_io.pads.dataset, [failures]
+    """The first ``failures`` shards opened fail as a reset GetObject body."""
+    real, left = shards.open_shard, [failures]
 
-    def dataset(*args, **kwargs):
+    def open_shard(*args, **kwargs):
         if left[0]:
             left[0] -= 1
             raise OSError(RESET_MID_BODY)
         return real(*args, **kwargs)
-    monkeypatch.setattr(pool_io.pads, "dataset", dataset)
+    monkeypatch.setattr(shards, "open_shard", open_shard)
 
 
 def test_rows_read_by_id_retry_a_shard_that_fails_for_a_while_and_name_one_that_keeps_failing(
@@ -241,7 +246,7 @@ class FlakyMoves:
 
 def test_an_atomic_write_is_retried_whole_and_leaves_only_its_file(tmp_path, monkeypatch, waits):
     flaky_fs = FlakyMoves(failures=STORAGE_ATTEMPTS - 1)
-    monkeypatch.setattr(pool_io, "resolve", lambda uri: (flaky_fs, uri))
+    monkeypatch.setattr(storage, "resolve", lambda uri: (flaky_fs, uri))
     write_atomic(str(tmp_path / "out" / "run.json"), b"{}")
     assert os.listdir(tmp_path / "out") == ["run.json"] and (tmp_path / "out" / "run.json").read_bytes() == b"{}"
     assert len(waits) == STORAGE_ATTEMPTS - 1
@@ -256,16 +261,16 @@ def test_temporary_files_of_ended_or_old_writers_are_removed_never_a_live_ones(t
     out = tmp_path / "out"
     (out / "train").mkdir(parents=True)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    ended_pid, own_start = int(ended.stdout), pool_io._process_start(os.getpid())
+    ended_pid, own_start = int(ended.stdout), process_start(os.getpid())
     other_machine = "0" * 12
     files = {   # name: (removed?, last written seconds ago)
         stale_name(out / "selection.parquet", THIS_MACHINE, ended_pid, 1): (True, 0),        # its writer ended
         stale_name(out / "run.json", THIS_MACHINE, os.getpid(), own_start + 1): (True, 0),   # pid now another's
         stale_name(out / "train" / "a.json", THIS_MACHINE, os.getpid(), own_start): (False, 7200),  # writing now
         stale_name(out / "b.json", other_machine, 1, 1): (False, 0),                         # recent
-        stale_name(out / "c.json", other_machine, 1, 1): (True, pool_io.STALE_TEMPORARY_S + 60),     # old
+        stale_name(out / "c.json", other_machine, 1, 1): (True, storage.STALE_TEMPORARY_S + 60),     # old
         f"{out / 'd.json'}{TEMPORARY}{'e' * 32}": (False, 0),                # a name without its writer, recent
-        f"{out / 'train' / 'e.json'}{TEMPORARY}{'f' * 32}": (True, pool_io.STALE_TEMPORARY_S + 60),  # old
+        f"{out / 'train' / 'e.json'}{TEMPORARY}{'f' * 32}": (True, storage.STALE_TEMPORARY_S + 60),  # old
         str(out / "f.tmp-json"): (False, 7200),                              # not a temporary file of ours
         str(out / "train" / "ok.json"): (False, 7200),
     }
@@ -278,12 +283,13 @@ def test_temporary_files_of_ended_or_old_writers_are_removed_never_a_live_ones(t
     assert remove_stale_temporaries(str(tmp_path / "nowhere")) == []
 
 
-# A child that writes a large Parquet file through pool/io.py on storage that takes the second half of every write
+# A child that writes a large Parquet file through pool/storage.py on storage that takes the second half of every write
 # slowly: it prints the temporary file's name once half of it is on disk, and is killed (SIGKILL) in the middle.
 HALF_WRITTEN_CHILD = textwrap.dedent("""
     import sys, time
     import numpy as np, pyarrow as pa
-    import vaal_dist.pool.io as pool_io
+    import vaal_dist.pool.shards as shards
+    import vaal_dist.pool.storage as storage
 
     class HalfThenStall:
         def __init__(self, fs):
@@ -304,11 +310,11 @@ HALF_WRITTEN_CHILD = textwrap.dedent("""
                     time.sleep(600)
             return Half()
 
-    real_resolve = pool_io.resolve
-    pool_io.resolve = lambda uri: (HalfThenStall(real_resolve(uri)[0]), real_resolve(uri)[1])
+    real_resolve = storage.resolve
+    storage.resolve = lambda uri: (HalfThenStall(real_resolve(uri)[0]), real_resolve(uri)[1])
     rng = np.random.default_rng(0)
     images = pa.array([rng.bytes(4096) for _ in range(4096)], pa.binary())
-    pool_io.write_parquet(sys.argv[1], pa.table({"id": [str(i) for i in range(4096)], "image": images}))
+    shards.write_parquet(sys.argv[1], pa.table({"id": [str(i) for i in range(4096)], "image": images}))
 """)
 
 
@@ -358,7 +364,7 @@ def direct(proxy, uri: str) -> str:
 
 
 def objects(s3_endpoint, prefix: str) -> list[str]:
-    fs, path = pool_io.resolve(s3_uri(s3_endpoint, prefix))
+    fs, path = storage.resolve(s3_uri(s3_endpoint, prefix))
     return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path, recursive=True,
                                                                           allow_not_found=True)))
 
@@ -425,12 +431,12 @@ def test_a_shard_failing_every_request_ends_the_read_naming_it(ray_local, s3_poo
 def test_a_round_through_failing_storage_selects_what_a_calm_round_selects(ray_local, s3_endpoint, s3_pool,
                                                                              failing_s3, tmp_path):
     """A quarter of all requests fail, each at most twice in a row: pyarrow's S3 clients try a request 3 times or
-    more, so every one gets through; pool/io.py's retries take over where they give up. pyarrow re-sends a
+    more, so every one gets through; pool/storage.py's retries take over where they give up. pyarrow re-sends a
     CompleteMultipartUpload that failed once and then succeeded as if it had failed, up to 5 times: that write
     fails when all 5 fail (0.25^5 ~ 1e-3) and is then retried whole, up to 5 times (~1e-15 for one write).
 
-    pyarrow never retries a 429 whose body names TooManyRequests: every storage call of the round (pool/io.py,
-    the pool's state in round.py, the lock's listing in folder_lock.py) goes through pool/io.py's retries."""
+    pyarrow never retries a 429 whose body names TooManyRequests: every storage call of the round (pool/,
+    the pool's state in round.py, the lock's listing in folder_lock.py) goes through pool/storage.py's retries."""
     from vaal_dist.round import run_round
 
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")
@@ -469,7 +475,7 @@ def test_a_writer_killed_between_upload_and_rename_on_s3_leaves_a_temporary_obje
     folder = s3_uri(s3_endpoint, f"killed-{tmp_path.name}")
     failing_s3.set_faults(Faults(fraction=1.0, count=1, kinds=("stall",),
                                  only=rf"^PUT /bucket-1/killed-{tmp_path.name}/selection\.parquet$"))
-    writes = "import sys; from vaal_dist.pool.io import write_manifest; write_manifest(sys.argv[1], ['a', 'b'])"
+    writes = "import sys; from vaal_dist.pool.manifests import write_manifest; write_manifest(sys.argv[1], ['a', 'b'])"
     child = subprocess.Popen([sys.executable, "-c", writes, via(failing_s3, join(folder, "selection.parquet"))])
     try:
         deadline = time.monotonic() + 60
@@ -491,7 +497,7 @@ def test_a_writer_killed_between_upload_and_rename_on_s3_leaves_a_temporary_obje
 def test_a_vaal_round_reading_through_failing_storage_selects_what_a_calm_round_selects(ray_local, s3_endpoint,
                                                                                         s3_pool, failing_s3, tmp_path):
     """VAAL's training and scoring read the pool through the same faults as above (no 429s, for the same reason;
-    --out is local: Ray Train's checkpoint uploads do not pass through pool/io.py)."""
+    --out is local: Ray Train's checkpoint uploads do not pass through pool/storage.py)."""
     from vaal_dist.round import run_round
 
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")

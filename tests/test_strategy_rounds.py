@@ -17,7 +17,8 @@ from conftest import make_raw_pool
 
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import PoolMeta, read_manifest, read_pool_ids, read_pool_meta, write_manifest, write_pool
+from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_pool
+from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.scoring.ids import random_subset
 import vaal_dist.strategies as strategies

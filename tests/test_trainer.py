@@ -7,7 +7,7 @@ from pyarrow.fs import FileSelector
 
 from conftest import s3_uri
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import join, resolve
+from vaal_dist.pool.storage import join, resolve
 from vaal_dist.train.trainer import TrainingError, fit
 
 pytestmark = pytest.mark.slow          # every test here runs a Ray Train fit

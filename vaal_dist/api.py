@@ -16,7 +16,7 @@ from vaal_dist import cli, ray_session
 from vaal_dist.config_file import check_replay, option_argv, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.cli import add_export_args, add_import_args
-from vaal_dist.pool.io import exists, resolve
+from vaal_dist.pool.storage import exists, resolve
 
 log = logging.getLogger(__name__)
 

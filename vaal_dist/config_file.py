@@ -8,7 +8,7 @@ import difflib
 import json
 
 from vaal_dist.errors import InputError, VaalDistError
-from vaal_dist.pool.io import resolve, retrying
+from vaal_dist.pool.storage import resolve, retrying
 from vaal_dist.redaction import HIDDEN, redact
 
 MAX_BYTES = 1024 ** 2          # a round's options take a few hundred bytes, its run.json a few KiB

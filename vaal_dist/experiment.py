@@ -31,9 +31,11 @@ from vaal_dist.config import RoundConfig, Setup
 from vaal_dist.errors import InputError
 from vaal_dist.experiment_report import GAME_METRICS, write_results
 from vaal_dist.folder_lock import tables_lock
+from vaal_dist.labeling.labels import check_labels
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import check_labels, exists, join, read_json, read_manifest, read_pool_ids, read_pool_meta, \
-    read_rows, remove_stale_temporaries, resolve, write_json, write_manifest
+from vaal_dist.pool.io import read_pool_ids, read_pool_meta, read_rows
+from vaal_dist.pool.manifests import read_manifest, write_manifest
+from vaal_dist.pool.storage import exists, join, read_json, remove_stale_temporaries, resolve, write_json
 from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES, get_strategy, models_trained

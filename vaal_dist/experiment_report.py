@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vaal_dist.pool.io import join, write_atomic, write_parquet
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import join, write_atomic
 
 # Per-round facts of the selecting round's last training epoch: is the adversarial game being played?
 # VAE recon and KL bounded; D's labeled-vs-unlabeled AUC (d_auc) above 0.5 - at 0.5 D cannot tell the

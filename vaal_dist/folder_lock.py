@@ -1,4 +1,4 @@
-"""One writer at a time per folder, on any storage pool/io.py opens: a lock made of claim files in the folder.
+"""One writer at a time per folder, on any storage pool/storage.py opens: a lock made of claim files in the folder.
 
 pyarrow's S3 filesystem cannot send a conditional PUT (it drops an ``If-None-Match`` given as metadata), and
 object stores have no rename that refuses to replace, so the lock is Lamport's bakery algorithm over files:
@@ -25,13 +25,13 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError, VaalDistError
-from vaal_dist.pool.io import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
+from vaal_dist.pool.storage import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
     write_json
+from vaal_dist.processes import THIS_MACHINE, process_start
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -54,35 +54,11 @@ def _seconds(env: str, default: float) -> float:
         raise InputError(f"${env} must be a number of seconds, got {os.environ[env]!r}") from None
 
 
-def _this_machine() -> list | None:
-    """[host, boot id, pid namespace]: two claims with the same one were written where one pid names one
-    process. None where that cannot be told (no /proc), and then only the heartbeat tells a dead claim."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid_namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    return [socket.gethostname(), boot, pid_namespace]
-
-
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of a process of this machine, or None if gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[19])
-
-
-THIS_MACHINE = _this_machine()
-
-
 def _ended_here(claim: dict) -> bool:
     """The claim was written on this machine by a process that has ended (or whose pid is now another's)."""
     if THIS_MACHINE is None or claim.get("machine") != THIS_MACHINE:
         return False
-    state = _process_state(claim["pid"])
-    return state is None or state[0] in "ZX" or state[1] != claim.get("process_start")
+    return process_start(claim["pid"]) != claim.get("process_start")
 
 
 def _written(info: pafs.FileInfo, claim: dict) -> float:
@@ -104,10 +80,9 @@ class FolderLock:
         self.token = uuid.uuid4().hex
         self.filename = f"{PREFIX}{name}-{self.token}.json"
         self.uri = join(folder, self.filename)
-        own = _process_state(os.getpid())
         self.claim = {"token": self.token, "state": "choosing", "ticket": None, "beat": 0,
                       "host": socket.gethostname(), "pid": os.getpid(), "machine": THIS_MACHINE,
-                      "process_start": own and own[1],
+                      "process_start": process_start(os.getpid()),
                       "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         self.lost = False
         self._made_folders: list[str] = []

@@ -6,8 +6,8 @@ their checkpoints under --out from whichever node they run on. An object-store U
 the same objects from every node. A local path names the files of the machine that opens it: the same files
 only on a mount that every node shares (NFS, a cluster file system) or on nodes of one machine. So with
 several nodes a local pool or --out is checked, not assumed: every node must list the pool as the driver does
-(pool.json and each shard's name and size) and read a token the driver writes under --out and write its own
-beside it. A path that fails is refused before anything trains, where it would otherwise fail a worker
+(pool.json and each shard's name, size and modification time) and read a token the driver writes under --out
+and write its own beside it. A path that fails is refused before anything trains, where it would otherwise fail a worker
 mid-run or scatter checkpoints over the nodes' disks (a resumed run would then not find them).
 
 Ray waits for the resources that training workers and scoring actors ask, without a word and for as long as it
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -35,7 +34,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import VaalDistError
-from vaal_dist.pool.io import POOL_META, pool_files, resolve
+from vaal_dist.pool.io import pool_state
+from vaal_dist.pool.storage import resolve
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,13 @@ def _pool_problems(pool: str, nodes: dict[str, str]) -> list[str]:
 
 
 def pool_listing(path: str) -> str:
-    """'sha256:' and a digest of what ``path`` holds for the pool: pool.json and each shard's name and size
-    (no pixels read); or why it could not be listed."""
+    """'sha256:' and a digest of what ``path`` holds for the pool (``pool_state``: pool.json and each shard's
+    path, size and modification time; no pixels read); or why it could not be listed."""
     try:
-        fs, files = pool_files(path)
-        shards = [(posixpath.relpath(f.path, path), f.size) for f in fs.get_file_info(files)]
-        listing = {"pool.json": _bytes_or_none(fs, posixpath.join(path, POOL_META)).hex(), "shards": shards}
+        state = pool_state(path)
     except Exception as e:                    # on a node: reported as its answer
         return f"cannot be listed: {e}"
-    return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def _bytes_or_none(fs: pafs.FileSystem, path: str) -> bytes:
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return b""
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    return "sha256:" + hashlib.sha256(state.encode()).hexdigest()
 
 
 def _out_problems(out: str, nodes: dict[str, str]) -> list[str]:

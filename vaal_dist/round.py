@@ -29,11 +29,13 @@ from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import writer_lock
 from vaal_dist.placement import shared_storage_problem
-from vaal_dist.pool.io import PAGE_CRC_FAILURE, SHARD_READ_FAILED, STORAGE_KEPT_FAILING, beside, exists, join, \
-    lies_within, pool_state, read_json, read_manifest, read_pool_ids, read_pool_meta, remove_stale_temporaries, \
-    resolve, retrying, write_json, write_parquet
+from vaal_dist.pool.io import pool_state, read_pool_ids, read_pool_meta
+from vaal_dist.pool.manifests import read_manifest
+from vaal_dist.pool.shards import PAGE_CRC_FAILURE, SHARD_READ_FAILED, write_parquet
+from vaal_dist.pool.storage import STORAGE_KEPT_FAILING, beside, exists, join, lies_within, read_json, \
+    remove_stale_temporaries, resolve, retrying, write_json
 from vaal_dist.labeling.labels import LABELS, pool_has_label_column
-from vaal_dist.pool.embeddings import listing_state
+from vaal_dist.pool.embeddings import EmbeddingsFiles, embeddings_files
 from vaal_dist.redaction import redact
 from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
 from vaal_dist.round_inputs import RoundInputs, Trained
@@ -107,8 +109,10 @@ def _closest(name: str, pool_ids, at_most: int = 1000) -> list[str]:
     return difflib.get_close_matches(name, candidates.to_pylist(), n=1)
 
 
-def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.Array, pa.Array | None, str]:
-    """Check pool, labeled (and held-out) manifests and numbers before any work.
+def validate_inputs(cfg: RoundConfig, needs_labeled: bool, embeddings: EmbeddingsFiles | None = None
+                    ) -> tuple[_Sizes, pa.Array, pa.Array | None, str]:
+    """Check pool, labeled (and held-out) manifests and numbers before any work. ``embeddings``: the
+    ``--embeddings`` files as the round listed them (listed here when not given).
 
     Returns the sizes, the labeled ids, the held-out ids (or None) and a fingerprint of the inputs
     (config, pool ids, labeled ids, held-out ids, the pool's files, imported labels and this package's version).
@@ -139,7 +143,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
     fingerprint.update(pool_state(cfg.pool).encode())
     fingerprint.update(_imported_labels_state(cfg).encode())
-    fingerprint.update(_embedding_state(cfg).encode())
+    fingerprint.update(_embedding_state(cfg, embeddings).encode())
     fingerprint.update(vaal_dist.__version__.encode())
     return sizes, labeled, holdout, fingerprint.hexdigest()
 
@@ -154,11 +158,11 @@ def _check_apart(pool: str, out: str) -> None:
                          f"choose an --out outside the pool")
 
 
-def _embedding_state(cfg: RoundConfig) -> str:
+def _embedding_state(cfg: RoundConfig, embeddings: EmbeddingsFiles | None) -> str:
     """The ``--embedding`` weights file's (or the ``--embeddings`` files') size and modification time, from a
     listing: weights trained again into the same file no longer match a round started on the old ones."""
     if cfg.acquisition.embeddings is not None:
-        return listing_state(cfg.acquisition.embeddings)
+        return (embeddings or embeddings_files(cfg.acquisition.embeddings)).state
     if cfg.acquisition.embedding is None:
         return ""
     uri = cfg.acquisition.embedding.weights
@@ -221,9 +225,11 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     start = time.perf_counter()
     strategy = get_strategy(cfg.strategy)
     trains = models_trained(strategy, cfg.acquisition)
-    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains))
+    embeddings = None if cfg.acquisition.embeddings is None else embeddings_files(cfg.acquisition.embeddings)
+    sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains),
+                                                                   embeddings=embeddings)
     meta = read_pool_meta(cfg.pool)
-    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids)
+    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids, embeddings)
     with _damage_named(cfg.pool):
         inputs.check(trains)                 # refused input leaves nothing behind, not even inputs.json
     problem = shared_storage_problem(cfg)    # a path only some nodes see would fail late, on a worker

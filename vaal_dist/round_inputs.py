@@ -23,12 +23,14 @@ import ray.data
 from ray.train import Checkpoint
 
 from vaal_dist.config import RoundConfig, VAALConfig
-from vaal_dist.labeling.labels import LABELS, add_labels, labels_beside, pool_has_label_column
+from vaal_dist.labeling.labels import LABELS, add_labels, check_labels, labels_beside, pool_has_label_column
 from vaal_dist.models.backbone import BackboneWeights, read_backbone
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
-from vaal_dist.pool.embeddings import Vectors, cache_uri, read_vectors, write_vectors
+from vaal_dist.pool.embeddings import EmbeddingsFiles, Vectors, cache_uri, embeddings_files, read_vectors, \
+    write_vectors
 from vaal_dist.pool.images import check_image_size
-from vaal_dist.pool.io import PoolMeta, beside, check_labels, exists, join, pool_state, read_pool_ids
+from vaal_dist.pool.io import PoolMeta, pool_state, read_pool_ids
+from vaal_dist.pool.storage import beside, exists, join
 from vaal_dist.redaction import redact
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.scoring.spec import ScorerSpec
@@ -83,6 +85,7 @@ class RoundInputs:
     labeled_ids: pa.Array
     train_dir: str            # checkpoint storage for this round (local path or URI)
     holdout_ids: pa.Array | None = None   # never trained on, never selected; task models evaluate on them
+    given_embeddings: EmbeddingsFiles | None = None   # the --embeddings files as the round listed them
 
     @property
     def not_unlabeled(self) -> pa.Array:
@@ -128,10 +131,10 @@ class RoundInputs:
         backbone's (``backbone_vectors_file``); None: strategies embed with their own models."""
         acquisition, embedded = self.config.acquisition, pa.concat_arrays([self.labeled_ids, self.unlabeled_ids])
         if acquisition.embeddings is not None:
-            return read_vectors(acquisition.embeddings, embedded)
+            return read_vectors(self.given_embeddings or embeddings_files(acquisition.embeddings), embedded)
         if acquisition.embedding is not None:
             uri, key = self.backbone_vectors_file()
-            return read_vectors(uri, embedded, key)
+            return read_vectors(embeddings_files(uri), embedded, key)
         return None
 
     @property

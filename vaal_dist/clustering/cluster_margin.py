@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from vaal_dist.clustering.hac import average_linkage, cut
 from vaal_dist.clustering.kmeans import NITER, TRAIN_POINTS, check_embeddings, kmeans_cells
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import resolve, write_parquet
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import resolve
 from vaal_dist.scoring.ids import id_hash
 
 FORMAT = "vaal_dist.cluster_margin.v1"

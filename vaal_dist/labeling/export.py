@@ -30,15 +30,16 @@ from xml.sax.saxutils import quoteattr
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import WRITER, FolderLock
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
-from vaal_dist.pool.io import PoolMeta, exists, join, missing_folders, read_json, read_pool_meta, read_rows, \
-    remove_empty_folders, resolve, retrying, write_atomic
+from vaal_dist.pool.io import PoolMeta, read_pool_meta, read_rows
+from vaal_dist.pool.shards import read_parquet
+from vaal_dist.pool.storage import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
+    write_atomic
 from vaal_dist.redaction import HIDDEN
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,7 @@ def read_round(out: str, pool: str | None = None, labeled: str | None = None, *,
         if HIDDEN in uri:
             raise InputError(f"the round's record hides the credentials of {uri!r}: give it again with {flag}")
     fs, path = resolve(join(out, SELECTION))
-    selection = retrying(f"cannot read {out!r}'s selection", lambda: pq.read_table(
-        path, filesystem=fs, page_checksum_verification=True)).sort_by("rank")
+    selection = retrying(f"cannot read {out!r}'s selection", lambda: read_parquet(fs, path)).sort_by("rank")
     return Round(pool, labeled, config["strategy"], selection, record.get("inputs_fingerprint", ""))
 
 

@@ -21,8 +21,9 @@ from vaal_dist.folder_lock import writer_lock
 from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
 from vaal_dist.labeling.shape import check_coco, check_csv, check_label_studio, check_size, parse_json, shown
-from vaal_dist.pool.io import beside, exists, folder_of, join, read_bytes, read_manifest, read_pool_ids, resolve, \
-    retrying, write_manifest
+from vaal_dist.pool.io import read_pool_ids
+from vaal_dist.pool.manifests import read_manifest, write_manifest
+from vaal_dist.pool.storage import beside, exists, folder_of, join, read_bytes, resolve, retrying
 
 NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted

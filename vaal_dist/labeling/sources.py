@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError
-from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, join, read_all, read_rows, resolve, retrying
+from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, read_rows
+from vaal_dist.pool.storage import join, read_all, resolve, retrying
 from vaal_dist.redaction import HIDDEN, redact
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import torchvision
 from vaal_dist.config import Backbone
 from vaal_dist.errors import InputError
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import PoolMeta, read_bytes
+from vaal_dist.pool.io import PoolMeta
+from vaal_dist.pool.storage import read_bytes
 
 # the mean and std of the images torchvision's classification weights were trained on
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

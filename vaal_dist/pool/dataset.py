@@ -6,11 +6,12 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray.data
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import SHARD_READ_FAILED, PoolMeta, StorageRetries, check_row_count, pool_files, shard_named
+from vaal_dist.pool.io import PoolMeta, pool_files
+from vaal_dist.pool.shards import SHARD_READ_FAILED, open_shard, shard_named
+from vaal_dist.pool.storage import StorageRetries
 
 
 def read_pool(pool: str, columns: list[str] = ("id", "image")) -> ray.data.Dataset:
@@ -37,7 +38,7 @@ def _read_shards(batch: pa.Table, fs, columns: list[str]) -> Iterator[pa.Table]:
 def _read_shard(fs, shard: str, columns: list[str], target: int) -> Iterator[pa.Table]:
     """The shard's rows, each once: after a transient storage error the shard is opened again and read on from
     the first row not yet yielded (pyarrow's own retries of each request are fewer on a Ray worker, see
-    pool/io.py). Failures count against the retries only until a row is read."""
+    pool/storage.py). Failures count against the retries only until a row is read."""
     retries, rows = StorageRetries(f"{SHARD_READ_FAILED}{shard}"), 0
     with shard_named(shard):
         while True:
@@ -53,11 +54,10 @@ def _read_shard(fs, shard: str, columns: list[str], target: int) -> Iterator[pa.
 
 
 def _shard_parts(fs, shard: str, columns: list[str], target: int, skip: int) -> Iterator[pa.Table]:
-    """The shard's rows after its first ``skip``, as tables of about ``target`` bytes, then a check of the rows
-    read against the footer's count. The skipped rows are read again, not located through the footer: a damaged
-    page can end a row group early without an error, and only the end-of-shard check tells."""
-    with fs.open_input_file(shard) as f:
-        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+    """The shard's rows after its first ``skip``, as tables of about ``target`` bytes (the shard's reader checks
+    the rows read against the footer's count at its end). The skipped rows are read again, not located through
+    the footer: a damaged page can end a row group early without an error, and only the end-of-shard check tells."""
+    with open_shard(fs, shard) as parquet:
         meta = parquet.metadata
         row_bytes = max(1, sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
                         // max(1, meta.num_rows))
@@ -67,7 +67,6 @@ def _shard_parts(fs, shard: str, columns: list[str], target: int, skip: int) -> 
             rows += len(batch)
             if len(new):
                 yield pa.Table.from_batches([new])
-        check_row_count(rows, meta.num_rows)
 
 
 def _select_by_id(batch: pa.Table, ids: pa.Array, keep_members: bool) -> pa.Table:

@@ -5,7 +5,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vaal_dist.pool.io import POOL_META, PoolMeta, exists, join, write_pool, write_seeded_sample
+from vaal_dist.pool.io import POOL_META, PoolMeta, write_pool
+from vaal_dist.pool.manifests import write_seeded_sample
+from vaal_dist.pool.storage import exists, join
 
 SHARD_ROWS = 1000
 

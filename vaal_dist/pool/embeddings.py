@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError, StorageError
-from vaal_dist.pool.io import VERIFIED_PARQUET, join, resolve, retrying, write_parquet
+from vaal_dist.pool.shards import open_shard, read_parquet, write_parquet
+from vaal_dist.pool.storage import join, resolve, retrying
 
 FLAG = "--embeddings"
 EXAMPLES = 5            # ids an error names, of those at fault
+BATCH_ROWS = 65_536     # rows of a file read at once (pyarrow's default)
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,26 @@ class Vectors:
     key: str
 
 
-def embeddings_files(uri: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+@dataclass(frozen=True)
+class EmbeddingsFiles:
+    """The ``--embeddings`` Parquet files as one listing saw them: what a round fingerprints is what it reads."""
+
+    uri: str
+    fs: pafs.FileSystem
+    files: tuple[pafs.FileInfo, ...]
+
+    @property
+    def state(self) -> str:
+        """Each file's path, size and modification time (no byte is read): the round's fingerprint."""
+        return json.dumps({"embeddings": [(f.path, f.size, f.mtime_ns) for f in self.files]})
+
+
+def embeddings_files(uri: str) -> EmbeddingsFiles:
     """The Parquet file ``uri``, or the ``.parquet`` files under the folder ``uri``, sorted, as listed."""
     fs, path = resolve(uri)
     info = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
     if info.type == pafs.FileType.File:
-        return fs, [info]
+        return EmbeddingsFiles(uri, fs, (info,))
     if info.type != pafs.FileType.Directory:
         raise InputError(f"{FLAG} {uri!r} does not exist")
     listing = retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)))
@@ -47,46 +62,35 @@ def embeddings_files(uri: str) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
                    key=lambda f: f.path)
     if not files:
         raise InputError(f"{FLAG} {uri!r} is a folder with no .parquet files")
-    return fs, files
+    return EmbeddingsFiles(uri, fs, tuple(files))
 
 
-def listing_state(uri: str) -> str:
-    """Each file's path, size and modification time, from a listing (no byte is read): the round's fingerprint."""
-    return _listed(embeddings_files(uri)[1])
-
-
-def _listed(files: list[pafs.FileInfo]) -> str:
-    return json.dumps({"embeddings": [(f.path, f.size, f.mtime_ns) for f in files]})
-
-
-def read_vectors(uri: str, wanted: pa.Array, key: str | None = None) -> Vectors:
-    """The embeddings of every id of ``wanted``, in its order, from the file(s) at ``uri``, checked; InputError
-    naming the fault. The file is read a record batch at a time into one (N, d) array: the driver never holds
-    the file whole, nor the rows of ids not asked for."""
-    fs, files = embeddings_files(uri)
-    dataset = _dataset(uri, fs, files)
-    file_ids = _read(uri, lambda: dataset.to_table(columns=["id"])).column("id").cast(pa.string())
-    _check_ids(uri, file_ids, wanted)
-    x = _read(uri, lambda: _gather(uri, dataset, file_ids, wanted))
+def read_vectors(given: EmbeddingsFiles, wanted: pa.Array, key: str | None = None) -> Vectors:
+    """The embeddings of every id of ``wanted``, in its order, from the ``given`` files, checked; InputError
+    naming the fault. The files are read a record batch at a time into one (N, d) array: the driver never holds
+    them whole, nor the rows of ids not asked for."""
+    _check_schemas(given)
+    file_ids = _read(given.uri, lambda: pa.chunked_array(
+        [read_parquet(given.fs, f.path, ["id"]).column("id") for f in given.files])).cast(pa.string())
+    _check_ids(given.uri, file_ids, wanted)
+    x = _read(given.uri, lambda: _gather(given, wanted))
     return Vectors(wanted.to_numpy(zero_copy_only=False).astype(str), x,
-                   key or hashlib.sha256(_listed(files).encode()).hexdigest())
+                   key or hashlib.sha256(given.state.encode()).hexdigest())
 
 
-def _gather(uri: str, dataset: pads.Dataset, file_ids: pa.ChunkedArray, wanted: pa.Array) -> np.ndarray:
-    """(len(wanted), d) float32: each file row asked for at its place in ``wanted``, one record batch at a time,
-    in the file's order (that of ``file_ids``)."""
-    places = pc.index_in(file_ids, value_set=wanted).to_numpy(zero_copy_only=False)   # float: NaN where not asked
-    x, start = np.zeros((len(wanted), 0), np.float32), 0
-    for batch in dataset.to_batches(columns=["id", "embedding"]):
-        if not batch.column("id").cast(pa.string()).equals(file_ids.slice(start, len(batch)).combine_chunks()):
-            raise RuntimeError("pyarrow read the embeddings file's rows in another order than their ids")
-        where, start = places[start:start + len(batch)], start + len(batch)
-        kept = ~np.isnan(where)
-        if kept.any():
-            values = _matrix(uri, batch.filter(pa.array(kept)), x.shape[1] or None)
-            if not x.shape[1]:
-                x = np.empty((len(wanted), values.shape[1]), np.float32)
-            x[where[kept].astype(np.int64)] = values
+def _gather(given: EmbeddingsFiles, wanted: pa.Array) -> np.ndarray:
+    """(len(wanted), d) float32: each file row asked for at its place in ``wanted``, one record batch at a time."""
+    x = np.zeros((len(wanted), 0), np.float32)
+    for f in given.files:
+        with open_shard(given.fs, f.path) as shard:
+            for batch in shard.iter_batches(BATCH_ROWS, ["id", "embedding"]):
+                where = pc.index_in(batch.column("id"), value_set=wanted).to_numpy(zero_copy_only=False)
+                kept = ~np.isnan(where)                 # float: NaN where not asked
+                if kept.any():
+                    values = _matrix(given.uri, batch.filter(pa.array(kept)), x.shape[1] or None)
+                    if not x.shape[1]:
+                        x = np.empty((len(wanted), values.shape[1]), np.float32)
+                    x[where[kept].astype(np.int64)] = values
     return x
 
 
@@ -99,16 +103,18 @@ def _read(uri: str, read):
         raise InputError(f"cannot read {FLAG} {uri!r}: {' '.join(str(e).split())[:600]}") from None
 
 
-def _dataset(uri: str, fs: pafs.FileSystem, files: list[pafs.FileInfo]) -> pads.Dataset:
-    """The files as one dataset, once each is Parquet with a string ``id`` and a float ``embedding`` of one type."""
-    parts = [_read(uri, lambda f=f: pads.dataset(f.path, filesystem=fs, format=VERIFIED_PARQUET)) for f in files]
-    schemas = [p.schema for p in parts]
-    for schema in schemas:
-        _check_types(uri, schema)
-    kinds = {schema.field("embedding").type for schema in schemas}
+def _check_schemas(given: EmbeddingsFiles) -> None:
+    """Each file is Parquet with a string ``id`` and a float ``embedding``, all of one type."""
+    def schema(path: str) -> pa.Schema:
+        with open_shard(given.fs, path) as shard:
+            return shard.schema
+    schemas = [_read(given.uri, lambda f=f: schema(f.path)) for f in given.files]
+    for one in schemas:
+        _check_types(given.uri, one)
+    kinds = {one.field("embedding").type for one in schemas}
     if len(kinds) > 1:
-        raise InputError(f"{FLAG} {uri!r} has mixed widths or types across its files: {sorted(map(str, kinds))}")
-    return _read(uri, lambda: pads.dataset(parts))       # ids of two string types do not merge: named
+        raise InputError(f"{FLAG} {given.uri!r} has mixed widths or types across its files: {sorted(map(str, kinds))}")
+    _read(given.uri, lambda: pa.unify_schemas(schemas))       # ids of two string types do not merge: named
 
 
 def _check_types(uri: str, schema: pa.Schema) -> None:

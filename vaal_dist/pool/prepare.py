@@ -30,8 +30,9 @@ import ray.data
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import writer_lock
 from vaal_dist.pool.images import MAX_PIXELS, RefusedImage, decode_resized
-from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, exists, join, lies_within, read_json, \
-    remove_stale_temporaries, resolve, shard_name, write_json, write_parquet, write_pool
+from vaal_dist.pool.io import SOURCE_MTIME, SOURCE_SIZE, PoolMeta, shard_name, write_pool
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import exists, join, lies_within, read_json, remove_stale_temporaries, resolve, write_json
 from vaal_dist.redaction import redact
 
 log = logging.getLogger(__name__)

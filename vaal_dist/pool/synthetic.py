@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vaal_dist.pool.io import PoolMeta, exists, join, shard_name, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, shard_name, write_pool
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import exists, join
 
 
 def write_synthetic_pool(dest: str, images: int, image_size: int = 32, channels: int = 3,

@@ -6,7 +6,7 @@ the sample scoring kept (``scoring.topk.RunningSample``), written beside it as `
 Strategies that choose from embeddings (Core-set, BADGE, TypiClust, Cluster-Margin) stream no per-image
 scores, and their page says so instead.
 
-Both pages are written atomically (``pool.io.write_atomic``): a reader sees a whole page or none.
+Both pages are written atomically (``pool.storage.write_atomic``): a reader sees a whole page or none.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vaal_dist.experiment_report import summarize
-from vaal_dist.pool.io import PoolMeta, exists, join, read_json, resolve, retrying, write_atomic, write_parquet
+from vaal_dist.pool.io import PoolMeta
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import exists, join, read_json, resolve, retrying, write_atomic
 from vaal_dist.redaction import redact
 from vaal_dist.report.html import Fact, Series, Thumb, contact_sheet, esc, facts, histogram_svg, line_chart_svg, \
     page, table

@@ -22,7 +22,8 @@ import torch
 
 from vaal_dist.acquisition import margin
 from vaal_dist.clustering.cluster_margin import cached_cluster_pool, select
-from vaal_dist.pool.io import PoolMeta, join
+from vaal_dist.pool.io import PoolMeta
+from vaal_dist.pool.storage import join
 from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
 from vaal_dist.strategies.task import TaskScorer

@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
 from vaal_dist.pool.images import decode_images
-from vaal_dist.pool.io import ROW_GROUP_ROWS, SHARD_READ_FAILED, PoolMeta, check_row_count, exists, join, pool_files, \
-    read_json, retrying, shard_name, shard_named, write_json, write_parquet
+from vaal_dist.pool.io import PoolMeta, pool_files, shard_name
+from vaal_dist.pool.shards import ROW_GROUP_ROWS, read_shard, write_parquet
+from vaal_dist.pool.storage import exists, join, read_json, write_json
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
@@ -61,18 +61,9 @@ class PoolSide:
     def read(self, g: int, start: int = 0, stop: int | None = None) -> pa.Table:
         """Row group ``g``'s member rows (members ``start`` to ``stop`` of them), columns id and image."""
         k, group = self.groups[g]
-        with shard_named(self.files[k]):
-            table = retrying(f"{SHARD_READ_FAILED}{self.files[k]}", lambda: self._read_group(k, group))
+        table = read_shard(self.fs, self.files[k], lambda shard: shard.read_row_group(group, ["id", "image"]))
         rows = np.flatnonzero(self.members[self.offsets[g]:self.offsets[g + 1]])
         return table.take(rows[start:stop])
-
-
-    def _read_group(self, k: int, group: int) -> pa.Table:
-        with self.fs.open_input_file(self.files[k]) as f:
-            parquet = pq.ParquetFile(f, page_checksum_verification=True)
-            table = parquet.read_row_group(group, columns=["id", "image"])
-            check_row_count(len(table), parquet.metadata.row_group(group).num_rows)
-        return table
 
 
 def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
@@ -81,8 +72,7 @@ def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
     fs, files = pool_files(pool)
     groups, sizes, members = [], [], [[] for _ in selections]
     for k, path in enumerate(files):
-        with shard_named(path):
-            shard_ids, meta = retrying(f"{SHARD_READ_FAILED}{path}", lambda: _shard_ids(fs, path))
+        shard_ids, meta = read_shard(fs, path, lambda shard: (shard.read(["id"]).column("id"), shard.metadata))
         groups += [(k, g) for g in range(meta.num_row_groups)]
         sizes += [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         for side, (ids, keep) in zip(members, selections):
@@ -92,14 +82,6 @@ def pool_sides(pool: str, *selections: tuple[pa.Array, bool]) -> list[PoolSide]:
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     return [PoolSide(fs, tuple(files), groups, np.concatenate(side) if side else np.zeros(0, bool), offsets)
             for side in members]
-
-
-def _shard_ids(fs: pafs.FileSystem, path: str) -> tuple[pa.ChunkedArray, pq.FileMetaData]:
-    with fs.open_input_file(path) as f:
-        parquet = pq.ParquetFile(f, page_checksum_verification=True)
-        shard_ids = parquet.read(columns=["id"]).column("id")
-        check_row_count(len(shard_ids), parquet.metadata.num_rows)
-    return shard_ids, parquet.metadata
 
 
 def labeled_copy(source: PoolSide, ids: pa.Array, dest: str, workers: int) -> PoolSide:

@@ -27,7 +27,7 @@ from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from vaal_dist.errors import InputError, VaalDistError, raise_if_input_error
 from vaal_dist.placement import Demand, free_per_node, named_while_waiting, placement_error, total_per_node
-from vaal_dist.pool.io import resolve
+from vaal_dist.pool.storage import resolve
 
 KEEP_CHECKPOINTS = 2
 # Ray Train's controller polls its workers every 2 s: the driver heard that a run had ended 2.7 s after
