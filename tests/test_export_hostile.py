@@ -25,7 +25,7 @@ from vaal_dist.labeling import export
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import read_labels
-from vaal_dist.pool.io import PoolMeta, write_json, write_manifest, write_parquet, write_pool
+from vaal_dist.pool.io import PoolMeta, exists, write_json, write_manifest, write_parquet, write_pool
 
 CLASSES = ["zero", "one", "two"]
 BUCKET = "bucket-1"
@@ -183,7 +183,7 @@ def someone_writes_during_the_export(monkeypatch, foreign: str) -> None:
     real = export.write_atomic
 
     def and_theirs(uri: str, data: bytes) -> None:
-        if not export.exists(foreign):
+        if not exists(foreign):
             real(foreign, b"theirs")
         real(uri, data)
     monkeypatch.setattr(export, "write_atomic", and_theirs)

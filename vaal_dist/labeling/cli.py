@@ -61,8 +61,8 @@ def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def import_command(args: argparse.Namespace) -> int:
     from vaal_dist import api
 
-    done = api.run_import(args)
-    print(f"labeled manifest: {redact(done.manifest)} ({done.labeled} images, {done.new} new)")
-    print(f"labels: {redact(done.labels)}" + (f"; {done.unannotated} exported images have no annotation yet"
-                                               if done.unannotated else ""))
+    imported = api.run_import(args)
+    print(f"labeled manifest: {redact(imported.manifest)} ({imported.labeled} images, {imported.new} new)")
+    unannotated = f"; {imported.unannotated} exported images have no annotation yet" if imported.unannotated else ""
+    print(f"labels: {redact(imported.labels)}{unannotated}")
     return 0

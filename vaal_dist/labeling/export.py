@@ -30,16 +30,15 @@ from xml.sax.saxutils import quoteattr
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import WRITER, FolderLock
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
-from vaal_dist.pool.io import PoolMeta, exists, join, missing_folders, read_json, read_pool_meta, read_rows, \
-    remove_empty_folders, resolve, retrying, write_atomic
-from vaal_dist.redaction import HIDDEN
+from vaal_dist.pool.io import PoolMeta, join, missing_folders, read_pool_meta, read_rows, remove_empty_folders, \
+    resolve, retrying, write_atomic
+from vaal_dist.round_files import FinishedRound, read_round
 
 log = logging.getLogger(__name__)
 FORMATS = ("label-studio", "coco", "csv")
@@ -54,41 +53,10 @@ LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what 
 IMAGE_FIELD = "image"
 LINK_THREADS = 16             # images written and signed at once
 WEEK_S = 7 * 24 * 3600         # the longest expiry a SigV4 (S3) or V4 (GCS) signed URL may have
-SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
 IMAGES = "images"              # a bucket dest's folder of the images its tasks link
 # OWASP's CSV injection: a cell starting with one of these is a formula to a spreadsheet
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 TEXT_MARK = "'"                # a spreadsheet shows a cell after it as text
-
-
-@dataclass(frozen=True)
-class Round:
-    """What an export and an import need of a finished round."""
-
-    pool: str
-    labeled: str
-    strategy: str
-    selection: pa.Table        # id, score, rank (and predicted, confidence: the task model's guess); in rank order
-    fingerprint: str = ""      # the round's inputs fingerprint
-
-
-def read_round(out: str, pool: str | None = None, labeled: str | None = None, *, needs_labeled: bool = True) -> Round:
-    """The round in ``out``; ``pool`` / ``labeled`` replace its run record's (which hides credentials). Without
-    ``needs_labeled`` (an export reads no manifest) the labeled manifest's URI may stay hidden."""
-    record_uri = join(out, RECORD)
-    if not exists(record_uri):
-        raise InputError(f"{out!r} holds no finished round (no {RECORD})")
-    record = read_json(record_uri)
-    config = record["config"]
-    pool, labeled = pool or config["pool"], labeled or config["labeled"]
-    given = {"--pool": pool, "--labeled": labeled} if needs_labeled else {"--pool": pool}
-    for flag, uri in given.items():
-        if HIDDEN in uri:
-            raise InputError(f"the round's record hides the credentials of {uri!r}: give it again with {flag}")
-    fs, path = resolve(join(out, SELECTION))
-    selection = retrying(f"cannot read {out!r}'s selection", lambda: pq.read_table(
-        path, filesystem=fs, page_checksum_verification=True)).sort_by("rank")
-    return Round(pool, labeled, config["strategy"], selection, record.get("inputs_fingerprint", ""))
 
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
@@ -108,19 +76,19 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         raise InputError(f"links must be one of {LINKS}, got {links!r}")
     if not 1 <= expires_s <= WEEK_S:
         raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
-    done = read_round(round_out, pool=pool, needs_labeled=False)
-    names = class_names(done.pool, classes)
+    finished = read_round(round_out, pool=pool, needs_labeled=False)
+    names = class_names(finished.pool, classes)
     images: list[str] = []
-    meta = read_pool_meta(done.pool)
-    originals = pool_originals(done.pool, meta, source)
+    meta = read_pool_meta(finished.pool)
+    originals = pool_originals(finished.pool, meta, source)
     link = original_links(originals, dest, links, expires_s) or image_links(dest, expires_s, images)
     if originals is None:
-        say_no_originals(done.pool, meta)
-    _check_in_pool(done)
+        say_no_originals(finished.pool, meta)
+    _check_in_pool(finished)
     lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
     form = LAYOUTS[to]
     head = form.head(names)
-    entries = (form.entry(task) for task in _tasks(done, meta, link, names, originals))
+    entries = (form.entry(task) for task in _tasks(finished, meta, link, names, originals))
     written = []
     fs, _ = resolve(dest)
     new_folders = missing_folders(join(dest, IMAGES))
@@ -153,29 +121,29 @@ def _remove(dest: str, fs: pafs.FileSystem, files: list[str], new_folders: list[
     remove_empty_folders(dest, new_folders)
 
 
-def _check_in_pool(done: Round) -> None:
+def _check_in_pool(finished: FinishedRound) -> None:
     """Refuses a selection whose images the pool no longer holds before any file is written (else a later
     part's read would refuse it, the earlier parts written)."""
-    ids = done.selection.column("id")
-    held = pa.chunked_array([rows.column("id") for rows in read_rows(done.pool, ids, ["id"])], pa.string())
+    ids = finished.selection.column("id")
+    held = pa.chunked_array([rows.column("id") for rows in read_rows(finished.pool, ids, ["id"])], pa.string())
     gone = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=held))).to_pylist()
     if gone:
-        raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+        raise InputError(f"pool {finished.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
 
 
-def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
+def _tasks(finished: FinishedRound, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
            originals: Originals | None = None) -> Iterator[Task]:
     """The selection's tasks in rank order, its images (the ``originals`` when known, else the pool's) read
     READ_ROWS (READ_ORIGINALS) at a time."""
     step = READ_ROWS if originals is None else READ_ORIGINALS
-    guess = _guesses(done, names)
-    for start in range(0, len(done.selection), step):
-        rows = done.selection.slice(start, step)
+    guess = _guesses(finished, names)
+    for start in range(0, len(finished.selection), step):
+        rows = finished.selection.slice(start, step)
         ids = rows.column("id")
-        held = dict(pool_images(done.pool, ids)) if originals is None else originals.recorded(done.pool, ids)
+        held = dict(pool_images(finished.pool, ids)) if originals is None else originals.recorded(finished.pool, ids)
         gone = [i for i in ids.to_pylist() if i not in held]
         if gone:
-            raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+            raise InputError(f"pool {finished.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
         image = held.__getitem__ if originals is None else lambda image_id: originals.read(image_id, held[image_id])
         shown_as = meta if originals is None else PoolMeta()      # originals: the JPEG/PNG files prepare read
         with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
@@ -233,20 +201,21 @@ def _task(row: dict, guess: Guess, image: bytes, meta: PoolMeta, link: Callable[
     return Task(row["id"], row["rank"], row["score"], guess, link(row["id"], data, mime), width, height)
 
 
-def _guesses(done: Round, names: list[str]) -> Callable[[dict], Guess]:
+def _guesses(finished: FinishedRound, names: list[str]) -> Callable[[dict], Guess]:
     """Each selection row's Guess. Its score is the rank's, not the selection's: Label Studio 1.23 refuses a
     prediction score outside [0, 1] (entropy's, margin's and the discriminators' are not), and Cluster-Margin's
     and BADGE's picks are not in the order of their scores."""
-    picked = len(done.selection)
-    guessed = "predicted" in done.selection.column_names
-    highest = pc.max(done.selection.column("predicted")).as_py() if guessed else None
+    picked = len(finished.selection)
+    guessed = "predicted" in finished.selection.column_names
+    highest = pc.max(finished.selection.column("predicted")).as_py() if guessed else None
     if highest is not None and highest >= len(names):
         raise InputError(f"the round's task model guessed class {highest}, but {len(names)} class names were "
                          f"given: give every class (--classes)")
 
     def guess(row: dict) -> Guess:
-        return Guess(done.strategy, f"{done.strategy}-{done.fingerprint[:8]}", 1 - (row["rank"] - 1) / picked,
-                     names[row["predicted"]] if guessed else None, row["confidence"] if guessed else None)
+        return Guess(finished.strategy, f"{finished.strategy}-{finished.fingerprint[:8]}",
+                     1 - (row["rank"] - 1) / picked, names[row["predicted"]] if guessed else None,
+                     row["confidence"] if guessed else None)
     return guess
 
 

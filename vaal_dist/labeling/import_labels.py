@@ -18,13 +18,13 @@ import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import writer_lock
-from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
+from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
 from vaal_dist.labeling.shape import check_coco, check_csv, check_label_studio, check_size, parse_json, shown
 from vaal_dist.pool.io import beside, exists, folder_of, join, read_bytes, read_manifest, read_pool_ids, resolve, \
     retrying, write_manifest
+from vaal_dist.round_files import NEXT_MANIFEST, read_round
 
-NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted
 
 
@@ -57,17 +57,17 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     files = [exports] if isinstance(exports, str) else list(exports)
     manifest = dest or join(round_out, NEXT_MANIFEST)
     _refuse_existing(manifest)
-    done = read_round(round_out, pool, labeled)
-    names = class_names(done.pool, classes)
-    previous = _previous_labels(done.labeled, names)
+    finished = read_round(round_out, pool, labeled)
+    names = class_names(finished.pool, classes)
+    previous = _previous_labels(finished.labeled, names)
     answers, unannotated = [], 0
     for export_file in files:
         file_answers, file_unannotated = read_answers(export_file)
         answers += file_answers
         unannotated += file_unannotated
-    labels = _checked(answers, done.selection.column("id"), done.pool, names, ", ".join(files))
+    labels = _checked(answers, finished.selection.column("id"), finished.pool, names, ", ".join(files))
     previous = previous.filter(pc.invert(pc.is_in(previous.column("id"), value_set=labels.column("id"))))
-    old_ids = read_manifest(done.labeled)
+    old_ids = read_manifest(finished.labeled)
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
     # the manifest last: it marks a finished import (another import into it is refused), so an import stopped
     # between the two leaves no manifest, and running it again replaces the labels.parquet it left
