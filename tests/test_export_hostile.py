@@ -21,7 +21,7 @@ from conftest import s3_uri
 from PIL import Image
 
 from vaal_dist.errors import InputError
-from vaal_dist.labeling import export
+from vaal_dist.labeling import export, formats
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import read_labels
@@ -117,7 +117,7 @@ def test_hostile_ids_write_nothing_outside_a_local_dest_and_the_tasks_keep_them(
     elif to == "coco":
         ids = [i["file_name"] for i in json.loads(text)["images"]]
     else:
-        ids = [export.from_spreadsheet_text(row["id"]) for row in csv.DictReader(io.StringIO(text))]
+        ids = [formats.from_spreadsheet_text(row["id"]) for row in csv.DictReader(io.StringIO(text))]
     assert ids == PATH_IDS[::-1]
 
 
@@ -157,9 +157,9 @@ def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote_and_import_back_to
 
 def test_the_spreadsheet_quote_is_undone_only_where_export_put_it():
     for cell in FORMULA_IDS + ["", "'", "-", "'-", "plain'"]:
-        assert export.from_spreadsheet_text(export.spreadsheet_text(cell)) == cell
+        assert formats.from_spreadsheet_text(formats.spreadsheet_text(cell)) == cell
     # a hand-written cell starting with ' before ordinary text keeps it: export never writes one
-    assert export.from_spreadsheet_text("'plain") == "'plain"
+    assert formats.from_spreadsheet_text("'plain") == "'plain"
 
 
 # --- 3. a failed export removes only what it wrote ---------------------------------------------------------------
