@@ -34,6 +34,7 @@ from vaal_dist.labeling.labels import LABELS, write_labels
 from vaal_dist.pool.embeddings import write_vectors
 from vaal_dist.pool.io import beside, read_manifest, read_pool_ids, write_manifest
 from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.round_files import SELECTION
 
 LABELED, BUDGET = 1_000, 100
 
@@ -115,7 +116,7 @@ def main() -> None:
         backbone = Backbone("resnet18", str(weights), image_size=32)
         cache = runs / "embeddings-cache"
         results = [run(round_config(pool, labeled, runs / "round-1", cache, embedding=backbone))]
-        picked = pq.read_table(runs / "round-1" / "selection.parquet").column("id").to_pylist()
+        picked = pq.read_table(runs / "round-1" / SELECTION).column("id").to_pylist()
         write_manifest(str(runs / "labeled-2.parquet"), [*read_manifest(labeled).to_pylist(), *picked])
         results.append(run(round_config(pool, str(runs / "labeled-2.parquet"), runs / "round-2", cache,
                                         embedding=backbone)))
