@@ -36,6 +36,7 @@ from vaal_dist.pool.io import read_pool_ids
 from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.pool.storage import beside
 from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.round_files import SELECTION
 
 LABELED, BUDGET = 1_000, 100
 
@@ -117,7 +118,7 @@ def main() -> None:
         backbone = Backbone("resnet18", str(weights), image_size=32)
         cache = runs / "embeddings-cache"
         results = [run(round_config(pool, labeled, runs / "round-1", cache, embedding=backbone))]
-        picked = pq.read_table(runs / "round-1" / "selection.parquet").column("id").to_pylist()
+        picked = pq.read_table(runs / "round-1" / SELECTION).column("id").to_pylist()
         write_manifest(str(runs / "labeled-2.parquet"), [*read_manifest(labeled).to_pylist(), *picked])
         results.append(run(round_config(pool, str(runs / "labeled-2.parquet"), runs / "round-2", cache,
                                         embedding=backbone)))

@@ -58,6 +58,7 @@ import numpy as np
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.manifests import write_seeded_sample
 from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.round_files import CHECKPOINTS, RECORD
 
 PRESET = "cifar10"
 IMAGE_SIZE, CHANNELS = 32, 3
@@ -160,7 +161,7 @@ def last_checkpoint_gap(out: str) -> float | None:
     Ray Train names each checkpoint folder by the wall-clock time of rank 0's ``ray.train.report`` at the
     end of an epoch, so the gap is one whole epoch: its batches, its steps, the report and the checkpoint.
     """
-    folder = Path(out) / "train" / "vaal"
+    folder = Path(out) / CHECKPOINTS / "vaal"
     stamps = sorted(datetime.datetime.strptime(m.group(1), "%Y-%m-%d_%H-%M-%S.%f")
                     for m in map(CHECKPOINT_NAME.fullmatch, (p.name for p in folder.iterdir())) if m)
     return (stamps[-1] - stamps[-2]).total_seconds() if len(stamps) >= 2 else None
@@ -189,9 +190,9 @@ def main() -> None:
             print(f"round: {args.strategy}, {epochs} epoch(s) x {args.epoch_images} images, b = {args.budget:,} "
                   f"-> {cfg.out}", flush=True)
             in_child(one_round, cfg)
-        if not (Path(cfg.out) / "run.json").exists():
+        if not (Path(cfg.out) / RECORD).exists():
             raise SystemExit(f"no finished round in {cfg.out}")
-        with open(Path(cfg.out) / "run.json") as f:
+        with open(Path(cfg.out) / RECORD) as f:
             records[epochs] = json.load(f)
         t = records[epochs]["timings"]
         print(f"  train {t['train_seconds']:.1f} s, score {t['score_seconds']:.1f} s, merge "

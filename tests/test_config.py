@@ -8,7 +8,7 @@ import pytest
 
 from vaal_dist.cli import add_round_args, config_from_args
 from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, Setup, VAALConfig, preset
-from vaal_dist.round import _fingerprint
+from vaal_dist.fingerprint import hash_config_and_ids
 
 POOL, LABELED = pa.array(["a", "b", "c"]), pa.array(["a"])
 ROUND = ["--pool", "P", "--labeled", "L", "--budget", "5", "--out", "O"]
@@ -28,12 +28,12 @@ BEFORE_THE_SPLIT = [
 @pytest.mark.parametrize("argv, fingerprint", BEFORE_THE_SPLIT)
 def test_the_cli_builds_the_config_it_built_before_the_split(argv, fingerprint):
     cfg = config_from_args(add_round_args(argparse.ArgumentParser()).parse_args(argv))
-    assert _fingerprint(cfg, POOL, LABELED, None) == fingerprint
+    assert hash_config_and_ids(cfg, POOL, LABELED, None) == fingerprint
 
 
-def test_a_default_round_keeps_its_fingerprint():
+def test_a_default_round_keeps_itshash_config_and_ids():
     cfg = RoundConfig("pool", "labeled.parquet", "out", 2)
-    assert _fingerprint(cfg, pa.array(["a", "b", "c", "d"]), pa.array(["b"]), None) == \
+    assert hash_config_and_ids(cfg, pa.array(["a", "b", "c", "d"]), pa.array(["b"]), None) == \
         "2c49cdcebf689e2039a2dc17a9c5442d2cb9f51b1f4a4221019c8a1d2e57f36c"
 
 
@@ -42,7 +42,7 @@ def test_a_setting_added_later_changes_the_fingerprint_only_when_set():
     capped = RoundConfig("pool", "labeled.parquet", "out", 2,
                          setup=Setup(preset("cifar10"), acquisition=AcquisitionConfig(max_clusters=500)))
     ids, labeled = pa.array(["a", "b", "c", "d"]), pa.array(["b"])
-    assert _fingerprint(capped, ids, labeled, None) != _fingerprint(default, ids, labeled, None)
+    assert hash_config_and_ids(capped, ids, labeled, None) != hash_config_and_ids(default, ids, labeled, None)
 
 
 def test_the_recorded_preset_names_the_models_the_round_ran_with():

@@ -12,7 +12,7 @@ from vaal_dist import cli
 from vaal_dist.config_file import MAX_BYTES, check_replay, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.pool.storage import read_json
-from vaal_dist.round import _jsonable
+from vaal_dist.redaction import redact_all
 from conftest import read_selection
 
 
@@ -71,7 +71,7 @@ EVERY_OPTION = ["--pool", f"s3://{SECRET}@bucket/pool", "--labeled", "l.parquet"
 
 def write_record(path, cfg) -> None:
     """run.json as run_round writes it, for what a replay reads (its config)."""
-    path.write_text(json.dumps({"config": _jsonable(cfg.to_dict()), "versions": {"vaal_dist": "0.1.0"},
+    path.write_text(json.dumps({"config": redact_all(cfg.to_dict()), "versions": {"vaal_dist": "0.1.0"},
                                 "budget": cfg.budget}))
 
 
@@ -93,7 +93,7 @@ def test_replaying_a_run_json_gives_the_same_resolved_config(tmp_path):
 def test_a_run_json_from_before_later_options_replays_with_their_defaults(tmp_path):
     """Settings added to vaal_dist after a round ran are missing from its run.json: not a difference."""
     original = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o", "--embeddings", "e.pq"])
-    record = _jsonable(original.to_dict())
+    record = redact_all(original.to_dict())
     for later in (record, record["scoring"], record["acquisition"]):
         for key in ("placement_timeout", "embeddings_cache", "batch_timeout_s", "embeddings"):
             later.pop(key, None)
@@ -134,7 +134,7 @@ def test_a_uri_the_run_json_hides_must_be_given_again(tmp_path, no_ray, capsys):
 
 def test_a_run_json_whose_config_no_options_give_is_refused_naming_the_fields(tmp_path, no_ray, capsys):
     original = resolved(["--pool", "p", "--labeled", "l", "--budget", "1", "--out", "o", "--preset", "cpu"])
-    record = _jsonable(original.to_dict())
+    record = redact_all(original.to_dict())
     record["vaal"]["latent_dim"] = 64                # a Preset built in Python: no option sets it
     record["scoring"]["block_bytes"] = 1024
     (tmp_path / "run.json").write_text(json.dumps({"config": record, "versions": {}}))

@@ -21,14 +21,14 @@ from conftest import s3_uri
 from PIL import Image
 
 from vaal_dist.errors import InputError
-from vaal_dist.labeling import export
+from vaal_dist.labeling import export, formats
 from vaal_dist.labeling.export import export_selection
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import read_labels
 from vaal_dist.pool.io import PoolMeta, write_pool
 from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.pool.shards import write_parquet
-from vaal_dist.pool.storage import write_json
+from vaal_dist.pool.storage import exists, write_json
 
 CLASSES = ["zero", "one", "two"]
 BUCKET = "bucket-1"
@@ -120,7 +120,7 @@ def test_hostile_ids_write_nothing_outside_a_local_dest_and_the_tasks_keep_them(
     elif to == "coco":
         ids = [i["file_name"] for i in json.loads(text)["images"]]
     else:
-        ids = [export.from_spreadsheet_text(row["id"]) for row in csv.DictReader(io.StringIO(text))]
+        ids = [formats.from_spreadsheet_text(row["id"]) for row in csv.DictReader(io.StringIO(text))]
     assert ids == PATH_IDS[::-1]
 
 
@@ -160,9 +160,9 @@ def test_csv_cells_a_spreadsheet_would_run_start_with_a_quote_and_import_back_to
 
 def test_the_spreadsheet_quote_is_undone_only_where_export_put_it():
     for cell in FORMULA_IDS + ["", "'", "-", "'-", "plain'"]:
-        assert export.from_spreadsheet_text(export.spreadsheet_text(cell)) == cell
+        assert formats.from_spreadsheet_text(formats.spreadsheet_text(cell)) == cell
     # a hand-written cell starting with ' before ordinary text keeps it: export never writes one
-    assert export.from_spreadsheet_text("'plain") == "'plain"
+    assert formats.from_spreadsheet_text("'plain") == "'plain"
 
 
 # --- 3. a failed export removes only what it wrote ---------------------------------------------------------------
@@ -186,7 +186,7 @@ def someone_writes_during_the_export(monkeypatch, foreign: str) -> None:
     real = export.write_atomic
 
     def and_theirs(uri: str, data: bytes) -> None:
-        if not export.exists(foreign):
+        if not exists(foreign):
             real(foreign, b"theirs")
         real(uri, data)
     monkeypatch.setattr(export, "write_atomic", and_theirs)

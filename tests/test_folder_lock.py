@@ -246,7 +246,8 @@ HOLDER = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_round_is_refused_while_another_holds_its_out_and_runs_once_the_holder_is_killed(ray_local, tiny_pool,
                                                                                           tmp_path):
-    from vaal_dist.round import INPUTS, SELECTION, run_round
+    from vaal_dist.round import run_round
+    from vaal_dist.round_files import INPUTS, SELECTION
 
     pool, labeled, _, _ = tiny_pool
     out = tmp_path / "round"
@@ -283,7 +284,8 @@ def test_a_round_whose_lock_was_taken_over_while_it_ran_commits_nothing(ray_loca
                                                                         ours_written_again):
     """The takeover happens during training, long before a heartbeat (10 s) would notice: the round checks its
     claim right before writing selection.parquet and stops with one line, writing neither it nor run.json."""
-    from vaal_dist.round import RECORD, SELECTION, run_round
+    from vaal_dist.round import run_round
+    from vaal_dist.round_files import RECORD, SELECTION
     from vaal_dist.strategies.random import Random
 
     pool, labeled, _, _ = tiny_pool

@@ -14,9 +14,9 @@ from conftest import make_raw_pool, png_bytes
 from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
 from vaal_dist.pool.shards import write_parquet
 from vaal_dist.report.html import Thumb, contact_sheet, histogram_svg
-from vaal_dist.report.pages import REPORT, SCORES_SAMPLE, experiment_page, round_page, write_missing_round_report, \
-    write_round_report
+from vaal_dist.report.pages import experiment_page, round_page, write_missing_round_report, write_round_report
 from vaal_dist.round import RoundResult
+from vaal_dist.round_files import REPORT, SCORES_SAMPLE
 from vaal_dist.scoring.ids import uniform_scores
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import BatchTopK

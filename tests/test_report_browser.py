@@ -13,8 +13,9 @@ from PIL import Image
 from conftest import round_config
 from test_report import Page
 from vaal_dist.pool.default import build_default_pool
-from vaal_dist.report.pages import REPORT, SHEET_LIMIT
+from vaal_dist.report.pages import SHEET_LIMIT
 from vaal_dist.round import run_round
+from vaal_dist.round_files import REPORT
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [pytest.mark.slow,

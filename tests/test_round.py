@@ -16,7 +16,8 @@ from vaal_dist.pool.default import build_default_pool
 from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta, write_pool
 from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.labeling.labels import write_labels
-from vaal_dist.round import _hash_sorted, run_round, validate_inputs
+from vaal_dist.fingerprint import hash_sorted
+from vaal_dist.round import run_round, validate_inputs
 from vaal_dist.round_inputs import RoundInputs
 from vaal_dist.strategies.vaal import VAAL
 
@@ -301,5 +302,5 @@ def test_the_ids_fingerprint_hashes_the_sorted_ids_joined_whatever_the_chunks():
     whole = hashlib.sha256(b"\x01".join(i.encode() for i in sorted(ids))).hexdigest()
     for chunk in (1, 7, 50, 64):
         h = hashlib.sha256()
-        _hash_sorted(h, pa.chunked_array([pa.array(ids[:20]), pa.array(ids[20:])]), chunk)
+        hash_sorted(h, pa.chunked_array([pa.array(ids[:20]), pa.array(ids[20:])]), chunk)
         assert h.hexdigest() == whole

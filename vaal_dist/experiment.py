@@ -38,6 +38,7 @@ from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.pool.storage import exists, join, read_json, remove_stale_temporaries, resolve, write_json
 from vaal_dist.report.pages import write_experiment_report
 from vaal_dist.round import run_round
+from vaal_dist.round_files import REVEALED, SELECTION
 from vaal_dist.strategies import STRATEGIES, get_strategy, models_trained
 from vaal_dist.round_inputs import EMBEDDINGS_CACHE, RoundInputs
 
@@ -220,9 +221,9 @@ def _carry(labeled_uri: str, dest: str) -> str:
 def _revealed(labeled_uri: str, select_out: str) -> str:
     """The oracle: the round's selection joins the labeled set. Written beside the selection, so a
     resumed experiment reads the same set instead of selecting again."""
-    merged = join(select_out, "labeled-after.parquet")
+    merged = join(select_out, REVEALED)
     if not exists(merged):
-        selected = read_manifest(join(select_out, "selection.parquet"))
+        selected = read_manifest(join(select_out, SELECTION))
         labeled = read_manifest(labeled_uri)
         if pc.any(pc.is_in(selected, value_set=labeled)).as_py():
             raise RuntimeError(f"{select_out}: the selection holds already labeled ids")
@@ -243,14 +244,14 @@ def _judged_in_round(record: dict | None) -> float | None:
 def _evaluate(round_cfg: RoundConfig, folder: str, test_ids: pa.Array, judged: float | None = None) -> float:
     """Test accuracy of a task model trained from scratch on the round's labeled set (cached): ``judged``, the
     round's own judge's, when it has one, else the judge trained here."""
-    done = join(folder, "eval.json")
-    if exists(done):
-        return read_json(done)["accuracy"]
+    cached = join(folder, "eval.json")
+    if exists(cached):
+        return read_json(cached)["accuracy"]
     labeled = read_manifest(round_cfg.labeled)
     if judged is None:
         inputs = RoundInputs(round_cfg, read_pool_meta(round_cfg.pool), labeled, join(folder, "eval"), test_ids)
         judged = float(inputs.train_task().last_epoch["eval_accuracy"])
-    write_json(done, {"accuracy": judged, "labeled": len(labeled), "test": len(test_ids)})
+    write_json(cached, {"accuracy": judged, "labeled": len(labeled), "test": len(test_ids)})
     return judged
 
 
@@ -260,15 +261,15 @@ def _pixel_baseline(round_cfg: RoundConfig, folder: str, test_ids: pa.Array) -> 
     which the driver would decode."""
     from sklearn.linear_model import LogisticRegression
 
-    done = join(folder, "pixel-baseline.json")
-    if exists(done):
-        return read_json(done)["accuracy"]
+    cached = join(folder, "pixel-baseline.json")
+    if exists(cached):
+        return read_json(cached)["accuracy"]
     labeled = read_manifest(round_cfg.labeled)
     if len(labeled) + len(test_ids) > PIXEL_BASELINE_IMAGES:
         return float("nan")
     (x, y), (x_test, y_test) = (_pixels(round_cfg, ids) for ids in (labeled, test_ids))
     accuracy = float(LogisticRegression(max_iter=1000).fit(x, y).score(x_test, y_test))
-    write_json(done, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
+    write_json(cached, {"accuracy": accuracy, "labeled": len(labeled), "test": len(test_ids)})
     return accuracy
 
 

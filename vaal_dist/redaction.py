@@ -37,3 +37,14 @@ def _redact_match(match: re.Match) -> str:
 
 def _redact_uri(uri: str) -> str:
     return _SECRET_PARAM.sub(rf"\g<1>{HIDDEN}", _USERINFO.sub(rf"\g<1>{HIDDEN}@", uri))
+
+
+def redact_all(obj):
+    """``obj`` as JSON types (tuples as lists), every string in it redacted: configs and training facts hold URIs."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_all(v) for v in obj]
+    return obj

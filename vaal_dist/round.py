@@ -2,17 +2,15 @@
 
 Outputs under ``out``: ``train/`` (checkpoints), ``selection.parquet`` (id, score, rank), ``report.html``
 (``report.pages``, with ``scores-sample.parquet`` where the strategy streams scores) and ``run.json``
-(config, versions, sizes, timings). Every file is written atomically and run.json last, so a round
-whose run.json exists is complete; rerunning it is a no-op (but for writing the report of a round completed
-before reports were written), and rerunning an interrupted one resumes training from its latest checkpoint.
+(config, versions, sizes, timings); their names are ``round_files``'. Every file is written atomically and
+run.json last, so a round whose run.json exists is complete; rerunning it is a no-op (but for writing its report
+where it has none), and rerunning an interrupted one resumes training from its latest checkpoint.
 One round at a time per ``out``: a second is refused naming the first (``folder_lock.writer_lock``).
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
-import json
 import logging
 import platform
 import time
@@ -21,32 +19,29 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import ray
 
 import vaal_dist
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
+from vaal_dist.fingerprint import inputs_fingerprint
 from vaal_dist.folder_lock import writer_lock
 from vaal_dist.placement import shared_storage_problem
-from vaal_dist.pool.io import pool_state, read_pool_ids, read_pool_meta
+from vaal_dist.pool.embeddings import EmbeddingsFiles, embeddings_files
+from vaal_dist.pool.io import read_pool_ids, read_pool_meta
 from vaal_dist.pool.manifests import read_manifest
 from vaal_dist.pool.shards import PAGE_CRC_FAILURE, SHARD_READ_FAILED, write_parquet
 from vaal_dist.pool.storage import STORAGE_KEPT_FAILING, beside, exists, join, lies_within, read_json, \
-    remove_stale_temporaries, resolve, retrying, write_json
-from vaal_dist.labeling.labels import LABELS, pool_has_label_column
-from vaal_dist.pool.embeddings import EmbeddingsFiles, embeddings_files
-from vaal_dist.redaction import redact
-from vaal_dist.report.pages import REPORT, write_missing_round_report, write_round_report
+    remove_stale_temporaries, write_json
+from vaal_dist.redaction import redact, redact_all
+from vaal_dist.report.pages import write_missing_round_report, write_round_report
+from vaal_dist.round_files import CHECKPOINTS, INPUTS, RECORD, REPORT, SELECTION
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
 from vaal_dist.strategies import get_strategy, models_trained
 
 log = logging.getLogger(__name__)
 
-SELECTION = "selection.parquet"
-INPUTS = "inputs.json"     # fingerprint of what the round was started with; a rerun must match
-RECORD = "run.json"
 NEAR_MISSES = 3            # ids not in the pool for which an error looks up the closest pool id
 
 
@@ -140,12 +135,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool, embeddings: Embedding
     if needs_labeled and min(sizes.labeled, sizes.unlabeled) < max(cfg.workers, 1):
         raise InputError(f"{cfg.strategy} trains on both pools and each of the {cfg.workers} training "
                          f"workers needs some of each: {sizes.labeled} labeled, {sizes.unlabeled} unlabeled")
-    fingerprint = hashlib.sha256(_fingerprint(cfg, pool_ids, labeled, holdout).encode())
-    fingerprint.update(pool_state(cfg.pool).encode())
-    fingerprint.update(_imported_labels_state(cfg).encode())
-    fingerprint.update(_embedding_state(cfg, embeddings).encode())
-    fingerprint.update(vaal_dist.__version__.encode())
-    return sizes, labeled, holdout, fingerprint.hexdigest()
+    return sizes, labeled, holdout, inputs_fingerprint(cfg, pool_ids, labeled, holdout, embeddings)
 
 
 def _check_apart(pool: str, out: str) -> None:
@@ -158,68 +148,6 @@ def _check_apart(pool: str, out: str) -> None:
                          f"choose an --out outside the pool")
 
 
-def _embedding_state(cfg: RoundConfig, embeddings: EmbeddingsFiles | None) -> str:
-    """The ``--embedding`` weights file's (or the ``--embeddings`` files') size and modification time, from a
-    listing: weights trained again into the same file no longer match a round started on the old ones."""
-    if cfg.acquisition.embeddings is not None:
-        return (embeddings or embeddings_files(cfg.acquisition.embeddings)).state
-    if cfg.acquisition.embedding is None:
-        return ""
-    uri = cfg.acquisition.embedding.weights
-    info = _listed(uri)
-    if info.type != pafs.FileType.File:
-        raise InputError(f"--embedding-weights {uri!r} is not a file")
-    return json.dumps({"embedding weights": [info.size, info.mtime_ns]})
-
-
-def _imported_labels_state(cfg: RoundConfig) -> str:
-    """labels.parquet beside the labeled manifest, where the labels come from there (a pool without a ``label``
-    column): its size and modification time from a listing, so answers changed under the same ids (an import
-    run again) no longer match a round started on the old ones."""
-    uri = beside(cfg.labeled, LABELS)
-    if not exists(uri) or pool_has_label_column(cfg.pool):
-        return ""
-    info = _listed(uri)
-    return json.dumps({"labels.parquet": [info.size, info.mtime_ns]})
-
-
-def _listed(uri: str) -> pafs.FileInfo:
-    """What a listing says of one file (its size and modification time: no byte of it is read)."""
-    fs, path = resolve(uri)
-    return retrying(f"cannot list {uri!r}", lambda: fs.get_file_info(path))
-
-
-# Settings added after rounds were first fingerprinted, hashed only when set: those rounds still resume.
-HASHED_WHEN_SET = (("acquisition", "max_clusters"), ("acquisition", "embedding"), ("acquisition", "embeddings"))
-
-
-def _fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids) -> str:
-    """The config (less scoring layout) and the pool, labeled and held-out ids: what the selection depends on
-    besides the pool's files and the code."""
-    h = hashlib.sha256()
-    unhashed = ("scoring", "out", "max_failures", "placement_timeout", "embeddings_cache")   # how, not what
-    config = {k: v for k, v in _jsonable(cfg.to_dict()).items() if k not in unhashed}
-    config["amp"] = cfg.scoring.amp     # of the scoring settings, only the precision changes scores
-    for group, key in HASHED_WHEN_SET:
-        if config[group][key] is None:
-            del config[group][key]
-    h.update(json.dumps(config, sort_keys=True).encode())
-    for ids in (pool_ids, labeled_ids, pa.array([], pa.string()) if holdout_ids is None else holdout_ids):
-        _hash_sorted(h, ids)
-        h.update(b"\x02")
-    return h.hexdigest()
-
-
-def _hash_sorted(h, ids, chunk: int = 65_536) -> None:
-    """``h.update(b"\\x01".join(sorted ids))`` a chunk at a time: a million ids as Python strings at once
-    cost the driver ~100 MiB. Arrow sorts strings by their UTF-8 bytes, which is Python's code-point order."""
-    ordered = pc.take(ids, pc.sort_indices(ids))
-    for start in range(0, len(ordered), chunk):
-        if start:
-            h.update(b"\x01")
-        h.update(b"\x01".join(i.encode() for i in ordered.slice(start, chunk).to_pylist()))
-
-
 def run_round(cfg: RoundConfig) -> RoundResult:
     """Run (or resume, or find complete) one selection round; Ray must be initialised."""
     start = time.perf_counter()
@@ -229,7 +157,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
     sizes, labeled_ids, holdout_ids, fingerprint = validate_inputs(cfg, needs_labeled=bool(trains),
                                                                    embeddings=embeddings)
     meta = read_pool_meta(cfg.pool)
-    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, "train"), holdout_ids, embeddings)
+    inputs = RoundInputs(cfg, meta, labeled_ids, join(cfg.out, CHECKPOINTS), holdout_ids, embeddings)
     with _damage_named(cfg.pool):
         inputs.check(trains)                 # refused input leaves nothing behind, not even inputs.json
     problem = shared_storage_problem(cfg)    # a path only some nodes see would fail late, on a worker
@@ -242,7 +170,7 @@ def run_round(cfg: RoundConfig) -> RoundResult:
         record_uri = join(cfg.out, RECORD)
         if _claim(cfg.out, fingerprint):
             log.info("round in %s is already complete; nothing to do", redact(cfg.out))
-            if write_missing_round_report(cfg.out, cfg.pool, meta):    # a round completed before reports were
+            if write_missing_round_report(cfg.out, cfg.pool, meta):
                 log.info("wrote its missing %s", REPORT)
             return RoundResult(join(cfg.out, SELECTION), read_json(record_uri))
         log.info("round: %s on %d images (%d labeled), budget %d", cfg.strategy, sizes.pool, sizes.labeled,
@@ -297,7 +225,7 @@ def _record(inputs: RoundInputs, sizes: _Sizes, fingerprint: str, trained: Train
     """run.json: what ran, on what, what it trained and what it cost."""
     cfg = inputs.config
     return {
-        "config": _jsonable(cfg.to_dict()),
+        "config": redact_all(cfg.to_dict()),
         "versions": _versions(),
         "cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")},
         "pool": {"uri": redact(cfg.pool), "images": sizes.pool, "labeled": sizes.labeled,
@@ -305,7 +233,7 @@ def _record(inputs: RoundInputs, sizes: _Sizes, fingerprint: str, trained: Train
         "selection": redact(selection_uri),
         "inputs_fingerprint": fingerprint,
         "budget": cfg.budget,
-        "train": _jsonable(trained.record()),
+        "train": redact_all(trained.record()),
         "timings": {"train_seconds": seconds["train_seconds"], "score_seconds": top.seconds - top.merge_seconds,
                     "merge_seconds": top.merge_seconds, "total_seconds": seconds["total_seconds"]},
         "scoring": {"candidates_folded": top.candidates, "throughput_images_per_second":
@@ -332,17 +260,6 @@ def _damage_named(pool: str):
                else "damaged, or its storage could not be read: check that it is reachable, else re-create or "
                     "restore the pool")
         raise InputError(f"pool {pool!r} has a shard that cannot be read ({where}); {why}") from e
-
-
-def _jsonable(obj):
-    """``obj`` as JSON types, every string in it redacted (config and training facts hold URIs)."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _versions() -> dict:

@@ -9,10 +9,11 @@ from vaal_dist.redaction import redact
 
 def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from vaal_dist.cli import at_least
-    from vaal_dist.labeling.export import FORMATS, LINKS, MAX_BYTES, MAX_TASKS, WEEK_S
+    from vaal_dist.labeling.export import LINKS, MAX_BYTES, MAX_TASKS, WEEK_S
+    from vaal_dist.labeling.formats import LABEL_FORMATS
 
     p.add_argument("round", help="a finished round's --out folder or URI")
-    p.add_argument("--to", required=True, choices=FORMATS, help="the labeling tool's format")
+    p.add_argument("--to", required=True, choices=tuple(LABEL_FORMATS), help="the labeling tool's format")
     p.add_argument("--dest", required=True,
                    help="folder or URI for the task files; a local one embeds the images as data: URLs, an s3:// "
                         "or gs:// one gets the images beside the tasks, linked by signed URLs")
@@ -61,8 +62,8 @@ def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def import_command(args: argparse.Namespace) -> int:
     from vaal_dist import api
 
-    done = api.run_import(args)
-    print(f"labeled manifest: {redact(done.manifest)} ({done.labeled} images, {done.new} new)")
-    print(f"labels: {redact(done.labels)}" + (f"; {done.unannotated} exported images have no annotation yet"
-                                               if done.unannotated else ""))
+    imported = api.run_import(args)
+    print(f"labeled manifest: {redact(imported.manifest)} ({imported.labeled} images, {imported.new} new)")
+    unannotated = f"; {imported.unannotated} exported images have no annotation yet" if imported.unannotated else ""
+    print(f"labels: {redact(imported.labels)}{unannotated}")
     return 0

@@ -1,5 +1,5 @@
 """A round's selection as labeling tasks: Label Studio's import JSON (with its labeling config), COCO image
-entries, or CSV, in rank order.
+entries, or CSV, in rank order (each format's files: ``formats``).
 
 Each image is read from the pool's shards by id (a filtered scan: only the selected rows are decoded) and
 given as a URL: for a local ``dest``, a ``data:`` URL of the image itself; for an ``s3://`` or ``gs://``
@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, unquote, urlsplit
-from xml.sax.saxutils import quoteattr
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,17 +29,15 @@ import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import WRITER, FolderLock
+from vaal_dist.labeling.formats import LABEL_FORMATS, Guess, Task
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
 from vaal_dist.pool.io import PoolMeta, read_pool_meta, read_rows
-from vaal_dist.pool.shards import read_parquet
-from vaal_dist.pool.storage import exists, join, missing_folders, read_json, remove_empty_folders, resolve, retrying, \
-    write_atomic
-from vaal_dist.redaction import HIDDEN
+from vaal_dist.pool.storage import join, missing_folders, remove_empty_folders, resolve, retrying, write_atomic
+from vaal_dist.round_files import FinishedRound, read_round
 
 log = logging.getLogger(__name__)
-FORMATS = ("label-studio", "coco", "csv")
 LINKS = ("url", "source")      # a URL a browser opens; the original's plain s3:// or gs:// URI
 # Label Studio: "It's best to keep about 100k tasks / 100k annotations per project for optimal performance"
 # (labelstud.io/guide/tasks); one import request is limited to 250k tasks and 200 MB.
@@ -51,50 +45,16 @@ MAX_TASKS = 100_000
 MAX_BYTES = 150_000_000        # under the 200 MB import limit: a local export's data: URLs make tasks large
 READ_ROWS = 1_000              # selected images read from the pool at once: ~110 MB of ImageNet-size JPEGs
 READ_ORIGINALS = 64            # original files read at once: a camera's photos are ~5 MB each
-LABEL_FIELD = "label"          # the labeling config's <Choices name=...>: what import_labels reads back
-IMAGE_FIELD = "image"
 LINK_THREADS = 16             # images written and signed at once
 WEEK_S = 7 * 24 * 3600         # the longest expiry a SigV4 (S3) or V4 (GCS) signed URL may have
-SELECTION, RECORD = "selection.parquet", "run.json"     # written by round.py
 IMAGES = "images"              # a bucket dest's folder of the images its tasks link
-# OWASP's CSV injection: a cell starting with one of these is a formula to a spreadsheet
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-TEXT_MARK = "'"                # a spreadsheet shows a cell after it as text
-
-
-@dataclass(frozen=True)
-class Round:
-    """What an export and an import need of a finished round."""
-
-    pool: str
-    labeled: str
-    strategy: str
-    selection: pa.Table        # id, score, rank (and predicted, confidence: the task model's guess); in rank order
-    fingerprint: str = ""      # the round's inputs fingerprint
-
-
-def read_round(out: str, pool: str | None = None, labeled: str | None = None, *, needs_labeled: bool = True) -> Round:
-    """The round in ``out``; ``pool`` / ``labeled`` replace its run record's (which hides credentials). Without
-    ``needs_labeled`` (an export reads no manifest) the labeled manifest's URI may stay hidden."""
-    record_uri = join(out, RECORD)
-    if not exists(record_uri):
-        raise InputError(f"{out!r} holds no finished round (no {RECORD})")
-    record = read_json(record_uri)
-    config = record["config"]
-    pool, labeled = pool or config["pool"], labeled or config["labeled"]
-    given = {"--pool": pool, "--labeled": labeled} if needs_labeled else {"--pool": pool}
-    for flag, uri in given.items():
-        if HIDDEN in uri:
-            raise InputError(f"the round's record hides the credentials of {uri!r}: give it again with {flag}")
-    fs, path = resolve(join(out, SELECTION))
-    selection = retrying(f"cannot read {out!r}'s selection", lambda: read_parquet(fs, path)).sort_by("rank")
-    return Round(pool, labeled, config["strategy"], selection, record.get("inputs_fingerprint", ""))
 
 
 def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] | None = None,
                      pool: str | None = None, max_tasks: int = MAX_TASKS, max_bytes: int = MAX_BYTES,
                      expires_s: int = WEEK_S, links: str = "url", source: str | None = None) -> list[str]:
-    """Write the round's selection under ``dest`` in format ``to`` (one of FORMATS); returns the files written.
+    """Write the round's selection under ``dest`` in format ``to`` (a name in LABEL_FORMATS); returns the files
+    written.
 
     ``classes`` are the class names in label order (default: the pool's classes.json). Label Studio gets
     ``tasks-NNNNN.json`` and ``labeling-config.xml``; COCO ``coco-NNNNN.json``; CSV ``tasks-NNNNN.csv``. A file
@@ -102,25 +62,25 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     ``source`` (the pool's source folder again, with the credentials its pool.json hides) choose how the
     original files of a prepared pool are linked.
     """
-    if to not in FORMATS:
-        raise InputError(f"export format must be one of {FORMATS}, got {to!r}")
+    if to not in LABEL_FORMATS:
+        raise InputError(f"export format must be one of {tuple(LABEL_FORMATS)}, got {to!r}")
     if links not in LINKS:
         raise InputError(f"links must be one of {LINKS}, got {links!r}")
     if not 1 <= expires_s <= WEEK_S:
         raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
-    done = read_round(round_out, pool=pool, needs_labeled=False)
-    names = class_names(done.pool, classes)
+    finished = read_round(round_out, pool=pool, needs_labeled=False)
+    names = class_names(finished.pool, classes)
     images: list[str] = []
-    meta = read_pool_meta(done.pool)
-    originals = pool_originals(done.pool, meta, source)
+    meta = read_pool_meta(finished.pool)
+    originals = pool_originals(finished.pool, meta, source)
     link = original_links(originals, dest, links, expires_s) or image_links(dest, expires_s, images)
     if originals is None:
-        say_no_originals(done.pool, meta)
-    _check_in_pool(done)
+        say_no_originals(finished.pool, meta)
+    _check_in_pool(finished)
     lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
-    form = LAYOUTS[to]
+    form = LABEL_FORMATS[to]
     head = form.head(names)
-    entries = (form.entry(task) for task in _tasks(done, meta, link, names, originals))
+    entries = (form.entry(task) for task in _tasks(finished, meta, link, names, originals))
     written = []
     fs, _ = resolve(dest)
     new_folders = missing_folders(join(dest, IMAGES))
@@ -129,12 +89,12 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
         for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
                                              len(form.separator)), 1):
             lock.check_held()               # each part is a commit: never over another writer's files
-            written.append(join(dest, form.name.format(number)))
+            written.append(join(dest, form.file_name.format(number)))
             write_atomic(written[-1], head + form.separator.join(part) + form.tail)
-        if to == "label-studio":
+        for name, data in form.extra_files(names).items():
             lock.check_held()
-            written.append(join(dest, "labeling-config.xml"))
-            write_atomic(written[-1], labeling_config(names).encode())
+            written.append(join(dest, name))
+            write_atomic(written[-1], data)
     except BaseException:
         # an image refused in a later part: what this export wrote goes, what others wrote meanwhile stays
         _remove(dest, fs, [resolve(uri)[1] for uri in written + images], new_folders)
@@ -153,29 +113,29 @@ def _remove(dest: str, fs: pafs.FileSystem, files: list[str], new_folders: list[
     remove_empty_folders(dest, new_folders)
 
 
-def _check_in_pool(done: Round) -> None:
+def _check_in_pool(finished: FinishedRound) -> None:
     """Refuses a selection whose images the pool no longer holds before any file is written (else a later
     part's read would refuse it, the earlier parts written)."""
-    ids = done.selection.column("id")
-    held = pa.chunked_array([rows.column("id") for rows in read_rows(done.pool, ids, ["id"])], pa.string())
+    ids = finished.selection.column("id")
+    held = pa.chunked_array([rows.column("id") for rows in read_rows(finished.pool, ids, ["id"])], pa.string())
     gone = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=held))).to_pylist()
     if gone:
-        raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+        raise InputError(f"pool {finished.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
 
 
-def _tasks(done: Round, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
+def _tasks(finished: FinishedRound, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
            originals: Originals | None = None) -> Iterator[Task]:
     """The selection's tasks in rank order, its images (the ``originals`` when known, else the pool's) read
     READ_ROWS (READ_ORIGINALS) at a time."""
     step = READ_ROWS if originals is None else READ_ORIGINALS
-    guess = _guesses(done, names)
-    for start in range(0, len(done.selection), step):
-        rows = done.selection.slice(start, step)
+    guess = _guesses(finished, names)
+    for start in range(0, len(finished.selection), step):
+        rows = finished.selection.slice(start, step)
         ids = rows.column("id")
-        held = dict(pool_images(done.pool, ids)) if originals is None else originals.recorded(done.pool, ids)
+        held = dict(pool_images(finished.pool, ids)) if originals is None else originals.recorded(finished.pool, ids)
         gone = [i for i in ids.to_pylist() if i not in held]
         if gone:
-            raise InputError(f"pool {done.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
+            raise InputError(f"pool {finished.pool!r} no longer holds {len(gone)} selected images, e.g. {gone[:5]}")
         image = held.__getitem__ if originals is None else lambda image_id: originals.read(image_id, held[image_id])
         shown_as = meta if originals is None else PoolMeta()      # originals: the JPEG/PNG files prepare read
         with ThreadPoolExecutor(LINK_THREADS) as threads:        # an object store's latency, per image
@@ -206,47 +166,26 @@ def pool_images(pool: str, ids: pa.Array) -> Iterator[tuple[str, bytes]]:
         yield from zip(rows.column("id").to_pylist(), rows.column("image").to_pylist())
 
 
-@dataclass(frozen=True)
-class Guess:
-    """What a task's prediction says: the model that made it, how soon to label the image, the class guessed."""
-
-    strategy: str
-    model_version: str         # "<strategy>-<the round's short fingerprint>"
-    score: float               # in (0, 1], larger means label first: 1 - (rank - 1) / (the selection's size)
-    predicted: str | None      # the guessed class's name; None where the strategy has no task model
-    confidence: float | None   # the model's probability of it
-
-
-@dataclass(frozen=True)
-class Task:
-    id: str
-    rank: int
-    score: float
-    guess: Guess
-    url: str
-    width: int
-    height: int
-
-
 def _task(row: dict, guess: Guess, image: bytes, meta: PoolMeta, link: Callable[[str, bytes, str], str]) -> Task:
     data, mime, (width, height) = viewable(row["id"], image, meta)
     return Task(row["id"], row["rank"], row["score"], guess, link(row["id"], data, mime), width, height)
 
 
-def _guesses(done: Round, names: list[str]) -> Callable[[dict], Guess]:
+def _guesses(finished: FinishedRound, names: list[str]) -> Callable[[dict], Guess]:
     """Each selection row's Guess. Its score is the rank's, not the selection's: Label Studio 1.23 refuses a
     prediction score outside [0, 1] (entropy's, margin's and the discriminators' are not), and Cluster-Margin's
     and BADGE's picks are not in the order of their scores."""
-    picked = len(done.selection)
-    guessed = "predicted" in done.selection.column_names
-    highest = pc.max(done.selection.column("predicted")).as_py() if guessed else None
+    picked = len(finished.selection)
+    guessed = "predicted" in finished.selection.column_names
+    highest = pc.max(finished.selection.column("predicted")).as_py() if guessed else None
     if highest is not None and highest >= len(names):
         raise InputError(f"the round's task model guessed class {highest}, but {len(names)} class names were "
                          f"given: give every class (--classes)")
 
     def guess(row: dict) -> Guess:
-        return Guess(done.strategy, f"{done.strategy}-{done.fingerprint[:8]}", 1 - (row["rank"] - 1) / picked,
-                     names[row["predicted"]] if guessed else None, row["confidence"] if guessed else None)
+        return Guess(finished.strategy, f"{finished.strategy}-{finished.fingerprint[:8]}",
+                     1 - (row["rank"] - 1) / picked, names[row["predicted"]] if guessed else None,
+                     row["confidence"] if guessed else None)
     return guess
 
 
@@ -378,78 +317,3 @@ def _bucket_and_key(uri: str) -> dict[str, str]:
     """The object ``write_atomic(uri)`` wrote: pyarrow decodes a URI's %-escapes into the key."""
     bucket, _, key = resolve(uri)[1].partition("/")
     return {"Bucket": bucket, "Key": key}
-
-
-def labeling_config(classes: list[str]) -> str:
-    """Label Studio's labeling config: the image and one choice of the class names."""
-    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in classes)
-    return (f'<View>\n  <Image name="{IMAGE_FIELD}" value="${IMAGE_FIELD}"/>\n'
-            f'  <Choices name="{LABEL_FIELD}" toName="{IMAGE_FIELD}" choice="single" showInLine="true">\n'
-            f"{choices}\n  </Choices>\n</View>\n")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A format's file: ``head`` (of the class names), the tasks' ``entry`` bytes with ``separator`` between two,
-    ``tail``; its ``name`` formatted with the part number."""
-
-    name: str
-    head: Callable[[list[str]], bytes]
-    entry: Callable[[Task], bytes]
-    separator: bytes = b""
-    tail: bytes = b""
-
-
-def _label_studio_entry(t: Task) -> bytes:
-    # Label Studio refuses a prediction without a result: an empty one where there is no guess
-    result = [] if t.guess.predicted is None else [{"from_name": LABEL_FIELD, "to_name": IMAGE_FIELD,
-                                                    "type": "choices", "value": {"choices": [t.guess.predicted]}}]
-    prediction = {"model_version": t.guess.model_version, "score": t.guess.score, "result": result}
-    return json.dumps({"data": {IMAGE_FIELD: t.url, "id": t.id, "rank": t.rank, "score": t.score,
-                                "strategy": t.guess.strategy}, "predictions": [prediction]}).encode()
-
-
-def _coco_head(classes: list[str]) -> bytes:
-    """COCO's categories, no annotations yet, then its images (file_name: the pool id; coco_url: the image)."""
-    categories = [{"id": label, "name": name} for label, name in enumerate(classes)]
-    return (f'{{"info": {{"description": "vaal_dist selection"}},\n "categories": {json.dumps(categories)},\n'
-            f' "annotations": [],\n "images": [\n').encode()
-
-
-def _coco_entry(t: Task) -> bytes:
-    entry = {"id": t.rank, "file_name": t.id, "coco_url": t.url, "width": t.width, "height": t.height,
-             "rank": t.rank, "score": t.score, "strategy": t.guess.strategy}
-    if t.guess.predicted is not None:
-        entry |= {"predicted": t.guess.predicted, "confidence": t.guess.confidence}
-    return json.dumps(entry).encode()
-
-
-def _csv_line(row: list) -> bytes:
-    text = io.StringIO()
-    # CSV's own CRLF: with a bare LF the writer leaves a CR in an id unquoted, and a reader ends the row there
-    csv.writer(text, lineterminator="\r\n").writerow([spreadsheet_text(c) if isinstance(c, str) else c for c in row])
-    return text.getvalue().encode()
-
-
-def spreadsheet_text(cell: str) -> str:
-    """``cell`` as a spreadsheet shows it and never runs it: one starting with a formula's first character (OWASP's
-    = + - @ tab CR) gets a leading ', and so does one starting with ', so that ``from_spreadsheet_text`` gives
-    back every cell exactly."""
-    return TEXT_MARK + cell if cell.startswith((*FORMULA_STARTS, TEXT_MARK)) else cell
-
-
-def from_spreadsheet_text(cell: str) -> str:
-    """The text ``spreadsheet_text`` made ``cell`` of; a cell it would not have written (' then other text, typed
-    by a person) as it is."""
-    quoted = cell.startswith(TEXT_MARK) and cell[1:].startswith((*FORMULA_STARTS, TEXT_MARK))
-    return cell[1:] if quoted else cell
-
-
-LAYOUTS = {
-    "label-studio": Layout("tasks-{:05d}.json", lambda _: b"[\n", _label_studio_entry, b",\n", b"\n]\n"),
-    "coco": Layout("coco-{:05d}.json", _coco_head, _coco_entry, b",\n", b"\n]}\n"),
-    "csv": Layout("tasks-{:05d}.csv",
-                  lambda _: _csv_line(["id", "rank", "score", "strategy", "image", "predicted", "confidence"]),
-                  lambda t: _csv_line([t.id, t.rank, t.score, t.guess.strategy, t.url, t.guess.predicted,
-                                       t.guess.confidence])),
-}

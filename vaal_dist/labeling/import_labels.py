@@ -7,8 +7,6 @@ edited: the labels live in ``labels.parquet`` beside the new manifest, with the 
 """
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,26 +16,15 @@ import pyarrow.compute as pc
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import writer_lock
-from vaal_dist.labeling.export import LABEL_FIELD, from_spreadsheet_text, read_round
+from vaal_dist.labeling.formats import Answer, format_of
 from vaal_dist.labeling.labels import LABELS, LABELS_SCHEMA, class_names, read_labels, write_labels
-from vaal_dist.labeling.shape import check_coco, check_csv, check_label_studio, check_size, parse_json, shown
+from vaal_dist.labeling.shape import check_size, shown
 from vaal_dist.pool.io import read_pool_ids
 from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.pool.storage import beside, exists, folder_of, join, read_bytes, resolve, retrying
+from vaal_dist.round_files import NEXT_MANIFEST, read_round
 
-NEXT_MANIFEST = "labeled.parquet"      # default: in the round's folder, with labels.parquet beside it
 SHOWN_PROBLEMS = 100                   # ids named in a refusal; the rest are counted
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One annotation of one image: its class name, or why it gives none (``problem``)."""
-
-    id: str
-    label: str | None
-    annotator: str = ""
-    time: datetime | None = None
-    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,17 +45,17 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     files = [exports] if isinstance(exports, str) else list(exports)
     manifest = dest or join(round_out, NEXT_MANIFEST)
     _refuse_existing(manifest)
-    done = read_round(round_out, pool, labeled)
-    names = class_names(done.pool, classes)
-    previous = _previous_labels(done.labeled, names)
+    finished = read_round(round_out, pool, labeled)
+    names = class_names(finished.pool, classes)
+    previous = _previous_labels(finished.labeled, names)
     answers, unannotated = [], 0
     for export_file in files:
         file_answers, file_unannotated = read_answers(export_file)
         answers += file_answers
         unannotated += file_unannotated
-    labels = _checked(answers, done.selection.column("id"), done.pool, names, ", ".join(files))
+    labels = _checked(answers, finished.selection.column("id"), finished.pool, names, ", ".join(files))
     previous = previous.filter(pc.invert(pc.is_in(previous.column("id"), value_set=labels.column("id"))))
-    old_ids = read_manifest(done.labeled)
+    old_ids = read_manifest(finished.labeled)
     new_ids = pc.filter(labels.column("id"), pc.invert(pc.is_in(labels.column("id"), value_set=old_ids)))
     # the manifest last: it marks a finished import (another import into it is refused), so an import stopped
     # between the two leaves no manifest, and running it again replaces the labels.parquet it left
@@ -143,7 +130,7 @@ def _not_selected(problems: dict[str, list[str]], selection: pa.Array, pool: str
 
 def read_answers(export_file: str) -> tuple[list[Answer], int]:
     """(every annotation in the file, the number of its images nobody annotated), once the file has the shape
-    of its format (``shape``)."""
+    of its format (``formats``)."""
     fs, path = resolve(export_file)
     info = retrying(f"cannot look up {export_file!r}", lambda: fs.get_file_info(path))
     if not info.is_file:
@@ -153,67 +140,5 @@ def read_answers(export_file: str) -> tuple[list[Answer], int]:
         text = read_bytes(export_file).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"export {export_file!r} is not UTF-8 text: {e}") from None
-    if path.endswith(".csv"):
-        check_csv(export_file, text)
-        return _csv_answers(text), 0
-    doc = parse_json(export_file, text)
-    if isinstance(doc, list):
-        check_label_studio(export_file, doc)
-        return _label_studio_answers(doc)
-    if isinstance(doc, dict) and "images" in doc:
-        check_coco(export_file, doc)
-        return _coco_answers(doc)
-    raise InputError(f"export {export_file!r} is neither Label Studio's JSON export (a list of tasks) nor COCO "
-                     f"(an object with images) nor a .csv")
-
-
-def _label_studio_answers(tasks: list[dict]) -> tuple[list[Answer], int]:
-    answers, unannotated = [], 0
-    for task in tasks:
-        image_id = str(task["data"].get("id", f"task {task.get('id')} (its data has no id)"))
-        annotations = task.get("annotations") or []
-        unannotated += not annotations
-        answers += [_label_studio_answer(image_id, a) for a in annotations]
-    return answers, unannotated
-
-
-def _label_studio_answer(image_id: str, annotation: dict) -> Answer:
-    who = annotation.get("completed_by")
-    annotator = str(who.get("email") or who.get("id")) if isinstance(who, dict) else str(who or "")
-    when = _time(annotation.get("updated_at") or annotation.get("created_at"))
-    if annotation.get("was_cancelled"):
-        return Answer(image_id, None, annotator, when, f"annotation {annotation.get('id')} was skipped")
-    chosen = [c for r in annotation.get("result") or [] if r.get("from_name") == LABEL_FIELD
-              for c in r.get("value", {}).get("choices", [])]
-    if len(chosen) != 1:
-        why = "is empty" if not chosen else f"chooses {len(chosen)} classes"
-        return Answer(image_id, None, annotator, when, f"annotation {annotation.get('id')} {why}")
-    return Answer(image_id, chosen[0], annotator, when)
-
-
-def _coco_answers(doc: dict) -> tuple[list[Answer], int]:
-    images = {image["id"]: str(image["file_name"]) for image in doc["images"]}
-    categories = {c["id"]: str(c["name"]) for c in doc.get("categories", [])}
-    answers = []
-    for a in doc.get("annotations", []):
-        image_id = images.get(a.get("image_id"), f"image_id {a.get('image_id')} (not among the file's images)")
-        category = a.get("category_id")
-        problem = None if category in categories else f"annotation {a.get('id')} has no known category ({category})"
-        answers.append(Answer(image_id, categories.get(category), str(a.get("annotator", "")), None, problem))
-    annotated = {a.get("image_id") for a in doc.get("annotations", [])}
-    return answers, sum(i not in annotated for i in images)
-
-
-def _csv_answers(text: str) -> list[Answer]:
-    rows = csv.DictReader(io.StringIO(text))
-    if not {"id", "label"} <= set(rows.fieldnames or ()):
-        raise InputError(f"a CSV of labels needs the columns id and label, got {rows.fieldnames}")
-    return [Answer(from_spreadsheet_text(row["id"]), row["label"] or None, row.get("annotator") or "",
-                   _time(row.get("time")), None if row["label"] else "empty label") for row in rows]
-
-
-def _time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    when = datetime.fromisoformat(text)
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    form, content = format_of(export_file, path, text)
+    return form.read(export_file, content)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaal_dist.round_files import SELECTION
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -85,7 +87,7 @@ def contact_sheet(thumbs: list[Thumb], total: int) -> str:
     figures = "".join(_figure(t) for t in thumbs)
     rest = total - len(thumbs)
     more = (f'<p id="more" data-count="{rest}">… and {rest:,} more selected images (ranks {len(thumbs) + 1:,} to '
-            f"{total:,}), listed in selection.parquet.</p>") if rest > 0 else ""
+            f"{total:,}), listed in {SELECTION}.</p>") if rest > 0 else ""
     return f'<div class="sheet" id="contact-sheet">{figures}</div>{more}'
 
 

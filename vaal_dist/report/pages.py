@@ -25,11 +25,10 @@ from vaal_dist.redaction import redact
 from vaal_dist.report.html import Fact, Series, Thumb, contact_sheet, esc, facts, histogram_svg, line_chart_svg, \
     page, table
 from vaal_dist.report.thumbnails import data_urls
+from vaal_dist.round_files import RECORD, REPORT, SCORES_SAMPLE, SELECTION, read_selection
 from vaal_dist.scoring.topk import ScoreSample
 
-REPORT = "report.html"
 EXPERIMENT_REPORT = "experiment.html"
-SCORES_SAMPLE = "scores-sample.parquet"
 SHEET_LIMIT = 500           # thumbnails on a page; the rest are counted
 
 log = logging.getLogger(__name__)
@@ -55,19 +54,18 @@ def write_round_report(out: str, pool: str, meta: PoolMeta, record: dict, ids: n
 
 
 def write_missing_round_report(out: str, pool: str, meta: PoolMeta) -> str | None:
-    """The report of a complete round that has none (one finished before reports were written), from its
-    files; None when it has one."""
+    """The report of a complete round that has none, from its files; None when it has one."""
     uri = join(out, REPORT)
     if exists(uri):
         return None
-    selection = _read_table(join(out, "selection.parquet"))
+    selection = read_selection(out)
     sample_uri = join(out, SCORES_SAMPLE)
     sample = None
     if exists(sample_uri):
         table = _read_table(sample_uri)
         sample = ScoreSample(np.asarray(table.column("id").to_pylist(), str), table.column("score").to_numpy(),
                              int(table.schema.metadata[b"limit"]))
-    return write_round_report(out, pool, meta, read_json(join(out, "run.json")),
+    return write_round_report(out, pool, meta, read_json(join(out, RECORD)),
                               np.asarray(selection.column("id").to_pylist(), str),
                               selection.column("score").to_numpy(), sample)
 
@@ -118,7 +116,7 @@ def _round_facts(record: dict) -> list[Fact]:
                         + (f", {throughput:,.0f} images/s" if throughput else "")),
     ]
     train = record.get("train", {})
-    models = {"model": train} if "last_epoch" in train else train    # run.json of older versions: one model
+    models = {"model": train} if "last_epoch" in train else train    # a record of one model's facts
     for model, trained in sorted(models.items()):
         rows.append(Fact(f"trained: {model}", _last_epoch(trained)))
     rows += [Fact("cluster", ", ".join(f"{v:g} {k}" for k, v in sorted(record.get("cluster", {}).items()))),
@@ -155,7 +153,7 @@ def _why_no_distribution(strategy: str) -> str:
 
     if strategy in STRATEGIES and not issubclass(STRATEGIES[strategy], TopKStrategy):
         return (f"No score distribution: {strategy} chooses its images together (from embeddings or clusters), "
-                "not by a score streamed for each image; the scores in selection.parquet are its own measure of "
+                f"not by a score streamed for each image; the scores in {SELECTION} are its own measure of "
                 "each pick.")
     return f"No score distribution: this round kept no sample of the scores ({SCORES_SAMPLE} is missing)."
 
