@@ -109,6 +109,15 @@ def test_a_refusal_is_not_retried_and_names_the_url_and_status(serve, status, sa
     assert len(requests) == 1
 
 
+def test_a_bad_request_says_what_label_studio_refused(serve):
+    said = {"validation_errors": {"title": ["Ensure this field has at least 3 characters."]}, "detail": "x"}
+    url, _ = serve(answers((400, json.dumps(said).encode())))
+    with pytest.raises(InputError) as refused:
+        connect(url).post("/api/projects", b"{}")
+    assert str(refused.value) == (f"Label Studio at {url} refused POST /api/projects: HTTP 400 Bad Request: "
+                                  f'{{"title": ["Ensure this field has at least 3 characters."]}}')
+
+
 def test_a_redirect_is_not_followed_since_the_token_would_go_with_it(serve):
     elsewhere, seen_there = serve(answers((200, b"{}")))
     url, _ = serve(lambda method, path, body: (302, {"Location": f"{elsewhere}/api/projects"}, b""))

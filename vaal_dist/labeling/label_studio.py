@@ -32,6 +32,7 @@ TOKEN_VARIABLE = "LABEL_STUDIO_API_KEY"
 TIMEOUT_S = 300                # one request: an import of 150 MB of data: URLs, the project's export
 PAGE_SIZE = 100                # tasks listed at once (Label Studio's default page)
 PROJECTS_PAGE = 100            # Label Studio's largest page of projects
+SHOWN_ANSWER_BYTES = 65_536    # of a refusal's body, read for its validation errors
 
 
 class _Transient(Exception):
@@ -91,11 +92,11 @@ class LabelStudio:
             with self._opener.open(request, timeout=TIMEOUT_S) as answer:
                 data = answer.read(MAX_EXPORT_BYTES + 1)
         except urllib.error.HTTPError as e:
-            e.close()
-            if e.code == 429 or e.code >= 500:
-                raise _Transient(f"HTTP {e.code} {e.reason}") from None
-            raise InputError(f"Label Studio at {self.url} refused {method} {path}: HTTP {e.code} {e.reason}"
-                             f"{_hint(e)}") from None
+            with e:
+                if e.code == 429 or e.code >= 500:
+                    raise _Transient(f"HTTP {e.code} {e.reason}") from None
+                raise InputError(f"Label Studio at {self.url} refused {method} {path}: HTTP {e.code} {e.reason}"
+                                 f"{_hint(e)}") from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, (ConnectionError, TimeoutError)):
                 raise _Transient(str(e.reason)) from None
@@ -114,6 +115,8 @@ class LabelStudio:
 
 
 def _hint(e: urllib.error.HTTPError) -> str:
+    if e.code == 400:
+        return _validation_errors(e)
     if e.code in (401, 403):
         return f": check the legacy API token in {TOKEN_VARIABLE}"
     if e.code == 404:
@@ -122,6 +125,15 @@ def _hint(e: urllib.error.HTTPError) -> str:
         return (f": a redirect to {shown(repr(e.headers.get('Location', '')))}, not followed (the token would "
                 f"go with it): give the URL it names")
     return ""
+
+
+def _validation_errors(e: urllib.error.HTTPError) -> str:
+    """What Label Studio says a 400 refused (``{"title": ["Ensure this field has at least 3 characters."]}``)."""
+    try:
+        said = json.loads(e.read(SHOWN_ANSWER_BYTES)).get("validation_errors")
+    except (ValueError, AttributeError, OSError):
+        return ""
+    return f": {shown(json.dumps(said, ensure_ascii=True))}" if said else ""
 
 
 def checked_url(url: str) -> str:
