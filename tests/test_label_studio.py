@@ -20,9 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import free_port, round_config
+from test_labeling import finished_round
 
+from vaal_dist import api
+from vaal_dist.cli import main
 from vaal_dist.config import preset
-from vaal_dist.labeling.export import export_selection
+from vaal_dist.errors import InputError
+from vaal_dist.labeling.export import MAX_BYTES, export_selection
+from vaal_dist.labeling.formats import labeling_config
+from vaal_dist.labeling.label_studio import LabelStudio as LabelStudioClient, push
 from vaal_dist.labeling.import_labels import import_labels
 from vaal_dist.labeling.labels import LABELS_SCHEMA, write_labels
 from vaal_dist.pool.default import mnist_pixels
@@ -226,3 +232,147 @@ def test_label_studio_round_trip_feeds_the_next_round(label_studio, ray_local, t
     assert len(predictions) == 24
     assert {p["model_version"] for p in predictions} == {f"entropy-{second.record['inputs_fingerprint'][:8]}"}
     assert all(p["result"][0]["value"]["choices"] == [DIGITS[guess[image_of[p["task"]]]]] for p in predictions)
+
+
+# --- live: export --url pushes through the API, import-labels --label-studio pulls -----------------------------
+
+def live_round(tmp_path, n_pool: int = 60, budget: int = 12) -> tuple[str, list[str], dict]:
+    """(a finished random round's folder, its selection, true label by id) on n_pool MNIST digits, no Ray."""
+    pool, ids, truth = unlabeled_mnist(tmp_path, n_pool)
+    write_manifest(str(tmp_path / "labeled.parquet"), ids[:5])
+    selected = [str(i) for i in ids[np.random.default_rng(1).choice(np.arange(5, n_pool), budget, replace=False)]]
+    out = finished_round(tmp_path / "round-1", pool, tmp_path / "labeled.parquet", selected, strategy="random")
+    return out, selected, {str(i): str(t) for i, t in zip(ids, truth)}
+
+
+def project_tasks(api: LabelStudio, project: int) -> list[dict]:
+    return api.call("GET", f"/api/tasks?project={project}&page_size=1000")["tasks"]
+
+
+def project_titled(api: LabelStudio, title: str) -> int:
+    (project,) = [p["id"] for p in api.call("GET", "/api/projects?page_size=100")["results"] if p["title"] == title]
+    return project
+
+
+def annotate(api: LabelStudio, task: dict, label: str) -> None:
+    """What the labeling page posts when an annotator submits a choice."""
+    api.call("POST", f"/api/tasks/{task['id']}/annotations", {
+        "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}],
+        "was_cancelled": False, "lead_time": 1.0})
+
+
+def test_push_annotate_pull_then_the_next_round_trains_on_the_answers(label_studio, ray_local, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    pool, ids, truth = unlabeled_mnist(tmp_path, 300)
+    answer = {str(i): str(t) for i, t in zip(ids, truth)}
+    initial = [str(i) for i in ids[np.random.default_rng(0).choice(len(ids), 40, replace=False)]]
+    write_manifest(str(tmp_path / "labeled.parquet"), initial)
+    write_labels(str(tmp_path / "labels.parquet"), pa.table(
+        {"id": initial, "label": [int(answer[i]) for i in initial], "annotator": ["earlier"] * 40,
+         "time": pa.array([0] * 40, pa.timestamp("us", tz="UTC"))}, schema=LABELS_SCHEMA), DIGITS)
+    setup = {"preset": preset("cpu", task={"epochs": 2, "min_steps": 20}), "workers": 0}
+    first = run_round(round_config(pool, str(tmp_path / "labeled.parquet"), tmp_path / "round-1", budget=12,
+                                   strategy="random", **setup))
+    round_1 = str(tmp_path / "round-1")
+
+    assert main(["export", round_1, "--to", "label-studio", "--url", label_studio.url, "--title", "live 1",
+                 "--classes", *DIGITS, "--max-tasks", "5"]) == 0
+    project = project_titled(label_studio, "live 1")
+    assert capsys.readouterr().out.strip() == (f"Label Studio project {project} at {label_studio.url}: 12 tasks "
+                                               f"imported, 0 there before")
+    tasks = project_tasks(label_studio, project)
+    selected = pq.read_table(first.selection).column("id").to_pylist()
+    assert sorted(t["data"]["id"] for t in tasks) == sorted(selected)
+    assert all(t["data"]["image"].startswith("data:image/png;base64,") for t in tasks)
+    assert len(label_studio.call("GET", f"/api/predictions?project={project}")) == 12
+    for t in tasks:
+        annotate(label_studio, t, answer[t["data"]["id"]])
+
+    assert main(["import-labels", "--label-studio", label_studio.url, "--project", str(project), "--round", round_1,
+                 "--classes", *DIGITS]) == 0
+    labels = pq.read_table(tmp_path / "round-1" / "labels.parquet").to_pylist()
+    assert {r["id"]: r["label"] for r in labels} == {i: int(answer[i]) for i in initial + selected}
+    second = run_round(round_config(pool, str(tmp_path / "round-1" / "labeled.parquet"), tmp_path / "round-2",
+                                    budget=12, strategy="entropy", **setup))
+    assert second.record["pool"]["labeled"] == 52 and second.record["train"]["task"]["num_classes"] == 10
+    assert not set(pq.read_table(second.selection).column("id").to_pylist()) & set(initial + selected)
+
+
+def test_a_pull_refuses_per_id_as_the_file_import_does_and_writes_nothing(label_studio, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    round_1, selected, answer = live_round(tmp_path, budget=4)
+    pushed = push(round_1, label_studio.url, title="live refused", classes=DIGITS, max_tasks=10, max_bytes=MAX_BYTES)
+    tasks = sorted(project_tasks(label_studio, pushed.project), key=lambda t: t["data"]["rank"])
+    annotate(label_studio, tasks[0], answer[tasks[0]["data"]["id"]])
+    annotate(label_studio, tasks[1], "cat")                                 # not a class
+    annotate(label_studio, tasks[2], "1")                                   # two annotators disagree
+    annotate(label_studio, tasks[2], "2")
+    with pytest.raises(InputError) as refused:
+        api.import_labels(None, round_1, label_studio=label_studio.url, project=pushed.project, classes=DIGITS)
+    assert f"Label Studio project {pushed.project} at {label_studio.url}: import refused, nothing written: 2 ids " \
+           f"have problems" in str(refused.value)
+    assert f"{tasks[1]['data']['id']!r}: unknown class name 'cat'" in str(refused.value)
+    assert f"{tasks[2]['data']['id']!r}: conflicting labels" in str(refused.value)
+    assert sorted(os.listdir(round_1)) == ["run.json", "selection.parquet"]
+
+
+def test_a_push_stopped_after_its_first_batch_imports_each_task_once_when_run_again(label_studio, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    round_1, selected, _ = live_round(tmp_path)
+    post = LabelStudioClient.post
+    imports = []
+
+    def stopped_after_one_import(self, path, body, resend=None):
+        if path.endswith("/import"):
+            if imports:
+                raise KeyboardInterrupt                     # Ctrl-C between two batches
+            imports.append(body)
+        return post(self, path, body, resend)
+
+    monkeypatch.setattr(LabelStudioClient, "post", stopped_after_one_import)
+    with pytest.raises(KeyboardInterrupt):
+        push(round_1, label_studio.url, title="live stopped", classes=DIGITS, max_tasks=5, max_bytes=MAX_BYTES)
+    project = project_titled(label_studio, "live stopped")
+    assert len(project_tasks(label_studio, project)) == 5
+    monkeypatch.setattr(LabelStudioClient, "post", post)
+
+    again = push(round_1, label_studio.url, title="live stopped", classes=DIGITS, max_tasks=5, max_bytes=MAX_BYTES)
+    assert (again.project, again.imported, again.present) == (project, 7, 5)
+    assert sorted(t["data"]["id"] for t in project_tasks(label_studio, project)) == sorted(selected)
+    assert len(label_studio.call("GET", f"/api/predictions?project={project}")) == 12
+    done = push(round_1, label_studio.url, project=project, classes=DIGITS, max_tasks=5, max_bytes=MAX_BYTES)
+    assert (done.imported, done.present) == (0, 12)
+
+
+def refusal(capsys, argv: list[str]) -> str:
+    """The one stderr line of a refused command (exit 2), nothing on stdout."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("vaal-dist: error: ")
+    return err
+
+
+def test_a_wrong_token_url_or_labeling_config_is_one_line_naming_the_url(label_studio, tmp_path, monkeypatch,
+                                                                         capsys):
+    round_1, _, _ = live_round(tmp_path, budget=3)
+    push_to = ["export", round_1, "--to", "label-studio", "--classes", *DIGITS, "--url"]
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token-42")
+    err = refusal(capsys, [*push_to, label_studio.url, "--title", "never made"])
+    assert f"Label Studio at {label_studio.url} refused GET /api/projects: HTTP 401" in err
+    assert "not-the-token-42" not in err
+    err = refusal(capsys, ["import-labels", "--label-studio", label_studio.url, "--project", "1", "--round", round_1,
+                           "--classes", *DIGITS])
+    assert "HTTP 401" in err and "not-the-token-42" not in err
+
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    err = refusal(capsys, [*push_to, f"{label_studio.url}/elsewhere", "--project", "1"])
+    assert f"Label Studio at {label_studio.url}/elsewhere refused GET /api/projects/1: HTTP 404" in err
+    project = label_studio.call("POST", "/api/projects", {"title": "nine digits",
+                                                          "label_config": labeling_config(DIGITS[:9])})["id"]
+    err = refusal(capsys, [*push_to, label_studio.url, "--project", str(project)])
+    assert f"Label Studio project {project} at {label_studio.url} does not fit this round: its classes differ from " \
+           f"this round's: missing ['9'], not among them []" in err
+    assert TOKEN not in err
+    assert project_tasks(label_studio, project) == []

@@ -8,6 +8,7 @@ import argparse
 import datetime
 import logging
 import os
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -84,32 +85,54 @@ def run_prepare(args: argparse.Namespace) -> dict:
     return prepare_pool(args.source, args.dest, **options)
 
 
-def export(round_out: str, to: str, dest: str, **options) -> list[str]:
+def export(round_out: str, to: str, dest: str | None = None, **options):
     """The selection of the finished round in ``round_out`` as labeling tasks in format ``to`` under ``dest``
-    (``vaal-dist export``); returns the files written. No Ray."""
+    (``vaal-dist export``); returns the files written. With ``url`` (and ``project`` or ``title``), imported into
+    that Label Studio instead; returns the Pushed project and counts. No Ray."""
     return run_export(_parse(add_export_args, [round_out], dict(to=to, dest=dest, **options)))
 
 
-def run_export(args: argparse.Namespace) -> list[str]:
+def run_export(args: argparse.Namespace):
     from vaal_dist.labeling.export import export_selection
+    from vaal_dist.labeling.label_studio import push
 
+    if args.url is not None:
+        if args.to != "label-studio" or (args.dest is not None and urlsplit(args.dest).scheme not in ("s3", "gs")):
+            raise InputError("--url imports into Label Studio: give it with --to label-studio, and --dest only as "
+                             "the s3:// or gs:// folder of the images (by default the tasks carry them)")
+        return push(args.round, args.url, project=args.project, title=args.title, dest=args.dest or "",
+                    classes=args.classes, pool=args.pool, max_tasks=args.max_tasks, max_bytes=args.max_bytes,
+                    expires_s=args.expires, links=args.link, source=args.source)
+    if args.dest is None or args.project is not None or args.title is not None:
+        raise InputError("give --dest, the folder of the task files (--project and --title go with --url)")
     return export_selection(args.round, args.to, args.dest, classes=args.classes, pool=args.pool,
                             max_tasks=args.max_tasks, max_bytes=args.max_bytes, expires_s=args.expires,
                             links=args.link, source=args.source)
 
 
-def import_labels(exports: str | list[str], round_out: str, **options):
+def import_labels(exports: str | list[str] | None, round_out: str, **options):
     """A labeling tool's answers to the round in ``round_out`` as the next round's labeled manifest and labels.parquet
-    (``vaal-dist import-labels``); returns what was written (``manifest``, ``labels``, counts). No Ray."""
-    exports = [exports] if isinstance(exports, str) else list(exports)
+    (``vaal-dist import-labels``); returns what was written (``manifest``, ``labels``, counts). ``exports`` None
+    with ``label_studio`` (a URL) and ``project``: that project's annotations, read through the API. No Ray."""
+    exports = [exports] if isinstance(exports, str) else list(exports or [])
     return run_import(_parse(add_import_args, exports, dict(round=round_out, **options)))
 
 
 def run_import(args: argparse.Namespace):
-    from vaal_dist.labeling.import_labels import import_labels as read_answers
+    from vaal_dist.labeling.import_labels import answers_in, import_labels
+    from vaal_dist.labeling.label_studio import project_export
 
-    return read_answers(args.export, args.round, classes=args.classes, pool=args.pool, labeled=args.labeled,
-                        dest=args.out)
+    options = dict(classes=args.classes, pool=args.pool, labeled=args.labeled, dest=args.out)
+    if args.label_studio is None:
+        if not args.export or args.project is not None:
+            raise InputError("give the tool's export files, or --label-studio URL and --project ID")
+        return import_labels(args.export, args.round, **options)
+    if args.export or args.project is None:
+        raise InputError("--label-studio reads the project's annotations from the server: give --project ID and no "
+                         "export files")
+    project = f"Label Studio project {args.project} at {args.label_studio}"
+    return import_labels([project], args.round, **options,
+                        read=lambda _: answers_in(project, project_export(args.label_studio, args.project)))
 
 
 def experiment(pool: str | None = None, **options) -> pa.Table:

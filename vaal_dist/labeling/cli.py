@@ -14,9 +14,16 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     p.add_argument("round", help="a finished round's --out folder or URI")
     p.add_argument("--to", required=True, choices=tuple(LABEL_FORMATS), help="the labeling tool's format")
-    p.add_argument("--dest", required=True,
+    p.add_argument("--dest",
                    help="folder or URI for the task files; a local one embeds the images as data: URLs, an s3:// "
-                        "or gs:// one gets the images beside the tasks, linked by signed URLs")
+                        "or gs:// one gets the images beside the tasks, linked by signed URLs; with --url, the s3:// "
+                        "or gs:// folder of the images only (default: data: URLs)")
+    p.add_argument("--url", help="with --to label-studio: import the tasks into the Label Studio at this URL through "
+                                 "its API (token: $LABEL_STUDIO_API_KEY) instead of writing files; safe to rerun")
+    p.add_argument("--project", type=at_least(1), metavar="ID",
+                   help="with --url: the project to import into (its labeling config must fit the round's)")
+    p.add_argument("--title", help="with --url: the project titled so, created when there is none (default: "
+                                   "'vaal_dist ' and the round folder's name)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names in label order (default: the pool's classes.json)")
     p.add_argument("--pool", help="the round's pool, when its run record hides the URI's credentials")
@@ -39,15 +46,24 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def export_command(args: argparse.Namespace) -> int:
     from vaal_dist import api
 
-    files = api.run_export(args)
-    for f in files:
+    done = api.run_export(args)
+    if args.url is not None:
+        print(f"Label Studio project {done.project} at {redact(done.url)}: {done.imported} tasks imported, "
+              f"{done.present} there before")
+        return 0
+    for f in done:
         print(f"wrote {redact(f)}")
     return 0
 
 
 def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("export", nargs="+", help="the tool's exports of the round, all of them in one call: Label Studio "
+    from vaal_dist.cli import at_least
+
+    p.add_argument("export", nargs="*", help="the tool's exports of the round, all of them in one call: Label Studio "
                                              "JSON, COCO JSON, or CSVs of id,label")
+    p.add_argument("--label-studio", metavar="URL", help="instead of export files: read the annotations of --project "
+                                                         "from the Label Studio at URL (token: $LABEL_STUDIO_API_KEY)")
+    p.add_argument("--project", type=at_least(1), metavar="ID", help="with --label-studio: the project's id")
     p.add_argument("--round", required=True, help="the round whose selection was labeled (its --out)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="class names in label order, as given to export (default: the pool's classes.json)")

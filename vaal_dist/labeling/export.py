@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -29,7 +30,7 @@ import pyarrow.fs as pafs
 
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import WRITER, FolderLock
-from vaal_dist.labeling.formats import LABEL_FORMATS, Guess, Task
+from vaal_dist.labeling.formats import LABEL_FORMATS, Guess, LabelFormat, Task
 from vaal_dist.labeling.labels import class_names
 from vaal_dist.labeling.sources import BUCKET_SCHEMES, Originals, pool_originals, say_no_originals
 from vaal_dist.pool.images import RefusedImage, open_image, raw_picture
@@ -64,33 +65,20 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     """
     if to not in LABEL_FORMATS:
         raise InputError(f"export format must be one of {tuple(LABEL_FORMATS)}, got {to!r}")
-    if links not in LINKS:
-        raise InputError(f"links must be one of {LINKS}, got {links!r}")
-    if not 1 <= expires_s <= WEEK_S:
-        raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
-    finished = read_round(round_out, pool=pool, needs_labeled=False)
-    names = class_names(finished.pool, classes)
     images: list[str] = []
-    meta = read_pool_meta(finished.pool)
-    originals = pool_originals(finished.pool, meta, source)
-    link = original_links(originals, dest, links, expires_s) or image_links(dest, expires_s, images)
-    if originals is None:
-        say_no_originals(finished.pool, meta)
-    _check_in_pool(finished)
+    names, tasks_without = selection_tasks(round_out, dest, images, classes=classes, pool=pool,
+                                           expires_s=expires_s, links=links, source=source)
     lock = FolderLock(dest, WRITER)         # one writer in dest at a time: a second is refused naming this one
     form = LABEL_FORMATS[to]
-    head = form.head(names)
-    entries = (form.entry(task) for task in _tasks(finished, meta, link, names, originals))
     written = []
     fs, _ = resolve(dest)
     new_folders = missing_folders(join(dest, IMAGES))
     try:
         lock.acquire()
-        for number, part in enumerate(_parts(entries, max_tasks, max_bytes - len(head) - len(form.tail),
-                                             len(form.separator)), 1):
+        for number, body in enumerate(task_files(form, names, tasks_without(frozenset()), max_tasks, max_bytes), 1):
             lock.check_held()               # each part is a commit: never over another writer's files
             written.append(join(dest, form.file_name.format(number)))
-            write_atomic(written[-1], head + form.separator.join(part) + form.tail)
+            write_atomic(written[-1], body)
         for name, data in form.extra_files(names).items():
             lock.check_held()
             written.append(join(dest, name))
@@ -102,6 +90,38 @@ def export_selection(round_out: str, to: str, dest: str, *, classes: list[str] |
     finally:
         lock.release()                      # removes dest too where the lock made it and nothing is left in it
     return written
+
+
+def selection_tasks(round_out: str, dest: str, images: list[str], *, classes: list[str] | None = None,
+                    pool: str | None = None, expires_s: int = WEEK_S, links: str = "url", source: str | None = None
+                    ) -> tuple[list[str], Callable[[frozenset[str]], Iterator[Task]]]:
+    """(the class names, tasks_without(skip): the round's tasks in rank order but those of the ids in ``skip``),
+    each image linked as an export to ``dest`` links it (``export_selection``'s options); the objects that writes
+    (a bucket ``dest``'s images) are added to ``images``. The round, pool and originals are checked here, before
+    any task is made."""
+    if links not in LINKS:
+        raise InputError(f"links must be one of {LINKS}, got {links!r}")
+    if not 1 <= expires_s <= WEEK_S:
+        raise InputError(f"a signed URL expires after 1 s to 7 days ({WEEK_S} s), got {expires_s} s")
+    finished = read_round(round_out, pool=pool, needs_labeled=False)
+    names = class_names(finished.pool, classes)
+    meta = read_pool_meta(finished.pool)
+    originals = pool_originals(finished.pool, meta, source)
+    link = original_links(originals, dest, links, expires_s) or image_links(dest, expires_s, images)
+    if originals is None:
+        say_no_originals(finished.pool, meta)
+    _check_in_pool(finished)
+    return names, functools.partial(_tasks, finished, meta, link, names, originals)
+
+
+def task_files(form: LabelFormat, names: list[str], tasks: Iterator[Task], max_tasks: int,
+               max_bytes: int) -> Iterator[bytes]:
+    """The bytes of each of ``form``'s files (or import requests): ``tasks`` in order, at most ``max_tasks`` and
+    ``max_bytes`` bytes in each (but always one task)."""
+    head = form.head(names)
+    entries = (form.entry(task) for task in tasks)
+    for part in _parts(entries, max_tasks, max_bytes - len(head) - len(form.tail), len(form.separator)):
+        yield head + form.separator.join(part) + form.tail
 
 
 def _remove(dest: str, fs: pafs.FileSystem, files: list[str], new_folders: list[str]) -> None:
@@ -124,13 +144,17 @@ def _check_in_pool(finished: FinishedRound) -> None:
 
 
 def _tasks(finished: FinishedRound, meta: PoolMeta, link: Callable[[str, bytes, str], str], names: list[str],
-           originals: Originals | None = None) -> Iterator[Task]:
-    """The selection's tasks in rank order, its images (the ``originals`` when known, else the pool's) read
-    READ_ROWS (READ_ORIGINALS) at a time."""
+           originals: Originals | None = None, skip: frozenset[str] = frozenset()) -> Iterator[Task]:
+    """The selection's tasks in rank order but those of the ids in ``skip``, its images (the ``originals`` when
+    known, else the pool's) read READ_ROWS (READ_ORIGINALS) at a time."""
     step = READ_ROWS if originals is None else READ_ORIGINALS
     guess = _guesses(finished, names)
+    skipped = pa.array(sorted(skip), pa.string())
     for start in range(0, len(finished.selection), step):
         rows = finished.selection.slice(start, step)
+        rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=skipped)))
+        if not len(rows):
+            continue
         ids = rows.column("id")
         held = dict(pool_images(finished.pool, ids)) if originals is None else originals.recorded(finished.pool, ids)
         gone = [i for i in ids.to_pylist() if i not in held]

@@ -8,6 +8,7 @@ edited: the labels live in ``labels.parquet`` beside the new manifest, with the 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -37,11 +38,13 @@ class Imported:
 
 
 def import_labels(exports: str | list[str], round_out: str, *, classes: list[str] | None = None,
-                  pool: str | None = None, labeled: str | None = None, dest: str | None = None) -> Imported:
+                  pool: str | None = None, labeled: str | None = None, dest: str | None = None,
+                  read: Callable[[str], tuple[list[Answer], int]] | None = None) -> Imported:
     """Check the answers in ``exports`` (every export of the round: their answers are checked together) against
     the round in ``round_out``, then write the next round's manifest (``dest``, default
     ``round_out/labeled.parquet``: the round's labeled ids and the new ones) and labels.parquet beside it (the
-    previous labels.parquet beside the round's manifest, and the new labels). Refused when ``dest`` exists."""
+    previous labels.parquet beside the round's manifest, and the new labels). Refused when ``dest`` exists.
+    ``read`` gives an export's answers (default ``read_answers``: a file's)."""
     files = [exports] if isinstance(exports, str) else list(exports)
     manifest = dest or join(round_out, NEXT_MANIFEST)
     _refuse_existing(manifest)
@@ -50,7 +53,7 @@ def import_labels(exports: str | list[str], round_out: str, *, classes: list[str
     previous = _previous_labels(finished.labeled, names)
     answers, unannotated = [], 0
     for export_file in files:
-        file_answers, file_unannotated = read_answers(export_file)
+        file_answers, file_unannotated = (read or read_answers)(export_file)
         answers += file_answers
         unannotated += file_unannotated
     labels = _checked(answers, finished.selection.column("id"), finished.pool, names, ", ".join(files))
@@ -136,8 +139,14 @@ def read_answers(export_file: str) -> tuple[list[Answer], int]:
     if not info.is_file:
         raise InputError(f"export {export_file!r} does not exist")
     check_size(export_file, info.size)
+    return answers_in(export_file, read_bytes(export_file), path)
+
+
+def answers_in(export_file: str, data: bytes, path: str = "") -> tuple[list[Answer], int]:
+    """``read_answers`` of the bytes of ``export_file`` (which names it in errors); its ``path`` (where a suffix
+    names the format) may be empty: the bytes are then recognised by their shape."""
     try:
-        text = read_bytes(export_file).decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"export {export_file!r} is not UTF-8 text: {e}") from None
     form, content = format_of(export_file, path, text)

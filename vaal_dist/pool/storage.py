@@ -141,7 +141,7 @@ class StorageRetries:
         if self.failures >= STORAGE_ATTEMPTS:
             raise StorageError(f"{self.what}: {STORAGE_KEPT_FAILING}, {self.failures} attempts over "
                                f"{time.monotonic() - self.started:.0f} s; the last error: {last}") from e
-        wait = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        wait = backoff_s(self.failures)
         log.warning("%s (attempt %d of %d): %s; trying again in %.1f s", redact(self.what), self.failures,
                     STORAGE_ATTEMPTS, redact(last), wait)
         time.sleep(wait)
@@ -150,6 +150,11 @@ class StorageRetries:
     def progressed(self) -> None:
         """The operation got further than before: what failed before it does not count against what follows."""
         self.failures = 0
+
+
+def backoff_s(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th transient error in a row (see the policy above)."""
+    return min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
 def retrying(what: str, operation: Callable[[], T]) -> T:
