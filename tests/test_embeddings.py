@@ -32,8 +32,10 @@ def write_embeddings(path, ids, x, kind: str = "fixed") -> str:
 
 
 def vectors_round(pool, labeled, out, path, strategy="coreset", budget=10, **acquisition):
+    # workers=0: a strategy that trains (Cluster-Margin's task model) does so in the driver; where the vectors
+    # come from is what is tested here, and the Ray Train workers' path is test_strategy_rounds'.
     return round_config(pool, labeled, out, budget=budget, strategy=strategy,
-                        preset=preset("cpu", task={"epochs": 1, "min_steps": 0}),
+                        preset=preset("cpu", task={"epochs": 1, "min_steps": 0}), workers=0,
                         acquisition=AcquisitionConfig(embeddings=str(path), **acquisition))
 
 

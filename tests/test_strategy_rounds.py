@@ -1,12 +1,14 @@
 """One end-to-end round per task-aware strategy on a tiny pool (Ray Train + Ray Data, as a user runs it).
 
 Each round trains for real (a couple of epochs of the CPU presets), so this file holds the suite's most
-expensive tests; strategies that share a training path with one below (dbal with mc_dropout,
+expensive tests; strategies that share a training path with one below (mc_dropout with dbal,
 learning_loss_v2 with learning_loss, ta_vaal_lloss with ta_vaal, the other AALU ablations with
 aalu_advvae, vaal_frozen_vae with vaal_disc_only) are covered by the scorer tests in
-test_task_strategies.py.
+test_task_strategies.py. Each strategy's round runs once (the ``rounds`` fixture) for every test that
+looks at it.
 """
 import ast
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +27,39 @@ import vaal_dist.strategies as strategies
 from vaal_dist.strategies import STRATEGIES, get_strategy
 from vaal_dist.round_inputs import RoundInputs
 
-ROUND_TESTED = ["entropy", "mc_dropout", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
+ROUND_TESTED = ["entropy", "dbal", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
                 "vaal_vae_w2", "vaal_disc_only", "coreset", "cluster_margin", "typiclust", "badge"]
 TASK_FREE = {"vaal_vae_w2", "vaal_disc_only", "typiclust"}
 ROUND_ROBIN = {"cluster_margin", "typiclust", "badge"}   # pick order is over clusters or draws, not by score
 NO_GUESS = TASK_FREE | {"coreset"}       # no class guess of the task model's beside the selection
 
 
-@pytest.fixture
-def split_pool(tiny_pool, tmp_path):
-    """The tiny pool with 32 labeled and 32 held-out ids."""
-    pool, labeled, ids, labeled_ids = tiny_pool
-    rest = np.setdiff1d(ids, labeled_ids)
-    holdout = np.random.default_rng(2).choice(rest, 32, replace=False)
-    write_manifest(str(tmp_path / "holdout.parquet"), holdout)
-    return pool, labeled, str(tmp_path / "holdout.parquet"), labeled_ids, holdout
+@pytest.fixture(scope="module")
+def split_pool(tmp_path_factory):
+    """conftest's tiny pool (256 random 32x32 images, 32 labeled) with 32 held-out ids, for the module's rounds."""
+    root = tmp_path_factory.mktemp("split")
+    ids = make_raw_pool(root / "pool", 256)
+    labeled_ids = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
+    write_manifest(str(root / "labeled.parquet"), labeled_ids)
+    holdout = np.random.default_rng(2).choice(np.setdiff1d(ids, labeled_ids), 32, replace=False)
+    write_manifest(str(root / "holdout.parquet"), holdout)
+    return str(root / "pool"), str(root / "labeled.parquet"), str(root / "holdout.parquet"), labeled_ids, holdout
+
+
+@pytest.fixture(scope="module")
+def rounds(ray_local, split_pool, tmp_path_factory):
+    """(config, result) of a strategy's round on the split pool, run the first time a test asks for it: budget 12,
+    learning_loss's 5 (test_learning_loss_picks_from_a_seeded_subset_of_ten_times_b)."""
+    pool, labeled, holdout, *_ = split_pool
+    done = {}
+
+    def round_of(strategy: str):
+        if strategy not in done:
+            cfg = tiny_config(pool, labeled, holdout, tmp_path_factory.mktemp(strategy) / "out", strategy,
+                              budget=5 if strategy == "learning_loss" else 12)
+            done[strategy] = cfg, run_round(cfg)
+        return done[strategy]
+    return round_of
 
 
 def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig:
@@ -52,10 +72,9 @@ def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ROUND_TESTED)
-def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool, tmp_path, strategy):
-    pool, labeled, holdout, labeled_ids, holdout_ids = split_pool
-    cfg = tiny_config(pool, labeled, holdout, tmp_path / "out", strategy)
-    result = run_round(cfg)
+def test_round_selects_b_new_ids_never_labeled_or_held_out(split_pool, rounds, strategy):
+    labeled_ids, holdout_ids = split_pool[3:]
+    cfg, result = rounds(strategy)
     sel = pq.read_table(result.selection).to_pandas()
     assert len(sel) == cfg.budget and sel["id"].is_unique
     assert not set(sel["id"]) & (set(labeled_ids) | set(holdout_ids))
@@ -71,11 +90,12 @@ def test_round_selects_b_new_ids_never_labeled_or_held_out(ray_local, split_pool
 
 
 @pytest.mark.slow
-def test_learning_loss_picks_from_a_seeded_subset_of_ten_times_b(ray_local, split_pool, tmp_path):
+def test_learning_loss_picks_from_a_seeded_subset_of_ten_times_b(split_pool, rounds):
     """TA-VAAL / Learning Loss score 10 x b random candidates by default (the papers' subset method)."""
     pool, labeled, holdout, labeled_ids, holdout_ids = split_pool
-    cfg = tiny_config(pool, labeled, holdout, tmp_path / "out", "learning_loss", budget=5)
-    sel = pq.read_table(run_round(cfg).selection).column("id").to_pylist()
+    cfg, result = rounds("learning_loss")
+    assert cfg.budget == 5
+    sel = pq.read_table(result.selection).column("id").to_pylist()
     unlabeled = np.setdiff1d(read_pool_ids(pool).to_numpy(zero_copy_only=False).astype(str),
                              np.concatenate([labeled_ids, holdout_ids]))
     inputs = RoundInputs(cfg, read_pool_meta(pool), read_manifest(labeled), "")
@@ -106,11 +126,11 @@ def test_task_strategies_need_labels(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_task_strategy_round_is_deterministic_under_its_seed(ray_local, split_pool, tmp_path):
+def test_a_task_strategy_round_is_deterministic_under_its_seed(rounds, tmp_path):
     """Two DDP rounds with the same seed train the same model and pick the same ids in the same order."""
-    pool, labeled, holdout, *_ = split_pool
-    first, second = (pq.read_table(run_round(tiny_config(pool, labeled, holdout, tmp_path / out, "dbal")).selection)
-                     .to_pydict() for out in ("a", "b"))
+    cfg, result = rounds("dbal")
+    again = run_round(dataclasses.replace(cfg, out=str(tmp_path / "again")))
+    first, second = (pq.read_table(r.selection).to_pydict() for r in (result, again))
     assert first["id"] == second["id"]
     np.testing.assert_array_equal(first["score"], second["score"])
 
