@@ -37,6 +37,7 @@ from vaal_dist.clustering.kmeans import NITER, TRAIN_POINTS, check_embeddings, k
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import resolve, write_parquet
 from vaal_dist.scoring.ids import id_hash
+from vaal_dist.scoring.topk import top_rows
 
 FORMAT = "vaal_dist.cluster_margin.v1"
 
@@ -151,7 +152,7 @@ def select(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidate
     k_m = min(len(scores), candidates if candidates is not None else 10 * budget)
     if k_m < budget:
         raise InputError(f"candidates={candidates} must be at least the budget {budget}")
-    pool = _most_uncertain(scores, ids, k_m)
+    pool = top_rows(ids, scores, k_m)
     _, cluster_of, counts = np.unique(clusters[pool], return_inverse=True, return_counts=True)
     rank_of_cluster = np.empty(len(counts), dtype=np.int64)
     rank_of_cluster[np.argsort(counts, kind="stable")] = np.arange(len(counts))   # smallest first
@@ -163,17 +164,6 @@ def select(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidate
     turn[within] = np.arange(len(pool)) - starts             # 0 for a cluster's first pick, 1 for its second...
     order = np.lexsort((visit_order, turn))                  # round-robin: by turn, then by cluster
     return pool[order[:budget]]
-
-
-def _most_uncertain(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, ties at the k-th to the smallest ids, in no particular order."""
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    above = np.flatnonzero(scores > kth)
-    tied = np.flatnonzero(scores == kth)
-    tied = tied[np.argsort(ids[tied], kind="stable")[:k - len(above)]]
-    return np.concatenate([above, tied])
 
 
 def save_clusters(uri: str, clusters: PoolClusters) -> None:

@@ -29,7 +29,8 @@ from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError,
     raise_if_remote
 from vaal_dist.placement import RESOURCE_UNITS, Demand, log_if_unplaceable, placement_error, total_per_node
 from vaal_dist.scoring.spec import ScorerSpec
-from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, sample_priorities, top_rows
+from vaal_dist.scoring.ids import sample_priorities
+from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, top_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
