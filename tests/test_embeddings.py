@@ -11,7 +11,7 @@ from conftest import make_raw_pool, round_config
 from test_backbone import backbone_round, saved_weights
 from vaal_dist import cli
 from vaal_dist.clustering import cluster_margin as clustering
-from vaal_dist.clustering.cluster_margin import cached_cluster_pool
+from vaal_dist.pool.clusters import cached_cluster_pool
 from vaal_dist.config import AcquisitionConfig, Backbone, preset
 from vaal_dist.errors import InputError
 from vaal_dist.pool.embeddings import Vectors, read_vectors
