@@ -119,13 +119,13 @@ def plain_round_robin(scores, clusters, ids, budget, seed=0):
 
 
 def bench_select(args) -> None:
-    from vaal_dist.clustering.cluster_margin import select
+    from vaal_dist.clustering.cluster_margin import round_robin_picks
 
     rng = np.random.default_rng(0)
     ids = pool_ids(args.n)
     scores = rng.random(args.n).round(4)                    # rounded: ties at the k_m edge
     clusters = rng.integers(0, args.clusters, args.n)
-    picks, ours = timed(select, scores, clusters, ids, args.budget)
+    picks, ours = timed(round_robin_picks, scores, clusters, ids, args.budget)
     print(f"| vaal_dist select, {args.n:,} points, {args.clusters} clusters, b = {args.budget:,}, k_m = 10 b | "
           f"{ours} | reference |", flush=True)
     plain, plain_t = timed(plain_round_robin, scores, clusters, ids, args.budget)
@@ -193,7 +193,7 @@ def plain_typical_picks(x, assign, budget, neighbours, min_size):
 
 
 def bench_typiclust(args) -> None:
-    """typiclust.select's three steps timed one by one (the same calls it makes), so a run cut short
+    """typiclust.typiclust_picks's three steps timed one by one (the same calls it makes), so a run cut short
     still reports the finished ones; then the straightforward implementation at smaller sizes."""
     from vaal_dist.clustering import typiclust
     from vaal_dist.clustering.kmeans import nearest_centroids, train_centroids
@@ -209,7 +209,7 @@ def bench_typiclust(args) -> None:
         print(f"train {train_t}, ", end="", flush=True)
         assign, assign_t = timed(nearest_centroids, x, centroids)
         print(f"assign {assign_t}, ", end="", flush=True)
-        result, pick_t = timed(typiclust.select_in_clusters, x, ids, labeled, assign, args.budget)
+        result, pick_t = timed(typiclust.typiclust_picks_in_clusters, x, ids, labeled, assign, args.budget)
         print(f"typicality and picks {pick_t}: **{train_t.wall + assign_t.wall + pick_t.wall:.1f} s, "
               f"{train_t.cpu + assign_t.cpu + pick_t.cpu:.0f} CPU s** | "
               f"{len(set(result.cluster.tolist())):,} clusters picked from |", flush=True)
@@ -217,7 +217,7 @@ def bench_typiclust(args) -> None:
         b = max(1, round(args.budget * m / args.n))        # the same ~N / b points a cluster
         sub, none = x[:m], np.zeros(m, bool)
         assign, plain, kmeans_t, knn_t = plain_typiclust(sub, b)
-        ours = typiclust.select_in_clusters(sub, ids[:m], none, assign, len(plain)).picks
+        ours = typiclust.typiclust_picks_in_clusters(sub, ids[:m], none, assign, len(plain)).picks
         same = "same picks, same order" if np.array_equal(ours, plain) else (
             f"{len(set(ours.tolist()) & set(plain.tolist()))} of {len(plain)} picks equal")
         print(f"| sklearn KMeans + NearestNeighbors, {m:,} x {args.dim}, b = {b:,} | KMeans {kmeans_t} -> "

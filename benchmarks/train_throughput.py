@@ -37,7 +37,6 @@ epochs are timed over); the rest of "s per epoch" is the report and the checkpoi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import os
 import re
@@ -56,7 +55,7 @@ from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.train import trainer
 from vaal_dist.train.common import worker_epoch_seed
 from vaal_dist.train.pool_batches import PoolSource, epoch_share, pool_source
-from vaal_dist.train.vaal_loop import build_models, train_epoch, train_loop_per_worker
+from vaal_dist.train.vaal_loop import VAALLoopConfig, build_models, train_epoch, train_loop_per_worker
 
 LABELED_FRACTION = 0.10
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6})")
@@ -149,12 +148,11 @@ def ray_train(source: PoolSource, cfg, in_channels: int, seed: int, workers: int
     """One Ray Train run as a round trains VAAL; the fit's wall time and each epoch's checkpoint time."""
     name = f"throughput-w{workers}"
     shutil.rmtree(storage / name, ignore_errors=True)          # a fresh run: same name would resume
-    loop_config = {"vaal": dataclasses.asdict(cfg), "seed": seed, "in_channels": in_channels,
-                   "conditioned": False, "source": source}     # as round_inputs.py:RoundInputs.train_vaal builds it
+    loop = VAALLoopConfig(cfg, seed, in_channels, conditioned=False, source=source)   # as RoundInputs.train_vaal
     trainer.KEEP_CHECKPOINTS = None                              # keep every epoch's checkpoint: its name is its time
     started = datetime.datetime.now()
     start = time.perf_counter()
-    result = trainer.fit(train_loop_per_worker, loop_config, {}, storage_path=str(storage), name=name,
+    result = trainer.fit(train_loop_per_worker, loop, {}, storage_path=str(storage), name=name,
                          workers=workers, use_gpu=use_gpu, cpus_per_worker=cpus_per_worker, seed=seed)
     wall = time.perf_counter() - start
     ended = datetime.datetime.now()

@@ -194,7 +194,8 @@ def vaal_checkpoint(directory, poison: bool = False, channels: int = 1) -> ray.t
 
 def vaal_trained_as(monkeypatch, checkpoint) -> None:
     """VAAL's training replaced by ``checkpoint``: what is tested is the selection path."""
-    monkeypatch.setattr(VAAL, "train", lambda self, inputs: Trained(inputs.scorer(VAALScorer, checkpoint=checkpoint)))
+    monkeypatch.setattr(VAAL, "train",
+                        lambda self, inputs: Trained(inputs.scorer_spec(VAALScorer, checkpoint=checkpoint)))
 
 
 def pool_batch(pool):

@@ -33,13 +33,13 @@ from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
-from vaal_dist.placement import Demand, shared_storage_problem, shortfall
+from vaal_dist.placement import READ_TASK_CPUS, Demand, cpu_actor_layout, shared_storage_problem, shortfall
 from vaal_dist.pool.io import read_pool_meta
 from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.pool.storage import join, resolve
 from vaal_dist.round import run_round
 from vaal_dist.scoring.spec import ScorerSpec
-from vaal_dist.scoring.stream import READ_TASK_CPUS, cpu_actor_layout, stream_top_k
+from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint, train_loop_per_worker
 

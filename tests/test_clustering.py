@@ -10,6 +10,8 @@ from vaal_dist.clustering import cluster_margin, typiclust
 from vaal_dist.clustering.hac import average_linkage, cut
 from vaal_dist.config import AcquisitionConfig
 from vaal_dist.errors import InputError
+from vaal_dist.pool import clusters as clusters_file
+from vaal_dist.pool import shards, storage
 from vaal_dist.scoring.ids import id_hash
 from vaal_dist.strategies.typiclust import TypiClust
 
@@ -111,28 +113,49 @@ def test_saved_clusters_load_only_for_the_same_inputs(tmp_path):
     x, _, ids = planted_blobs(300, 4, 3)
     clusters = cluster_margin.cluster_pool(x, ids, n_clusters=3)
     uri = str(tmp_path / "round-1" / "clusters.parquet")
-    assert cluster_margin.load_clusters(uri, clusters.fingerprint) is None          # nothing saved yet
-    cluster_margin.save_clusters(uri, clusters)
-    loaded = cluster_margin.load_clusters(uri, clusters.fingerprint)
+    assert clusters_file.load_clusters(uri, clusters.fingerprint) is None          # nothing saved yet
+    clusters_file.save_clusters(uri, clusters)
+    loaded = clusters_file.load_clusters(uri, clusters.fingerprint)
     np.testing.assert_array_equal(loaded.ids, clusters.ids)
     np.testing.assert_array_equal(loaded.cluster, clusters.cluster)
-    assert cluster_margin.load_clusters(uri, "another fingerprint") is None
+    assert clusters_file.load_clusters(uri, "another fingerprint") is None
     np.testing.assert_array_equal(loaded.of(ids[[5, 0, 7]]), clusters.cluster[[5, 0, 7]])
     with pytest.raises(InputError):
         loaded.of(["not-in-the-pool"])
 
 
+def test_saved_clusters_are_read_again_after_a_connection_reset(tmp_path, monkeypatch):
+    """The cache is read through the shard opener's retries: a reset mid-body (an error that usually passes) is tried again."""
+    x, _, ids = planted_blobs(300, 4, 3)
+    clusters = cluster_margin.cluster_pool(x, ids, n_clusters=3)
+    uri = str(tmp_path / "clusters.parquet")
+    clusters_file.save_clusters(uri, clusters)
+    open_shard, reads = shards.open_shard, []
+
+    def reset_once(fs, path):
+        reads.append(path)
+        if len(reads) == 1:
+            raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, Failure when "
+                          "receiving data from the peer; Details: Recv failure: Connection reset by peer")
+        return open_shard(fs, path)
+    monkeypatch.setattr(shards, "open_shard", reset_once)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    loaded = clusters_file.load_clusters(uri, clusters.fingerprint)
+    assert len(reads) == 2
+    np.testing.assert_array_equal(loaded.cluster, clusters.cluster)
+
+
 def test_cached_clustering_is_computed_once_per_input(tmp_path, monkeypatch):
     x, _, ids = planted_blobs(300, 4, 3)
     uri = str(tmp_path / "clusters.parquet")
-    first = cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=3)
+    first = clusters_file.cached_cluster_pool(uri, x, ids, n_clusters=3)
     direct = cluster_margin.cluster_pool(x, ids, n_clusters=3)
     computed = []
-    monkeypatch.setattr(cluster_margin, "_cluster", lambda *a: computed.append(a) or first)
-    again = cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=3)
+    monkeypatch.setattr(clusters_file, "cluster", lambda *a: computed.append(a) or first)
+    again = clusters_file.cached_cluster_pool(uri, x, ids, n_clusters=3)
     assert computed == [] and again.fingerprint == first.fingerprint == direct.fingerprint
     np.testing.assert_array_equal(again.cluster, direct.cluster)
-    cluster_margin.cached_cluster_pool(uri, x, ids, n_clusters=2)            # other settings: computed
+    clusters_file.cached_cluster_pool(uri, x, ids, n_clusters=2)            # other settings: computed
     assert len(computed) == 1
 
 
@@ -142,7 +165,7 @@ def test_a_file_that_is_not_a_clustering_is_refused(tmp_path):
 
     pq.write_table(pa.table({"id": ["a"]}), tmp_path / "other.parquet")
     with pytest.raises(InputError):
-        cluster_margin.load_clusters(str(tmp_path / "other.parquet"))
+        clusters_file.load_clusters(str(tmp_path / "other.parquet"))
 
 
 def test_more_clusters_than_cells_is_refused():
@@ -154,7 +177,7 @@ def test_more_clusters_than_cells_is_refused():
 # --- Cluster-Margin's round-robin selection ---
 
 def hash_order(ids, seed=0):
-    """ids in the seeded random order select() uses inside a cluster."""
+    """ids in the seeded random order round_robin_picks uses inside a cluster."""
     ids = np.asarray(ids)
     return list(ids[np.lexsort((ids, id_hash(ids, seed)))])
 
@@ -163,15 +186,15 @@ def test_round_robin_visits_the_smallest_clusters_first():
     # clusters 7 (3 candidates), 4 (1), 9 (2): visits 4, 9, 7, then 9, 7, then 7
     ids = np.array(["a", "b", "c", "d", "e", "f"])
     clusters = np.array([7, 4, 9, 7, 9, 7])
-    picks = cluster_margin.select(np.zeros(6), clusters, ids, budget=6)
+    picks = cluster_margin.round_robin_picks(np.zeros(6), clusters, ids, budget=6)
     c7, c9 = hash_order(["a", "d", "f"]), hash_order(["c", "e"])
     assert list(ids[picks]) == ["b", c9[0], c7[0], c9[1], c7[1], c7[2]]
-    np.testing.assert_array_equal(cluster_margin.select(np.zeros(6), clusters, ids, budget=4), picks[:4])
+    np.testing.assert_array_equal(cluster_margin.round_robin_picks(np.zeros(6), clusters, ids, budget=4), picks[:4])
 
 
 def test_clusters_of_equal_size_go_by_cluster_number():
     ids = np.array(["x", "y", "z", "w"])
-    picks = cluster_margin.select(np.zeros(4), np.array([5, 2, 8, 2]), ids, budget=4)
+    picks = cluster_margin.round_robin_picks(np.zeros(4), np.array([5, 2, 8, 2]), ids, budget=4)
     assert list(ids[picks[:2]]) == ["x", "z"]            # clusters 5 and 8 hold 1 each: 5 first
     assert set(ids[picks[2:]]) == {"y", "w"}
 
@@ -180,7 +203,7 @@ def test_only_the_k_m_most_uncertain_are_candidates():
     ids = np.array([f"i{i}" for i in range(10)])
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.5, 0.5, 0.0])
     clusters = np.arange(10)                             # every candidate alone: all visited in round 1
-    picks = cluster_margin.select(scores, clusters, ids, budget=3, candidates=5)
+    picks = cluster_margin.round_robin_picks(scores, clusters, ids, budget=3, candidates=5)
     # the five highest: 0.9, 0.8, 0.7, 0.6 and, of the tie at 0.5, the smaller id i7
     assert set(ids[picks]) <= {"i0", "i2", "i4", "i6", "i7"} and len(picks) == 3
     assert list(ids[picks]) == ["i0", "i2", "i4"]        # one each, clusters visited by number
@@ -189,7 +212,7 @@ def test_only_the_k_m_most_uncertain_are_candidates():
 def test_default_k_m_is_ten_times_the_budget():
     ids = np.array([f"i{i:03d}" for i in range(100)])
     scores = -np.arange(100.0)                           # i000 most uncertain
-    picks = cluster_margin.select(scores, np.zeros(100, int), ids, budget=3)
+    picks = cluster_margin.round_robin_picks(scores, np.zeros(100, int), ids, budget=3)
     assert set(ids[picks]) <= set(ids[:30])
 
 
@@ -197,9 +220,9 @@ def test_picks_do_not_depend_on_the_input_order():
     rng = np.random.default_rng(0)
     ids = np.array([f"u{i:04d}" for i in range(2000)])
     scores, clusters = rng.random(2000).round(2), rng.integers(0, 30, 2000)    # rounding makes ties
-    picks = ids[cluster_margin.select(scores, clusters, ids, budget=150, seed=5)]
+    picks = ids[cluster_margin.round_robin_picks(scores, clusters, ids, budget=150, seed=5)]
     perm = rng.permutation(2000)
-    again = ids[perm][cluster_margin.select(scores[perm], clusters[perm], ids[perm], budget=150, seed=5)]
+    again = ids[perm][cluster_margin.round_robin_picks(scores[perm], clusters[perm], ids[perm], budget=150, seed=5)]
     np.testing.assert_array_equal(picks, again)
     assert len(set(picks)) == 150
 
@@ -217,7 +240,7 @@ def test_cluster_margin_spreads_where_top_b_piles_into_one_cluster():
     top_b = np.argsort(-scores)[:20]
     assert set(truth[top_b]) == {0}
     # k_m = 190 holds exactly the planted 150 + 4 x 10; round-robin: 4 rounds of one pick per blob
-    picks = cluster_margin.select(scores, clusters.of(ids), ids, budget=20, candidates=190)
+    picks = cluster_margin.round_robin_picks(scores, clusters.of(ids), ids, budget=20, candidates=190)
     assert np.bincount(truth[picks], minlength=5).tolist() == [4, 4, 4, 4, 4]
     assert scores[picks].min() >= 1
 
@@ -225,13 +248,13 @@ def test_cluster_margin_spreads_where_top_b_piles_into_one_cluster():
 def test_bad_selection_inputs_are_refused():
     ids = np.array(["a", "b"])
     with pytest.raises(InputError):
-        cluster_margin.select(np.zeros(2), np.zeros(2, int), ids, budget=3)
+        cluster_margin.round_robin_picks(np.zeros(2), np.zeros(2, int), ids, budget=3)
     with pytest.raises(InputError):
-        cluster_margin.select(np.zeros(2), np.zeros(2, int), ids, budget=2, candidates=1)
+        cluster_margin.round_robin_picks(np.zeros(2), np.zeros(2, int), ids, budget=2, candidates=1)
     with pytest.raises(InputError):
-        cluster_margin.select(np.array([0, np.nan]), np.zeros(2, int), ids, budget=1)
+        cluster_margin.round_robin_picks(np.array([0, np.nan]), np.zeros(2, int), ids, budget=1)
     with pytest.raises(InputError):
-        cluster_margin.select(np.zeros(2), np.zeros(3, int), ids, budget=1)
+        cluster_margin.round_robin_picks(np.zeros(2), np.zeros(3, int), ids, budget=1)
 
 
 # --- TypiClust ---
@@ -308,7 +331,7 @@ def planted_centre(seed=0, annulus=200):
 
 def test_picks_the_planted_centre_not_an_outlier():
     x, centre, ids = planted_centre()
-    result = typiclust.select(x, ids, np.zeros(len(x), bool), budget=1, n_clusters=1)
+    result = typiclust.typiclust_picks(x, ids, np.zeros(len(x), bool), budget=1, n_clusters=1)
     assert result.picks.tolist() == [centre]
     brute = 1 / np.sqrt(brute_force_knn(x, 20)).mean(1)
     assert result.typicality[0] == pytest.approx(brute.max(), rel=1e-12)
@@ -318,7 +341,7 @@ def test_a_labeled_centre_is_not_picked_again():
     x, centre, ids = planted_centre()
     labeled = np.zeros(len(x), bool)
     labeled[centre] = True
-    result = typiclust.select(x, ids, labeled, budget=2, n_clusters=1)
+    result = typiclust.typiclust_picks(x, ids, labeled, budget=2, n_clusters=1)
     assert centre not in result.picks.tolist()
     # with the centre labeled, the circle is the densest: both picks on it (|p| = 0.1)
     np.testing.assert_allclose(np.linalg.norm(x[result.picks], axis=1), 0.1, rtol=1e-6)
@@ -334,7 +357,7 @@ def test_each_cluster_gives_its_centre_largest_uncovered_first():
     assign = np.repeat([0, 1, 2], sizes)
     labeled = np.zeros(len(x), bool)
     labeled[starts[1] + np.argmax(np.linalg.norm(groups[1][0], axis=1))] = True   # an outlier of group 1
-    result = typiclust.select_in_clusters(x, ids, labeled, assign, budget=3)
+    result = typiclust.typiclust_picks_in_clusters(x, ids, labeled, assign, budget=3)
     # uncovered first, largest first: group 2 (185 points), group 0 (135); then group 1 (235, covered)
     assert result.picks.tolist() == [centres[2], centres[0], centres[1]]
     assert result.cluster.tolist() == [2, 0, 1]
@@ -377,7 +400,7 @@ def test_revisited_clusters_give_the_textbook_picks(seed, max_spare, monkeypatch
     ids = np.array([f"r{i:03d}" for i in rng.permutation(142)])
     labeled = np.zeros(142, bool)
     labeled[rng.choice(142, 3, replace=False)] = True
-    result = typiclust.select_in_clusters(x, ids, labeled, assign, budget=120)
+    result = typiclust.typiclust_picks_in_clusters(x, ids, labeled, assign, budget=120)
     np.testing.assert_array_equal(result.picks, textbook_typiclust(x, ids, labeled, assign, 120))
 
 
@@ -393,7 +416,7 @@ def test_typiclust_is_deterministic_under_a_seed():
     x, _, ids = planted_blobs(1500, 8, 6, seed=1, spread=0.5)
     labeled = np.zeros(1500, bool)
     labeled[:40] = True
-    first, again = (typiclust.select(x, ids, labeled, budget=30, seed=7) for _ in range(2))
+    first, again = (typiclust.typiclust_picks(x, ids, labeled, budget=30, seed=7) for _ in range(2))
     np.testing.assert_array_equal(first.picks, again.picks)
     np.testing.assert_array_equal(first.typicality, again.typicality)
     assert not labeled[first.picks].any() and len(set(first.picks.tolist())) == 30
@@ -410,7 +433,7 @@ def test_the_strategy_makes_labeled_plus_budget_clusters_at_most_max_clusters(ma
                              else (ids[10:], x[10:]))
     chosen = TypiClust().select(inputs, SimpleNamespace(scorer=None))
     labeled = np.arange(600) < 10
-    expected = typiclust.select(x, ids, labeled, 20, n_clusters=clusters, seed=0)
+    expected = typiclust.typiclust_picks(x, ids, labeled, 20, n_clusters=clusters, seed=0)
     assert chosen.ids.tolist() == ids[expected.picks].tolist() and not set(chosen.ids) & set(ids[:10])
     assert len(set(expected.cluster.tolist())) <= clusters
 
@@ -418,8 +441,8 @@ def test_the_strategy_makes_labeled_plus_budget_clusters_at_most_max_clusters(ma
 def test_typiclust_refuses_what_it_cannot_do():
     x, _, ids = planted_blobs(50, 4, 2)
     with pytest.raises(InputError):
-        typiclust.select(x, ids, np.zeros(50, bool), budget=51)
+        typiclust.typiclust_picks(x, ids, np.zeros(50, bool), budget=51)
     with pytest.raises(InputError):
-        typiclust.select(x, ids, np.zeros(49, bool), budget=1)
+        typiclust.typiclust_picks(x, ids, np.zeros(49, bool), budget=1)
     with pytest.raises(InputError, match="clusters of more than"):     # 50 clusters of one point each
-        typiclust.select(x, ids, np.zeros(50, bool), budget=1, n_clusters=50)
+        typiclust.typiclust_picks(x, ids, np.zeros(50, bool), budget=1, n_clusters=50)

@@ -10,10 +10,10 @@ import pytest
 from conftest import make_raw_pool, round_config
 from test_backbone import backbone_round, saved_weights
 from vaal_dist import cli
-from vaal_dist.clustering import cluster_margin as clustering
-from vaal_dist.clustering.cluster_margin import cached_cluster_pool
 from vaal_dist.config import AcquisitionConfig, Backbone, preset
 from vaal_dist.errors import InputError
+from vaal_dist.pool import clusters as clusters_file
+from vaal_dist.pool.clusters import cached_cluster_pool
 from vaal_dist.pool.embeddings import Vectors, embeddings_files, read_vectors
 from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round import run_round, validate_inputs
@@ -190,7 +190,7 @@ def test_clusters_of_vectors_from_a_file_are_computed_once_and_reused_by_the_nex
     x = rng.normal(size=(300, 8)).astype(np.float32)
     cache = str(tmp_path / "cache")
     first = clusters_of(Vectors(ids, x, key="k"), cache)
-    monkeypatch.setattr(clustering, "_cluster", lambda *a: pytest.fail("clustered again"))
+    monkeypatch.setattr(clusters_file, "cluster", lambda *a: pytest.fail("clustered again"))
     shuffled = rng.permutation(300)
     second = clusters_of(Vectors(ids[shuffled], x[shuffled], key="k"), cache)
     np.testing.assert_array_equal(second.of(ids), first.of(ids))

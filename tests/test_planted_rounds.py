@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vaal_dist.clustering.cluster_margin import load_clusters
+from vaal_dist.pool.clusters import load_clusters
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.io import PoolMeta, write_pool
 from vaal_dist.pool.manifests import write_manifest

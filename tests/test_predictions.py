@@ -72,7 +72,7 @@ def guess_round(root, inputs, strategy: str):
 def test_an_entropy_round_keeps_the_task_models_guess_of_each_selected_image(ray_local, tmp_path, monkeypatch,
                                                                                two_tone_round_inputs):
     _, _, batch, checkpoint = two_tone_round_inputs
-    monkeypatch.setattr(Entropy, "train", lambda self, inputs: Trained(inputs.scorer(EntropyScorer,
+    monkeypatch.setattr(Entropy, "train", lambda self, inputs: Trained(inputs.scorer_spec(EntropyScorer,
                                                                                       checkpoint=checkpoint)))
     done = guess_round(tmp_path, two_tone_round_inputs, "entropy")
     selection = pq.read_table(done.selection).to_pydict()

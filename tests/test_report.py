@@ -17,10 +17,10 @@ from vaal_dist.report.html import Thumb, contact_sheet, histogram_svg
 from vaal_dist.report.pages import experiment_page, round_page, write_missing_round_report, write_round_report
 from vaal_dist.round import RoundResult
 from vaal_dist.round_files import REPORT, SCORES_SAMPLE
-from vaal_dist.scoring.ids import uniform_scores
+from vaal_dist.scoring.ids import sample_priorities, uniform_scores
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import BatchTopK
-from vaal_dist.scoring.topk import RunningSample, ScoreSample, sample_priorities, top_k
+from vaal_dist.scoring.topk import RunningSample, ScoreSample, top_k
 from vaal_dist.strategies.random import RandomScorer
 
 

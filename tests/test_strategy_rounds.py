@@ -9,6 +9,8 @@ looks at it.
 """
 import ast
 import dataclasses
+import importlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.round import run_round
 from vaal_dist.scoring.ids import random_subset
 import vaal_dist.strategies as strategies
-from vaal_dist.strategies import STRATEGIES, get_strategy
+from vaal_dist.strategies import STRATEGIES, get_strategy, models_trained
 from vaal_dist.round_inputs import RoundInputs
 
 ROUND_TESTED = ["entropy", "dbal", "ensemble", "learning_loss", "ta_vaal", "aalu", "aalu_advvae",
@@ -143,3 +145,28 @@ def test_strategy_modules_reach_the_cluster_only_through_round_inputs():
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert not [m for m in imported for f in forbidden if m == f or m.startswith(f + ".")], path.name
+
+
+def test_strategy_modules_take_no_ray_name_from_a_re_export():
+    """``from vaal_dist.x import Name`` where x got Name from Ray names Ray all the same (a Checkpoint through
+    round_inputs): every name a strategy module imports is defined outside Ray."""
+    for path in Path(strategies.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                value = getattr(module, alias.name)
+                home = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", node.module)
+                assert not (home or "").split(".")[0] == "ray", f"{path.name}: {alias.name} from {node.module} is Ray's"
+
+
+def test_vectors_from_a_file_replace_the_model_that_only_embeds_and_join_the_one_that_scores():
+    given = AcquisitionConfig(embeddings="vectors.parquet")
+    assert {name: models_trained(get_strategy(name), given) for name in ("coreset", "typiclust", "cluster_margin")} \
+        == {"coreset": (), "typiclust": (), "cluster_margin": ("task",)}
+    assert models_trained(get_strategy("coreset"), AcquisitionConfig()) == ("task",)
+    with pytest.raises(InputError, match=r"--embeddings is for the strategies that embed the pool, "
+                                         r"\['cluster_margin', 'coreset', 'typiclust'\]; coreset_vae does not"):
+        models_trained(get_strategy("coreset_vae"), given)

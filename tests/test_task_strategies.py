@@ -20,8 +20,8 @@ from vaal_dist.strategies.margin import MarginScorer
 from vaal_dist.strategies.mc_dropout import MCDropoutScorer
 from vaal_dist.acquisition import entropy
 from vaal_dist.train.aalu_loop import aalu_step, build_aalu
-from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, save_task_checkpoint,
-                                       scheduled, train_task_epoch)
+from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, member_files,
+                                       save_task_checkpoint, scheduled, train_task_epoch)
 
 META = PoolMeta("raw", (32, 32, 1))
 CFG = preset("cpu", task={"crop_padding": 0, "lr": 0.05}).task
@@ -95,6 +95,13 @@ def plain(tmp_path_factory):
 @pytest.fixture(scope="module")
 def with_dropout(tmp_path_factory):
     return trained_checkpoint(tmp_path_factory.mktemp("mc") / "ckpt", dropout=0.5)
+
+
+def test_member_files_are_the_task_models_files_in_member_order():
+    """What the scorers load: the names member_file writes, read back in member order (10 after 2), nothing else."""
+    others = ["task-x.pt", "task-3.pt.tmp", "vaal.pt", ".complete", "xtask-4.pt"]
+    assert member_files([member_file(m) for m in (10, 2, 0, 1)] + others) == [member_file(m) for m in (0, 1, 2, 10)]
+    assert member_files([*others, member_file(None)]) == [member_file(None)]
 
 
 def test_entropy_picks_the_ambiguous_image_first(plain):

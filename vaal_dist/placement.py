@@ -32,7 +32,7 @@ import ray
 from ray.util.placement_group import placement_group_table
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from vaal_dist.config import RoundConfig
+from vaal_dist.config import RoundConfig, ScoringConfig
 from vaal_dist.errors import VaalDistError
 from vaal_dist.pool.io import pool_state
 from vaal_dist.pool.storage import resolve
@@ -46,7 +46,7 @@ _PROBE = ".shared-storage-check-"
 def shared_storage_problem(cfg: RoundConfig) -> str | None:
     """Why the pool or --out cannot be used on this cluster, as a message to raise; None when they can
     (one node, object storage, or local paths every alive node was seen to share)."""
-    nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+    nodes = alive_nodes()
     if len(nodes) < 2:
         return None
     problems = []
@@ -225,7 +225,65 @@ def free_per_node() -> list[dict[str, float]]:
 
 def total_per_node() -> list[dict[str, float]]:
     """All the resources of each alive node."""
-    return [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    return [n["Resources"] for n in _alive()]
+
+
+def alive_nodes() -> dict[str, str]:
+    """{node id: address} of the cluster's alive nodes."""
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in _alive()}
+
+
+def _alive() -> list[dict]:
+    """Ray's record of each alive node (it keeps dead ones in ``ray.nodes()`` too)."""
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+# --- scoring actors on CPU nodes -------------------------------------------------------------------------------
+
+READ_TASK_CPUS = 1.0
+
+
+def actor_layout(cfg: ScoringConfig, use_gpu: bool) -> tuple[int, float]:
+    """(actors, CPUs each actor asks). With GPUs: one per GPU asking no CPU; otherwise ``cpu_actor_layout``
+    on the alive nodes' CPUs."""
+    if use_gpu:
+        return cfg.num_actors or max(1, int(ray.cluster_resources().get("GPU", 1))), 0.0
+    node_cpus = [node.get("CPU", 0.0) for node in total_per_node()]
+    actors, cpus = cpu_actor_layout(node_cpus, cfg.cpus_per_actor, cfg.num_actors)
+    wanted = cfg.num_actors or int(sum(node_cpus))
+    if actors < wanted or cpus != cfg.cpus_per_actor:
+        log.warning("scoring with %d actor(s) asking %g CPU each, not %d asking %g: on nodes of %s CPUs more "
+                    "could leave no node the %g CPU a shard read asks, and the stream would wait forever",
+                    actors, cpus, wanted, cfg.cpus_per_actor, node_cpus, READ_TASK_CPUS)
+    return actors, cpus
+
+
+def cpu_actor_layout(node_cpus: list[float], cpus_per_actor: float, wanted: int | None) -> tuple[int, float]:
+    """(actors, CPUs each) for scoring on CPU nodes of ``node_cpus``: ``wanted`` actors (None: one per CPU)
+    asking ``cpus_per_actor`` each, or fewer if that many could leave no node the READ_TASK_CPUS a read
+    task asks. The reads feed the actors, so that would hang the stream with no error (three 1-CPU nodes,
+    one 0.5-CPU actor on each: 1.5 CPUs free in all, 0.5 on every node).
+
+    Ray, not this function, places the actors (Ray Data spreads them), so the bound holds for any
+    placement: node i keeps a read's CPU until it holds ``(cpus_i - READ) // each + 1`` actors, and fewer
+    actors than those counts added up cannot fill every node. Where not even one actor fits beside a read
+    (a lone 1-CPU node), one actor asks no CPU and shares the node's cores with the reads. A cluster with
+    no CPU yet (an autoscaler's) gets ``wanted`` actors as asked: asking is what adds nodes.
+    """
+    cpus = [round(c * RESOURCE_UNITS) for c in node_cpus]
+    each, read = round(cpus_per_actor * RESOURCE_UNITS), round(READ_TASK_CPUS * RESOURCE_UNITS)
+    wanted = max(1, wanted or sum(cpus) // RESOURCE_UNITS)
+    if not sum(cpus) or not each:
+        return wanted, cpus_per_actor
+    readers = [c for c in cpus if c >= read]
+    fill = [(c - read) // each + 1 for c in readers]
+    if any(f > c // each for f, c in zip(fill, readers)):     # a node that never fills: reads always fit
+        safe = sum(c // each for c in cpus)
+    else:
+        safe = min(sum(c // each for c in cpus), sum(fill) - 1)
+    if safe < 1:
+        return 1, 0.0
+    return min(wanted, safe), cpus_per_actor
 
 
 def waiting_message(problem: str, timeout: float) -> str:

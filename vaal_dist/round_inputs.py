@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import ray.data
 from ray.train import Checkpoint
 
-from vaal_dist.config import RoundConfig, VAALConfig
+from vaal_dist.config import AALUConfig, RoundConfig, VAALConfig
 from vaal_dist.labeling.labels import LABELS, add_labels, check_labels, labels_beside, pool_has_label_column
 from vaal_dist.models.backbone import BackboneWeights, read_backbone
 from vaal_dist.pool.dataset import DecodeForTraining, filter_ids, labeled_datasets, read_pool
@@ -37,14 +38,23 @@ from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_columns, stream_embeddings, stream_top_k
 from vaal_dist.scoring.topk import Selection
 from vaal_dist.train.pool_batches import pool_source
-from vaal_dist.train.task_loop import scheduled, task_train_loop_per_worker
+from vaal_dist.train.aalu_loop import AALULoopConfig, aalu_train_loop_per_worker
+from vaal_dist.train.task_loop import TaskLoopConfig, scheduled, task_train_loop_per_worker
 from vaal_dist.train.trainer import fit
-from vaal_dist.train.vaal_loop import train_loop_per_worker
+from vaal_dist.train.vaal_loop import VAALLoopConfig, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
 Side = Literal["labeled", "unlabeled"]
 EMBEDDINGS_CACHE = "embeddings-cache"     # in a round's out, unless its config names a folder
+
+
+class CheckpointFiles(Protocol):
+    """What a scorer loads a trained model from, without naming Ray: a folder of its files (``TrainedModel``'s
+    checkpoint, Ray Train's ``Checkpoint``, is one)."""
+
+    def as_directory(self) -> AbstractContextManager[str]:
+        """The checkpoint's files as a local folder, while the context lasts."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ class RoundInputs:
         if not exists(uri):
             log.info("embedding the pool with %s into %s", backbone.config.arch, redact(uri))
             ids, x = stream_embeddings(read_pool(cfg.pool, ("id", "image")),
-                                       self.scorer(BackboneScorer, backbone=backbone), cfg.scoring, cfg.use_gpu,
+                                       self.scorer_spec(BackboneScorer, backbone=backbone), cfg.scoring, cfg.use_gpu,
                                        placement_timeout=cfg.placement_timeout)
             write_vectors(uri, ids, x)
         return uri, key.hexdigest()
@@ -199,14 +209,14 @@ class RoundInputs:
                 if ids is not None:
                     check_labels(cfg.pool, ids, self.imported_labels)
 
-    def scorer(self, cls: type, **kwargs) -> ScorerSpec:
+    def scorer_spec(self, cls: type, **kwargs) -> ScorerSpec:
         """A scorer of this pool's images, on the round's device: ``cls(meta=..., use_gpu=..., **kwargs)``."""
         return ScorerSpec(cls, {"meta": self.meta, "use_gpu": self.config.use_gpu, **kwargs})
 
     # Ray Train
 
-    def fit(self, train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset], name: str,
-            workers: int | None = None, split: list[str] | None = None) -> TrainedModel:
+    def _fit(self, train_loop, loop_config, datasets: dict[str, ray.data.Dataset], name: str,
+             workers: int | None = None, split: list[str] | None = None) -> TrainedModel:
         """``train.trainer.fit`` under this round's checkpoint folder (``name`` inside it), workers, devices
         and failure budget."""
         cfg = self.config
@@ -241,11 +251,10 @@ class RoundInputs:
                       "dropout": dropout}
         per_worker = len(self.labeled_ids) if members else math.ceil(len(self.labeled_ids) / max(1, cfg.workers))
         task = scheduled(cfg.task, per_worker)
-        loop_config = {"task": dataclasses.asdict(task), "seed": cfg.seed, "members": members,
-                       "model_args": model_args, "datasets": list(datasets)}
-        trained = self.fit(task_train_loop_per_worker, loop_config, datasets, name="ensemble" if members else "task",
-                           workers=min(cfg.workers, members) if members else None,
-                           split=[] if members else ["train"])
+        loop = TaskLoopConfig(task, cfg.seed, members, model_args, evaluates="eval" in datasets)
+        trained = self._fit(task_train_loop_per_worker, loop, datasets, name="ensemble" if members else "task",
+                            workers=min(cfg.workers, members) if members else None,
+                            split=[] if members else ["train"])
         return dataclasses.replace(trained, name="task", num_classes=num_classes,
                                    settings={"rank_loss": rank_loss, "dropout": dropout, "members": members})
 
@@ -259,9 +268,15 @@ class RoundInputs:
         check_image_size(self.meta, vaal.image_size)
         source = None if columns else pool_source(cfg.pool, self.labeled_ids, self.not_unlabeled, self.meta,
                                                   join(self.train_dir, "labeled-images"), cfg.workers)
-        loop_config = {"vaal": dataclasses.asdict(vaal), "seed": cfg.seed, "in_channels": self.meta.channels,
-                       "conditioned": columns is not None, "source": source}
-        return self.fit(train_loop_per_worker, loop_config, columns or {}, name="vaal")
+        loop = VAALLoopConfig(vaal, cfg.seed, self.meta.channels, conditioned=columns is not None, source=source)
+        return self._fit(train_loop_per_worker, loop, columns or {}, name="vaal")
+
+    def train_aalu(self, aalu: AALUConfig, columns: dict[str, ray.data.Dataset], num_classes: int) -> TrainedModel:
+        """AALU's feature VAE + assistant over ``columns`` = {'labeled', 'unlabeled'} datasets of a task model's
+        features and softmax over ``num_classes`` (and the labeled images' losses)."""
+        feature_dim = columns["labeled"].take(1)[0]["features"].shape[0]
+        loop = AALULoopConfig(aalu, self.config.seed, feature_dim, num_classes)
+        return self._fit(aalu_train_loop_per_worker, loop, columns, name="aalu")
 
     # Ray Data
 

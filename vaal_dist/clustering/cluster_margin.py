@@ -13,7 +13,7 @@ close to the mean distance that average linkage uses; size-weighted UPGMA then m
 distance the mean over all point pairs of this cell-level D. The clusters cannot be finer than the
 cells: n_clusters is at most K.
 
-Selection, each round (``select``): the k_m unlabeled points of highest uncertainty (lowest margin),
+Selection, each round (``round_robin_picks``): the k_m unlabeled points of highest uncertainty (lowest margin),
 grouped by cluster; clusters visited smallest first (their number of candidates; ties by cluster
 number), one point per cluster per visit, round-robin until the budget is met. Within a cluster the paper
 takes a random point; here the order is a seeded hash of (seed, id), so the picks depend neither on the
@@ -29,18 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from vaal_dist.clustering.hac import average_linkage, cut
 from vaal_dist.clustering.kmeans import NITER, TRAIN_POINTS, check_embeddings, kmeans_cells
 from vaal_dist.errors import InputError
-from vaal_dist.pool.shards import write_parquet
-from vaal_dist.pool.storage import resolve
 from vaal_dist.scoring.ids import id_hash
-
-FORMAT = "vaal_dist.cluster_margin.v1"
-
+from vaal_dist.scoring.topk import top_rows
 
 @dataclass(frozen=True)
 class PoolClusters:
@@ -76,29 +70,32 @@ def fingerprint(ids, embeddings: np.ndarray, **settings) -> str:
     return h.hexdigest()
 
 
-def cluster_pool(embeddings: np.ndarray, ids, n_clusters: int | None = None, distance_threshold: float | None = None,
-                 n_centroids: int | None = None, seed: int = 0, niter: int = NITER,
-                 train_points: int = TRAIN_POINTS) -> PoolClusters:
+@dataclass(frozen=True)
+class ClusteringInputs:
+    """A clustering to compute: checked embeddings, every setting resolved, and their fingerprint (what a saved
+    clustering must match to be reused)."""
+
+    x: np.ndarray            # (N, d) float32
+    ids: object              # (N,) the pool's ids, in x's order
+    settings: dict
+    fingerprint: str
+
+
+def clustering_inputs(embeddings: np.ndarray, ids, n_clusters: int | None = None,
+                      distance_threshold: float | None = None, n_centroids: int | None = None, seed: int = 0,
+                      niter: int = NITER, train_points: int = TRAIN_POINTS) -> ClusteringInputs:
+    """``cluster_pool``'s inputs checked, its settings resolved and fingerprinted."""
+    x = check_embeddings(embeddings, ids)
+    settings = _settings(len(x), n_clusters, distance_threshold, n_centroids, seed, niter, train_points)
+    return ClusteringInputs(x, ids, settings, fingerprint(ids, x, **settings))
+
+
+def cluster_pool(embeddings: np.ndarray, ids, **settings) -> PoolClusters:
     """Cluster-Margin's clustering of the pool's ``embeddings`` (N, d): k-means into ``n_centroids`` cells
     (``default_centroids``; ``niter`` Lloyd iterations on a seeded sample of ``train_points``), then HAC
     over them cut at ``n_clusters`` (default: K // 4, about 2 sqrt(N) points a cluster) or at
     ``distance_threshold`` (the paper's epsilon, in the units of the embeddings)."""
-    x = check_embeddings(embeddings, ids)
-    settings = _settings(len(x), n_clusters, distance_threshold, n_centroids, seed, niter, train_points)
-    return _cluster(x, ids, settings, fingerprint(ids, x, **settings))
-
-
-def cached_cluster_pool(uri: str, embeddings: np.ndarray, ids, **settings) -> PoolClusters:
-    """``cluster_pool(embeddings, ids, **settings)``, read from ``uri`` when it holds the clustering of
-    these very embeddings, ids and settings, else computed and saved there."""
-    x = check_embeddings(embeddings, ids)
-    resolved = _settings(len(x), **settings)
-    expected = fingerprint(ids, x, **resolved)
-    clusters = load_clusters(uri, expected)
-    if clusters is None:
-        clusters = _cluster(x, ids, resolved, expected)
-        save_clusters(uri, clusters)
-    return clusters
+    return cluster(clustering_inputs(embeddings, ids, **settings))
 
 
 def _settings(n: int, n_clusters: int | None = None, distance_threshold: float | None = None,
@@ -112,7 +109,9 @@ def _settings(n: int, n_clusters: int | None = None, distance_threshold: float |
                 niter=niter, train_points=train_points)
 
 
-def _cluster(x: np.ndarray, ids, settings: dict, fingerprint_: str) -> PoolClusters:
+def cluster(inputs: ClusteringInputs) -> PoolClusters:
+    """The clustering of ``inputs`` (``clustering_inputs``)."""
+    x, ids, settings = inputs.x, inputs.ids, inputs.settings
     k, n_clusters = settings["n_centroids"], settings["n_clusters"]
     cells = kmeans_cells(x, k, settings["seed"], settings["niter"], settings["train_points"])
     used = np.flatnonzero(cells.sizes)                       # cells that got no point take no part
@@ -122,7 +121,7 @@ def _cluster(x: np.ndarray, ids, settings: dict, fingerprint_: str) -> PoolClust
     merges = average_linkage(cell_dissimilarities(cells.means[used], cells.spreads[used]), cells.sizes[used])
     of_cell = np.full(k, -1)
     of_cell[used] = cut(merges, len(used), n_clusters, settings["distance_threshold"])
-    return PoolClusters(np.asarray(ids, dtype=str), of_cell[cells.assign], fingerprint_)
+    return PoolClusters(np.asarray(ids, dtype=str), of_cell[cells.assign], inputs.fingerprint)
 
 
 def cell_dissimilarities(means: np.ndarray, spreads: np.ndarray) -> np.ndarray:
@@ -132,8 +131,8 @@ def cell_dissimilarities(means: np.ndarray, spreads: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(between, 0) + spreads[:, None] + spreads[None, :])
 
 
-def select(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidates: int | None = None,
-           seed: int = 0) -> np.ndarray:
+def round_robin_picks(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidates: int | None = None,
+                      seed: int = 0) -> np.ndarray:
     """Cluster-Margin's picks: indices into the unlabeled points, in pick order.
 
     ``scores`` (N,): higher = more uncertain, e.g. ``acquisition.margin``'s p(2nd) - p(1st) (minus the
@@ -152,7 +151,7 @@ def select(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidate
     k_m = min(len(scores), candidates if candidates is not None else 10 * budget)
     if k_m < budget:
         raise InputError(f"candidates={candidates} must be at least the budget {budget}")
-    pool = _most_uncertain(scores, ids, k_m)
+    pool = top_rows(ids, scores, k_m)
     _, cluster_of, counts = np.unique(clusters[pool], return_inverse=True, return_counts=True)
     rank_of_cluster = np.empty(len(counts), dtype=np.int64)
     rank_of_cluster[np.argsort(counts, kind="stable")] = np.arange(len(counts))   # smallest first
@@ -164,37 +163,3 @@ def select(scores: np.ndarray, clusters: np.ndarray, ids, budget: int, candidate
     turn[within] = np.arange(len(pool)) - starts             # 0 for a cluster's first pick, 1 for its second...
     order = np.lexsort((visit_order, turn))                  # round-robin: by turn, then by cluster
     return pool[order[:budget]]
-
-
-def _most_uncertain(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores, ties at the k-th to the smallest ids, in no particular order."""
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    above = np.flatnonzero(scores > kth)
-    tied = np.flatnonzero(scores == kth)
-    tied = tied[np.argsort(ids[tied], kind="stable")[:k - len(above)]]
-    return np.concatenate([above, tied])
-
-
-def save_clusters(uri: str, clusters: PoolClusters) -> None:
-    """Parquet (id, cluster) with the fingerprint in the schema's metadata, written atomically."""
-    table = pa.table({"id": pa.array(clusters.ids, pa.string()), "cluster": pa.array(clusters.cluster, pa.int64())})
-    write_parquet(uri, table.replace_schema_metadata({"format": FORMAT, "fingerprint": clusters.fingerprint}))
-
-
-def load_clusters(uri: str, expected_fingerprint: str | None = None) -> PoolClusters | None:
-    """The clusters saved at ``uri``; None when there are none or they came from other inputs."""
-    fs, path = resolve(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_file(path) as f:
-        table = pq.read_table(f)
-    meta = table.schema.metadata or {}
-    if meta.get(b"format") != FORMAT.encode():
-        raise InputError(f"{uri} is not a saved Cluster-Margin clustering")
-    found = meta[b"fingerprint"].decode()
-    if expected_fingerprint is not None and found != expected_fingerprint:
-        return None
-    return PoolClusters(table.column("id").to_numpy(zero_copy_only=False).astype(str),
-                        table.column("cluster").to_numpy(), found)

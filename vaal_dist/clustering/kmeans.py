@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vaal_dist.errors import InputError
+from vaal_dist.flat_index import faiss_gpus, flat_index
 
 TRAIN_POINTS = 2 ** 17
 NITER = 10
@@ -42,12 +43,6 @@ def check_embeddings(x: np.ndarray, ids=None) -> np.ndarray:
     return x
 
 
-def _faiss_gpus() -> int:
-    import faiss
-
-    return getattr(faiss, "get_num_gpus", lambda: 0)()    # > 0 only in a faiss-gpu build
-
-
 def train_centroids(x: np.ndarray, k: int, seed: int = 0, niter: int = NITER,
                     train_points: int = TRAIN_POINTS) -> np.ndarray:
     """(k, d) float32 centroids: ``niter`` FAISS Lloyd iterations from k seeded random points, on a seeded
@@ -57,20 +52,9 @@ def train_centroids(x: np.ndarray, k: int, seed: int = 0, niter: int = NITER,
     if not 1 <= k <= len(x):
         raise InputError(f"cannot make {k} clusters of {len(x)} points")
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, max_points_per_centroid=math.ceil(train_points / k),
-                      min_points_per_centroid=1, gpu=_faiss_gpus() > 0, verbose=False)
+                      min_points_per_centroid=1, gpu=faiss_gpus() > 0, verbose=False)
     km.train(x)
     return km.centroids
-
-
-def flat_index(points: np.ndarray):
-    """A FAISS exact (flat, float32) L2 index over ``points``, on the GPUs when faiss-gpu sees any."""
-    import faiss
-
-    index = faiss.IndexFlatL2(points.shape[1])
-    if _faiss_gpus():
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(np.ascontiguousarray(points, dtype=np.float32))
-    return index
 
 
 def nearest_centroids(x: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> np.ndarray:

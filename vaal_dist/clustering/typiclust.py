@@ -46,22 +46,23 @@ class TypiClustPicks:
     cluster: np.ndarray      # (b,) int64: each pick's k-means cluster
 
 
-def select(embeddings: np.ndarray, ids, labeled: np.ndarray, budget: int, n_clusters: int | None = None,
-           neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE, seed: int = 0,
-           niter: int = NITER, train_points: int = TRAIN_POINTS, chunk: int = 65536) -> TypiClustPicks:
+def typiclust_picks(embeddings: np.ndarray, ids, labeled: np.ndarray, budget: int, n_clusters: int | None = None,
+                    neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE, seed: int = 0,
+                    niter: int = NITER, train_points: int = TRAIN_POINTS, chunk: int = 65536) -> TypiClustPicks:
     """TypiClust's ``budget`` picks among the pool's unlabeled points (``labeled`` (N,) bool is False).
 
     k-means into ``n_clusters`` (default |L| + b): ``niter`` Lloyd iterations on a seeded sample of
     ``train_points`` points, then every point assigned (``kmeans``; the assignment, N (|L| + b) d
-    multiply-adds, dominates at scale); then ``select_in_clusters``."""
+    multiply-adds, dominates at scale); then ``typiclust_picks_in_clusters``."""
     x, ids, labeled = _check(embeddings, ids, labeled, budget)
     k = n_clusters or min(len(x), int(labeled.sum()) + budget)
     assign = nearest_centroids(x, train_centroids(x, k, seed, niter, train_points), chunk)
     return _pick(x, ids, labeled, assign, k, budget, neighbours, min_cluster_size)
 
 
-def select_in_clusters(embeddings: np.ndarray, ids, labeled: np.ndarray, assign: np.ndarray, budget: int,
-                       neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE) -> TypiClustPicks:
+def typiclust_picks_in_clusters(embeddings: np.ndarray, ids, labeled: np.ndarray, assign: np.ndarray, budget: int,
+                                neighbours: int = NEIGHBOURS, min_cluster_size: int = MIN_CLUSTER_SIZE
+                                ) -> TypiClustPicks:
     """TypiClust's picks given each point's cluster ``assign`` (N,) int: steps 2 and 3 above."""
     x, ids, labeled = _check(embeddings, ids, labeled, budget)
     assign = np.asarray(assign, dtype=np.int64)

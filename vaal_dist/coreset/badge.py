@@ -42,7 +42,7 @@ import math
 import numpy as np
 import torch
 
-from vaal_dist.coreset.kcenter import _full_float32_matmul, exact_sq_dists
+from vaal_dist.coreset.kcenter import full_float32_matmul, exact_sq_dists
 from vaal_dist.errors import InputError
 
 _LARGEST_FACTOR = 2.0 ** 60   # keeps every float32 product and dot product, and D^2 in float64, finite
@@ -99,7 +99,7 @@ def badge_seeding_with_d2(a: np.ndarray, h: np.ndarray, budget: int, seed: int, 
     if order is not None:
         a, h = np.ascontiguousarray(a[order]), np.ascontiguousarray(h[order])
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    with _full_float32_matmul(), _one_thread_on(device):
+    with full_float32_matmul(), _one_thread_on(device):
         picks, d2, totals = _seed(a, h, budget, np.random.default_rng(seed), chunk, device)
     return (order[picks] if order is not None else picks), d2, totals
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vaal_dist.errors import InputError
+from vaal_dist.flat_index import faiss_gpus, flat_index
 
 _UNIT = 2.0 ** -23   # twice float32's unit roundoff: a safety factor of 2 on the bound below
 
@@ -99,26 +100,19 @@ def nearest_sq_dists(points: np.ndarray, centers: np.ndarray, k: int = 8, chunk:
 def _knn_search(centers: np.ndarray, device: torch.device):
     """``search(block, k) -> (float32 squared distances, indices)``, each (m, k) ascending, over
     ``centers``: a FAISS flat index, or torch on ``device`` when that is a GPU FAISS cannot use."""
-    import faiss
-
-    faiss_gpus = getattr(faiss, "get_num_gpus", lambda: 0)()    # > 0 only in a faiss-gpu build
-    if device.type == "cuda" and not faiss_gpus:
+    if device.type == "cuda" and not faiss_gpus():
         on_device = torch.from_numpy(centers).to(device)
         center_norms = (on_device * on_device).sum(1)
 
         def torch_search(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             b = torch.from_numpy(block).to(device)
-            with _full_float32_matmul():    # same arithmetic as FAISS: norms + float32 GEMM, so same bound
+            with full_float32_matmul():    # same arithmetic as FAISS: norms + float32 GEMM, so same bound
                 approx = (b * b).sum(1, keepdim=True) + center_norms - 2 * (b @ on_device.T)
             dists, nbrs = torch.topk(approx, k, dim=1, largest=False)
             return dists.cpu().numpy(), nbrs.cpu().numpy()
 
         return torch_search
-    index = faiss.IndexFlatL2(centers.shape[1])
-    if faiss_gpus:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(centers)
-    return index.search
+    return flat_index(centers).search
 
 
 def _min_sq_dist_to_all(point: np.ndarray, centers: np.ndarray, chunk: int) -> float:
@@ -151,7 +145,7 @@ def k_center_greedy_with_distances(unlabeled: np.ndarray, labeled: np.ndarray, b
     x = unlabeled[order] if order is not None else unlabeled    # row order == id order: argmax ties
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     min_dist = nearest_sq_dists(x, labeled, chunk=chunk, device=device)   # (N,) float64, exact
-    with _full_float32_matmul():
+    with full_float32_matmul():
         picks, radii = _greedy(torch.from_numpy(x).to(device), torch.from_numpy(min_dist).to(device), budget,
                                speculate, chunk)
     return (order[picks] if order is not None else picks), radii
@@ -199,7 +193,7 @@ def _exact_sq_dists_torch(points: torch.Tensor, center: torch.Tensor) -> torch.T
 
 
 @contextlib.contextmanager
-def _full_float32_matmul():
+def full_float32_matmul():
     """The error bounds assume float32 products; TF32 (allowed on some GPUs) would break them."""
     allowed = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -27,9 +27,11 @@ import ray.data
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error, \
     raise_if_remote
-from vaal_dist.placement import RESOURCE_UNITS, Demand, log_if_unplaceable, placement_error, total_per_node
+from vaal_dist.placement import Demand, actor_layout, alive_nodes, log_if_unplaceable, placement_error, \
+    total_per_node
 from vaal_dist.scoring.spec import ScorerSpec
-from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, sample_priorities, top_rows
+from vaal_dist.scoring.ids import sample_priorities
+from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, top_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,55 +179,11 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
 
 
 # What each of pool.dataset's read and id-filter tasks asks: Ray Data's default for a map task.
-READ_TASK_CPUS = 1.0
 # Errors a lost node gives (besides an actor that died), and how long the cluster may take to declare the
 # node dead once they are seen (Ray's health checks: 5 missed, 3 s apart, by default).
 _NODE_LOSS_ERRORS = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
                      ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)
 NODE_DEATH_SECONDS = 60
-
-
-def actor_layout(cfg: ScoringConfig, use_gpu: bool) -> tuple[int, float]:
-    """(actors, CPUs each actor asks). With GPUs: one per GPU asking no CPU; otherwise ``cpu_actor_layout``
-    on the alive nodes' CPUs."""
-    if use_gpu:
-        return cfg.num_actors or max(1, int(ray.cluster_resources().get("GPU", 1))), 0.0
-    node_cpus = [node.get("CPU", 0.0) for node in total_per_node()]
-    actors, cpus = cpu_actor_layout(node_cpus, cfg.cpus_per_actor, cfg.num_actors)
-    wanted = cfg.num_actors or int(sum(node_cpus))
-    if actors < wanted or cpus != cfg.cpus_per_actor:
-        log.warning("scoring with %d actor(s) asking %g CPU each, not %d asking %g: on nodes of %s CPUs more "
-                    "could leave no node the %g CPU a shard read asks, and the stream would wait forever",
-                    actors, cpus, wanted, cfg.cpus_per_actor, node_cpus, READ_TASK_CPUS)
-    return actors, cpus
-
-
-def cpu_actor_layout(node_cpus: list[float], cpus_per_actor: float, wanted: int | None) -> tuple[int, float]:
-    """(actors, CPUs each) for scoring on CPU nodes of ``node_cpus``: ``wanted`` actors (None: one per CPU)
-    asking ``cpus_per_actor`` each, or fewer if that many could leave no node the READ_TASK_CPUS a read
-    task asks. The reads feed the actors, so that would hang the stream with no error (three 1-CPU nodes,
-    one 0.5-CPU actor on each: 1.5 CPUs free in all, 0.5 on every node).
-
-    Ray, not this function, places the actors (Ray Data spreads them), so the bound holds for any
-    placement: node i keeps a read's CPU until it holds ``(cpus_i - READ) // each + 1`` actors, and fewer
-    actors than those counts added up cannot fill every node. Where not even one actor fits beside a read
-    (a lone 1-CPU node), one actor asks no CPU and shares the node's cores with the reads. A cluster with
-    no CPU yet (an autoscaler's) gets ``wanted`` actors as asked: asking is what adds nodes.
-    """
-    cpus = [round(c * RESOURCE_UNITS) for c in node_cpus]
-    each, read = round(cpus_per_actor * RESOURCE_UNITS), round(READ_TASK_CPUS * RESOURCE_UNITS)
-    wanted = max(1, wanted or sum(cpus) // RESOURCE_UNITS)
-    if not sum(cpus) or not each:
-        return wanted, cpus_per_actor
-    readers = [c for c in cpus if c >= read]
-    fill = [(c - read) // each + 1 for c in readers]
-    if any(f > c // each for f, c in zip(fill, readers)):     # a node that never fills: reads always fit
-        safe = sum(c // each for c in cpus)
-    else:
-        safe = min(sum(c // each for c in cpus), sum(fill) - 1)
-    if safe < 1:
-        return 1, 0.0
-    return min(wanted, safe), cpus_per_actor
 
 
 def _gpus_per_actor(actors: int) -> float:
@@ -316,7 +274,7 @@ def _streamed(stream: Callable[[Demand], T], cfg: ScoringConfig, use_gpu: bool, 
     a scorer that refused to start, whose actor dies): it is raised again by its own message."""
     restarts = 0
     while True:
-        nodes = _alive_nodes()
+        nodes = alive_nodes()
         actors = _actors(cfg, use_gpu)
         try:
             return stream(actors)
@@ -392,18 +350,13 @@ def _release_failed_stream(wait_seconds: float = NODE_DEATH_SECONDS) -> None:
         time.sleep(0.5)
 
 
-def _alive_nodes() -> dict[str, str]:
-    """{node id: address} of the cluster's alive nodes."""
-    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
-
-
 def _lost_nodes(before: dict[str, str], error: Exception) -> str:
     """'node 1a2b3c4d (10.0.0.7)' for each node alive in ``before`` and dead now, '' if none. After an error
     that a lost node gives (an unreachable actor, lost objects) while no node is dead yet, the cluster is
     asked again for up to NODE_DEATH_SECONDS: it declares a node dead only after missed health checks."""
     deadline = time.monotonic() + (NODE_DEATH_SECONDS if isinstance(error, _NODE_LOSS_ERRORS) else 0)
     while True:
-        gone = before.keys() - _alive_nodes().keys()
+        gone = before.keys() - alive_nodes().keys()
         if gone or time.monotonic() >= deadline:
             return ", ".join(f"node {n[:8]} ({before[n]})" for n in sorted(gone))
         time.sleep(1)

@@ -9,7 +9,6 @@ hash highest, a fixed number of them, folded the same way.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,19 +134,9 @@ def _one_per_id(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return order[first]
 
 
-def sample_priorities(ids) -> np.ndarray:
-    """Each id's claim to a place in the score sample, uniform in [0, 1) from the id alone, (N,) float64.
-    blake2b personalised for this use: independent of the random strategy's seeded scores of the same ids,
-    whatever its seed (a sample of the rows those score highest would be the top of the distribution)."""
-    digests = (hashlib.blake2b(str(i).encode(), digest_size=8, person=b"score-sample").digest()
-               for i in ids)
-    bits = np.fromiter((int.from_bytes(d, "little") for d in digests), np.uint64, count=len(ids))
-    return (bits >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-
-
 class RunningSample:
     """The ``size`` rows of highest priority so far (ties by smallest id) with their scores, in
-    O(size + pending) rows: with ``sample_priorities`` a uniform sample of a stream's scores, the same for any
+    O(size + pending) rows: with ``ids.sample_priorities`` a uniform sample of a stream's scores, the same for any
     split or order of the stream (it is the top-size of the priorities, found as ``RunningTopK`` finds the
     top-b). An id added again (a batch a restarted actor rescored) is kept once, with its highest score.
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
 from vaal_dist.strategies.task import GuessingScorer, TaskScorer, guess
-from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state, aalu_train_loop_per_worker
+from vaal_dist.train.aalu_loop import CHECKPOINT_FILE, aalu_from_state
 from vaal_dist.train.common import load_checkpoint
 
 
@@ -46,7 +46,7 @@ class FeatureColumns(TaskScorer):
 class AALUScorer(GuessingScorer):
     """score = logit A([mu(f), softmax]): the highest A first."""
 
-    def __init__(self, checkpoint: Checkpoint, aalu_checkpoint: Checkpoint, meta: PoolMeta,
+    def __init__(self, checkpoint: CheckpointFiles, aalu_checkpoint: CheckpointFiles, meta: PoolMeta,
                  use_gpu: bool = False):
         super().__init__(checkpoint, meta, use_gpu)
         with aalu_checkpoint.as_directory() as d:
@@ -71,13 +71,11 @@ class AALU(TopKStrategy):
         if not aalu.adversarial and not aalu.rank_weight:
             raise ValueError("AALU's assistant needs the adversarial loss, the ranking loss, or both")
         task = inputs.train_task()
-        features = inputs.scorer(FeatureColumns, checkpoint=task.checkpoint)
+        features = inputs.scorer_spec(FeatureColumns, checkpoint=task.checkpoint)
         columns = {"labeled": inputs.columns(features, "labeled", with_labels=True),
                    "unlabeled": inputs.columns(features, "unlabeled")}
-        loop_config = {"aalu": dataclasses.asdict(aalu), "seed": cfg.seed, "num_classes": task.num_classes,
-                       "feature_dim": columns["labeled"].take(1)[0]["features"].shape[0]}
-        assistant = inputs.fit(aalu_train_loop_per_worker, loop_config, columns, name="aalu")
-        scorer = inputs.scorer(AALUScorer, checkpoint=task.checkpoint, aalu_checkpoint=assistant.checkpoint)
+        assistant = inputs.train_aalu(aalu, columns, task.num_classes)
+        scorer = inputs.scorer_spec(AALUScorer, checkpoint=task.checkpoint, aalu_checkpoint=assistant.checkpoint)
         return Trained(scorer, (task, assistant))
 
 

@@ -10,14 +10,13 @@ Each pick's score is its D^2 when it was drawn (the first's: its squared norm, i
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from vaal_dist.coreset.badge import badge_seeding_with_d2, gradient_factors
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.base import SelectionClock
 from vaal_dist.strategies.task import TaskScorer
 
 
@@ -40,21 +39,19 @@ class BADGE:
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
-        return Trained(inputs.scorer(ProbsAndFeatures, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(ProbsAndFeatures, checkpoint=task.checkpoint), (task,))
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
-        start = time.perf_counter()
+        clock = SelectionClock()
         ids, rows = inputs.embeddings(trained.scorer, "unlabeled")
-        choosing = time.perf_counter()
+        clock.choosing()
         classes = trained.models[0].num_classes
         a, h = gradient_factors(rows[:, :classes]), rows[:, classes:]
         picks, d2, _ = badge_seeding_with_d2(a, h, inputs.config.budget, inputs.round_seed % 2**64, ids)
         first = picks[0]
         d2[0] = float(np.sum(a[first].astype(np.float64) ** 2) * np.sum(h[first].astype(np.float64) ** 2))
-        end = time.perf_counter()
         probs = rows[picks, :classes].astype(np.float64)
-        return Selection(ids[picks], d2, candidates=len(ids), seconds=end - start, merge_seconds=end - choosing,
-                         predicted=probs.argmax(1), confidence=probs.max(1))
+        return clock.selection(ids[picks], d2, candidates=len(ids), predicted=probs.argmax(1), confidence=probs.max(1))
 
 
 STRATEGIES = (BADGE,)

@@ -15,17 +15,18 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import torch
 
 from vaal_dist.acquisition import margin
-from vaal_dist.clustering.cluster_margin import cached_cluster_pool, select
+from vaal_dist.clustering.cluster_margin import round_robin_picks
+from vaal_dist.pool.clusters import cached_cluster_pool
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.pool.storage import join
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.base import GivenVectors, SelectionClock
 from vaal_dist.strategies.task import TaskScorer
 
 FILE_CLUSTERS_SEED = 0     # clusters of vectors from a file are the pool's and the embedding's, not a round's
@@ -39,7 +40,7 @@ class FeaturesAndMargin(TaskScorer):
     score as the GUESS_AND_SCORE last columns; with ``features=False`` (the features come from a file) those
     alone."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False, features: bool = True):
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, use_gpu: bool = False, features: bool = True):
         super().__init__(checkpoint, meta, use_gpu)
         self.with_features = features
         self.embedding_dim = self.embedding_dim + GUESS_AND_SCORE if features else GUESS_AND_SCORE
@@ -57,25 +58,23 @@ class FeaturesAndMargin(TaskScorer):
 class ClusterMargin:
     name = "cluster_margin"
     trains = ("task",)
-    trains_with_backbone = ("task",)
+    given_vectors = GivenVectors.BESIDE_ITS_MODEL
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
-        scorer = inputs.scorer(FeaturesAndMargin, checkpoint=task.checkpoint, features=inputs.vectors is None)
+        scorer = inputs.scorer_spec(FeaturesAndMargin, checkpoint=task.checkpoint, features=inputs.vectors is None)
         return Trained(scorer, (task,))
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
-        start = time.perf_counter()
+        clock = SelectionClock()
         ids, unlabeled = inputs.embeddings(trained.scorer, "unlabeled")
         predicted, confidence, scores = unlabeled[:, -GUESS_AND_SCORE:].astype(np.float64).T
         cache, pool_ids, features, seed = _pool_features(inputs, trained, ids, unlabeled[:, :-GUESS_AND_SCORE])
-        choosing = time.perf_counter()
+        clock.choosing()
         clusters = cached_cluster_pool(cache, features, pool_ids, seed=seed)
-        picks = select(scores, clusters.of(ids), ids, inputs.config.budget, seed=inputs.round_seed)
-        end = time.perf_counter()
-        return Selection(ids[picks], scores[picks], candidates=len(ids), seconds=end - start,
-                         merge_seconds=end - choosing, predicted=predicted[picks].astype(np.int64),
-                         confidence=confidence[picks])
+        picks = round_robin_picks(scores, clusters.of(ids), ids, inputs.config.budget, seed=inputs.round_seed)
+        return clock.selection(ids[picks], scores[picks], candidates=len(ids),
+                               predicted=predicted[picks].astype(np.int64), confidence=confidence[picks])
 
 
 def _pool_features(inputs: RoundInputs, trained: Trained, unlabeled_ids: np.ndarray, unlabeled: np.ndarray

@@ -7,11 +7,10 @@ with the task model's penultimate features (the paper's choice), or with a user'
 """
 from __future__ import annotations
 
-import time
-
 from vaal_dist.coreset.kcenter import k_center_greedy_with_distances
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.base import GivenVectors, SelectionClock
 from vaal_dist.strategies.task import TaskScorer
 from vaal_dist.strategies.vaal import VAAL
 
@@ -19,29 +18,28 @@ from vaal_dist.strategies.vaal import VAAL
 class Coreset:
     name = "coreset"
     trains = ("task",)
-    trains_with_backbone = ()
+    given_vectors = GivenVectors.REPLACE_ITS_MODEL
 
     def train(self, inputs: RoundInputs) -> Trained:
         if inputs.vectors is not None:     # --embeddings, or the --embedding backbone's: nothing to train
             return Trained(None)
         task = inputs.train_task()
-        return Trained(inputs.scorer(TaskScorer, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(TaskScorer, checkpoint=task.checkpoint), (task,))
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
         """Picks best first; each pick's score is its distance to the nearest center when picked."""
-        start = time.perf_counter()
+        clock = SelectionClock()
         _, labeled = inputs.features(trained.scorer, "labeled")
         ids, unlabeled = inputs.features(trained.scorer, "unlabeled")
-        greedy_start = time.perf_counter()
+        clock.choosing()
         picks, radii = k_center_greedy_with_distances(unlabeled, labeled, inputs.config.budget, ids)
-        end = time.perf_counter()
-        return Selection(ids[picks], radii, candidates=len(ids), seconds=end - start, merge_seconds=end - greedy_start)
+        return clock.selection(ids[picks], radii, candidates=len(ids))
 
 
 class CoresetVAE(Coreset):
     name = "coreset_vae"
     trains = ("vaal",)
-    trains_with_backbone = None         # its embedding is the VAE's: with a backbone it is coreset
+    given_vectors = GivenVectors.REFUSED      # its embedding is the VAE's: with a backbone it is coreset
 
     def train(self, inputs: RoundInputs) -> Trained:
         return VAAL().train(inputs)

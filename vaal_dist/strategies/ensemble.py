@@ -33,7 +33,7 @@ class Ensemble(TopKStrategy):
         if members < 1:
             raise ValueError(f"an ensemble needs at least 1 member, got {members}")
         task = inputs.train_task(members=members)
-        return Trained(inputs.scorer(EnsembleScorer, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(EnsembleScorer, checkpoint=task.checkpoint), (task,))
 
 
 STRATEGIES = (Ensemble,)

@@ -24,7 +24,7 @@ class Entropy(TopKStrategy):
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
-        return Trained(inputs.scorer(EntropyScorer, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(EntropyScorer, checkpoint=task.checkpoint), (task,))
 
 
 STRATEGIES = (Entropy,)

@@ -31,7 +31,7 @@ class LearningLoss(TopKStrategy):
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task(rank_loss=self.rank_loss)
-        return Trained(inputs.scorer(PredictedLossScorer, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(PredictedLossScorer, checkpoint=task.checkpoint), (task,))
 
 
 class LearningLossV2(LearningLoss):

@@ -28,7 +28,7 @@ class Margin(TopKStrategy):
 
     def train(self, inputs: RoundInputs) -> Trained:
         task = inputs.train_task()
-        return Trained(inputs.scorer(MarginScorer, checkpoint=task.checkpoint), (task,))
+        return Trained(inputs.scorer_spec(MarginScorer, checkpoint=task.checkpoint), (task,))
 
 
 STRATEGIES = (Margin,)

@@ -14,7 +14,7 @@ import torch
 
 from vaal_dist.acquisition import predictive_entropy, variation_ratio
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.scoring.ids import id_hash
 from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
@@ -22,7 +22,7 @@ from vaal_dist.strategies.task import GuessingScorer, guess
 
 
 class MCDropoutScorer(GuessingScorer):
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, passes: int, seed: int,
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, passes: int, seed: int,
                  acquisition: str, use_gpu: bool = False):
         super().__init__(checkpoint, meta, use_gpu)
         self.passes, self.seed, self.acquisition = passes, seed, acquisition
@@ -60,7 +60,7 @@ class MCDropout(TopKStrategy):
     def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
         task = inputs.train_task(dropout=cfg.task.mc_dropout)
-        scorer = inputs.scorer(MCDropoutScorer, checkpoint=task.checkpoint, passes=cfg.acquisition.mc_passes,
+        scorer = inputs.scorer_spec(MCDropoutScorer, checkpoint=task.checkpoint, passes=cfg.acquisition.mc_passes,
                                seed=cfg.seed, acquisition=self.acquisition)
         return Trained(scorer, (task,))
 

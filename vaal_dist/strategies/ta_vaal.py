@@ -17,7 +17,7 @@ import torch
 from vaal_dist.acquisition import least_discriminated
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import TopKStrategy
 from vaal_dist.strategies.task import TaskScorer, guess
@@ -27,7 +27,7 @@ from vaal_dist.strategies.vaal import VAALScorer
 class RankScorer(TaskScorer):
     """The ranker's output r: as a score (the rank itself) and as training columns (pixels + rank)."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False,
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, use_gpu: bool = False,
                  pixel_size: int | None = None):
         super().__init__(checkpoint, meta, use_gpu)
         self.pixel_size = pixel_size or self.size
@@ -46,7 +46,7 @@ class RankScorer(TaskScorer):
 class TAVAALScorer:
     """score = -logit D(mu, r): the lowest D first."""
 
-    def __init__(self, checkpoint: Checkpoint, vaal_checkpoint: Checkpoint, meta: PoolMeta,
+    def __init__(self, checkpoint: CheckpointFiles, vaal_checkpoint: CheckpointFiles, meta: PoolMeta,
                  use_gpu: bool = False):
         self.ranker = RankScorer(checkpoint, meta, use_gpu)
         self.vaal = VAALScorer(vaal_checkpoint, meta, use_gpu)
@@ -71,9 +71,9 @@ class TAVAAL(TopKStrategy):
     def train(self, inputs: RoundInputs) -> Trained:
         cfg = inputs.config
         task = inputs.train_task(rank_loss=self.rank_loss)
-        ranks = inputs.scorer(RankScorer, checkpoint=task.checkpoint, pixel_size=cfg.vaal.image_size)
+        ranks = inputs.scorer_spec(RankScorer, checkpoint=task.checkpoint, pixel_size=cfg.vaal.image_size)
         vaal = inputs.train_vaal(columns={side: inputs.columns(ranks, side) for side in ("labeled", "unlabeled")})
-        scorer = inputs.scorer(TAVAALScorer, checkpoint=task.checkpoint, vaal_checkpoint=vaal.checkpoint)
+        scorer = inputs.scorer_spec(TAVAALScorer, checkpoint=task.checkpoint, vaal_checkpoint=vaal.checkpoint)
         return Trained(scorer, (task, vaal))
 
 

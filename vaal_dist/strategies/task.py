@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import torch
@@ -10,20 +9,18 @@ import torch
 from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint
+from vaal_dist.round_inputs import CheckpointFiles
 from vaal_dist.scoring.spec import Guess
 from vaal_dist.strategies.base import model_input, scorer_device
 from vaal_dist.train.common import load_checkpoint
-from vaal_dist.train.task_loop import task_config, task_model_from_state
+from vaal_dist.train.task_loop import member_files, task_config, task_model_from_state
 
 
-def load_task_models(checkpoint: Checkpoint, device: torch.device) -> tuple[list[TaskModel], TaskConfig]:
+def load_task_models(checkpoint: CheckpointFiles, device: torch.device) -> tuple[list[TaskModel], TaskConfig]:
     """The task model(s) of a checkpoint in eval mode on ``device`` (one, or every ensemble member), and
     the config they were trained with."""
     with checkpoint.as_directory() as d:
-        files = sorted((f for f in os.listdir(d) if re.fullmatch(r"task(-\d+)?\.pt", f)),
-                       key=lambda f: int(re.sub(r"\D", "", f) or 0))
-        states = [load_checkpoint(os.path.join(d, f)) for f in files]
+        states = [load_checkpoint(os.path.join(d, f)) for f in member_files(os.listdir(d))]
     return [task_model_from_state(s).to(device) for s in states], task_config(states[0]["config"])
 
 
@@ -37,7 +34,7 @@ def guess(scores: torch.Tensor, probs: torch.Tensor) -> Guess:
 class TaskScorer:
     """Loads the task model(s) once per scoring actor; subclasses turn its outputs into scores."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False):
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, use_gpu: bool = False):
         self.device = scorer_device(use_gpu)
         self.models, task_cfg = load_task_models(checkpoint, self.device)
         self.model = self.models[0]

@@ -12,20 +12,19 @@ Each pick's score is its typicality (0 for an image alone in its cluster).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from vaal_dist.clustering.typiclust import select
+from vaal_dist.clustering.typiclust import typiclust_picks
 from vaal_dist.round_inputs import RoundInputs, Trained
 from vaal_dist.scoring.topk import Selection
+from vaal_dist.strategies.base import GivenVectors, SelectionClock
 from vaal_dist.strategies.vaal import VAAL
 
 
 class TypiClust:
     name = "typiclust"
     trains = ("vaal",)
-    trains_with_backbone = ()
+    given_vectors = GivenVectors.REPLACE_ITS_MODEL
 
     def train(self, inputs: RoundInputs) -> Trained:
         if inputs.vectors is not None:     # --embeddings, or the --embedding backbone's: nothing to train
@@ -33,18 +32,17 @@ class TypiClust:
         return VAAL().train(inputs)
 
     def select(self, inputs: RoundInputs, trained: Trained) -> Selection:
-        start = time.perf_counter()
+        clock = SelectionClock()
         labeled_ids, labeled = inputs.features(trained.scorer, "labeled")
         ids, unlabeled = inputs.features(trained.scorer, "unlabeled")
         labeled = labeled.reshape(len(labeled), unlabeled.shape[1])      # none labeled yet: (0, 0) streamed
-        choosing = time.perf_counter()
+        clock.choosing()
         is_labeled = np.concatenate([np.ones(len(labeled), bool), np.zeros(len(unlabeled), bool)])
         budget, cap = inputs.config.budget, inputs.config.acquisition.max_clusters
-        chosen = select(np.concatenate([labeled, unlabeled]), np.concatenate([labeled_ids, ids]), is_labeled,
+        chosen = typiclust_picks(np.concatenate([labeled, unlabeled]), np.concatenate([labeled_ids, ids]), is_labeled,
                         budget, n_clusters=cap and min(cap, len(labeled) + budget), seed=inputs.config.seed)
-        end = time.perf_counter()
-        return Selection(ids[chosen.picks - len(labeled)], np.nan_to_num(chosen.typicality, nan=0.0),
-                         candidates=len(ids), seconds=end - start, merge_seconds=end - choosing)
+        return clock.selection(ids[chosen.picks - len(labeled)], np.nan_to_num(chosen.typicality, nan=0.0),
+                               candidates=len(ids))
 
 
 STRATEGIES = (TypiClust,)

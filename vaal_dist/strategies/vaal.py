@@ -10,7 +10,7 @@ import torch
 
 from vaal_dist.acquisition import least_discriminated
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.strategies.base import TopKStrategy, model_input, scorer_device
 from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state
@@ -19,7 +19,7 @@ from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from
 class VAALScorer:
     """Encoder mean + discriminator in eval mode; score = -logit D(mu), so the lowest D ranks first."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False):
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, use_gpu: bool = False):
         with checkpoint.as_directory() as d:
             state = load_checkpoint(os.path.join(d, CHECKPOINT_FILE))
         cfg = config_from_state(state)
@@ -56,7 +56,7 @@ class VAAL(TopKStrategy):
 
     def train(self, inputs: RoundInputs) -> Trained:
         vaal = inputs.train_vaal(dataclasses.replace(inputs.config.vaal, **self.vaal_overrides))
-        return Trained(inputs.scorer(VAALScorer, checkpoint=vaal.checkpoint), (vaal,))
+        return Trained(inputs.scorer_spec(VAALScorer, checkpoint=vaal.checkpoint), (vaal,))
 
 
 STRATEGIES = (VAAL,)

@@ -17,7 +17,7 @@ import torch
 
 from vaal_dist.acquisition import w2_to_centroid
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.round_inputs import Checkpoint, RoundInputs, Trained
+from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
 from vaal_dist.strategies.vaal import VAAL, VAALScorer
 
 
@@ -34,7 +34,7 @@ class VAALFrozenVAE(VAAL):
 class W2Scorer(VAALScorer):
     """score = W2(N(mu, sigma^2), N(mu_c, sigma_c^2)); ``embed`` gives [mu, sigma] for the centroid."""
 
-    def __init__(self, checkpoint: Checkpoint, meta: PoolMeta, use_gpu: bool = False,
+    def __init__(self, checkpoint: CheckpointFiles, meta: PoolMeta, use_gpu: bool = False,
                  centroid: list[float] | None = None):
         super().__init__(checkpoint, meta, use_gpu)
         self.centroid = None if centroid is None else torch.tensor(centroid, dtype=torch.float64, device=self.device)
@@ -61,7 +61,7 @@ class VAEOnlyW2(VAAL):
 
     def train(self, inputs: RoundInputs) -> Trained:
         (vae,) = super().train(inputs).models
-        gaussians = inputs.scorer(W2Scorer, checkpoint=vae.checkpoint)
+        gaussians = inputs.scorer_spec(W2Scorer, checkpoint=vae.checkpoint)
         _, labeled = inputs.embeddings(gaussians, "labeled")
         return Trained(gaussians.with_kwargs(centroid=labeled.astype(np.float64).mean(0).tolist()), (vae,))
 

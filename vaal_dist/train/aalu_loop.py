@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,16 @@ def build_aalu(cfg: AALUConfig, feature_dim: int, num_classes: int) -> tuple[Fea
     return FeatureVAE(cfg, feature_dim), Assistant(cfg, num_classes)
 
 
+@dataclass(frozen=True)
+class AALULoopConfig:
+    """What each AALU training worker is given: the assistant's config and what its models are built for."""
+
+    aalu: AALUConfig
+    seed: int
+    feature_dim: int      # the task model's penultimate features
+    num_classes: int      # the task model's classes (its softmax, A's other input)
+
+
 def aalu_from_state(state: dict) -> tuple[FeatureVAE, Assistant]:
     vae, assistant = build_aalu(AALUConfig(**state["config"]), state["feature_dim"], state["num_classes"])
     vae.load_state_dict(state["vae"])
@@ -95,17 +106,17 @@ def aalu_from_state(state: dict) -> tuple[FeatureVAE, Assistant]:
     return vae.eval(), assistant.eval()
 
 
-def aalu_train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry; ``config``: aalu (AALUConfig dict), seed, feature_dim, num_classes."""
+def aalu_train_loop_per_worker(loop: AALULoopConfig) -> None:
+    """Ray Train entry: DDP feature VAE + assistant over this worker's labeled/unlabeled column shards."""
     import ray.train
     import ray.train.torch
 
-    cfg = AALUConfig(**config["aalu"])
+    cfg = loop.aalu
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(loop.seed)
     ddp = {"broadcast_buffers": False}
     vae, assistant = (ray.train.torch.prepare_model(m, parallel_strategy_kwargs=ddp)
-                      for m in build_aalu(cfg, config["feature_dim"], config["num_classes"]))
+                      for m in build_aalu(cfg, loop.feature_dim, loop.num_classes))
     opt_vae = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     opt_a = torch.optim.Adam(assistant.parameters(), lr=cfg.lr)
 
@@ -117,5 +128,5 @@ def aalu_train_loop_per_worker(config: dict) -> None:
             return train_aalu_epoch(vae, assistant, opt_vae, opt_a, labeled, unlabeled, cfg)
 
     adversarial_epochs({"vae": vae, "assistant": assistant, "opt_vae": opt_vae, "opt_a": opt_a}, CHECKPOINT_FILE,
-                       {"config": dataclasses.asdict(cfg), "feature_dim": config["feature_dim"],
-                        "num_classes": config["num_classes"]}, cfg.epochs, config["seed"], rank, train_one)
+                       {"config": dataclasses.asdict(cfg), "feature_dim": loop.feature_dim,
+                        "num_classes": loop.num_classes}, cfg.epochs, loop.seed, rank, train_one)

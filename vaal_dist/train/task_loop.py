@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +32,18 @@ from vaal_dist.train.losses import margin_ranking_loss, ranking_bce_loss
 from vaal_dist.train.trainer import report
 
 
+_MEMBER_FILE = re.compile(r"task(?:-(\d+))?\.pt")
+
+
 def member_file(member: int | None) -> str:
+    """The checkpoint file of the one model (None) or of ensemble member ``member``."""
     return "task.pt" if member is None else f"task-{member}.pt"
+
+
+def member_files(names: Iterable[str]) -> list[str]:
+    """The task models' files among ``names`` (a checkpoint folder's listing), in member order."""
+    found = {name: _MEMBER_FILE.fullmatch(name) for name in names}
+    return sorted((name for name, match in found.items() if match), key=lambda name: int(found[name][1] or 0))
 
 
 def augment(x: torch.Tensor, cfg: TaskConfig, generator: torch.Generator) -> torch.Tensor:
@@ -146,21 +158,32 @@ def task_model_from_state(state: dict) -> TaskModel:
     return model.eval()
 
 
+@dataclass(frozen=True)
+class TaskLoopConfig:
+    """What each task-training worker is given."""
+
+    task: TaskConfig       # scheduled for this run's labeled set (``scheduled``)
+    seed: int
+    members: int           # 0: one model under DDP; M: an ensemble of M, each on the whole labeled set
+    model_args: dict       # build_task_model's num_classes, in_channels, rank_loss, dropout
+    evaluates: bool        # a held-out "eval" dataset comes along, scored after the last epoch
+
+
 def members_of(rank: int, world: int, members: int) -> list[int | None]:
     """The ensemble members worker ``rank`` trains (round-robin), or [None]: one model shared by DDP."""
     return list(range(rank, members, world)) if members else [None]
 
 
-def task_train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry; ``config``: task (TaskConfig dict), seed, members, model_args, datasets."""
+def task_train_loop_per_worker(loop: TaskLoopConfig) -> None:
+    """Ray Train entry: this worker's member(s) trained epoch by epoch, a checkpoint reported after each."""
     import ray.train
     import ray.train.torch
 
-    cfg = task_config(config["task"])
+    cfg = loop.task
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    members = members_of(rank, ctx.get_world_size(), config["members"])
-    trained = [_TrainedModel(cfg, config, m) for m in members]
+    members = members_of(rank, ctx.get_world_size(), loop.members)
+    trained = [_ModelInTraining(loop, m) for m in members]
     start_epoch = min(t.epoch for t in trained)    # the driver gives every worker at least one member
 
     def batches(name, shuffle_seed=None):
@@ -178,41 +201,42 @@ def task_train_loop_per_worker(config: dict) -> None:
             epoch_seed = worker_epoch_seed(t.seed, rank if t.member is None else 0, epoch)
             torch.manual_seed(epoch_seed)
             metrics = train_task_epoch(t.model, t.opt, batches("train", epoch_seed), cfg, epoch,
-                                       config["model_args"]["rank_loss"], torch.Generator().manual_seed(epoch_seed))
+                                       loop.model_args["rank_loss"], torch.Generator().manual_seed(epoch_seed))
             t.sched.step()
-            if epoch + 1 == cfg.epochs and "eval" in config["datasets"]:
+            if epoch + 1 == cfg.epochs and loop.evaluates:
                 metrics.update(evaluate(t.model, batches("eval")))
             per_model.append(metrics)
         metrics = mean_metrics(per_model)
-        if config["members"]:                       # and each of this worker's members on its own
+        if loop.members:                            # and each of this worker's members on its own
             metrics.update({f"member_{t.member}/{k}": v for t, m in zip(trained, per_model) for k, v in m.items()})
         metrics.update(epoch=epoch + 1, resumed_from_epoch=start_epoch, lr=trained[0].sched.get_last_lr()[0],
                        epoch_seconds=time.perf_counter() - started)
         # The models train side by side: DDP's replicas on equal shards, or every member on the whole set.
-        models = config["members"] or ctx.get_world_size()
+        models = loop.members or ctx.get_world_size()
         print_epoch(epoch + 1, cfg.epochs, metrics["epoch_seconds"], round(metrics["images"] * models), metrics)
-        writers = trained if (rank == 0 or config["members"]) else []   # ensembles: a file per member
+        writers = trained if (rank == 0 or loop.members) else []   # ensembles: a file per member
 
         def write(d, epoch=epoch + 1):
             for t in writers:
                 save_task_checkpoint(os.path.join(d, member_file(t.member)), t.model, t.opt, t.sched,
-                                     epoch, cfg, config["model_args"])
+                                     epoch, cfg, loop.model_args)
         report(metrics, write if writers else None)
 
 
-class _TrainedModel:
+class _ModelInTraining:
     """One model on this worker (an ensemble member, or the DDP replica) with its optimizer and schedule."""
 
-    def __init__(self, cfg: TaskConfig, config: dict, member: int | None):
+    def __init__(self, loop: TaskLoopConfig, member: int | None):
         import ray.train.torch
 
         self.member = member
-        self.seed = config["seed"] + (member or 0)
+        cfg = loop.task
+        self.seed = loop.seed + (member or 0)
         torch.manual_seed(self.seed)                 # DDP: identical initial weights on every rank
         ddp = member is None
         self.model = ray.train.torch.prepare_model(
-            build_task_model(cfg, **config["model_args"]), parallel_strategy="ddp" if ddp else None,
+            build_task_model(cfg, **loop.model_args), parallel_strategy="ddp" if ddp else None,
             parallel_strategy_kwargs={"broadcast_buffers": False} if ddp else None)
         self.opt, self.sched = build_optimizer(self.model, cfg)   # after prepare_model: on the params' device
-        self.epoch = resume_into(member_file(member), _built_from(cfg, config["model_args"]),
+        self.epoch = resume_into(member_file(member), _built_from(cfg, loop.model_args),
                                  model=self.model, opt=self.opt, sched=self.sched)

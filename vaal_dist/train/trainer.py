@@ -15,6 +15,7 @@ import posixpath
 import re
 import tempfile
 from collections.abc import Callable
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 import ray
@@ -29,6 +30,7 @@ from vaal_dist.errors import InputError, VaalDistError, raise_if_input_error
 from vaal_dist.placement import Demand, free_per_node, named_while_waiting, placement_error, total_per_node
 from vaal_dist.pool.storage import resolve
 
+T = TypeVar("T")
 KEEP_CHECKPOINTS = 2
 # Ray Train's controller polls its workers every 2 s: the driver heard that a run had ended 2.7 s after
 # its last checkpoint, 1.1 s at 0.25 s (default job, dev-2c). The controller reads it from the driver's
@@ -37,16 +39,18 @@ CONTROLLER_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 _OURS = re.compile(r"checkpoint_\d{6}")   # local mode's folders (Ray Train's own are checkpoint_<date>)
 _COMPLETE = ".complete"        # written last into a local-mode checkpoint folder: the folder is whole
 _driver_run: tuple[pafs.FileSystem, str] | None = None    # (fs, folder) of the local-mode run training now
+LOOP_CONFIG = "loop"      # Ray Train's train_loop_config is a dict: the loop's own config is its one entry
 
 
 class TrainingError(VaalDistError, RuntimeError):
     """Training failed on the cluster; the message carries the worker's error."""
 
 
-def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[str, ray.data.Dataset], *,
+def fit(train_loop: Callable[[T], None], loop_config: T, datasets: dict[str, ray.data.Dataset], *,
         storage_path: str, name: str, workers: int, use_gpu: bool, cpus_per_worker: float, seed: int,
         max_failures: int = 0, split: list[str] | None = None, placement_timeout: float = 0) -> ray.train.Result:
-    """Run ``train_loop`` on ``workers`` DDP workers; the result holds the latest checkpoint and metrics.
+    """Run ``train_loop(loop_config)`` on ``workers`` DDP workers; the result holds the latest checkpoint and
+    metrics. ``loop_config`` (a loop's frozen dataclass) reaches every worker pickled.
 
     Checkpoints land in ``storage_path/name``; calling again with the same two resumes from the latest
     one (Ray Train V2 resumes by run name), and the loop finds it with ``latest_checkpoint()``.
@@ -69,13 +73,13 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, datasets: dict[st
     ingest.preserve_order = True              # same seed, same batches: needed for reproducible runs
     demand = Demand("training", workers, "worker", {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
     if workers == 0:
-        trainer = _trainer_in_driver(train_loop, loop_config, datasets, fs, path, name, ingest)
+        trainer = _trainer_in_driver(train_loop, {LOOP_CONFIG: loop_config}, datasets, fs, path, name, ingest)
         running = _in_driver(fs, posixpath.join(path, name))
     else:
         os.environ.setdefault(*CONTROLLER_POLL)
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config=loop_config,
+            train_loop_config={LOOP_CONFIG: loop_config},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=workers, use_gpu=use_gpu, resources_per_worker=demand.each),
             run_config=ray.train.RunConfig(
@@ -151,11 +155,11 @@ def training_threads(workers: int) -> int:
     return max(1, int(node_cpus // max(workers, 1)))
 
 
-def _on_threads(train_loop: Callable[[dict], None], threads: int, log_level: int, config: dict) -> None:
+def _on_threads(train_loop: Callable[[T], None], threads: int, log_level: int, config: dict) -> None:
     torch.set_num_threads(threads)
     if _driver_run is None:              # a Ray Train worker, not the driver in local mode
         _worker_log_level(log_level)
-    train_loop(config)
+    train_loop(config[LOOP_CONFIG])
 
 
 def _worker_log_level(level: int) -> None:
@@ -174,12 +178,12 @@ def _shuffled(datasets: dict[str, ray.data.Dataset], seed: int) -> dict[str, ray
         raise
 
 
-def _trainer_in_driver(train_loop, loop_config: dict, datasets: dict[str, ray.data.Dataset],
+def _trainer_in_driver(train_loop, train_loop_config: dict, datasets: dict[str, ray.data.Dataset],
                        fs: pafs.FileSystem, path: str, name: str, ingest) -> TorchTrainer:
     """Ray Train local mode (no workers): the loop runs in this process."""
     for ds in datasets.values():
         ds.context.execution_options = ingest
-    return TorchTrainer(train_loop, train_loop_config=loop_config,
+    return TorchTrainer(train_loop, train_loop_config=train_loop_config,
                         scaling_config=ray.train.ScalingConfig(num_workers=0),
                         run_config=ray.train.RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                                                        logging_config=_logging_config()),

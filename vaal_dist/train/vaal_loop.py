@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 from vaal_dist.config import VAALConfig
 from vaal_dist.models.vaal import VAE, Discriminator, pixels_to_input
 from vaal_dist.train.common import adversarial_epochs, labeled_cycle, random_hflip, save_state, unwrap, worker_epoch_seed
+from vaal_dist.train.pool_batches import PoolSource
 
 CHECKPOINT_FILE = "vaal.pt"
 
@@ -142,6 +144,17 @@ def save_checkpoint(path: str, vae, disc, opt_vae, opt_disc, epoch: int, cfg: VA
                _model_args(cfg, in_channels, conditioned))
 
 
+@dataclass(frozen=True)
+class VAALLoopConfig:
+    """What each VAAL training worker is given."""
+
+    vaal: VAALConfig
+    seed: int
+    in_channels: int
+    conditioned: bool            # TA-VAAL: on the ranker's output, over Ray Train's dataset shards of columns
+    source: PoolSource | None    # VAAL: the pool's shards to stream (None when conditioned)
+
+
 def _model_args(cfg: VAALConfig, in_channels: int, conditioned: bool) -> dict:
     """What VAAL's models are built from, as a checkpoint holds it."""
     return {"config": dataclasses.asdict(cfg), "in_channels": in_channels, "conditioned": conditioned}
@@ -154,14 +167,13 @@ def config_from_state(state: dict) -> VAALConfig:
 
 
 @contextlib.contextmanager
-def _epoch_batches(config: dict, cfg: VAALConfig, epoch: int, ctx):
-    """(labeled, unlabeled) batches of one epoch: streamed from the pool's shards (``config["source"]``,
-    a ``PoolSource``), or, for TA-VAAL's model-output columns, from Ray Train's dataset shards."""
+def _epoch_batches(loop: VAALLoopConfig, epoch: int, ctx):
+    """(labeled, unlabeled) batches of one epoch: streamed from the pool's shards (``loop.source``), or, for
+    TA-VAAL's model-output columns, from Ray Train's dataset shards."""
     import ray.train
     import ray.train.torch
 
-    rank, seed = ctx.get_world_rank(), config["seed"]
-    source = config.get("source")
+    rank, seed, source, cfg = ctx.get_world_rank(), loop.seed, loop.source, loop.vaal
     if source is not None:
         labeled, unlabeled = source.epoch(cfg.image_size, cfg.batch_size, rank=rank, workers=ctx.get_world_size(),
                                           seed=worker_epoch_seed(seed, 0, epoch), limit=cfg.epoch_images,
@@ -179,13 +191,12 @@ def _epoch_batches(config: dict, cfg: VAALConfig, epoch: int, ctx):
                 batches.close()
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(loop: VAALLoopConfig) -> None:
     """Ray Train entry: DDP VAE + D over this worker's labeled/unlabeled shards, checkpoint per epoch."""
     import ray.train
     import ray.train.torch
 
-    cfg = VAALConfig(**config["vaal"])
-    seed, in_channels, conditioned = config["seed"], config["in_channels"], config["conditioned"]
+    cfg, seed, in_channels, conditioned = loop.vaal, loop.seed, loop.in_channels, loop.conditioned
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.manual_seed(seed)                  # identical initial weights on every rank
@@ -198,7 +209,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def train_one(epoch: int, epoch_seed: int) -> dict[str, float]:
         flips = torch.Generator().manual_seed(epoch_seed)
-        with _epoch_batches(config, cfg, epoch, ctx) as (labeled, unlabeled):
+        with _epoch_batches(loop, epoch, ctx) as (labeled, unlabeled):
             return train_epoch(vae, disc, opt_vae, opt_disc, labeled, unlabeled, cfg, flips)
 
     adversarial_epochs({"vae": vae, "disc": disc, "opt_vae": opt_vae, "opt_disc": opt_disc}, CHECKPOINT_FILE,
