@@ -7,8 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_raw_pool, round_config
-from test_backbone import backbone_round, saved_weights
+from conftest import backbone_round, make_raw_pool, round_config, saved_weights
 from vaal_dist import cli
 from vaal_dist.clustering import cluster_margin as clustering
 from vaal_dist.clustering.cluster_margin import cached_cluster_pool
