@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
 
-import vaal_dist
+from vaal_dist import version
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.folder_lock import writer_lock
@@ -140,7 +140,7 @@ def validate_inputs(cfg: RoundConfig, needs_labeled: bool) -> tuple[_Sizes, pa.A
     fingerprint.update(pool_state(cfg.pool).encode())
     fingerprint.update(_imported_labels_state(cfg).encode())
     fingerprint.update(_embedding_state(cfg).encode())
-    fingerprint.update(vaal_dist.__version__.encode())
+    fingerprint.update(version.__version__.encode())
     return sizes, labeled, holdout, fingerprint.hexdigest()
 
 
@@ -343,5 +343,5 @@ def _versions() -> dict:
     import pyarrow
     import torch
 
-    return {"vaal_dist": vaal_dist.__version__, "ray": ray.__version__, "torch": torch.__version__,
+    return {"vaal_dist": version.__version__, "ray": ray.__version__, "torch": torch.__version__,
             "numpy": np.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}
