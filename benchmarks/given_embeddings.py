@@ -33,7 +33,9 @@ from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringCo
 from vaal_dist.labeling.labels import LABELS, write_labels
 from vaal_dist.pool.embeddings import write_vectors
 from vaal_dist.pool.io import beside, read_manifest, read_pool_ids, write_manifest
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.ray_session import start_local_ray
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 LABELED, BUDGET = 1_000, 100
 
@@ -65,7 +67,7 @@ def run(cfg: RoundConfig) -> dict:
 def _run(cfg: RoundConfig) -> dict:
     from vaal_dist.round import run_round
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start = time.perf_counter()
         record = run_round(cfg).record
