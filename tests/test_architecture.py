@@ -1,5 +1,5 @@
-"""Import rules, read from the source with ``ast`` (nothing is imported): vaal_dist's modules import one another
-without a circle, and no test module imports another (shared builders live in conftest.py)."""
+"""Import rules, read from the source with ``ast`` (no module is imported to check it): vaal_dist's modules import
+one another without a circle, and no test module imports another (shared builders live in conftest.py)."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import vaal_dist
 
-PACKAGE = Path(vaal_dist.__file__).parent       # the vaal_dist on the path, which importing it loads nothing else of
+PACKAGE = Path(vaal_dist.__file__).parent       # the vaal_dist under test; importing the package loads no module of it
 TESTS = Path(__file__).parent
 
 
