@@ -35,8 +35,10 @@ from vaal_dist.pool.embeddings import write_vectors
 from vaal_dist.pool.io import read_pool_ids
 from vaal_dist.pool.manifests import read_manifest, write_manifest
 from vaal_dist.pool.storage import beside
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.round_files import SELECTION
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 LABELED, BUDGET = 1_000, 100
 
@@ -68,7 +70,7 @@ def run(cfg: RoundConfig) -> dict:
 def _run(cfg: RoundConfig) -> dict:
     from vaal_dist.round import run_round
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start = time.perf_counter()
         record = run_round(cfg).record

@@ -12,10 +12,11 @@ import time
 import numpy as np
 import ray
 
-from vaal_dist.coreset.distributed import distributed_k_center
 from vaal_dist.coreset.kcenter import coverage_radius, k_center_greedy
+from vaal_dist.ray_session import start_local_ray
 
 from kcenter_speed import gaussian_problem, problem_parser   # benchmarks/ is the script's folder
+from two_round_kcenter import distributed_k_center
 
 
 def main() -> None:
@@ -32,8 +33,7 @@ def main() -> None:
     exact_radius = coverage_radius(unlabeled, np.vstack([labeled, unlabeled[exact]]))
     print("| method | partitions | seconds | coverage radius | radius / exact |\n|---|---|---|---|---|")
     print(f"| exact greedy | - | {exact_seconds:.1f} | {exact_radius:.3f} | 1.000 |", flush=True)
-    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
-             log_to_driver=False)
+    start_local_ray(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     for parts in args.partitions:
         split = np.array_split(rng.permutation(args.n), parts)
         start = time.perf_counter()

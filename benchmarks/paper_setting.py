@@ -57,8 +57,9 @@ import numpy as np
 
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.manifests import write_seeded_sample
-from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.round_files import CHECKPOINTS, RECORD
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 PRESET = "cifar10"
 IMAGE_SIZE, CHANNELS = 32, 3
@@ -121,7 +122,7 @@ def write_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def round_config(args: argparse.Namespace, pool: str, labeled: str, epochs: int) -> RoundConfig:
-    """What ``vaal-dist round --preset cifar10 --epochs E --epoch-images M ...`` builds (cli.config_from_args)."""
+    """What ``vaal-dist round --preset cifar10 --epochs E --epoch-images M ...`` builds (cli_args.config_from_args)."""
     setting = (f"{args.strategy}-l{args.labeled}-b{args.budget}-m{args.epoch_images}-w{args.workers}-s{args.seed}"
                + ("-gpu" if args.use_gpu else "") + ("-amp" if args.amp else ""))
     return RoundConfig(

@@ -14,9 +14,10 @@ import resource
 import shutil
 import time
 
-from vaal_dist.ray_session import ray_session
+from vaal_dist.ray_session import connect, shut_down_after
 from vaal_dist.pool.prepare import prepare_pool
-from vaal_dist.pool.synthetic import write_synthetic_files
+
+from synthetic import write_synthetic_files   # benchmarks/ is the script's folder
 
 
 def main() -> None:
@@ -32,7 +33,8 @@ def main() -> None:
     write_synthetic_files(source, args.images, image_size=args.source_size)
     written = time.perf_counter() - start
     shutil.rmtree(dest, ignore_errors=True)
-    with ray_session(None):
+    with shut_down_after():
+        connect()
         summary = prepare_pool(source, dest, files_per_shard=args.files_per_shard)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(writing the files took {written:.0f} s)")

@@ -11,8 +11,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-from vaal_dist.cli import DEFAULT_LABELED, DEFAULT_POOL
-from vaal_dist.ray_session import ray_session
+from vaal_dist.cli_args import DEFAULT_LABELED, DEFAULT_POOL
+from vaal_dist.ray_session import connect, shut_down_after
 from vaal_dist.config import RoundConfig, Setup, preset
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.round import run_round
@@ -29,7 +29,8 @@ def main() -> None:
     args = p.parse_args()
     build_default_pool(DEFAULT_POOL, DEFAULT_LABELED, size=preset(args.preset).vaal.image_size)
     rows = []
-    with ray_session(None):
+    with shut_down_after():
+        connect()
         for name in args.strategies:
             out = Path(args.out) / name
             shutil.rmtree(out, ignore_errors=True)

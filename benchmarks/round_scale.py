@@ -37,9 +37,11 @@ from ray._private.internal_api import get_memory_info_reply, get_state_from_addr
 
 from vaal_dist.config import PRESETS, RoundConfig, Setup, preset
 from vaal_dist.pool.manifests import write_seeded_sample
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.round import run_round
 from vaal_dist.strategies import STRATEGIES
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 LABELED_FRACTION = 0.10
@@ -183,7 +185,7 @@ def measure_round(args: argparse.Namespace, images: int) -> None:
     cfg = round_config(args, images)
     shutil.rmtree(cfg.out, ignore_errors=True)           # a fresh round, not the stored one
     store = {"object_store_memory": args.object_store_mib * MIB} if args.object_store_mib else {}
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, log_to_driver=False, **store)
+    start_local_ray(_node_ip_address="127.0.0.1", include_dashboard=True, log_to_driver=False, **store)
     try:
         sampler = RoundSampler()
         sampler.start()

@@ -25,11 +25,13 @@ import torch
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import read_pool_meta
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 
 class ActorPeaks(threading.Thread):
@@ -85,7 +87,7 @@ def main() -> None:
     writer.start()
     writer.join()
     print(f"pool of {args.images} images ready in {time.perf_counter() - start:.1f} s", flush=True)
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    start_local_ray(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     scorer = ScorerSpec(VAALScorer, {"checkpoint": checkpoint(Path(args.work) / f"ckpt-{args.preset}", args.preset),
                                      "meta": read_pool_meta(str(pool))})
     cfg = ScoringConfig(batch_size=args.batch)

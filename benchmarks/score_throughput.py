@@ -23,13 +23,14 @@ import torch
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.pool.dataset import read_pool
 from vaal_dist.pool.io import pool_files, read_pool_meta
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from vaal_dist.ray_session import start_local_ray
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 from vaal_dist.train.vaal_loop import build_models
 
 from scale import checkpoint   # benchmarks/ is the script's folder
+from synthetic import write_synthetic_pool
 
 
 def bare_encoder(batch: int, threads: int, device: str = "cpu", amp: bool = False, seconds: float = 10.0) -> float:
@@ -138,7 +139,7 @@ def main() -> None:
             for threads in args.threads:
                 print(f"| bare encoder, in process, {device}{' bf16' if amp else ''}, {threads} thread(s), "
                       f"batch {batch} | - | - | {bare_encoder(batch, threads, device, amp):.0f} |", flush=True)
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    start_local_ray(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     ckpt, meta = checkpoint(Path(work) / "ckpt", "cifar10"), read_pool_meta(f"{work}/pool")
     readers = {"read_pool": lambda: read_pool(f"{work}/pool")}
     if args.ray_reader:

@@ -51,11 +51,12 @@ from vaal_dist.ray_session import start_local_ray
 from vaal_dist.config import PRESETS, Setup, preset
 from vaal_dist.pool.io import read_pool_meta
 from vaal_dist.pool.manifests import read_manifest, write_seeded_sample
-from vaal_dist.pool.synthetic import write_synthetic_pool
 from vaal_dist.train import trainer
 from vaal_dist.train.common import worker_epoch_seed
 from vaal_dist.train.pool_batches import PoolSource, epoch_share, pool_source
 from vaal_dist.train.vaal_loop import VAALLoopConfig, build_models, train_epoch, train_loop_per_worker
+
+from synthetic import write_synthetic_pool   # benchmarks/ is the script's folder
 
 LABELED_FRACTION = 0.10
 CHECKPOINT_NAME = re.compile(r"checkpoint_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}\.\d{6})")

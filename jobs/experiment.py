@@ -7,7 +7,8 @@ With no --pool it runs on the embedded MNIST pool with a local Ray. Same code pa
 import argparse
 import sys
 
-from vaal_dist.cli import add_experiment_args, experiment_command, run_safely
+from vaal_dist.cli import experiment_command, run_safely
+from vaal_dist.cli_args import add_experiment_args
 
 
 def main(argv=None) -> int:

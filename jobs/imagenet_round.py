@@ -10,7 +10,8 @@ It prints a line per training epoch, Ray Data's progress bars and a summary; --v
 import argparse
 import sys
 
-from vaal_dist.cli import add_round_args, run_round_safely
+from vaal_dist.cli import run_round_safely
+from vaal_dist.cli_args import add_round_args
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,8 @@ see docs/prepare.md.
 import argparse
 import sys
 
-from vaal_dist.cli import add_prepare_args, prepare_command, run_safely
+from vaal_dist.cli import prepare_command, run_safely
+from vaal_dist.cli_args import add_prepare_args
 
 
 def main(argv=None) -> int:

@@ -1,12 +1,17 @@
 """Shared fixtures and builders: a temporary HOME (Ray's token lives there), one local Ray per test session
 (job API on 127.0.0.1), tiny seeded pools and images, untrained checkpoints, round configs, float32 tolerances,
-a moto S3 server on loopback. Test modules import builders from here, never from each other."""
+a moto S3 server on loopback; task models trained on two tones, a --embedding backbone's weights, the labeling
+loop's round folders and Label Studio answers, a report page's elements. Test modules import builders from here,
+never from each other (tests/test_architecture.py checks)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import html.parser
 import http.client
 import http.server
 import io
+import itertools
 import os
 import random
 import re
@@ -27,12 +32,16 @@ import ray.train
 import torch
 from PIL import Image
 
-from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
+from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.pool.io import PoolMeta, write_pool
 from vaal_dist.pool.manifests import write_manifest
+from vaal_dist.pool.shards import write_parquet
+from vaal_dist.pool.storage import write_json
 from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.vaal import VAAL, VAALScorer
+from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, save_task_checkpoint,
+                                       train_task_epoch)
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, save_checkpoint
 
 
@@ -407,9 +416,6 @@ def failing_s3(s3_endpoint):
 # Separate Ray node processes (a head and worker nodes, each its own raylet and object store) on 127.0.0.1, token
 # auth on, this process the driver. Nodes share the machine's files, as nodes with a shared mount would.
 
-import contextlib  # noqa: E402  (kept with the section that uses it)
-
-
 @contextlib.contextmanager
 def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: int = 150):
     """A ray.cluster_utils.Cluster of a head with ``head_cpus`` and one worker node per ``worker_cpus``, this
@@ -455,3 +461,198 @@ def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: in
 def node_of(cluster, node_id: str):
     """The cluster's Node object of the Ray node id ``node_id`` (hex)."""
     return next(n for n in cluster.list_all_nodes() if n.node_id == node_id)
+
+
+# Core-set's greedy picks on float32 embeddings
+def assert_greedy_picks_are_stable(unlabeled, labeled, picks, noise: float) -> None:
+    """Float32 noise cannot change these k-center greedy picks. With every coordinate off by <= ``noise``,
+    a point moves by <= noise sqrt(d), so any distance, and a point's distance to its nearest center, by
+    <= 2 noise sqrt(d); a pick whose distance beats the runner-up's by more than twice that stays."""
+    u, centers = unlabeled.astype(np.float64), labeled.astype(np.float64)
+    margin = 4 * noise * np.sqrt(u.shape[1])
+    nearest = np.sqrt(((u[:, None] - centers[None]) ** 2).sum(-1)).min(1)
+    for step, pick in enumerate(picks):
+        runner_up = np.delete(nearest, pick).max()
+        assert nearest[pick] - runner_up > margin, f"precondition: greedy step {step} is a near-tie"
+        nearest = np.minimum(nearest, np.sqrt(((u - u[pick]) ** 2).sum(1)))
+
+
+# A task model trained in-process on two tones: dark images are class 0, light ones class 1, one mid-gray
+TWO_TONE_META = PoolMeta("raw", (32, 32, 1))
+TWO_TONE_TASK = preset("cpu", task={"crop_padding": 0, "lr": 0.05}).task
+
+
+def two_tone_batch(n=64, seed=0):
+    """(batch dict as Ray Data hands it, labels): dark images are class 0, light ones class 1, plus gray."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    base = np.where(labels[:, None, None, None] == 0, 20, 235)
+    pixels = np.clip(base + rng.integers(-20, 21, (n, 32, 32, 1)), 0, 255).astype(np.uint8)
+    pixels = np.concatenate([pixels, np.full((1, 32, 32, 1), 128, np.uint8)])
+    ids = np.array([f"img-{i:03d}" for i in range(n)] + ["zz-gray"])
+    return {"id": ids, "image": np.array([p.tobytes() for p in pixels], dtype=object)}, labels
+
+
+def trained_checkpoint(directory, seeds=(0,), rank_loss=None, dropout=None) -> ray.train.Checkpoint:
+    """Task model(s) trained on the two tones (one file, or one per ensemble member)."""
+    batch, labels = two_tone_batch()
+    pixels = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(32, 32, 1) for b in batch["image"][:-1]])
+                              ).permute(0, 3, 1, 2).contiguous()
+    model_args = {"num_classes": 2, "in_channels": 1, "rank_loss": rank_loss, "dropout": dropout}
+    directory.mkdir()
+    for member, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        model = build_task_model(TWO_TONE_TASK, **model_args)
+        opt, sched = build_optimizer(model, TWO_TONE_TASK)
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(8):
+            order = torch.randperm(len(labels), generator=gen)
+            batches = [{"pixels": pixels[order[i:i + 16]], "label": torch.from_numpy(labels)[order[i:i + 16]]}
+                       for i in range(0, len(labels), 16)]
+            train_task_epoch(model, opt, batches, TWO_TONE_TASK, epoch, rank_loss, gen)
+        save_task_checkpoint(str(directory / member_file(member if len(seeds) > 1 else None)), model, opt, sched,
+                             8, TWO_TONE_TASK, model_args)
+    return ray.train.Checkpoint.from_directory(str(directory))
+
+
+# --embedding: a user's torchvision classifier (seeded random weights; nothing downloaded)
+def saved_weights(path, arch: str = "resnet18", num_classes: int = 1000, wrap: bool = False) -> str:
+    """A seeded random ``arch`` (with a head of ``num_classes``, as a fine-tuned model has) saved as a state
+    dict, bare or as torchvision's reference scripts save checkpoints."""
+    import torchvision
+
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(arch, weights=None, num_classes=num_classes).state_dict()
+    torch.save({"model": state, "epoch": 3} if wrap else state, path)
+    return str(path)
+
+
+def backbone_round(pool, labeled, out, strategy, weights, budget=12):
+    embedding = Backbone("resnet18", weights, image_size=32)
+    return round_config(pool, labeled, out, budget=budget, strategy=strategy,
+                        preset=preset("cpu", vaal={"epochs": 1}, task={"epochs": 1, "min_steps": 0}),
+                        acquisition=AcquisitionConfig(embedding=embedding))
+
+
+# The labeling loop: a pool without labels, a finished round, Label Studio's answers
+CLASSES = ["zero", "one", "two"]
+
+
+TASK_IDS = itertools.count(100)
+
+
+def unlabeled_pool(path, n: int = 40, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, pixels (n, size, size, 1)) of a raw pool without a label column, in 3 shards."""
+    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    ids = np.array([f"im/{i:03d}" for i in range(n)])          # a "/" in ids: file names must quote it
+    bounds = [0, n // 3, 2 * n // 3, n]
+    write_pool(str(path), [pa.table({"id": ids[a:b], "image": pa.array([p.tobytes() for p in pixels[a:b]])})
+                           for a, b in zip(bounds, bounds[1:])], PoolMeta("raw", (size, size, 1)))
+    return ids, pixels
+
+
+def finished_round(out, pool, labeled, selected, strategy: str = "entropy") -> str:
+    """A round folder as run_round leaves it, for what export and import read: run.json's config and
+    selection.parquet (ranks 1..k, scores descending)."""
+    write_parquet(f"{out}/selection.parquet", pa.table({
+        "id": pa.array(list(selected), pa.string()), "score": pa.array(np.linspace(1, 0, len(selected))),
+        "rank": pa.array(np.arange(1, len(selected) + 1), pa.int64())}))
+    write_json(f"{out}/run.json", {"config": {"pool": str(pool), "labeled": str(labeled), "strategy": strategy}})
+    return str(out)
+
+
+def label_studio_task(image_id: str, *annotations: dict) -> dict:
+    """A task as Label Studio's JSON export holds it, its task id its own (import refuses a repeated one)."""
+    return {"id": next(TASK_IDS), "data": {"image": "data:...", "id": image_id}, "annotations": list(annotations)}
+
+
+def choice(label: str | None, annotator: int = 1, cancelled: bool = False, at: str = "2026-11-28T10:00:00.5Z") -> dict:
+    result = [] if label is None else [{"from_name": "label", "to_name": "image", "type": "choices",
+                                        "value": {"choices": [label]}}]
+    return {"id": 7, "completed_by": annotator, "result": result, "was_cancelled": cancelled, "created_at": at,
+            "updated_at": at}
+
+
+# A report page's elements
+class Page(html.parser.HTMLParser):
+    """The elements of a page: (tag, attributes) in order, and the text of each figcaption."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.elements, self.captions, self._in_caption = [], [], False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        if tag == "figcaption":
+            self._in_caption = True
+            self.captions.append("")
+
+    def handle_endtag(self, tag):
+        self._in_caption = self._in_caption and tag != "figcaption"
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.captions[-1] += data
+
+    def having(self, **attrs):
+        return [(t, a) for t, a in self.elements if all(a.get(k) == v for k, v in attrs.items())]
+
+
+# --embeddings files: a pool's vectors as a user hands them in
+def write_embeddings(path, ids, x, kind: str = "fixed") -> str:
+    """(id, embedding) Parquet: a fixed-size list of x's dtype, or (``kind="list"``) a variable list."""
+    values = pa.array(np.ascontiguousarray(x).ravel())
+    if kind == "fixed":
+        embedding = pa.FixedSizeListArray.from_arrays(values, x.shape[1])
+    else:
+        embedding = pa.array([list(row) for row in x], pa.list_(pa.from_numpy_dtype(x.dtype)))
+    pq.write_table(pa.table({"id": pa.array(list(ids), pa.string()), "embedding": embedding}), path)
+    return str(path)
+
+
+def vectors_round(pool, labeled, out, path, strategy="coreset", budget=10, **acquisition):
+    # workers=0: a strategy that trains (Cluster-Margin's task model) does so in the driver; where the vectors
+    # come from is what is tested here, and the Ray Train workers' path is test_strategy_rounds'.
+    return round_config(pool, labeled, out, budget=budget, strategy=strategy,
+                        preset=preset("cpu", task={"epochs": 1, "min_steps": 0}), workers=0,
+                        acquisition=AcquisitionConfig(embeddings=str(path), **acquisition))
+
+
+def bad_file(path, case: str, ids) -> str:
+    """An embeddings file for ``ids`` (the pool's) with one fault."""
+    x = np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32)
+    if case == "missing ids":
+        return write_embeddings(path, ids[7:], x[7:])
+    if case == "duplicate ids":
+        return write_embeddings(path, np.concatenate([ids, ids[:3]]), np.concatenate([x, x[:3]]))
+    if case == "mixed widths":
+        rows = [list(r) for r in x]
+        rows[5] = rows[5][:3]
+        pq.write_table(pa.table({"id": ids, "embedding": pa.array(rows, pa.list_(pa.float32()))}), path)
+    elif case == "mixed widths across files":
+        path.mkdir()
+        write_embeddings(path / "a.parquet", ids[:10], x[:10])
+        write_embeddings(path / "b.parquet", ids[10:], np.zeros((len(ids) - 10, 5), np.float32))
+    elif case == "two id types across files":
+        path.mkdir()
+        write_embeddings(path / "a.parquet", ids[:10], x[:10])
+        pq.write_table(pa.table({"id": pa.array(ids[10:], pa.large_string()), "embedding":
+                                 pa.FixedSizeListArray.from_arrays(pa.array(x[10:].ravel()), 4)}), path / "b.parquet")
+    elif case in ("NaN", "inf"):
+        x[4, 1] = np.nan if case == "NaN" else np.inf
+        return write_embeddings(path, ids, x)
+    elif case == "float64":
+        return write_embeddings(path, ids, x.astype(np.float64))
+    elif case == "integer ids":
+        pq.write_table(pa.table({"id": np.arange(len(ids)), "embedding": pa.FixedSizeListArray.from_arrays(
+            pa.array(x.ravel()), 4)}), path)
+    elif case == "no embedding column":
+        pq.write_table(pa.table({"id": ids, "vector": x[:, 0]}), path)
+    elif case == "null embedding":
+        rows = [list(r) for r in x]
+        rows[2] = None
+        pq.write_table(pa.table({"id": ids, "embedding": pa.array(rows, pa.list_(pa.float32()))}), path)
+    elif case == "not parquet":
+        path.write_text("id,embedding\nimg-00000,0.1\n")
+    return str(path)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vaal_dist.acquisition import (bald, entropy, least_discriminated, margin, predictive_entropy, variation_ratio,
+from vaal_dist.acquisition import (entropy, least_discriminated, margin, predictive_entropy, variation_ratio,
                                    w2_to_centroid)
 
 H = lambda *p: -sum(x * math.log(x) for x in p if x)      # noqa: E731  entropy by hand
@@ -23,7 +23,7 @@ def test_variation_ratio_by_hand():
 
 # Two passes (T=2) over three images (B=3) of two classes:
 #   image 0: both passes sure of class 0        -> no uncertainty at all
-#   image 1: both passes say 50/50              -> high predictive entropy, but the passes agree: BALD 0
+#   image 1: both passes say 50/50              -> high predictive entropy, the passes agreeing
 #   image 2: the passes are sure and disagree   -> the same predictive entropy, all of it disagreement
 PASSES = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [1.0, 0.0]],
                        [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]], dtype=torch.float64)
@@ -31,11 +31,6 @@ PASSES = torch.tensor([[[1.0, 0.0], [0.5, 0.5], [1.0, 0.0]],
 
 def test_predictive_entropy_is_the_entropy_of_the_mean_pass():
     assert predictive_entropy(PASSES).tolist() == pytest.approx([0.0, math.log(2), math.log(2)])
-
-
-def test_bald_counts_disagreement_between_passes_only():
-    assert bald(PASSES).tolist() == pytest.approx([0.0, 0.0, math.log(2)])
-    assert bald(PASSES).argmax() == 2 and predictive_entropy(PASSES)[1] == predictive_entropy(PASSES)[2]
 
 
 def test_margin_ranks_the_closest_top_two_first():

@@ -10,12 +10,11 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import f32_noise, round_config
-from test_coreset_strategy import assert_greedy_picks_are_stable
-from test_task_strategies import META, trained_checkpoint, two_tone_batch
+from conftest import (TWO_TONE_META, assert_greedy_picks_are_stable, backbone_round, f32_noise, saved_weights,
+                      trained_checkpoint, two_tone_batch)
 from vaal_dist.acquisition import margin
 from vaal_dist import cli
-from vaal_dist.config import AcquisitionConfig, Backbone, preset
+from vaal_dist.config import Backbone
 from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.errors import InputError
 from vaal_dist.models.backbone import read_backbone
@@ -25,15 +24,6 @@ from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.round import run_round, validate_inputs
 from vaal_dist.strategies.backbone import BackboneScorer
 from vaal_dist.strategies.cluster_margin import FeaturesAndMargin
-
-
-def saved_weights(path, arch: str = "resnet18", num_classes: int = 1000, wrap: bool = False) -> str:
-    """A seeded random ``arch`` (with a head of ``num_classes``, as a fine-tuned model has) saved as a state
-    dict, bare or as torchvision's reference scripts save checkpoints."""
-    torch.manual_seed(0)
-    state = torchvision.models.get_model(arch, weights=None, num_classes=num_classes).state_dict()
-    torch.save({"model": state, "epoch": 3} if wrap else state, path)
-    return str(path)
 
 
 def reference_features(weights: str, arch: str, batch: dict, size: int) -> np.ndarray:
@@ -64,7 +54,7 @@ def test_the_features_are_the_input_of_the_models_last_linear_layer(tmp_path, ar
     number of classes; grey images repeated to RGB, resized and normalised as torchvision's transforms do."""
     weights = saved_weights(tmp_path / "w.pt", arch, num_classes, wrap)
     batch, _ = two_tone_batch(16)
-    scorer = BackboneScorer(read_backbone(Backbone(arch, weights, image_size=48)), META)
+    scorer = BackboneScorer(read_backbone(Backbone(arch, weights, image_size=48)), TWO_TONE_META)
     got = scorer.embed(batch)
     want = reference_features(weights, arch, batch, 48)
     assert got.shape == want.shape == (17, scorer.embedding_dim)
@@ -111,20 +101,13 @@ def test_weights_that_do_not_fit_are_named(tmp_path, case, message):
 def test_cluster_margin_with_features_from_a_file_scores_the_task_models_margin_alone(tmp_path):
     checkpoint = trained_checkpoint(tmp_path / "task")
     batch, _ = two_tone_batch(16)
-    got = FeaturesAndMargin(checkpoint, META, features=False).embed(batch)
-    own = FeaturesAndMargin(checkpoint, META)
+    got = FeaturesAndMargin(checkpoint, TWO_TONE_META, features=False).embed(batch)
+    own = FeaturesAndMargin(checkpoint, TWO_TONE_META)
     with torch.inference_mode():
         want_margin = margin(own.probs(batch)).numpy()
     assert got.shape == (17, 3)                           # the guess (class, probability), then the margin
     np.testing.assert_array_equal(got[:, -1], want_margin.astype(np.float32))
     np.testing.assert_array_equal(own.embed(batch)[:, -3:], got)
-
-
-def backbone_round(pool, labeled, out, strategy, weights, budget=12):
-    embedding = Backbone("resnet18", weights, image_size=32)
-    return round_config(pool, labeled, out, budget=budget, strategy=strategy,
-                        preset=preset("cpu", vaal={"epochs": 1}, task={"epochs": 1, "min_steps": 0}),
-                        acquisition=AcquisitionConfig(embedding=embedding))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vaal_dist import cli
+from vaal_dist import cli, cli_args
 
 JOB = Path(__file__).parents[1] / "jobs" / "imagenet_round.py"
 
@@ -67,9 +67,9 @@ def test_budget_0_on_the_embedded_pool_is_an_error_not_the_default(tmp_path, no_
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    return {"round": cli.add_round_args(argparse.ArgumentParser()),
-            "prepare": cli.add_prepare_args(argparse.ArgumentParser()),
-            "experiment": cli.add_experiment_args(argparse.ArgumentParser())}
+    return {"round": cli_args.add_round_args(argparse.ArgumentParser()),
+            "prepare": cli_args.add_prepare_args(argparse.ArgumentParser()),
+            "experiment": cli_args.add_experiment_args(argparse.ArgumentParser())}
 
 
 def test_every_numeric_flag_has_a_bad_value_above():

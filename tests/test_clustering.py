@@ -306,11 +306,11 @@ def test_near_ties_below_float32_resolution_are_resolved():
     assert typiclust.knn(x, 1)[0][0, 0] == pytest.approx(brute_force_knn(x, 1)[0, 0], rel=1e-15)
 
 
-def test_typicality_is_the_inverse_mean_euclidean_distance():
-    x = np.array([[0, 0], [3, 4], [6, 8], [0, 1]], np.float32)
-    # point 0: nearest others at 1 ([0, 1]) and 5 ([3, 4]): 1 / mean(1, 5)
-    assert typiclust.typicality(x, 2)[0] == pytest.approx(1 / 3)
-    assert typiclust.typicality(np.zeros((3, 2), np.float32), 2).tolist() == [np.inf] * 3
+def test_a_point_whose_neighbours_are_all_its_duplicates_is_infinitely_typical_and_ties_go_to_the_smallest_id():
+    x = np.zeros((8, 2), np.float32)
+    ids = np.array([f"d{i}" for i in (3, 1, 4, 0, 5, 2, 7, 6)])
+    result = typiclust.select(x, ids, np.zeros(8, bool), budget=1, n_clusters=1)
+    assert result.typicality.tolist() == [np.inf] and ids[result.picks].tolist() == ["d0"]
 
 
 def planted_centre(seed=0, annulus=200):

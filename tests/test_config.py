@@ -6,7 +6,7 @@ import argparse
 import pyarrow as pa
 import pytest
 
-from vaal_dist.cli import add_round_args, config_from_args
+from vaal_dist.cli_args import add_round_args, config_from_args
 from vaal_dist.config import PRESETS, AcquisitionConfig, RoundConfig, Setup, VAALConfig, preset
 from vaal_dist.fingerprint import hash_config_and_ids
 

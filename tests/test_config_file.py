@@ -8,7 +8,7 @@ import re
 import pytest
 
 import vaal_dist
-from vaal_dist import cli
+from vaal_dist import cli, cli_args
 from vaal_dist.config_file import MAX_BYTES, check_replay, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.pool.storage import read_json
@@ -18,8 +18,8 @@ from conftest import read_selection
 
 def resolved(argv: list[str]):
     """The RoundConfig `vaal-dist round ARGV` runs (api.run_round's checks, before Ray)."""
-    args = parse_with_config(cli.add_round_args(argparse.ArgumentParser()), argv)
-    config = cli.config_from_args(args)
+    args = parse_with_config(cli_args.add_round_args(argparse.ArgumentParser()), argv)
+    config = cli_args.config_from_args(args)
     check_replay(getattr(args, "replayed", None), config.to_dict())
     return config
 

@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import f32_noise, vaal_checkpoint, vaal_trained_as
+from conftest import assert_greedy_picks_are_stable, f32_noise, vaal_checkpoint, vaal_trained_as
 from vaal_dist.config import RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.coreset.kcenter import k_center_greedy
 from vaal_dist.pool.dataset import filter_ids, read_pool
@@ -21,19 +21,6 @@ def untrained_vaal(tmp_path, monkeypatch):
     ckpt = vaal_checkpoint(tmp_path / "ckpt")
     vaal_trained_as(monkeypatch, ckpt)
     return ckpt
-
-
-def assert_greedy_picks_are_stable(unlabeled, labeled, picks, noise: float) -> None:
-    """Float32 noise cannot change these k-center greedy picks. With every coordinate off by <= ``noise``,
-    a point moves by <= noise sqrt(d), so any distance, and a point's distance to its nearest center, by
-    <= 2 noise sqrt(d); a pick whose distance beats the runner-up's by more than twice that stays."""
-    u, centers = unlabeled.astype(np.float64), labeled.astype(np.float64)
-    margin = 4 * noise * np.sqrt(u.shape[1])
-    nearest = np.sqrt(((u[:, None] - centers[None]) ** 2).sum(-1)).min(1)
-    for step, pick in enumerate(picks):
-        runner_up = np.delete(nearest, pick).max()
-        assert nearest[pick] - runner_up > margin, f"precondition: greedy step {step} is a near-tie"
-        nearest = np.minimum(nearest, np.sqrt(((u - u[pick]) ** 2).sum(1)))
 
 
 def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaal):

@@ -7,10 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_raw_pool, round_config
-from test_backbone import backbone_round, saved_weights
+from conftest import backbone_round, bad_file, make_raw_pool, saved_weights, vectors_round, write_embeddings
 from vaal_dist import cli
-from vaal_dist.config import AcquisitionConfig, Backbone, preset
+from vaal_dist.config import Backbone
 from vaal_dist.errors import InputError
 from vaal_dist.pool import clusters as clusters_file
 from vaal_dist.pool.clusters import cached_cluster_pool
@@ -20,23 +19,8 @@ from vaal_dist.round import run_round, validate_inputs
 from vaal_dist.strategies.cluster_margin import _pool_features
 
 
-def write_embeddings(path, ids, x, kind: str = "fixed") -> str:
-    """(id, embedding) Parquet: a fixed-size list of x's dtype, or (``kind="list"``) a variable list."""
-    values = pa.array(np.ascontiguousarray(x).ravel())
-    if kind == "fixed":
-        embedding = pa.FixedSizeListArray.from_arrays(values, x.shape[1])
-    else:
-        embedding = pa.array([list(row) for row in x], pa.list_(pa.from_numpy_dtype(x.dtype)))
-    pq.write_table(pa.table({"id": pa.array(list(ids), pa.string()), "embedding": embedding}), path)
-    return str(path)
 
 
-def vectors_round(pool, labeled, out, path, strategy="coreset", budget=10, **acquisition):
-    # workers=0: a strategy that trains (Cluster-Margin's task model) does so in the driver; where the vectors
-    # come from is what is tested here, and the Ray Train workers' path is test_strategy_rounds'.
-    return round_config(pool, labeled, out, budget=budget, strategy=strategy,
-                        preset=preset("cpu", task={"epochs": 1, "min_steps": 0}), workers=0,
-                        acquisition=AcquisitionConfig(embeddings=str(path), **acquisition))
 
 
 def brute_force_greedy(unlabeled, labeled, budget, ids) -> list[str]:
@@ -73,43 +57,6 @@ def test_the_vectors_of_the_ids_asked_are_read_in_float32_whatever_the_layout(tm
         np.testing.assert_array_equal(vectors.x, x[[7, 3, 30]].astype(np.float32), err_msg=name)
 
 
-def bad_file(path, case: str, ids) -> str:
-    """An embeddings file for ``ids`` (the pool's) with one fault."""
-    x = np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32)
-    if case == "missing ids":
-        return write_embeddings(path, ids[7:], x[7:])
-    if case == "duplicate ids":
-        return write_embeddings(path, np.concatenate([ids, ids[:3]]), np.concatenate([x, x[:3]]))
-    if case == "mixed widths":
-        rows = [list(r) for r in x]
-        rows[5] = rows[5][:3]
-        pq.write_table(pa.table({"id": ids, "embedding": pa.array(rows, pa.list_(pa.float32()))}), path)
-    elif case == "mixed widths across files":
-        path.mkdir()
-        write_embeddings(path / "a.parquet", ids[:10], x[:10])
-        write_embeddings(path / "b.parquet", ids[10:], np.zeros((len(ids) - 10, 5), np.float32))
-    elif case == "two id types across files":
-        path.mkdir()
-        write_embeddings(path / "a.parquet", ids[:10], x[:10])
-        pq.write_table(pa.table({"id": pa.array(ids[10:], pa.large_string()), "embedding":
-                                 pa.FixedSizeListArray.from_arrays(pa.array(x[10:].ravel()), 4)}), path / "b.parquet")
-    elif case in ("NaN", "inf"):
-        x[4, 1] = np.nan if case == "NaN" else np.inf
-        return write_embeddings(path, ids, x)
-    elif case == "float64":
-        return write_embeddings(path, ids, x.astype(np.float64))
-    elif case == "integer ids":
-        pq.write_table(pa.table({"id": np.arange(len(ids)), "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(x.ravel()), 4)}), path)
-    elif case == "no embedding column":
-        pq.write_table(pa.table({"id": ids, "vector": x[:, 0]}), path)
-    elif case == "null embedding":
-        rows = [list(r) for r in x]
-        rows[2] = None
-        pq.write_table(pa.table({"id": ids, "embedding": pa.array(rows, pa.list_(pa.float32()))}), path)
-    elif case == "not parquet":
-        path.write_text("id,embedding\nimg-00000,0.1\n")
-    return str(path)
 
 
 BAD_FILES = {

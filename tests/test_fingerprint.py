@@ -4,7 +4,7 @@ import hashlib
 
 import pyarrow as pa
 
-import vaal_dist
+from vaal_dist import version
 from conftest import make_raw_pool
 from vaal_dist.config import AcquisitionConfig, Backbone, RoundConfig, Setup, preset
 from vaal_dist.fingerprint import hash_config_and_ids, inputs_fingerprint
@@ -39,7 +39,7 @@ def test_the_fingerprint_hashes_config_and_ids_then_the_pools_listing_then_the_v
     ids = pa.array(make_raw_pool(pool, n=6))
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:2])
     cfg = RoundConfig(pool, str(tmp_path / "labeled.parquet"), str(tmp_path / "out"), 2)
-    monkeypatch.setattr(vaal_dist, "__version__", "9.9.9")
+    monkeypatch.setattr(version, "__version__", "9.9.9")
     expected = hashlib.sha256(hash_config_and_ids(cfg, ids, ids[:2], None).encode()
                               + pool_state(pool).encode() + b"9.9.9").hexdigest()
     assert inputs_fingerprint(cfg, ids, ids[:2], None) == expected

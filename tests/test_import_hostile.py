@@ -11,8 +11,8 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
-from test_labeling import CLASSES, choice, finished_round, label_studio_task, unlabeled_pool
 
+from conftest import CLASSES, choice, finished_round, label_studio_task, unlabeled_pool
 from vaal_dist.cli import main
 from vaal_dist.labeling import import_labels as import_module
 from vaal_dist.labeling import shape

@@ -95,7 +95,7 @@ def test_bad_input_is_named(unlabeled, labeled, budget, match):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("parts", [2, 5])
 def test_distributed_radius_is_within_its_bound_of_exact(ray_local, seed, parts):
-    from vaal_dist.coreset.distributed import distributed_k_center
+    from benchmarks.two_round_kcenter import distributed_k_center
 
     u, l, ids = gaussian(seed, 600, 20, 8)
     exact = k_center_greedy(u, l, 30, ids)
@@ -110,7 +110,7 @@ def test_distributed_radius_is_within_its_bound_of_exact(ray_local, seed, parts)
 
 
 def test_one_partition_is_exact_greedy(ray_local):
-    from vaal_dist.coreset.distributed import distributed_k_center
+    from benchmarks.two_round_kcenter import distributed_k_center
 
     u, l, ids = gaussian(9, 200, 5, 8)
     np.testing.assert_array_equal(distributed_k_center([(u, ids)], l, 20), ids[k_center_greedy(u, l, 20, ids)])

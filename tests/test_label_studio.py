@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import free_port, round_config
-from test_labeling import finished_round
+from conftest import finished_round
 
 from vaal_dist import api
 from vaal_dist.cli import main

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import free_port
-from test_labeling import CLASSES, choice, finished_round, label_studio_task, unlabeled_pool
+from conftest import CLASSES, choice, finished_round, label_studio_task, unlabeled_pool
 
 from vaal_dist import api
 from vaal_dist.cli import main

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import os
 import urllib.request
@@ -16,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_raw_pool, png_bytes, s3_uri
+from conftest import (CLASSES, choice, finished_round, label_studio_task, make_raw_pool, png_bytes, s3_uri,
+                      unlabeled_pool)
 from PIL import Image
 
 from vaal_dist.config import RoundConfig
@@ -34,29 +34,6 @@ from vaal_dist.pool.shards import write_parquet
 from vaal_dist.pool.storage import resolve, write_json
 from vaal_dist.round_inputs import RoundInputs
 
-CLASSES = ["zero", "one", "two"]
-TASK_IDS = itertools.count(100)
-
-
-def unlabeled_pool(path, n: int = 40, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, pixels (n, size, size, 1)) of a raw pool without a label column, in 3 shards."""
-    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
-    ids = np.array([f"im/{i:03d}" for i in range(n)])          # a "/" in ids: file names must quote it
-    bounds = [0, n // 3, 2 * n // 3, n]
-    write_pool(str(path), [pa.table({"id": ids[a:b], "image": pa.array([p.tobytes() for p in pixels[a:b]])})
-                           for a, b in zip(bounds, bounds[1:])], PoolMeta("raw", (size, size, 1)))
-    return ids, pixels
-
-
-def finished_round(out, pool, labeled, selected, strategy: str = "entropy") -> str:
-    """A round folder as run_round leaves it, for what export and import read: run.json's config and
-    selection.parquet (ranks 1..k, scores descending)."""
-    write_parquet(f"{out}/selection.parquet", pa.table({
-        "id": pa.array(list(selected), pa.string()), "score": pa.array(np.linspace(1, 0, len(selected))),
-        "rank": pa.array(np.arange(1, len(selected) + 1), pa.int64())}))
-    write_json(f"{out}/run.json", {"config": {"pool": str(pool), "labeled": str(labeled), "strategy": strategy}})
-    return str(out)
-
 
 @pytest.fixture
 def round1(tmp_path):
@@ -69,18 +46,6 @@ def round1(tmp_path):
 
 def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
-
-
-def label_studio_task(image_id: str, *annotations: dict) -> dict:
-    """A task as Label Studio's JSON export holds it, its task id its own (import refuses a repeated one)."""
-    return {"id": next(TASK_IDS), "data": {"image": "data:...", "id": image_id}, "annotations": list(annotations)}
-
-
-def choice(label: str | None, annotator: int = 1, cancelled: bool = False, at: str = "2026-11-28T10:00:00.5Z") -> dict:
-    result = [] if label is None else [{"from_name": "label", "to_name": "image", "type": "choices",
-                                        "value": {"choices": [label]}}]
-    return {"id": 7, "completed_by": annotator, "result": result, "was_cancelled": cancelled, "created_at": at,
-            "updated_at": at}
 
 
 def write_export(path, tasks) -> str:

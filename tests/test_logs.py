@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import damage_image_page, make_raw_pool
-from vaal_dist import cli, ray_session
+from vaal_dist import cli_args, ray_session
 from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.train import common, trainer
 
@@ -69,7 +69,7 @@ def test_rank_0_prints_short_epochs_thinned_to_one_line_per_interval(monkeypatch
 
 
 def test_every_command_takes_verbose():
-    for add, argv in ((cli.add_round_args, []), (cli.add_experiment_args, []), (cli.add_prepare_args, ["a", "b"])):
+    for add, argv in ((cli_args.add_round_args, []), (cli_args.add_experiment_args, []), (cli_args.add_prepare_args, ["a", "b"])):
         assert add(argparse.ArgumentParser()).parse_args([*argv, "--verbose"]).verbose
         assert not add(argparse.ArgumentParser()).parse_args(argv).verbose
 

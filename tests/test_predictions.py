@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import f32_noise, round_config
-from test_labeling import finished_round, unlabeled_pool
-from test_task_strategies import META, trained_checkpoint, two_tone_batch
+from conftest import (TWO_TONE_META, f32_noise, finished_round, round_config, trained_checkpoint, two_tone_batch,
+                      unlabeled_pool)
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.export import export_selection
@@ -58,7 +57,7 @@ def two_tone_round_inputs(tmp_path_factory):
     batch, labels = two_tone_batch()
     table = pa.table({"id": batch["id"], "image": pa.array(list(batch["image"]), pa.binary()),
                       "label": np.append(labels, 0)})
-    write_pool(str(root / "pool"), [table.slice(0, 30), table.slice(30)], META)     # two shards: blocks merge
+    write_pool(str(root / "pool"), [table.slice(0, 30), table.slice(30)], TWO_TONE_META)     # two shards: blocks merge
     write_manifest(str(root / "labeled.parquet"), batch["id"][:8])
     return str(root / "pool"), str(root / "labeled.parquet"), batch, trained_checkpoint(root / "ckpt")
 
@@ -77,7 +76,7 @@ def test_an_entropy_round_keeps_the_task_models_guess_of_each_selected_image(ray
     done = guess_round(tmp_path, two_tone_round_inputs, "entropy")
     selection = pq.read_table(done.selection).to_pydict()
     assert done.record["predictions"] is True
-    scorer = EntropyScorer(checkpoint, META)                        # in-process, one batch of 65
+    scorer = EntropyScorer(checkpoint, TWO_TONE_META)                        # in-process, one batch of 65
     with torch.inference_mode():
         logits = scorer.model.net(scorer.inputs(batch)).logits.numpy()
         probs = scorer.probs(batch).numpy()

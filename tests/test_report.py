@@ -1,7 +1,6 @@
 """The score sample scoring keeps (any split of the stream, any actor, the same rows), and the HTML reports
 built from hand-made inputs: thumbnails read by id, the count of the rest, escaping, nothing loaded from
 elsewhere, the cut-off, the experiment's curves. The page in a real browser: test_report_browser.py."""
-import html.parser
 import json
 import re
 
@@ -10,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_raw_pool, png_bytes
+from conftest import Page, make_raw_pool, png_bytes
 from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
 from vaal_dist.pool.shards import write_parquet
 from vaal_dist.report.html import Thumb, contact_sheet, histogram_svg
@@ -96,31 +95,6 @@ def test_batch_top_k_sends_its_top_rows_and_its_samples_entrants():
     np.testing.assert_array_equal(got.scores, want_scores)
     top_ids, _ = top_k(*zip(*best), 4)
     np.testing.assert_array_equal(top_ids, top_k(ids, scores, 4)[0])
-
-
-class Page(html.parser.HTMLParser):
-    """The elements of a page: (tag, attributes) in order, and the text of each figcaption."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.elements, self.captions, self._in_caption = [], [], False
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        self.elements.append((tag, dict(attrs)))
-        if tag == "figcaption":
-            self._in_caption = True
-            self.captions.append("")
-
-    def handle_endtag(self, tag):
-        self._in_caption = self._in_caption and tag != "figcaption"
-
-    def handle_data(self, data):
-        if self._in_caption:
-            self.captions[-1] += data
-
-    def having(self, **attrs):
-        return [(t, a) for t, a in self.elements if all(a.get(k) == v for k, v in attrs.items())]
 
 
 def record(strategy="random", budget=10, unlabeled=90, per_100=1.2345678):

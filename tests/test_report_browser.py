@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import round_config
-from test_report import Page
+from conftest import Page, round_config
 from vaal_dist.pool.default import build_default_pool
 from vaal_dist.report.pages import SHEET_LIMIT
 from vaal_dist.round import run_round

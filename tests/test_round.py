@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import vaal_dist
 from conftest import make_raw_pool, png_bytes, read_selection, round_config, vaal_checkpoint, vaal_trained_as
+from vaal_dist import version
 from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
 from vaal_dist.errors import DivergedModelError, InputError
@@ -174,7 +174,7 @@ def test_a_pool_prepared_again_in_place_or_another_version_is_not_taken_for_the_
     pool, labeled = tiny_pool[:2]
     run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
     run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))          # unchanged: a no-op
-    monkeypatch.setattr(vaal_dist, "__version__", vaal_dist.__version__ + ".post1")
+    monkeypatch.setattr(version, "__version__", version.__version__ + ".post1")
     with pytest.raises(InputError, match="vaal_dist version; choose a new --out"):
         run_round(round_config(pool, labeled, tmp_path / "out", strategy="random"))
     monkeypatch.undo()

@@ -30,7 +30,7 @@ from vaal_dist.train.common import load_checkpoint
 PROBE = """
 import json, os, urllib.request, urllib.error
 import ray
-from vaal_dist.ray_session import ray_session
+from vaal_dist.ray_session import connect, shut_down_after
 
 def status(url, token=None):
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -39,7 +39,8 @@ def status(url, token=None):
     except urllib.error.HTTPError as e:
         return e.code
 
-with ray_session(None):
+with shut_down_after():
+    connect()
     url = "http://" + ray._private.worker.global_worker.node.address_info["webui_url"]
     token = open(os.path.expanduser("~/.ray/auth_token")).read().strip()
     print(json.dumps({"url": url, "anonymous": status(url + "/api/jobs/"), "with_token": status(url + "/api/jobs/", token)}))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_raw_pool
-from test_embeddings import bad_file, vectors_round
+from conftest import bad_file, vectors_round
 from vaal_dist.errors import InputError
 from vaal_dist.folder_lock import FolderLock
 from vaal_dist.labeling.labels import check_labels

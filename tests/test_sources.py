@@ -15,9 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_raw_pool, s3_uri
+from conftest import finished_round, make_raw_pool, s3_uri
 from PIL import Image
-from test_labeling import finished_round
 
 from vaal_dist.cli import main
 from vaal_dist.errors import InputError

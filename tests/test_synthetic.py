@@ -2,7 +2,7 @@
 import pyarrow.parquet as pq
 
 from vaal_dist.pool.io import PoolMeta, read_pool_ids, read_pool_meta
-from vaal_dist.pool.synthetic import write_synthetic_pool
+from benchmarks.synthetic import write_synthetic_pool
 
 
 def test_synthetic_pool_is_deterministic_and_resumable(tmp_path):
@@ -22,7 +22,7 @@ def test_synthetic_pool_is_deterministic_and_resumable(tmp_path):
 def test_synthetic_files_are_deterministic_jpegs_in_class_folders(tmp_path):
     from PIL import Image
 
-    from vaal_dist.pool.synthetic import write_synthetic_files
+    from benchmarks.synthetic import write_synthetic_files
 
     write_synthetic_files(str(tmp_path / "a"), 25, image_size=16, classes=3, files_per_folder=10)
     write_synthetic_files(str(tmp_path / "b"), 25, image_size=16, classes=3, files_per_folder=10)

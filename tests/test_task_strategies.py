@@ -9,9 +9,9 @@ import pytest
 import ray.train
 import torch
 
-from conftest import assert_same_top_k, f32_noise, pool_batch, vaal_checkpoint
+from conftest import (TWO_TONE_META, assert_same_top_k, f32_noise, pool_batch, trained_checkpoint, two_tone_batch,
+                      vaal_checkpoint)
 from vaal_dist.config import AALUConfig, preset
-from vaal_dist.pool.io import PoolMeta
 from vaal_dist.scoring.ids import random_subset
 from vaal_dist.strategies.ensemble import EnsembleScorer
 from vaal_dist.strategies.entropy import EntropyScorer
@@ -20,44 +20,7 @@ from vaal_dist.strategies.margin import MarginScorer
 from vaal_dist.strategies.mc_dropout import MCDropoutScorer
 from vaal_dist.acquisition import entropy
 from vaal_dist.train.aalu_loop import aalu_step, build_aalu
-from vaal_dist.train.task_loop import (build_optimizer, build_task_model, member_file, member_files,
-                                       save_task_checkpoint, scheduled, train_task_epoch)
-
-META = PoolMeta("raw", (32, 32, 1))
-CFG = preset("cpu", task={"crop_padding": 0, "lr": 0.05}).task
-
-
-def two_tone_batch(n=64, seed=0):
-    """(batch dict as Ray Data hands it, labels): dark images are class 0, light ones class 1, plus gray."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    base = np.where(labels[:, None, None, None] == 0, 20, 235)
-    pixels = np.clip(base + rng.integers(-20, 21, (n, 32, 32, 1)), 0, 255).astype(np.uint8)
-    pixels = np.concatenate([pixels, np.full((1, 32, 32, 1), 128, np.uint8)])
-    ids = np.array([f"img-{i:03d}" for i in range(n)] + ["zz-gray"])
-    return {"id": ids, "image": np.array([p.tobytes() for p in pixels], dtype=object)}, labels
-
-
-def trained_checkpoint(directory, seeds=(0,), rank_loss=None, dropout=None) -> ray.train.Checkpoint:
-    """Task model(s) trained on the two tones (one file, or one per ensemble member)."""
-    batch, labels = two_tone_batch()
-    pixels = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(32, 32, 1) for b in batch["image"][:-1]])
-                              ).permute(0, 3, 1, 2).contiguous()
-    model_args = {"num_classes": 2, "in_channels": 1, "rank_loss": rank_loss, "dropout": dropout}
-    directory.mkdir()
-    for member, seed in enumerate(seeds):
-        torch.manual_seed(seed)
-        model = build_task_model(CFG, **model_args)
-        opt, sched = build_optimizer(model, CFG)
-        gen = torch.Generator().manual_seed(seed)
-        for epoch in range(8):
-            order = torch.randperm(len(labels), generator=gen)
-            batches = [{"pixels": pixels[order[i:i + 16]], "label": torch.from_numpy(labels)[order[i:i + 16]]}
-                       for i in range(0, len(labels), 16)]
-            train_task_epoch(model, opt, batches, CFG, epoch, rank_loss, gen)
-        save_task_checkpoint(str(directory / member_file(member if len(seeds) > 1 else None)), model, opt, sched,
-                             8, CFG, model_args)
-    return ray.train.Checkpoint.from_directory(str(directory))
+from vaal_dist.train.task_loop import member_file, member_files, scheduled
 
 
 def score_tolerance(scorer, batch, scores) -> np.ndarray:
@@ -106,14 +69,14 @@ def test_member_files_are_the_task_models_files_in_member_order():
 
 def test_entropy_picks_the_ambiguous_image_first(plain):
     batch, _ = two_tone_batch()
-    scores = EntropyScorer(plain, META)(batch)
+    scores = EntropyScorer(plain, TWO_TONE_META)(batch)
     assert batch["id"][np.argmax(scores)] == "zz-gray"
     assert scores.shape == (len(batch["id"]),) and np.all(scores >= 0) and np.all(scores <= np.log(2) + 1e-9)
 
 
 def test_margin_picks_the_ambiguous_image_first(plain):
     batch, _ = two_tone_batch()
-    scorer = MarginScorer(plain, META)
+    scorer = MarginScorer(plain, TWO_TONE_META)
     scores = scorer(batch)
     assert batch["id"][np.argmax(scores)] == "zz-gray"
     with torch.inference_mode():
@@ -123,7 +86,7 @@ def test_margin_picks_the_ambiguous_image_first(plain):
 
 def test_dbal_picks_the_ambiguous_image_first_and_is_the_entropy_of_the_mean(with_dropout):
     batch, _ = two_tone_batch()
-    scorer = MCDropoutScorer(with_dropout, META, passes=20, seed=3, acquisition="max_entropy")
+    scorer = MCDropoutScorer(with_dropout, TWO_TONE_META, passes=20, seed=3, acquisition="max_entropy")
     scores = scorer(batch)
     assert batch["id"][np.argmax(scores)] == "zz-gray"
     with torch.no_grad():
@@ -133,7 +96,7 @@ def test_dbal_picks_the_ambiguous_image_first_and_is_the_entropy_of_the_mean(wit
 
 def test_mc_dropout_scores_do_not_depend_on_the_batch_an_image_is_in(with_dropout):
     batch, _ = two_tone_batch()
-    scorer = MCDropoutScorer(with_dropout, META, passes=10, seed=3, acquisition="variation_ratio")
+    scorer = MCDropoutScorer(with_dropout, TWO_TONE_META, passes=10, seed=3, acquisition="variation_ratio")
     whole = scorer(batch)
     order = np.random.default_rng(0).permutation(len(batch["id"]))
     halves = [{k: v[order[s]] for k, v in batch.items()} for s in (slice(0, 20), slice(20, None))]
@@ -141,22 +104,22 @@ def test_mc_dropout_scores_do_not_depend_on_the_batch_an_image_is_in(with_dropou
     split[order[:20]], split[order[20:]] = scorer(halves[0]), scorer(halves[1])
     assert not score_tolerance(scorer, batch, whole).any()         # no vote near a tie: batch-free means equal
     np.testing.assert_array_equal(split, whole)
-    again = MCDropoutScorer(with_dropout, META, passes=10, seed=3, acquisition="variation_ratio")(batch)
+    again = MCDropoutScorer(with_dropout, TWO_TONE_META, passes=10, seed=3, acquisition="variation_ratio")(batch)
     np.testing.assert_array_equal(again, whole)                      # same seed, same masks
-    other = MCDropoutScorer(with_dropout, META, passes=10, seed=4, acquisition="max_entropy")
-    assert not np.array_equal(other(batch), MCDropoutScorer(with_dropout, META, passes=10, seed=3,
+    other = MCDropoutScorer(with_dropout, TWO_TONE_META, passes=10, seed=4, acquisition="max_entropy")
+    assert not np.array_equal(other(batch), MCDropoutScorer(with_dropout, TWO_TONE_META, passes=10, seed=3,
                                                             acquisition="max_entropy")(batch))
     assert set(np.round(whole * 10).astype(int)) <= set(range(11))   # a ratio of votes out of T=10
 
 
 def test_mc_dropout_refuses_a_model_trained_without_dropout(plain):
     with pytest.raises(ValueError, match="dropout"):
-        MCDropoutScorer(plain, META, passes=5, seed=0, acquisition="variation_ratio")
+        MCDropoutScorer(plain, TWO_TONE_META, passes=5, seed=0, acquisition="variation_ratio")
 
 
 def test_ensemble_variation_ratio_counts_disagreeing_members(tmp_path):
     ckpt = trained_checkpoint(tmp_path / "ens", seeds=(0, 1, 2))
-    scorer = EnsembleScorer(ckpt, META)
+    scorer = EnsembleScorer(ckpt, TWO_TONE_META)
     assert len(scorer.models) == 3
     batch, labels = two_tone_batch()
     light = np.append(labels == 1, False)
@@ -178,7 +141,7 @@ def test_ensemble_variation_ratio_counts_disagreeing_members(tmp_path):
 
 def test_predicted_loss_scorer_is_the_loss_module_output(tmp_path):
     ckpt = trained_checkpoint(tmp_path / "ll", rank_loss="margin")
-    scorer = PredictedLossScorer(ckpt, META)
+    scorer = PredictedLossScorer(ckpt, TWO_TONE_META)
     batch, _ = two_tone_batch()
     with torch.no_grad():
         _, want = scorer.model(scorer.inputs(batch))
@@ -204,7 +167,7 @@ def test_the_subset_is_drawn_afresh_when_the_labeled_set_grows():
     ids = pa.array([f"id-{i}" for i in range(2000)])
 
     def seed(labeled, config_seed=0):
-        return RoundInputs(RoundConfig("p", "l", "o", 1, seed=config_seed), META, pa.array(labeled), "").round_seed
+        return RoundInputs(RoundConfig("p", "l", "o", 1, seed=config_seed), TWO_TONE_META, pa.array(labeled), "").round_seed
 
     first = set(random_subset(ids, 100, seed(["a", "b"])).to_pylist())
     later = set(random_subset(ids, 100, seed(["a", "b", "c"])).to_pylist())
@@ -270,7 +233,7 @@ def two_tone_pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("two-tone") / "pool"
     rows = len(batch["id"])
     write_pool(str(path), [pa.table({"id": batch["id"][a:b], "image": pa.array(list(batch["image"][a:b]), pa.binary())})
-                           for a, b in ((0, rows // 2), (rows // 2, rows))], META)
+                           for a, b in ((0, rows // 2), (rows // 2, rows))], TWO_TONE_META)
     return str(path), batch
 
 
@@ -291,7 +254,7 @@ def test_streamed_task_scores_equal_in_memory(ray_local, tmp_path, two_tone_pool
 
     pool, batch = two_tone_pool
     kwargs = {"checkpoint": trained_checkpoint(tmp_path / "ckpt", seeds=seeds, rank_loss=rank_loss, dropout=dropout),
-              "meta": META, **extra}
+              "meta": TWO_TONE_META, **extra}
     in_memory = scorer(**kwargs)                     # one batch of 65, this process's threads
     scores = in_memory(batch)
     got = stream_top_k(read_pool(pool), ScorerSpec(scorer, kwargs), 9, ScoringConfig(batch_size=8, num_actors=2))
@@ -310,8 +273,8 @@ def test_ta_vaal_scores_minus_the_logit_of_d_on_mu_and_the_rank(tmp_path):
     save_checkpoint(str(tmp_path / "vaal" / CHECKPOINT_FILE), vae, disc, opt, opt, 1, preset("cpu").vaal, 1,
                     conditioned=True)
     batch, _ = two_tone_batch()
-    scores = TAVAALScorer(task_ckpt, ray.train.Checkpoint.from_directory(str(tmp_path / "vaal")), META)(batch)
-    ranker = RankScorer(task_ckpt, META)
+    scores = TAVAALScorer(task_ckpt, ray.train.Checkpoint.from_directory(str(tmp_path / "vaal")), TWO_TONE_META)(batch)
+    ranker = RankScorer(task_ckpt, TWO_TONE_META)
     r = torch.from_numpy(ranker(batch)).float()
     vae.eval(), disc.eval()
     with torch.no_grad():
@@ -342,7 +305,7 @@ def test_vaal_family_picks_the_image_unlike_the_labeled_set_first(tmp_path, abla
                     [{"pixels": pixels[i:i + 16]} for i in range(0, 64, 16)], cfg)
     (tmp_path / "ckpt").mkdir()
     save_checkpoint(str(tmp_path / "ckpt" / CHECKPOINT_FILE), vae, disc, opt_v, opt_d, 15, cfg, 1)
-    scores = VAALScorer(ray.train.Checkpoint.from_directory(str(tmp_path / "ckpt")), META)(batch)
+    scores = VAALScorer(ray.train.Checkpoint.from_directory(str(tmp_path / "ckpt")), TWO_TONE_META)(batch)
     first_half = np.argsort(-scores[:-1], kind="stable")[:16]        # the 16 picked first of 32 light
     assert np.all(labels[first_half] == 1)
     assert scores[:-1][labels == 1].mean() > scores[:-1][labels == 0].mean()

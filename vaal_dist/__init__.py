@@ -6,9 +6,10 @@
 ``select``, ``prepare``, ``export``, ``import_labels`` and ``experiment`` are the ``vaal-dist`` commands as
 functions (vaal_dist/api.py, docs/api.md). They load on first use: importing vaal_dist starts no Ray, no torch.
 """
-__version__ = "0.1.0"
+from vaal_dist.version import __version__
 
 API = ("select", "prepare", "export", "import_labels", "experiment")
+__all__ = ["__version__", *API]
 
 
 def __getattr__(name: str):

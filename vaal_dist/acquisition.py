@@ -18,11 +18,6 @@ def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
     return entropy(probs.mean(0))
 
 
-def bald(probs: torch.Tensor) -> torch.Tensor:
-    """BALD's mutual information for (T, B, C) probabilities: H(mean p) - mean H(p), >= 0."""
-    return predictive_entropy(probs) - entropy(probs).mean(0)
-
-
 def variation_ratio(votes: torch.Tensor, num_classes: int) -> torch.Tensor:
     """1 - (count of the modal class) / T for (T, B) class votes."""
     counts = torch.nn.functional.one_hot(votes, num_classes).sum(0)       # (B, C)

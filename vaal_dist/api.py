@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vaal_dist import cli, ray_session
+from vaal_dist import cli_args, ray_session
 from vaal_dist.config_file import check_replay, option_argv, parse_with_config
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.cli import add_export_args, add_import_args
@@ -44,7 +44,7 @@ def select(pool: str, labeled: str, budget: int, *, strategy: str | None = None,
     round (None: a config file's, else a new folder under ./results/, logged); a finished ``out`` is read back, an
     interrupted one resumed. ``options``: the round's other options, e.g. ``epochs=2``, ``workers=0``,
     ``config="round.yaml"``."""
-    args = _parse(cli.add_round_args, [], dict(pool=pool, labeled=labeled, budget=budget, strategy=strategy,
+    args = _parse(cli_args.add_round_args, [], dict(pool=pool, labeled=labeled, budget=budget, strategy=strategy,
                                                out=out, preset=preset, **options))
     args.out = args.out or _new_out(args.strategy)      # after the parse: a checked strategy names the folder
     result = run_round(args)
@@ -65,7 +65,7 @@ def run_round(args: argparse.Namespace):
     """The round ``args`` (the round's parsed options) describe; returns its RoundResult."""
     from vaal_dist.round import run_round as run
 
-    config = cli.config_from_args(args)
+    config = cli_args.config_from_args(args)
     check_replay(getattr(args, "replayed", None), config.to_dict())
     ray_session.connect(args.ray_address, args.verbose)
     return run(config)
@@ -74,13 +74,13 @@ def run_round(args: argparse.Namespace):
 def prepare(source: str, dest: str, **options) -> dict:
     """A raw pool at ``dest`` from the JPEG/PNG files under ``source`` (``vaal-dist prepare``); returns the
     summary prepare.json holds. Rerunning the same ``dest`` resumes it."""
-    return run_prepare(_parse(cli.add_prepare_args, [source, dest], options))
+    return run_prepare(_parse(cli_args.add_prepare_args, [source, dest], options))
 
 
 def run_prepare(args: argparse.Namespace) -> dict:
     from vaal_dist.pool.prepare import prepare_pool
 
-    options = {name: getattr(args, name) for name in cli.PREPARE_OPTIONS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in cli_args.PREPARE_OPTIONS if getattr(args, name) is not None}
     ray_session.connect(args.ray_address, args.verbose)
     return prepare_pool(args.source, args.dest, **options)
 
@@ -138,14 +138,14 @@ def run_import(args: argparse.Namespace):
 def experiment(pool: str | None = None, **options) -> pa.Table:
     """Learning curves of strategies x seeds with a simulated oracle (``vaal-dist experiment``); returns the
     curve table. ``pool`` None: the embedded MNIST pool."""
-    return run_experiment(_parse(cli.add_experiment_args, [], dict(pool=pool, **options)))
+    return run_experiment(_parse(cli_args.add_experiment_args, [], dict(pool=pool, **options)))
 
 
 def run_experiment(args: argparse.Namespace) -> pa.Table:
     from vaal_dist.experiment import ExperimentConfig, run_experiment as run
 
-    pool = cli.embedded_pool(args) if args.pool is None else args.pool
-    config = ExperimentConfig(pool=pool, setup=cli.setup_from_args(args), out=args.out,
+    pool = cli_args.embedded_pool(args) if args.pool is None else args.pool
+    config = ExperimentConfig(pool=pool, setup=cli_args.setup_from_args(args), out=args.out,
                               strategies=tuple(args.strategies), seeds=tuple(args.seeds), initial=args.initial,
                               step=args.step, final=args.final, test_fraction=args.test_fraction)
     ray_session.connect(args.ray_address, args.verbose)

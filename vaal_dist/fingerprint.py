@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-import vaal_dist
+from vaal_dist import version
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError
 from vaal_dist.labeling.labels import LABELS, pool_has_label_column
@@ -37,7 +37,7 @@ def inputs_fingerprint(cfg: RoundConfig, pool_ids, labeled_ids, holdout_ids,
     fingerprint.update(pool_state(cfg.pool).encode())
     fingerprint.update(_imported_labels_state(cfg).encode())
     fingerprint.update(_embedding_state(cfg, embeddings).encode())
-    fingerprint.update(vaal_dist.__version__.encode())
+    fingerprint.update(version.__version__.encode())
     return fingerprint.hexdigest()
 
 

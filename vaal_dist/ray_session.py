@@ -36,14 +36,6 @@ def shut_down_after():
             ray.shutdown()
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None, verbose: bool = False):
-    """Ray connected for the block (``connect``), and shut down after it unless it ran before."""
-    with shut_down_after():
-        connect(address, verbose)
-        yield
-
-
 def start_local_ray(**init_kwargs) -> None:
     """A private Ray on this machine: dashboard / job API on 127.0.0.1, token authentication on, and
     ~/.ray/auth_token readable by its owner only.

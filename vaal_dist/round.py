@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-import vaal_dist
+from vaal_dist import version
 from vaal_dist.config import RoundConfig
 from vaal_dist.errors import InputError, StorageError
 from vaal_dist.fingerprint import inputs_fingerprint
@@ -266,5 +266,5 @@ def _versions() -> dict:
     import pyarrow
     import torch
 
-    return {"vaal_dist": vaal_dist.__version__, "ray": ray.__version__, "torch": torch.__version__,
+    return {"vaal_dist": version.__version__, "ray": ray.__version__, "torch": torch.__version__,
             "numpy": np.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}

@@ -173,12 +173,6 @@ class _Cluster:
                 np.pad(self.rows[positions], ((0, 0), (0, pad)), constant_values=-1))
 
 
-def typicality(points: np.ndarray, k: int) -> np.ndarray:
-    """(n,) float64: 1 / mean Euclidean distance of each point to its k nearest other points (inf when
-    those are all at distance 0)."""
-    return _inverse_mean_distance(knn(points, k)[0])
-
-
 def _inverse_mean_distance(sq: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return 1.0 / np.sqrt(sq).mean(1)

@@ -1,14 +1,13 @@
-"""``vaal-dist export`` and ``vaal-dist import-labels``: a round's selection out to a labeling tool, its answers
-back as the next round's labeled manifest. Neither starts Ray."""
+"""The options of ``vaal-dist export`` and ``vaal-dist import-labels`` (a round's selection out to a labeling tool,
+its answers back as the next round's labeled manifest), which cli.py runs and api.py reads keyword options with."""
 from __future__ import annotations
 
 import argparse
 
-from vaal_dist.redaction import redact
+from vaal_dist.cli_args import at_least
 
 
 def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from vaal_dist.cli import at_least
     from vaal_dist.labeling.export import LINKS, MAX_BYTES, MAX_TASKS, WEEK_S
     from vaal_dist.labeling.formats import LABEL_FORMATS
 
@@ -43,22 +42,7 @@ def add_export_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def export_command(args: argparse.Namespace) -> int:
-    from vaal_dist import api
-
-    done = api.run_export(args)
-    if args.url is not None:
-        print(f"Label Studio project {done.project} at {redact(done.url)}: {done.imported} tasks imported, "
-              f"{done.present} there before")
-        return 0
-    for f in done:
-        print(f"wrote {redact(f)}")
-    return 0
-
-
 def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from vaal_dist.cli import at_least
-
     p.add_argument("export", nargs="*", help="the tool's exports of the round, all of them in one call: Label Studio "
                                              "JSON, COCO JSON, or CSVs of id,label")
     p.add_argument("--label-studio", metavar="URL", help="instead of export files: read the annotations of --project "
@@ -73,13 +57,3 @@ def add_import_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--labeled", help="the round's labeled manifest, when its run record hides the URI's "
                                      "credentials")
     return p
-
-
-def import_command(args: argparse.Namespace) -> int:
-    from vaal_dist import api
-
-    imported = api.run_import(args)
-    print(f"labeled manifest: {redact(imported.manifest)} ({imported.labeled} images, {imported.new} new)")
-    unannotated = f"; {imported.unannotated} exported images have no annotation yet" if imported.unannotated else ""
-    print(f"labels: {redact(imported.labels)}{unannotated}")
-    return 0

@@ -1,4 +1,4 @@
-"""What scoring actors build: a scorer class and its arguments, checked on the driver.
+"""What scoring actors build: a scorer class and its arguments, checked on the driver; and the device it runs on.
 
 A scorer is built once per Ray Data actor (it loads its model there) and called on batch dicts of numpy
 arrays (``id``, ``image``). Besides scores, a scorer may give embeddings (Core-set, the W2 centroid) or
@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, TypedDict
 
 import numpy as np
+import torch
+
+from vaal_dist.errors import InputError
 
 
 class Scorer(Protocol):
@@ -59,3 +62,11 @@ class ScorerSpec:
 
     def with_kwargs(self, **kwargs) -> ScorerSpec:
         return replace(self, kwargs={**self.kwargs, **kwargs})
+
+
+def scorer_device(use_gpu: bool) -> torch.device:
+    """Where a scorer runs: CUDA when the round asked for GPUs, never a silent fall back to the CPU."""
+    if use_gpu and not torch.cuda.is_available():
+        raise InputError("use_gpu (--use-gpu) was asked, but torch in this scoring actor sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    return torch.device("cuda" if use_gpu else "cpu")

@@ -6,7 +6,7 @@ import torch
 
 from vaal_dist.models.backbone import BackboneWeights, backbone_input, build_backbone
 from vaal_dist.pool.io import PoolMeta
-from vaal_dist.strategies.base import scorer_device
+from vaal_dist.scoring.spec import scorer_device
 
 
 class BackboneScorer:

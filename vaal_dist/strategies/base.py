@@ -8,7 +8,6 @@ from typing import ClassVar, Protocol
 import numpy as np
 import torch
 
-from vaal_dist.errors import InputError
 from vaal_dist.models.vaal import pixels_to_input
 from vaal_dist.pool.images import decode_images
 from vaal_dist.pool.io import PoolMeta
@@ -66,14 +65,6 @@ class SelectionClock:
         end = time.perf_counter()
         return Selection(ids, scores, candidates=candidates, seconds=end - self.start,
                          merge_seconds=end - self.choosing_from, **guess)
-
-
-def scorer_device(use_gpu: bool) -> torch.device:
-    """Where a scorer runs: CUDA when the round asked for GPUs, never a silent fall back to the CPU."""
-    if use_gpu and not torch.cuda.is_available():
-        raise InputError("use_gpu (--use-gpu) was asked, but torch in this scoring actor sees no CUDA device "
-                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
-    return torch.device("cuda" if use_gpu else "cpu")
 
 
 def model_input(batch: dict[str, np.ndarray], meta: PoolMeta, size: int, device: torch.device) -> torch.Tensor:

@@ -10,8 +10,8 @@ from vaal_dist.config import TaskConfig
 from vaal_dist.models.task import TaskModel
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import CheckpointFiles
-from vaal_dist.scoring.spec import Guess
-from vaal_dist.strategies.base import model_input, scorer_device
+from vaal_dist.scoring.spec import Guess, scorer_device
+from vaal_dist.strategies.base import model_input
 from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.task_loop import member_files, task_config, task_model_from_state
 

@@ -11,7 +11,8 @@ import torch
 from vaal_dist.acquisition import least_discriminated
 from vaal_dist.pool.io import PoolMeta
 from vaal_dist.round_inputs import CheckpointFiles, RoundInputs, Trained
-from vaal_dist.strategies.base import TopKStrategy, model_input, scorer_device
+from vaal_dist.scoring.spec import scorer_device
+from vaal_dist.strategies.base import TopKStrategy, model_input
 from vaal_dist.train.common import load_checkpoint
 from vaal_dist.train.vaal_loop import CHECKPOINT_FILE, build_models, config_from_state
 

@@ -1,4 +1,5 @@
-"""Two-round distributed k-center greedy for embeddings that one machine cannot hold.
+"""Two-round distributed k-center greedy for embeddings that one machine cannot hold: measured beside the exact
+greedy by kcenter_distributed.py and checked against it by tests/test_kcenter.py; no round uses it.
 
 Malkomes, Kusner, Chen, Weinberger & Moseley, "Fast Distributed k-Center Clustering with Outliers on
 Massive Data", NeurIPS 2015: run greedy (Gonzalez) on each partition, then greedy again on the union

@@ -1,4 +1,5 @@
-"""A deterministic synthetic raw pool of any size, for scale tests and benchmarks.
+"""A deterministic synthetic raw pool of any size, for the benchmarks (imported as ``synthetic`` by the scripts
+here, as ``benchmarks.synthetic`` by tests/test_synthetic.py).
 
 Shard k holds images k*shard_rows ... with pixels drawn from a generator seeded by (seed, k), so any
 shard can be (re)made alone: a rerun skips shards already written, and the pool is the same bytes
