@@ -309,7 +309,7 @@ def test_near_ties_below_float32_resolution_are_resolved():
 def test_a_point_whose_neighbours_are_all_its_duplicates_is_infinitely_typical_and_ties_go_to_the_smallest_id():
     x = np.zeros((8, 2), np.float32)
     ids = np.array([f"d{i}" for i in (3, 1, 4, 0, 5, 2, 7, 6)])
-    result = typiclust.select(x, ids, np.zeros(8, bool), budget=1, n_clusters=1)
+    result = typiclust.typiclust_picks(x, ids, np.zeros(8, bool), budget=1, n_clusters=1)
     assert result.typicality.tolist() == [np.inf] and ids[result.picks].tolist() == ["d0"]
 
 

@@ -37,6 +37,22 @@ def test_streamed_embeddings_equal_in_memory(ray_local, tiny_pool, untrained_vaa
     assert emb.shape == (224, 32)
 
 
+def test_streamed_embeddings_come_in_id_order_whatever_order_the_rows_stream_in(ray_local, tiny_pool, untrained_vaal):
+    """k-means samples its points by row position: rows in the actors' order would make clusters depend on timing."""
+    import ray.data
+
+    pool = tiny_pool[0]
+    meta = read_pool_meta(pool)
+    table = read_pool(pool).to_pandas().sample(frac=1, random_state=0)
+    ids, emb = stream_embeddings(ray.data.from_pandas(table), ScorerSpec(VAALScorer, {"checkpoint": untrained_vaal,
+                                                                                      "meta": meta}),
+                                 ScoringConfig(batch_size=16, num_actors=2))
+    assert list(ids) == sorted(table["id"])
+    in_order = table.sort_values("id")
+    want = VAALScorer(untrained_vaal, meta).embed({"id": in_order["id"].to_numpy(), "image": in_order["image"].to_numpy()})
+    np.testing.assert_allclose(emb, want, rtol=0, atol=f32_noise(want))
+
+
 @pytest.mark.slow
 def test_coreset_round_equals_greedy_on_the_embeddings(ray_local, tmp_path, tiny_pool, untrained_vaal):
     pool, labeled_uri, ids, labeled_ids = tiny_pool

@@ -229,9 +229,10 @@ def stream_top_k(ds: ray.data.Dataset, spec: ScorerSpec, k: int, cfg: ScoringCon
 
 def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
                       use_gpu: bool = False, placement_timeout: float = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``.
+    """(ids (N,), embeddings (N, d) float32) of every row of ``ds``, via the scorer's ``embed``, in id order.
 
-    For strategies that need a global view (Core-set): the driver holds all N embeddings.
+    For strategies that need a global view (Core-set): the driver holds all N embeddings. Id order, not the order
+    the actors finish in: k-means (TypiClust, Cluster-Margin) samples its training points by row position.
     """
     def gather(actors: Demand) -> tuple[list[np.ndarray], list[np.ndarray]]:
         ids, embeddings = [], []
@@ -242,10 +243,14 @@ def stream_embeddings(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig
             embeddings.append(batch["embedding"])
         return ids, embeddings
 
-    ids, embeddings = _streamed(gather, cfg, use_gpu, placement_timeout)
-    if not ids:
+    id_parts, parts = _streamed(gather, cfg, use_gpu, placement_timeout)
+    if not id_parts:
         return np.array([], dtype=str), np.zeros((0, 0), np.float32)
-    return np.concatenate(ids), np.concatenate(embeddings)
+    ids = np.concatenate(id_parts)
+    order = np.argsort(ids, kind="stable")
+    embeddings = np.concatenate(parts)
+    del parts                               # the driver holds the matrix twice at most, not three times
+    return ids[order], embeddings[order]
 
 
 def stream_columns(ds: ray.data.Dataset, spec: ScorerSpec, cfg: ScoringConfig,
