@@ -4,6 +4,7 @@ source as they were."""
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import logging
@@ -186,9 +187,9 @@ def test_a_bucket_source_is_linked_by_a_signed_url_of_its_own_objects_or_its_pla
     assert exported - {"export/"} == {"export/tasks-00001.json", "export/labeling-config.xml"}    # no copy
     assert len(files_written) == 2
 
-    csv = export_selection(out, "csv", str(tmp_path / "csv"), source=source, links="source")[0]
-    rows = open(csv).read().splitlines()[1:]
-    assert [r.rsplit(",", 1)[1] for r in rows] == [f"s3://bucket-1/originals/{i}" for i in selected]
+    csv_file = export_selection(out, "csv", str(tmp_path / "csv"), source=source, links="source")[0]
+    with open(csv_file, newline="") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == [f"s3://bucket-1/originals/{i}" for i in selected]
 
     s3.put_object(Bucket="bucket-1", Key="originals/cat/2.png", Body=files["cat/2.png"] + b"\0")
     with pytest.raises(InputError, match=r"image 'cat/2.png': its original '.*/originals/cat/2.png.*' changed since"):

@@ -4,7 +4,7 @@ Studio's HTTP API, ``import-labels --label-studio`` pulls the project's annotati
 The client is the standard library's urllib (label-studio-sdk would add 39 packages beside ours: docs/labeling.md).
 It authenticates with a legacy API token read from LABEL_STUDIO_API_KEY only, never follows a redirect (the token
 would go with it), and retries what usually passes (a refused or reset connection, a timeout, HTTP 429 and 5xx)
-as storage does (pool/io.py's attempts and backoff). Any other answer is one error naming the URL and the status.
+as storage does (pool/storage.py's attempts and backoff). Any other answer is one error naming the URL and the status.
 """
 from __future__ import annotations
 
