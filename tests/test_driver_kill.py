@@ -21,7 +21,7 @@ from vaal_dist.pool.manifests import write_manifest
 KILLED_WHILE_SCORING = """
 import os, signal, sys
 from vaal_dist.scoring.topk import RunningTopK
-RunningTopK.add = lambda self, ids, scores: os.kill(os.getpid(), signal.SIGKILL)
+RunningTopK.add = lambda self, *candidates, **columns: os.kill(os.getpid(), signal.SIGKILL)
 from vaal_dist.cli import main
 sys.exit(main(sys.argv[1:]))
 """
