@@ -128,10 +128,15 @@ def flat_grey16_png(side: int) -> bytes:
 @pytest.fixture
 def tiny_pool(tmp_path):
     """(pool uri, labeled manifest uri, ids, labeled ids): 256 random 32x32 images, 32 labeled."""
-    ids = make_raw_pool(tmp_path / "pool", 256)
+    return write_tiny_pool(tmp_path)
+
+
+def write_tiny_pool(folder: Path) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """``tiny_pool`` in ``folder`` (module-scoped fixtures share one): folder/pool and folder/labeled.parquet."""
+    ids = make_raw_pool(folder / "pool", 256)
     labeled = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
-    write_manifest(str(tmp_path / "labeled.parquet"), labeled)
-    return str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), ids, labeled
+    write_manifest(str(folder / "labeled.parquet"), labeled)
+    return str(folder / "pool"), str(folder / "labeled.parquet"), ids, labeled
 
 
 def round_config(pool, labeled, out, budget: int = 20, strategy: str = "vaal", seed: int = 0,

@@ -28,7 +28,7 @@ import torch
 import vaal_dist.round_inputs as round_inputs
 import vaal_dist.strategies.vaal as vaal_strategy
 from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
-    round_config, s3_uri, vaal_checkpoint, vaal_trained_as
+    round_config, s3_uri, vaal_checkpoint, vaal_trained_as, write_tiny_pool
 from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
@@ -231,11 +231,8 @@ FAULT_AFTER_EPOCH = 2      # its checkpoint is reported before the fault: a resu
 @pytest.fixture(scope="module")
 def pool_and_labeled(tmp_path_factory):
     """(pool, labeled manifest, labeled ids) on local disk: 256 seeded 32x32 images, 32 labeled."""
-    folder = tmp_path_factory.mktemp("data")
-    ids = make_raw_pool(folder / "pool", 256)
-    labeled = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
-    write_manifest(str(folder / "labeled.parquet"), labeled)
-    return str(folder / "pool"), str(folder / "labeled.parquet"), labeled
+    pool, labeled_uri, _, labeled = write_tiny_pool(tmp_path_factory.mktemp("data"))
+    return pool, labeled_uri, labeled
 
 
 def _round(pool: str, labeled: str, out, **setup) -> RoundConfig:

@@ -11,11 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import make_raw_pool, read_selection
-from vaal_dist.pool.manifests import write_manifest
+from conftest import read_selection, write_tiny_pool
 
 # Runs the CLI in a driver that SIGKILLs itself when the first scored candidates reach it.
 KILLED_WHILE_SCORING = """
@@ -50,10 +48,7 @@ def first_checkpoint(out: Path) -> bool:
 @pytest.fixture(scope="module")
 def tiny_pool_module(tmp_path_factory):
     """(pool, labeled manifest): 256 random 32x32 images, 32 labeled, shared by the module's rounds."""
-    folder = tmp_path_factory.mktemp("pool")
-    ids = make_raw_pool(folder / "pool", 256)
-    write_manifest(str(folder / "labeled.parquet"), np.random.default_rng(1).choice(ids, 32, replace=False))
-    return str(folder / "pool"), str(folder / "labeled.parquet")
+    return write_tiny_pool(tmp_path_factory.mktemp("pool"))[:2]
 
 
 @pytest.fixture(scope="module")

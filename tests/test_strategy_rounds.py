@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_raw_pool
+from conftest import make_raw_pool, write_tiny_pool
 
 from vaal_dist.config import AcquisitionConfig, RoundConfig, ScoringConfig, Setup, preset
 from vaal_dist.errors import InputError
@@ -40,12 +40,10 @@ NO_GUESS = TASK_FREE | {"coreset"}       # no class guess of the task model's be
 def split_pool(tmp_path_factory):
     """conftest's tiny pool (256 random 32x32 images, 32 labeled) with 32 held-out ids, for the module's rounds."""
     root = tmp_path_factory.mktemp("split")
-    ids = make_raw_pool(root / "pool", 256)
-    labeled_ids = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
-    write_manifest(str(root / "labeled.parquet"), labeled_ids)
+    pool, labeled, ids, labeled_ids = write_tiny_pool(root)
     holdout = np.random.default_rng(2).choice(np.setdiff1d(ids, labeled_ids), 32, replace=False)
     write_manifest(str(root / "holdout.parquet"), holdout)
-    return str(root / "pool"), str(root / "labeled.parquet"), str(root / "holdout.parquet"), labeled_ids, holdout
+    return pool, labeled, str(root / "holdout.parquet"), labeled_ids, holdout
 
 
 @pytest.fixture(scope="module")
