@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from vaal_dist.clustering.cluster_margin import PoolClusters, cluster, clustering_inputs
 from vaal_dist.errors import InputError
-from vaal_dist.pool.shards import read_shard, write_parquet
-from vaal_dist.pool.storage import exists, resolve
+from vaal_dist.pool.shards import read_parquet, write_parquet
+from vaal_dist.pool.storage import exists, resolve, retrying
 
 FORMAT = "vaal_dist.cluster_margin.v1"
 
@@ -37,7 +37,7 @@ def load_clusters(uri: str, expected_fingerprint: str | None = None) -> PoolClus
     if not exists(uri):
         return None
     fs, path = resolve(uri)
-    table = read_shard(fs, path, lambda shard: shard.read())
+    table = retrying(f"cannot read {uri!r}", lambda: read_parquet(fs, path))
     meta = table.schema.metadata or {}
     if meta.get(b"format") != FORMAT.encode():
         raise InputError(f"{uri} is not a saved Cluster-Margin clustering")
