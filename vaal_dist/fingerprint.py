@@ -21,7 +21,7 @@ from vaal_dist.errors import InputError
 from vaal_dist.labeling.labels import LABELS, pool_has_label_column
 from vaal_dist.pool.embeddings import EmbeddingsFiles, embeddings_files
 from vaal_dist.pool.io import pool_state
-from vaal_dist.pool.storage import beside, exists, resolve, retrying
+from vaal_dist.pool.storage import beside, resolve, retrying
 from vaal_dist.redaction import redact_all
 
 # Hashed only when set: a round started without them has the fingerprint it had before they existed.
@@ -85,10 +85,9 @@ def _imported_labels_state(cfg: RoundConfig) -> str:
     """labels.parquet beside the labeled manifest, where the labels come from there (a pool without a ``label``
     column): its size and modification time from a listing, so answers changed under the same ids (an import
     run again) no longer match a round started on the old ones."""
-    uri = beside(cfg.labeled, LABELS)
-    if not exists(uri) or pool_has_label_column(cfg.pool):
+    info = _listed(beside(cfg.labeled, LABELS))
+    if info.type == pafs.FileType.NotFound or pool_has_label_column(cfg.pool):
         return ""
-    info = _listed(uri)
     return json.dumps({LABELS: [info.size, info.mtime_ns]})
 
 
