@@ -95,9 +95,10 @@ def export(round_out: str, to: str, dest: str | None = None, **options):
 def run_export(args: argparse.Namespace):
     from vaal_dist.labeling.export import export_selection
     from vaal_dist.labeling.label_studio import push
+    from vaal_dist.labeling.sources import BUCKET_SCHEMES
 
     if args.url is not None:
-        if args.to != "label-studio" or (args.dest is not None and urlsplit(args.dest).scheme not in ("s3", "gs")):
+        if args.to != "label-studio" or (args.dest is not None and urlsplit(args.dest).scheme not in BUCKET_SCHEMES):
             raise InputError("--url imports into Label Studio: give it with --to label-studio, and --dest only as "
                              "the s3:// or gs:// folder of the images (by default the tasks carry them)")
         return push(args.round, args.url, project=args.project, title=args.title, dest=args.dest or "",
