@@ -25,17 +25,25 @@ pytestmark = pytest.mark.slow          # faults: real kills of Ray Train workers
 
 def _kill_training_worker_after_two_checkpoints(run_dir, killed: list, timeout: float = 300.0) -> None:
     """SIGKILL the Ray Train worker process once ``run_dir`` holds two checkpoints (the first is then
-    surely committed: a checkpoint folder appears when its upload starts)."""
+    surely committed: a checkpoint folder appears when its upload starts). Only this test process's Ray's
+    workers (its descendants): another Ray on the machine, a parallel test's, is left alone."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if run_dir.exists() and len(list(run_dir.glob("checkpoint_*"))) >= 2:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            for proc in psutil.Process().children(recursive=True):
+                if "RayTrainWorker" in " ".join(_cmdline(proc)):
                     proc.kill()
-                    killed.append(proc.info["pid"])
+                    killed.append(proc.pid)
             if killed:
                 return
         time.sleep(0.1)
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.NoSuchProcess:          # a worker that exited while we looked
+        return []
 
 
 def test_a_training_worker_killed_mid_run_resumes_and_selects_as_undisturbed(ray_local, tmp_path, tiny_pool):
