@@ -32,11 +32,13 @@ from vaal_dist.round import RoundResult, run_round
 
 DARK, GRAY, LIGHT = 20, 128, 235
 SPREAD = 20          # each pixel is its image's level +- up to this
-# 40 labeled images over 2 workers in batches of 8: 3 steps per worker and epoch, 12 in all, enough for
-# eval accuracy 1 and, on every two-tone image, an entropy under 0.1 against ~0.68 (ln 2 = 0.69) on mid-gray
-# (measured, plain and dropout models). An epoch takes under a second; a round's time is Ray's start-ups.
+# 40 labeled images in batches of 16: 3 steps an epoch, 12 in all, enough for eval accuracy 1 and, on every
+# two-tone image, an entropy under 0.1 against ~0.68 (ln 2 = 0.69) on mid-gray (measured, plain and dropout
+# models, as 2 DDP workers in batches of 8: the same steps of 16 images). The rounds train in the driver
+# (workers=0): what they test is what each strategy picks, and the Ray Train workers' path of every strategy is
+# test_strategy_rounds'; a worker start-up would be most of a round's time.
 # min_steps: the 12 steps those measurements were made with (the cpu preset's 400 would stretch to 134 epochs).
-TASK = {"epochs": 4, "min_steps": 12, "batch_size": 8, "crop_padding": 0, "lr": 0.05}
+TASK = {"epochs": 4, "min_steps": 12, "batch_size": 16, "crop_padding": 0, "lr": 0.05}
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,8 @@ def noise_pool(tmp_path_factory):
 
 
 def planted_round(pool: PlantedPool, out, strategy: str, budget: int | None = None) -> RoundResult:
-    """A 2-worker round whose budget is, unless given, the planted images and one more."""
-    setup = Setup(preset("cpu", task=TASK), AcquisitionConfig(mc_passes=25), ScoringConfig(batch_size=64), workers=2)
+    """A round trained in the driver whose budget is, unless given, the planted images and one more."""
+    setup = Setup(preset("cpu", task=TASK), AcquisitionConfig(mc_passes=25), ScoringConfig(batch_size=64), workers=0)
     return run_round(RoundConfig(pool=pool.pool, labeled=pool.labeled, holdout=pool.holdout, out=str(out),
                                  budget=budget or len(pool.planted) + 1, strategy=strategy, setup=setup))
 
@@ -216,7 +218,7 @@ def test_typiclust_picks_each_uncovered_groups_core_not_its_outliers(ray_local, 
     outliers +-100. Random picks pass (3 core images of 3 different groups among 76 unlabeled) with
     p = (60/76)(40/75)(20/74) ~ 0.11; a strategy that seeks outliers never."""
     pool, labeled = groups_pool
-    setup = Setup(preset("cpu"), AcquisitionConfig(), ScoringConfig(batch_size=64), workers=2)
+    setup = Setup(preset("cpu"), AcquisitionConfig(), ScoringConfig(batch_size=64), workers=0)
     result = run_round(RoundConfig(pool=pool, labeled=labeled, out=str(tmp_path / "out"), budget=3,
                                    strategy="typiclust", setup=setup))
     ids, scores = picked(result)
