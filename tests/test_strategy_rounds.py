@@ -1,4 +1,5 @@
-"""One end-to-end round per task-aware strategy on a tiny pool (Ray Train + Ray Data, as a user runs it).
+"""One end-to-end round per task-aware strategy on a tiny pool (Ray Train + Ray Data, as a user runs it; the
+strategies whose training loop another one here runs on Ray Train workers train in the driver).
 
 Each round trains for real (a couple of epochs of the CPU presets), so this file holds the suite's most
 expensive tests; strategies that share a training path with one below (mc_dropout with dbal,
@@ -34,6 +35,9 @@ ROUND_TESTED = ["entropy", "dbal", "ensemble", "learning_loss", "ta_vaal", "aalu
 TASK_FREE = {"vaal_vae_w2", "vaal_disc_only", "typiclust"}
 ROUND_ROBIN = {"cluster_margin", "typiclust", "badge"}   # pick order is over clusters or draws, not by score
 NO_GUESS = TASK_FREE | {"coreset"}       # no class guess of the task model's beside the selection
+# Train in the driver (workers=0): each shares its training loop and its models with a strategy above that trains
+# on 2 Ray Train workers (the task loop: entropy; the VAAL loop: vaal_disc_only); what they add is how they select.
+IN_DRIVER = {"vaal_vae_w2", "coreset", "cluster_margin", "typiclust", "badge"}
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +60,19 @@ def rounds(ray_local, split_pool, tmp_path_factory):
     def round_of(strategy: str):
         if strategy not in done:
             cfg = tiny_config(pool, labeled, holdout, tmp_path_factory.mktemp(strategy) / "out", strategy,
-                              budget=5 if strategy == "learning_loss" else 12)
+                              budget=5 if strategy == "learning_loss" else 12, workers=0 if strategy in IN_DRIVER else 2)
             done[strategy] = cfg, run_round(cfg)
         return done[strategy]
     return round_of
 
 
-def tiny_config(pool, labeled, holdout, out, strategy, budget=12) -> RoundConfig:
-    # 32 labeled images on 2 workers are one optimizer step an epoch: min_steps 3 stretches 2 epochs to 3
+def tiny_config(pool, labeled, holdout, out, strategy, budget=12, workers=2) -> RoundConfig:
+    # 32 labeled images are one optimizer step an epoch (on 2 workers or in the driver): min_steps 3 stretches 2
+    # epochs to 3
     models = preset("cpu", vaal={"epochs": 1}, task={"epochs": 2, "min_steps": 3}, aalu={"epochs": 2, "batch_size": 32})
     return RoundConfig(pool=pool, labeled=labeled, out=str(out), budget=budget, strategy=strategy, holdout=holdout,
                        setup=Setup(models, AcquisitionConfig(mc_passes=5, ensemble_members=3),
-                                   ScoringConfig(batch_size=64), workers=2))
+                                   ScoringConfig(batch_size=64), workers=workers))
 
 
 @pytest.mark.slow
