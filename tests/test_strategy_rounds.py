@@ -60,7 +60,8 @@ def rounds(ray_local, split_pool, tmp_path_factory):
     def round_of(strategy: str):
         if strategy not in done:
             cfg = tiny_config(pool, labeled, holdout, tmp_path_factory.mktemp(strategy) / "out", strategy,
-                              budget=5 if strategy == "learning_loss" else 12, workers=0 if strategy in IN_DRIVER else 2)
+                              budget=5 if strategy == "learning_loss" else 12,
+                              workers=0 if strategy in IN_DRIVER else 2)
             done[strategy] = cfg, run_round(cfg)
         return done[strategy]
     return round_of

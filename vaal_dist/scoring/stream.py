@@ -177,7 +177,6 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
             f"diverged model), e.g. at a lower learning rate")
 
 
-
 # Errors a lost node gives (besides an actor that died), and how long the cluster may take to declare the
 # node dead once they are seen (Ray's health checks: 5 missed, 3 s apart, by default).
 _NODE_LOSS_ERRORS = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
