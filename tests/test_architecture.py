@@ -1,9 +1,12 @@
 """Import rules, read from the source with ``ast`` (no module is imported to check it): vaal_dist's modules import
-one another without a circle, and no test module imports another (shared builders live in conftest.py)."""
+one another without a circle, and no test module imports another (shared builders live in conftest.py). And one
+read from a fresh interpreter: what every Ray actor of a round imports leaves torchvision out."""
 from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import vaal_dist
@@ -67,3 +70,16 @@ def test_no_test_module_imports_another():
     imports = {p.name: sorted(imported_names(ast.parse(p.read_text()), "", test_modules))
                for p in sorted(TESTS.glob("test_*.py"))}
     assert {name: found for name, found in imports.items() if found} == {}
+
+
+def test_what_every_actor_imports_leaves_torchvision_out():
+    """Scoring and training actors import the strategies (their scorers are pickled by reference) and the loops;
+    torchvision's import (torch._dynamo under its ops) cost each of them ~1.1 s of CPU. Only the models that
+    build a torchvision network import it, when they build one."""
+    actor_modules = ["vaal_dist.strategies", "vaal_dist.scoring.stream", "vaal_dist.train.task_loop",
+                     "vaal_dist.train.vaal_loop", "vaal_dist.train.aalu_loop"]
+    code = (f"import sys\nfor m in {actor_modules!r}:\n    __import__(m)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('torchvision')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

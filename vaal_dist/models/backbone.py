@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from vaal_dist.config import Backbone
 from vaal_dist.errors import InputError
@@ -47,6 +46,8 @@ def read_backbone(config: Backbone) -> BackboneWeights:
 def build_backbone(weights: BackboneWeights, device: torch.device) -> tuple[torch.nn.Module, int]:
     """(the network up to its last linear layer, in eval mode on ``device``; the width of its features)."""
     arch, size = weights.config.arch, weights.config.image_size
+    import torchvision     # here, not at the top: every scoring and training actor imports this module (~1.5 s)
+
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise InputError(f"--embedding {arch!r} is not a torchvision classification model; choose one of "
                          f"{torchvision.models.list_models(module=torchvision.models)}")
