@@ -30,14 +30,14 @@ LOG=${OUT:-/tmp}/gpu_check.log TABLE=${OUT:-/tmp}/gpu_check.md WORK=${WORK:-/tmp
 if [ -n "${SMALL:-}" ]; then
     # the least that keeps each step's meaning: two scoring batches per actor and b below a batch; two VAE
     # batches an epoch, on the cpu preset's narrow VAE where the step allows (the paper's takes minutes a batch
-    # on a shared CPU: one batch an epoch in the paper setting); the limits x5, for Ray's start-up there
-    GPU=""; SCORE_IMAGES=1024; ROUND_IMAGES=1000; PAPER_IMAGES=500; EPOCH_IMAGES=256; PAPER_EPOCH_IMAGES=64
-    TRAIN_IMAGES=1000; TRAIN_PRESET=cpu; BUDGET=100; BATCH=256; ACTORS=2; THREADS=1; EMBED_BATCH=4
-    EMBED_BATCHES=2; SLACK=5
+    # on a shared CPU: half a batch an epoch in the paper setting); the limits x5, for Ray's start-up there
+    GPU=""; SCORE_IMAGES=1024; ROUND_IMAGES=1000; PAPER_IMAGES=250; EPOCH_IMAGES=256; PAPER_EPOCH_IMAGES=32
+    ROUND_EPOCH_IMAGES=256; TRAIN_IMAGES=1000; TRAIN_PRESET=cpu; BUDGET=100; BATCH=256; ACTORS=2; THREADS=1
+    EMBED_BATCH=4; EMBED_BATCHES=2; SLACK=5
 else
     GPU="--use-gpu"; SCORE_IMAGES=1280000; ROUND_IMAGES=1280000; PAPER_IMAGES=50000; EPOCH_IMAGES=45000
-    PAPER_EPOCH_IMAGES=$EPOCH_IMAGES; TRAIN_IMAGES=100000; TRAIN_PRESET=cifar10; BUDGET=1000; BATCH=4096; ACTORS=4
-    THREADS=4; EMBED_BATCH=256; EMBED_BATCHES=8; SLACK=1
+    PAPER_EPOCH_IMAGES=$EPOCH_IMAGES; ROUND_EPOCH_IMAGES=$((EPOCH_IMAGES * 4)); TRAIN_IMAGES=100000
+    TRAIN_PRESET=cifar10; BUDGET=1000; BATCH=4096; ACTORS=4; THREADS=4; EMBED_BATCH=256; EMBED_BATCHES=8; SLACK=1
 fi
 
 step() {   # name, time limit in seconds, command...: runs it, keeps its output, notes a failure
@@ -57,7 +57,7 @@ step "training images/s" 120 $PY benchmarks/train_throughput.py --images $TRAIN_
 step "paper setting" 150 $PY benchmarks/paper_setting.py --images $PAPER_IMAGES --epoch-images $PAPER_EPOCH_IMAGES \
     $GPU ${GPU:+--amp} --work $WORK/gpu-check-paper
 step "1.28M round" 170 $PY benchmarks/round_scale.py --images $ROUND_IMAGES --epochs 1 \
-    --epoch-images $((EPOCH_IMAGES * 4)) $GPU --work $WORK/gpu-check-round
+    --epoch-images $ROUND_EPOCH_IMAGES $GPU --work $WORK/gpu-check-round
 step "embedding, resnet50" 60 $PY benchmarks/embed_throughput.py --arch resnet50 --batch $EMBED_BATCH \
     --batches $EMBED_BATCHES ${GPU:+--gpu}
 } | tee "$TABLE"
