@@ -133,17 +133,17 @@ def _first_missing(path: str) -> str | None:
     return missing
 
 
-def _on_every_node(fn, nodes: dict[str, str], *args) -> dict[str, str]:
+def _on_every_node(fn, nodes: dict[str, str], *args, timeout: float = ANSWER_SECONDS) -> dict[str, str]:
     """{node id: ``fn(*args)`` run on that node, or why there is no answer from it}."""
     remote = ray.remote(num_cpus=0, max_retries=0)(fn)
     refs = {n: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(*args)
             for n in nodes}
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ANSWER_SECONDS)
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
     answers = {}
     for node, ref in refs.items():
         if ref not in ready:
             ray.cancel(ref, force=True)
-            answers[node] = f"no answer in {ANSWER_SECONDS} s"
+            answers[node] = f"no answer in {timeout:g} s"
             continue
         try:
             answers[node] = ray.get(ref)
@@ -231,6 +231,19 @@ def total_per_node() -> list[dict[str, float]]:
 def alive_nodes() -> dict[str, str]:
     """{node id: address} of the cluster's alive nodes."""
     return {n["NodeID"]: n["NodeManagerAddress"] for n in _alive()}
+
+
+def all_answer(nodes: dict[str, str], timeout: float) -> bool:
+    """Whether a task runs on each of ``nodes`` and returns within ``timeout`` seconds: then none of them is lost,
+    whatever the cluster has declared so far (it declares a node dead only after missed health checks)."""
+    return all(answer == _HERE for answer in _on_every_node(_here, nodes, timeout=timeout).values())
+
+
+_HERE = "here"
+
+
+def _here() -> str:
+    return _HERE
 
 
 def _alive() -> list[dict]:

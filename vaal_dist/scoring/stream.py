@@ -27,8 +27,8 @@ import ray.data
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import DivergedModelError, InputError, ScoringFailedError, raise_if_input_error, \
     raise_if_remote
-from vaal_dist.placement import Demand, actor_layout, alive_nodes, log_if_unplaceable, placement_error, \
-    total_per_node
+from vaal_dist.placement import Demand, actor_layout, alive_nodes, all_answer, log_if_unplaceable, \
+    placement_error, total_per_node
 from vaal_dist.scoring.spec import ScorerSpec
 from vaal_dist.scoring.ids import sample_priorities
 from vaal_dist.scoring.topk import SAMPLE_SIZE, RunningSample, RunningTopK, Selection, top_rows
@@ -178,10 +178,13 @@ def _raise_on_bad_rows(batch: dict[str, np.ndarray], values: str = "score") -> N
 
 
 # Errors a lost node gives (besides an actor that died), and how long the cluster may take to declare the
-# node dead once they are seen (Ray's health checks: 5 missed, 3 s apart, by default).
+# node dead once they are seen (Ray's health checks: 5 missed, 3 s apart, by default). An actor process that
+# dies on a live node (a poison input) gives the first of them too: a task that reaches every node within
+# PROBE_SECONDS tells it apart (a task starts a worker process there: ~1-2 s on a busy 2-core node).
 _NODE_LOSS_ERRORS = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectLostError,
                      ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)
 NODE_DEATH_SECONDS = 60
+PROBE_SECONDS = 10
 
 
 def _gpus_per_actor(actors: int) -> float:
@@ -355,9 +358,13 @@ def _release_failed_stream(wait_seconds: float = NODE_DEATH_SECONDS) -> None:
 
 def _lost_nodes(before: dict[str, str], error: Exception) -> str:
     """'node 1a2b3c4d (10.0.0.7)' for each node alive in ``before`` and dead now, '' if none. After an error
-    that a lost node gives (an unreachable actor, lost objects) while no node is dead yet, the cluster is
-    asked again for up to NODE_DEATH_SECONDS: it declares a node dead only after missed health checks."""
-    deadline = time.monotonic() + (NODE_DEATH_SECONDS if isinstance(error, _NODE_LOSS_ERRORS) else 0)
+    that a lost node gives (an unreachable actor, lost objects) while no node is dead yet: none was lost if
+    every node answers a task; else the cluster is asked again for up to NODE_DEATH_SECONDS, since it declares
+    a node dead only after missed health checks."""
+    node_loss = isinstance(error, _NODE_LOSS_ERRORS)
+    if node_loss and before.keys() <= alive_nodes().keys() and all_answer(before, PROBE_SECONDS):
+        return ""
+    deadline = time.monotonic() + (NODE_DEATH_SECONDS if node_loss else 0)
     while True:
         gone = before.keys() - alive_nodes().keys()
         if gone or time.monotonic() >= deadline:
