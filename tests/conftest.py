@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import zlib
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from vaal_dist.pool.io import PoolMeta, write_pool
 from vaal_dist.pool.manifests import write_manifest
 from vaal_dist.pool.shards import write_parquet
 from vaal_dist.pool.storage import write_json
+from vaal_dist.round import RoundResult, run_round
 from vaal_dist.round_inputs import Trained
 from vaal_dist.scoring.topk import top_k
 from vaal_dist.strategies.vaal import VAAL, VAALScorer
@@ -137,6 +139,38 @@ def write_tiny_pool(folder: Path) -> tuple[str, str, np.ndarray, np.ndarray]:
     labeled = ids[np.random.default_rng(1).choice(len(ids), 32, replace=False)]
     write_manifest(str(folder / "labeled.parquet"), labeled)
     return str(folder / "pool"), str(folder / "labeled.parquet"), ids, labeled
+
+
+class CalmRound(typing.NamedTuple):
+    pool: str
+    labeled: str
+    ids: np.ndarray
+    labeled_ids: np.ndarray
+    out: Path
+    result: RoundResult
+
+
+CALM_EPOCHS = 4
+
+
+@pytest.fixture(scope="session")
+def calm_round(ray_local, tmp_path_factory):
+    """``calm_round(workers)``: the undisturbed round that fault tests' disturbed runs must select again, run once
+    a session for each worker count - ``round_config``'s VAAL round at CALM_EPOCHS epochs on ``workers`` Ray Train
+    workers, over a session-wide tiny pool (1 worker: test_faults' killed worker, test_driver_kill's killed
+    driver; 2: test_cluster's killed DDP worker and lost nodes, test_round's end-to-end round)."""
+    folder = tmp_path_factory.mktemp("calm")
+    pool, labeled, ids, labeled_ids = write_tiny_pool(folder)
+    done = {}
+
+    def calm(workers: int) -> CalmRound:
+        if workers not in done:
+            out = folder / f"workers-{workers}"
+            result = run_round(round_config(pool, labeled, out, vaal={"epochs": CALM_EPOCHS}, workers=workers))
+            assert result.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
+            done[workers] = CalmRound(pool, labeled, ids, labeled_ids, out, result)
+        return done[workers]
+    return calm
 
 
 def round_config(pool, labeled, out, budget: int = 20, strategy: str = "vaal", seed: int = 0,

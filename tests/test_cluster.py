@@ -27,8 +27,8 @@ import torch
 
 import vaal_dist.round_inputs as round_inputs
 import vaal_dist.strategies.vaal as vaal_strategy
-from conftest import assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, read_selection, \
-    round_config, s3_uri, vaal_checkpoint, vaal_trained_as, write_tiny_pool
+from conftest import CALM_EPOCHS, assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, \
+    read_selection, round_config, s3_uri, vaal_checkpoint, vaal_trained_as, write_tiny_pool
 from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
@@ -224,7 +224,6 @@ def test_a_node_lost_while_scoring_changes_nothing_and_one_lost_for_good_is_name
 
 # --- whole rounds: on three nodes, and with a node or a DDP worker killed mid-training ---------------------
 
-EPOCHS = 4
 FAULT_AFTER_EPOCH = 2      # its checkpoint is reported before the fault: a resumed run starts at epoch 1 or 2
 
 
@@ -236,18 +235,9 @@ def pool_and_labeled(tmp_path_factory):
 
 
 def _round(pool: str, labeled: str, out, **setup) -> RoundConfig:
-    """The round every test below runs: VAAL, 4 epochs on two DDP workers, two scoring actors, budget 20."""
-    return round_config(pool, labeled, out, vaal={"epochs": EPOCHS}, workers=2, **setup)
-
-
-@pytest.fixture(scope="module")
-def calm(ray_local, pool_and_labeled, tmp_path_factory):
-    """The undisturbed round on one node (the session's local Ray, 2 CPUs): its selection and run record."""
-    pool, labeled, _ = pool_and_labeled
-    out = tmp_path_factory.mktemp("calm")
-    record = run_round(_round(pool, labeled, out)).record
-    assert record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
-    return read_selection(out), record
+    """The round every test below runs: conftest's calm round on two DDP workers (VAAL, 4 epochs, two scoring
+    actors, budget 20)."""
+    return round_config(pool, labeled, out, vaal={"epochs": CALM_EPOCHS}, workers=2, **setup)
 
 
 def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
@@ -269,10 +259,11 @@ def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
 
 
 @pytest.mark.slow
-def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbed(calm, pool_and_labeled, tmp_path,
-                                                                                 monkeypatch):
+def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbed(calm_round, pool_and_labeled,
+                                                                                 tmp_path, monkeypatch):
     """Rank 1 SIGKILLs its own process once it has reported epoch 2: Ray Train restarts both workers from the
     latest checkpoint, and the round selects what the undisturbed one does."""
+    calm = calm_round(2)
     pool, labeled, _ = pool_and_labeled
     marker = tmp_path / "killed-rank-1"
 
@@ -285,18 +276,19 @@ def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbe
     record = run_round(_round(pool, labeled, tmp_path / "out")).record
     assert marker.exists() and not psutil.pid_exists(int(marker.read_text()))
     last = record["train"]["vaal"]["last_epoch"]
-    assert last["epoch"] == EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
-    assert read_selection(tmp_path / "out") == calm[0]
+    assert last["epoch"] == CALM_EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
+    assert read_selection(tmp_path / "out") == read_selection(calm.out)
 
 
 @pytest.mark.slow
-def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_undisturbed(calm, pool_and_labeled,
+def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_undisturbed(calm_round, pool_and_labeled,
                                                                                         tmp_path, monkeypatch):
     """Three 1-CPU nodes; each DDP worker asks a whole CPU, so the two train on two different nodes. Once
     epoch 2 is reported, a worker on a node other than the head (the driver's) writes its node's id and
     waits; that node is killed (its raylet and every process on it). Ray Train restarts both workers on the
     two nodes left, from the latest checkpoint; scoring runs there too (one actor: two would leave no node a
     read's CPU), and the selection is the undisturbed one-node round's."""
+    calm = calm_round(2)         # in the session's Ray, before any cluster of this test's
     pool, labeled, _ = pool_and_labeled
     marker = tmp_path / "killed-node"
     with loopback_cluster(1, 1, 1) as cluster:
@@ -318,8 +310,8 @@ def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_und
             record = run_round(_round(pool, labeled, tmp_path / "out", cpus_per_worker=1.0)).record
         assert killed and killed[0] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     last = record["train"]["vaal"]["last_epoch"]
-    assert last["epoch"] == EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
-    assert read_selection(tmp_path / "out") == calm[0]
+    assert last["epoch"] == CALM_EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
+    assert read_selection(tmp_path / "out") == read_selection(calm.out)
 
 
 @pytest.mark.slow
@@ -346,7 +338,7 @@ def test_a_node_lost_for_good_while_training_ends_the_round_naming_the_shortfall
     monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(wait_for_the_node_to_die))
     out = tmp_path / "out"
     argv = ["round", "--pool", pool, "--labeled", labeled, "--budget", "20", "--out", str(out), "--preset", "cpu",
-            "--epochs", str(EPOCHS), "--batch-size", "32", "--workers", "2", "--cpus-per-worker", "1",
+            "--epochs", str(CALM_EPOCHS), "--batch-size", "32", "--workers", "2", "--cpus-per-worker", "1",
             "--placement-timeout", "10"]
     # The lost node counts as alive until the cluster declares it dead (missed health checks): 2 or 3 nodes.
     shortfall_line = (r"training needs 2 workers × 1 CPU, the cluster has 1 CPU free on [23] alive nodes "
@@ -382,11 +374,13 @@ def _scorer_recording_its_node(folder: Path) -> type:
 
 
 @pytest.mark.slow
-def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selects(calm, pool_and_labeled, s3_endpoint,
-                                                                                  tmp_path, monkeypatch):
+def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selects(calm_round, pool_and_labeled,
+                                                                                  s3_endpoint, tmp_path, monkeypatch):
     """A head that runs no task and two 2-CPU worker nodes, token auth on (a client with a wrong token is
-    refused); pool, labeled set and --out on the loopback S3 server, the storage every node shares. Each DDP worker asks a whole node, so the two train on
-    both worker nodes; the two scoring actors run one on each. The selection is the one-node round's."""
+    refused); pool, labeled set and --out on the loopback S3 server, the storage every node shares. Each DDP
+    worker asks a whole node, so the two train on both worker nodes; the two scoring actors run one on each. The
+    selection is the one-node round's."""
+    calm = calm_round(2)         # in the session's Ray, before any cluster of this test's
     _, _, labeled_ids = pool_and_labeled
     boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").create_bucket(Bucket="bucket-1")
     pool, labeled, out = (s3_uri(s3_endpoint, key) for key in ("pool", "labeled.parquet", "out"))
@@ -410,7 +404,7 @@ def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selec
     assert {p.name for p in trained_on.iterdir()} == workers
     assert {p.name for p in scored_on.iterdir()} == workers
     fs, path = resolve(join(out, "selection.parquet"))
-    assert pq.read_table(path, filesystem=fs).to_pydict() == calm[0]
+    assert pq.read_table(path, filesystem=fs).to_pydict() == read_selection(calm.out)
 
 
 # --- storage every node must share ----------------------------------------------------------------------------
@@ -421,8 +415,8 @@ def test_local_paths_on_several_nodes_are_used_where_every_node_sees_them_and_re
     """On two nodes of one machine a local pool and --out are the same files everywhere: accepted, and the
     check leaves no --out behind. /proc/self/cwd/... names each process's own working folder: the driver's is
     moved away from the one every node's processes started in, so each node sees other files there, as
-    nodes without a shared mount would, and both paths are refused, naming the nodes, and a round given them stops before it writes anything. Object storage is one
-    store for every node: accepted without a look."""
+    nodes without a shared mount would, and both paths are refused, naming the nodes, and a round given them
+    stops before it writes anything. Object storage is one store for every node: accepted without a look."""
     ids = make_raw_pool(tmp_path / "pool", 16, shards=2)
     write_manifest(str(tmp_path / "labeled.parquet"), ids[:2])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_selection, write_tiny_pool
+from conftest import CALM_EPOCHS, read_selection
 
 # Runs the CLI in a driver that SIGKILLs itself when the first scored candidates reach it.
 KILLED_WHILE_SCORING = """
@@ -27,9 +27,10 @@ CLI = "import sys\nfrom vaal_dist.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
 def round_argv(pool: str, labeled: str, out: Path, address: str) -> list[str]:
+    """The CLI's spelling of conftest's calm round (``round_config``'s VAAL round, CALM_EPOCHS, 1 worker)."""
     return ["round", "--pool", pool, "--labeled", labeled, "--out", str(out), "--budget", "20", "--preset", "cpu",
-            "--epochs", "4", "--batch-size", "32", "--workers", "1", "--actors", "2", "--score-batch-size", "32",
-            "--ray-address", address]
+            "--epochs", str(CALM_EPOCHS), "--batch-size", "32", "--workers", "1", "--actors", "2",
+            "--score-batch-size", "32", "--ray-address", address]
 
 
 def driver(code: str, argv: list[str]) -> subprocess.Popen:
@@ -45,26 +46,11 @@ def first_checkpoint(out: Path) -> bool:
     return any((out / "train" / "vaal").glob("checkpoint*"))
 
 
-@pytest.fixture(scope="module")
-def tiny_pool_module(tmp_path_factory):
-    """(pool, labeled manifest): 256 random 32x32 images, 32 labeled, shared by the module's rounds."""
-    return write_tiny_pool(tmp_path_factory.mktemp("pool"))[:2]
-
-
-@pytest.fixture(scope="module")
-def calm(ray_local, tiny_pool_module, tmp_path_factory):
-    pool, labeled = tiny_pool_module
-    out = tmp_path_factory.mktemp("calm") / "out"
-    address = ray_local.get_runtime_context().gcs_address
-    assert driver(CLI, round_argv(pool, labeled, out, address)).wait(timeout=300) == 0
-    return read_selection(out)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["training", "scoring"])
-def test_a_killed_driver_reruns_to_the_calm_selection_with_no_temporary_files(ray_local, tiny_pool_module, calm,
-                                                                             tmp_path, stage):
-    pool, labeled = tiny_pool_module
+def test_a_killed_driver_reruns_to_the_calm_selection_with_no_temporary_files(ray_local, calm_round, tmp_path, stage):
+    calm = calm_round(1)
+    pool, labeled = calm.pool, calm.labeled
     out = tmp_path / "out"
     argv = round_argv(pool, labeled, out, ray_local.get_runtime_context().gcs_address)
     if stage == "scoring":
@@ -82,5 +68,5 @@ def test_a_killed_driver_reruns_to_the_calm_selection_with_no_temporary_files(ra
 
     rerun = driver(CLI, argv)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
-    assert read_selection(out) == calm
+    assert read_selection(out) == read_selection(calm.out)
     assert leftovers(out) == []

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import make_raw_pool, png_bytes, read_selection, round_config, vaal_checkpoint, vaal_trained_as
+from conftest import CALM_EPOCHS, make_raw_pool, png_bytes, read_selection, round_config, vaal_checkpoint, \
+    vaal_trained_as
 from vaal_dist import version
 from vaal_dist.cli import main
 from vaal_dist.config import ScoringConfig, preset
@@ -23,20 +24,20 @@ from vaal_dist.strategies.vaal import VAAL
 
 
 @pytest.mark.slow
-def test_vaal_round_end_to_end_with_two_workers_and_two_actors(ray_local, tmp_path, tiny_pool):
-    pool, labeled, ids, labeled_ids = tiny_pool
-    result = run_round(round_config(pool, labeled, tmp_path / "out", workers=2))
-    sel = read_selection(tmp_path / "out")
+def test_vaal_round_end_to_end_with_two_workers_and_two_actors(calm_round):
+    """conftest's calm round on 2 Ray Train workers (the one test_cluster's faults must select again)."""
+    calm = calm_round(2)
+    sel = read_selection(calm.out)
     assert len(sel["id"]) == len(set(sel["id"])) == 20
-    assert set(sel["id"]) <= set(ids) and not set(sel["id"]) & set(labeled_ids)
+    assert set(sel["id"]) <= set(calm.ids) and not set(sel["id"]) & set(calm.labeled_ids)
     assert sel["rank"] == list(range(1, 21)) and sel["score"] == sorted(sel["score"], reverse=True)
-    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    record = json.loads((calm.out / "run.json").read_text())
     assert record["config"]["workers"] == 2 and record["pool"]["unlabeled"] == 224
     t = record["timings"]
     assert record["per_100_query_seconds"] == pytest.approx(t["total_seconds"] / 20 * 100)
     assert t["train_seconds"] > 0 and t["score_seconds"] > 0
-    assert record["train"]["vaal"]["last_epoch"]["epoch"] == 1
-    assert result.per_100_seconds == record["per_100_query_seconds"]
+    assert record["train"]["vaal"]["last_epoch"]["epoch"] == CALM_EPOCHS
+    assert calm.result.per_100_seconds == record["per_100_query_seconds"]
 
 
 @pytest.mark.slow

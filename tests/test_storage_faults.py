@@ -25,7 +25,7 @@ import pytest
 
 import vaal_dist.pool.shards as shards
 import vaal_dist.pool.storage as storage
-from conftest import Faults, make_raw_pool, round_config, s3_uri
+from conftest import CALM_EPOCHS, Faults, make_raw_pool, round_config, s3_uri
 from vaal_dist.errors import StorageError
 from vaal_dist.pool.dataset import _read_shard, read_pool
 from vaal_dist.pool.io import read_rows
@@ -494,16 +494,18 @@ def test_a_writer_killed_between_upload_and_rename_on_s3_leaves_a_temporary_obje
 
 
 @pytest.mark.slow
-def test_a_vaal_round_reading_through_failing_storage_selects_what_a_calm_round_selects(ray_local, s3_endpoint,
+def test_a_vaal_round_reading_through_failing_storage_selects_what_a_calm_round_selects(calm_round, s3_endpoint,
                                                                                         s3_pool, failing_s3, tmp_path):
     """VAAL's training and scoring read the pool through the same faults as above (no 429s, for the same reason;
-    --out is local: Ray Train's checkpoint uploads do not pass through pool/storage.py)."""
+    --out is local: Ray Train's checkpoint uploads do not pass through pool/storage.py). The calm round is
+    conftest's, on the same seeded images from local disk."""
     from vaal_dist.round import run_round
 
+    calm = calm_round(1)
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")
-    write_manifest(labeled, [f"img-{i:05d}" for i in range(0, 256, 8)])
-    calm = run_round(round_config(s3_pool, labeled, tmp_path / "calm"))
+    write_manifest(labeled, calm.labeled_ids)
     failing_s3.set_faults(Faults(fraction=0.25, streak=2, seed=4, kinds=("slowdown", "error", "drop", "cut")))
-    flaky = run_round(round_config(via(failing_s3, s3_pool), via(failing_s3, labeled), tmp_path / "flaky"))
+    flaky = run_round(round_config(via(failing_s3, s3_pool), via(failing_s3, labeled), tmp_path / "flaky",
+                                   vaal={"epochs": CALM_EPOCHS}, workers=1))
     assert {kind for *_, kind in failing_s3.injected} == {"slowdown", "error", "drop", "cut"}
-    assert pq.read_table(flaky.selection).equals(pq.read_table(calm.selection))
+    assert pq.read_table(flaky.selection).equals(pq.read_table(calm.result.selection))
