@@ -482,8 +482,12 @@ def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: in
         ensure_token_if_auth_enabled(None, create_token_if_missing=True)
         token.chmod(0o600)                              # Ray writes it 0644
         store = object_store_mib * 1024 ** 2
+        # A killed node is declared dead after 5 failed health checks: 1 s apart here, not Ray's 3 s. A check fails
+        # at once on a dead node, but only after 10 s without an answer on a live one, so a busy node is not taken
+        # for dead any sooner.
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": head_cpus, "include_dashboard": False, "object_store_memory": store})
+            "num_cpus": head_cpus, "include_dashboard": False, "object_store_memory": store,
+            "_system_config": {"health_check_period_ms": 1000}})
         try:
             for cpus in worker_cpus:
                 cluster.add_node(num_cpus=cpus, object_store_memory=store)

@@ -398,8 +398,10 @@ def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selec
         assert os.environ["RAY_AUTH_MODE"] == "token"
         run_round(_round(pool, labeled, out, cpus_per_worker=2.0))
         workers = {n.node_id for n in cluster.worker_nodes}
+        # one try: a refused client tries again once a second for 20 s by default, all refused alike
+        wrong_token = {"RAY_AUTH_TOKEN": "0" * 32, "RAY_gcs_server_port_wait_time_s": "1"}
         stranger = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={cluster.address!r})"],
-                                  env={**os.environ, "RAY_AUTH_TOKEN": "0" * 32}, capture_output=True, text=True)
+                                  env={**os.environ, **wrong_token}, capture_output=True, text=True)
     assert stranger.returncode != 0 and "InvalidAuthToken" in stranger.stderr       # a wrong token is refused
     assert {p.name for p in trained_on.iterdir()} == workers
     assert {p.name for p in scored_on.iterdir()} == workers
