@@ -153,20 +153,32 @@ class CalmRound(typing.NamedTuple):
 CALM_EPOCHS = 4
 
 
+def calm_config(pool, labeled, out, workers: int, **setup) -> RoundConfig:
+    """The round of ``calm_round`` and of the disturbed runs that must select what it selects: ``round_config``'s
+    VAAL round at CALM_EPOCHS epochs on ``workers`` Ray Train workers; ``setup`` as round_config's."""
+    return round_config(pool, labeled, out, vaal={"epochs": CALM_EPOCHS}, workers=workers, **setup)
+
+
 @pytest.fixture(scope="session")
-def calm_round(ray_local, tmp_path_factory):
+def calm_pool(tmp_path_factory):
+    """``tiny_pool`` written once a session: the pool of the calm rounds and of the runs compared with them."""
+    return write_tiny_pool(tmp_path_factory.mktemp("calm-pool"))
+
+
+@pytest.fixture(scope="session")
+def calm_round(ray_local, calm_pool, tmp_path_factory):
     """``calm_round(workers)``: the undisturbed round that fault tests' disturbed runs must select again, run once
-    a session for each worker count - ``round_config``'s VAAL round at CALM_EPOCHS epochs on ``workers`` Ray Train
-    workers, over a session-wide tiny pool (1 worker: test_faults' killed worker, test_driver_kill's killed
-    driver; 2: test_cluster's killed DDP worker and lost nodes, test_round's end-to-end round)."""
+    a session for each worker count - ``calm_config`` over ``calm_pool`` (1 worker: test_faults' killed worker,
+    test_driver_kill's killed driver, test_storage_faults' flaky storage; 2: test_cluster's killed DDP worker and
+    lost nodes, test_round's end-to-end round)."""
     folder = tmp_path_factory.mktemp("calm")
-    pool, labeled, ids, labeled_ids = write_tiny_pool(folder)
+    pool, labeled, ids, labeled_ids = calm_pool
     done = {}
 
     def calm(workers: int) -> CalmRound:
         if workers not in done:
             out = folder / f"workers-{workers}"
-            result = run_round(round_config(pool, labeled, out, vaal={"epochs": CALM_EPOCHS}, workers=workers))
+            result = run_round(calm_config(pool, labeled, out, workers))
             assert result.record["train"]["vaal"]["last_epoch"]["resumed_from_epoch"] == 0
             done[workers] = CalmRound(pool, labeled, ids, labeled_ids, out, result)
         return done[workers]

@@ -27,8 +27,8 @@ import torch
 
 import vaal_dist.round_inputs as round_inputs
 import vaal_dist.strategies.vaal as vaal_strategy
-from conftest import CALM_EPOCHS, assert_same_top_k, f32_noise, loopback_cluster, make_raw_pool, node_of, \
-    read_selection, round_config, s3_uri, vaal_checkpoint, vaal_trained_as, write_tiny_pool
+from conftest import CALM_EPOCHS, assert_same_top_k, calm_config, f32_noise, loopback_cluster, make_raw_pool, \
+    node_of, read_selection, round_config, s3_uri, vaal_checkpoint, vaal_trained_as
 from vaal_dist import cli
 from vaal_dist.config import RoundConfig, ScoringConfig, preset
 from vaal_dist.errors import InputError, ScoringFailedError
@@ -227,17 +227,10 @@ def test_a_node_lost_while_scoring_changes_nothing_and_one_lost_for_good_is_name
 FAULT_AFTER_EPOCH = 2      # its checkpoint is reported before the fault: a resumed run starts at epoch 1 or 2
 
 
-@pytest.fixture(scope="module")
-def pool_and_labeled(tmp_path_factory):
-    """(pool, labeled manifest, labeled ids) on local disk: 256 seeded 32x32 images, 32 labeled."""
-    pool, labeled_uri, _, labeled = write_tiny_pool(tmp_path_factory.mktemp("data"))
-    return pool, labeled_uri, labeled
-
-
 def _round(pool: str, labeled: str, out, **setup) -> RoundConfig:
     """The round every test below runs: conftest's calm round on two DDP workers (VAAL, 4 epochs, two scoring
     actors, budget 20)."""
-    return round_config(pool, labeled, out, vaal={"epochs": CALM_EPOCHS}, workers=2, **setup)
+    return calm_config(pool, labeled, out, 2, **setup)
 
 
 def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
@@ -259,12 +252,12 @@ def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
 
 
 @pytest.mark.slow
-def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbed(calm_round, pool_and_labeled,
+def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbed(calm_round, calm_pool,
                                                                                  tmp_path, monkeypatch):
     """Rank 1 SIGKILLs its own process once it has reported epoch 2: Ray Train restarts both workers from the
     latest checkpoint, and the round selects what the undisturbed one does."""
     calm = calm_round(2)
-    pool, labeled, _ = pool_and_labeled
+    pool, labeled = calm_pool[:2]
     marker = tmp_path / "killed-rank-1"
 
     def kill_rank_1_once(epoch: int, rank: int) -> None:
@@ -281,7 +274,7 @@ def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbe
 
 
 @pytest.mark.slow
-def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_undisturbed(calm_round, pool_and_labeled,
+def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_undisturbed(calm_round, calm_pool,
                                                                                         tmp_path, monkeypatch):
     """Three 1-CPU nodes; each DDP worker asks a whole CPU, so the two train on two different nodes. Once
     epoch 2 is reported, a worker on a node other than the head (the driver's) writes its node's id and
@@ -289,7 +282,7 @@ def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_und
     two nodes left, from the latest checkpoint; scoring runs there too (one actor: two would leave no node a
     read's CPU), and the selection is the undisturbed one-node round's."""
     calm = calm_round(2)         # in the session's Ray, before any cluster of this test's
-    pool, labeled, _ = pool_and_labeled
+    pool, labeled = calm_pool[:2]
     marker = tmp_path / "killed-node"
     with loopback_cluster(1, 1, 1) as cluster:
         head = cluster.head_node.node_id
@@ -316,13 +309,13 @@ def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_und
 
 @pytest.mark.slow
 @pytest.mark.timeout(480, method="thread")     # Ray Train's fit waits in a ray.get that no signal interrupts
-def test_a_node_lost_for_good_while_training_ends_the_round_naming_the_shortfall(pool_and_labeled, tmp_path,
+def test_a_node_lost_for_good_while_training_ends_the_round_naming_the_shortfall(calm_pool, tmp_path,
                                                                                 monkeypatch, caplog, capsys):
     """Issue 29: a head with no CPU and two 1-CPU nodes, `--workers 2 --cpus-per-worker 1`; once epoch 2 is
     reported, one worker's node is killed and none replaces it. Ray Train's restart asks 2 CPUs of a cluster
     with 1: the shortfall is logged once while it waits, and after --placement-timeout the command ends with
     one error line naming it (Ray Train alone asks again every 60 s, forever)."""
-    pool, labeled, _ = pool_and_labeled
+    pool, labeled = calm_pool[:2]
     marker = tmp_path / "killed-node"
 
     def wait_for_the_node_to_die(epoch: int, rank: int) -> None:
@@ -374,14 +367,14 @@ def _scorer_recording_its_node(folder: Path) -> type:
 
 
 @pytest.mark.slow
-def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selects(calm_round, pool_and_labeled,
+def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selects(calm_round, calm_pool,
                                                                                   s3_endpoint, tmp_path, monkeypatch):
     """A head that runs no task and two 2-CPU worker nodes, token auth on (a client with a wrong token is
     refused); pool, labeled set and --out on the loopback S3 server, the storage every node shares. Each DDP
     worker asks a whole node, so the two train on both worker nodes; the two scoring actors run one on each. The
     selection is the one-node round's."""
     calm = calm_round(2)         # in the session's Ray, before any cluster of this test's
-    _, _, labeled_ids = pool_and_labeled
+    labeled_ids = calm_pool[3]
     boto3.client("s3", endpoint_url=f"http://{s3_endpoint}").create_bucket(Bucket="bucket-1")
     pool, labeled, out = (s3_uri(s3_endpoint, key) for key in ("pool", "labeled.parquet", "out"))
     make_raw_pool(pool, 256)                              # the same seeded images as the local pool

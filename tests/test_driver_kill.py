@@ -27,7 +27,7 @@ CLI = "import sys\nfrom vaal_dist.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 
 def round_argv(pool: str, labeled: str, out: Path, address: str) -> list[str]:
-    """The CLI's spelling of conftest's calm round (``round_config``'s VAAL round, CALM_EPOCHS, 1 worker)."""
+    """The CLI's spelling of conftest's ``calm_config`` on 1 worker (the calm round it must select again)."""
     return ["round", "--pool", pool, "--labeled", labeled, "--out", str(out), "--budget", "20", "--preset", "cpu",
             "--epochs", str(CALM_EPOCHS), "--batch-size", "32", "--workers", "1", "--actors", "2",
             "--score-batch-size", "32", "--ray-address", address]

@@ -11,7 +11,7 @@ import pytest
 import ray
 import torch
 
-from conftest import CALM_EPOCHS, read_selection, round_config, vaal_checkpoint
+from conftest import CALM_EPOCHS, calm_config, read_selection, round_config, vaal_checkpoint
 from vaal_dist.config import ScoringConfig
 from vaal_dist.errors import InputError, ScoringFailedError
 from vaal_dist.pool.dataset import read_pool
@@ -55,8 +55,7 @@ def test_a_training_worker_killed_mid_run_resumes_and_selects_as_undisturbed(cal
     killer = threading.Thread(target=_kill_training_worker_after_two_checkpoints,
                               args=(tmp_path / "killed" / "train" / "vaal", killed))
     killer.start()
-    hit = run_round(round_config(calm.pool, calm.labeled, tmp_path / "killed", vaal={"epochs": CALM_EPOCHS},
-                                 workers=1))
+    hit = run_round(calm_config(calm.pool, calm.labeled, tmp_path / "killed", 1))
     killer.join()
     assert killed, "no training worker was killed"
     last = hit.record["train"]["vaal"]["last_epoch"]

@@ -25,7 +25,7 @@ import pytest
 
 import vaal_dist.pool.shards as shards
 import vaal_dist.pool.storage as storage
-from conftest import CALM_EPOCHS, Faults, make_raw_pool, round_config, s3_uri
+from conftest import Faults, calm_config, make_raw_pool, round_config, s3_uri
 from vaal_dist.errors import StorageError
 from vaal_dist.pool.dataset import _read_shard, read_pool
 from vaal_dist.pool.io import read_rows
@@ -505,7 +505,6 @@ def test_a_vaal_round_reading_through_failing_storage_selects_what_a_calm_round_
     labeled = s3_uri(s3_endpoint, f"labeled-{tmp_path.name}.parquet")
     write_manifest(labeled, calm.labeled_ids)
     failing_s3.set_faults(Faults(fraction=0.25, streak=2, seed=4, kinds=("slowdown", "error", "drop", "cut")))
-    flaky = run_round(round_config(via(failing_s3, s3_pool), via(failing_s3, labeled), tmp_path / "flaky",
-                                   vaal={"epochs": CALM_EPOCHS}, workers=1))
+    flaky = run_round(calm_config(via(failing_s3, s3_pool), via(failing_s3, labeled), tmp_path / "flaky", 1))
     assert {kind for *_, kind in failing_s3.injected} == {"slowdown", "error", "drop", "cut"}
     assert pq.read_table(flaky.selection).equals(pq.read_table(calm.result.selection))

@@ -152,6 +152,19 @@ def _on_every_node(fn, nodes: dict[str, str], *args, timeout: float = ANSWER_SEC
     return answers
 
 
+def all_answer(nodes: dict[str, str], timeout: float) -> bool:
+    """Whether a task runs on each of ``nodes`` and returns within ``timeout`` seconds: then none of them is lost,
+    whatever the cluster has declared so far (it declares a node dead only after missed health checks)."""
+    return all(answer == _HERE for answer in _on_every_node(_here, nodes, timeout=timeout).values())
+
+
+_HERE = "here"
+
+
+def _here() -> str:
+    return _HERE
+
+
 def _named(answers: dict[str, str], nodes: dict[str, str]) -> str:
     """'node 1a2b3c4d (10.0.0.7): why' for each node, '; '-joined."""
     return "; ".join(f"node {n[:8]} ({nodes[n]}): {why}" for n, why in answers.items())
@@ -231,19 +244,6 @@ def total_per_node() -> list[dict[str, float]]:
 def alive_nodes() -> dict[str, str]:
     """{node id: address} of the cluster's alive nodes."""
     return {n["NodeID"]: n["NodeManagerAddress"] for n in _alive()}
-
-
-def all_answer(nodes: dict[str, str], timeout: float) -> bool:
-    """Whether a task runs on each of ``nodes`` and returns within ``timeout`` seconds: then none of them is lost,
-    whatever the cluster has declared so far (it declares a node dead only after missed health checks)."""
-    return all(answer == _HERE for answer in _on_every_node(_here, nodes, timeout=timeout).values())
-
-
-_HERE = "here"
-
-
-def _here() -> str:
-    return _HERE
 
 
 def _alive() -> list[dict]:
