@@ -8,7 +8,8 @@ import pytest
 from conftest import make_raw_pool
 from vaal_dist.errors import InputError
 from vaal_dist.pool.io import PoolMeta, read_pool_meta, write_pool
-from vaal_dist.train.pool_batches import MIX_IMAGES, epoch_share, pool_sides, pool_source
+import vaal_dist.train.pool_batches as pool_batches
+from vaal_dist.train.pool_batches import MIX_IMAGES, PoolSide, endless_batches, epoch_share, pool_sides, pool_source
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,32 @@ def test_the_labeled_copy_holds_only_labeled_images_dealt_across_workers(pool, t
     uri = pool[0]
     other = pool_source(uri, pa.array(labeled[:7]), pa.array(labeled), read_pool_meta(uri), str(tmp_path / "copy"), 2)
     assert other.labeled.images == 7                                          # other ids: copied anew
+
+
+def test_a_labeled_side_smaller_than_a_mixing_window_is_read_once_and_batched_as_if_read_every_pass(
+        pool, tmp_path, monkeypatch):
+    """600 labeled images in 8 row groups: 2,000 rows from one worker are about 14 passes over its 4 groups a pass
+    (the first window alone needs 4,096 rows), but each group is read from the copy once."""
+    reads = []
+    read = PoolSide.read
+    monkeypatch.setattr(PoolSide, "read", lambda side, g, *a: reads.append(g) or read(side, g, *a))
+    src = source(pool, tmp_path, 2)
+    reads.clear()
+
+    def batches():
+        endless = endless_batches(src.labeled, src.meta, 8, 50, rank=1, workers=2, seed=3)
+        got = [next(endless) for _ in range(40)]
+        endless.close()
+        return np.concatenate([b["id"] for b in got]), np.concatenate([b["pixels"].numpy() for b in got])
+
+    kept_ids, kept_pixels = batches()
+    assert len(reads) == len(set(reads)) <= len(src.labeled.counts)
+    monkeypatch.setattr(pool_batches, "KEPT_IMAGES", 0)     # read again every pass, as a large side is
+    reads.clear()
+    ids, pixels = batches()
+    assert len(reads) > 4096 // 300 * 4
+    np.testing.assert_array_equal(kept_ids, ids)
+    np.testing.assert_array_equal(kept_pixels, pixels)
 
 
 def test_a_bad_image_read_in_the_background_is_raised_by_its_id(tmp_path):

@@ -34,6 +34,7 @@ from vaal_dist.pool.shards import ROW_GROUP_ROWS, read_shard, write_parquet
 from vaal_dist.pool.storage import exists, join, read_json, write_json
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
+KEPT_IMAGES = MIX_IMAGES   # an endless side this small is kept decoded: no more memory than one window
 PREFETCH = 4           # row groups read and decoded ahead of the training step
 COPY_SHARD_ROWS = 8192   # rows the driver holds while copying: 24 MiB of 32x32x3 images
 _COPIED = "copy.json"  # written last into a labeled copy: the copy is whole
@@ -203,14 +204,23 @@ def epoch_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *,
 def endless_batches(side: PoolSide, meta: PoolMeta, size: int, batch_size: int, *, rank: int, workers: int,
                     seed: int, pin: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """This worker's row groups of ``side`` (every ``workers``-th of a seeded order), in a new order
-    each pass, for as long as they are asked for."""
+    each pass, for as long as they are asked for.
+
+    A side of at most ``KEPT_IMAGES`` images is read and decoded once and kept: filling one mixing window
+    takes many passes over it (256 for a worker's 16 labeled images), and reading every row group on each pass
+    makes an epoch 14 times slower with --out on a bucket (docs/benchmarks.md)."""
+    def group(g: int) -> tuple[np.ndarray, np.ndarray]:
+        return next(_decoded(side, [(g, 0, None)], meta, size))
+    if side.images <= KEPT_IMAGES:
+        group = functools.cache(group)
+
     def passes():
         for p in range(1 << 62):
             order = np.random.default_rng([seed, p]).permutation(len(side.counts))
-            share = [(int(g), 0, None) for g in order[rank::workers] if side.counts[g]]
-            if not share:
+            groups = [int(g) for g in order[rank::workers] if side.counts[g]]
+            if not groups:
                 raise ValueError("this worker's labeled share is empty: use fewer workers or label more")
-            yield from _decoded(side, share, meta, size)
+            yield from map(group, groups)
 
     return _Prefetched(_mixed(passes(), batch_size, np.random.default_rng([seed, rank]), pin))
 
