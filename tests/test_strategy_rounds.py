@@ -36,8 +36,10 @@ TASK_FREE = {"vaal_vae_w2", "vaal_disc_only", "typiclust"}
 ROUND_ROBIN = {"cluster_margin", "typiclust", "badge"}   # pick order is over clusters or draws, not by score
 NO_GUESS = TASK_FREE | {"coreset"}       # no class guess of the task model's beside the selection
 # Train in the driver (workers=0): each shares its training loop and its models with a strategy above that trains
-# on 2 Ray Train workers (the task loop: entropy; the VAAL loop: vaal_disc_only); what they add is how they select.
-IN_DRIVER = {"vaal_vae_w2", "coreset", "cluster_margin", "typiclust", "badge"}
+# on 2 Ray Train workers (the task loop: dbal; with a loss module: ta_vaal; the VAAL loop: vaal_disc_only; the AALU
+# loop with every loss on: aalu); what they add is how they select.
+IN_DRIVER = {"entropy", "learning_loss", "aalu_advvae", "vaal_vae_w2", "coreset", "cluster_margin", "typiclust",
+             "badge"}
 
 
 @pytest.fixture(scope="module")
