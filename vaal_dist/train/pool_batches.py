@@ -34,7 +34,7 @@ from vaal_dist.pool.shards import ROW_GROUP_ROWS, read_shard, write_parquet
 from vaal_dist.pool.storage import exists, join, read_json, write_json
 
 MIX_IMAGES = 4096      # rows shuffled together: a batch draws on every row group in the window
-KEPT_IMAGES = MIX_IMAGES   # an endless side this small is kept decoded: no more memory than one window
+KEPT_IMAGES = MIX_IMAGES   # an endless side this small is kept decoded: at most one window's memory more
 PREFETCH = 4           # row groups read and decoded ahead of the training step
 COPY_SHARD_ROWS = 8192   # rows the driver holds while copying: 24 MiB of 32x32x3 images
 _COPIED = "copy.json"  # written last into a labeled copy: the copy is whole
