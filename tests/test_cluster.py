@@ -224,13 +224,8 @@ def test_a_node_lost_while_scoring_changes_nothing_and_one_lost_for_good_is_name
 
 # --- whole rounds: on three nodes, and with a node or a DDP worker killed mid-training ---------------------
 
+# Every round below is conftest's calm_config on two DDP workers, compared with calm_round(2).
 FAULT_AFTER_EPOCH = 2      # its checkpoint is reported before the fault: a resumed run starts at epoch 1 or 2
-
-
-def _round(pool: str, labeled: str, out, **setup) -> RoundConfig:
-    """The round every test below runs: conftest's calm round on two DDP workers (VAAL, 4 epochs, two scoring
-    actors, budget 20)."""
-    return calm_config(pool, labeled, out, 2, **setup)
 
 
 def _vaal_loop_calling(after_epoch) -> Callable[[dict], None]:
@@ -266,7 +261,7 @@ def test_one_of_two_ddp_workers_killed_mid_run_resumes_and_selects_as_undisturbe
             os.kill(os.getpid(), signal.SIGKILL)
 
     monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(kill_rank_1_once))
-    record = run_round(_round(pool, labeled, tmp_path / "out")).record
+    record = run_round(calm_config(pool, labeled, tmp_path / "out", 2)).record
     assert marker.exists() and not psutil.pid_exists(int(marker.read_text()))
     last = record["train"]["vaal"]["last_epoch"]
     assert last["epoch"] == CALM_EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
@@ -300,7 +295,7 @@ def test_a_node_lost_while_training_resumes_on_the_nodes_left_and_selects_as_und
 
         monkeypatch.setattr(round_inputs, "train_loop_per_worker", _vaal_loop_calling(wait_for_the_node_to_die))
         with _node_killed_when_marked(cluster, marker) as killed, deadline(600, "the round that lost a node"):
-            record = run_round(_round(pool, labeled, tmp_path / "out", cpus_per_worker=1.0)).record
+            record = run_round(calm_config(pool, labeled, tmp_path / "out", 2, cpus_per_worker=1.0)).record
         assert killed and killed[0] not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     last = record["train"]["vaal"]["last_epoch"]
     assert last["epoch"] == CALM_EPOCHS and 1 <= last["resumed_from_epoch"] <= FAULT_AFTER_EPOCH
@@ -389,7 +384,7 @@ def test_a_round_on_three_nodes_with_its_files_on_s3_selects_what_one_node_selec
     monkeypatch.setattr(vaal_strategy, "VAALScorer", _scorer_recording_its_node(scored_on))
     with loopback_cluster(0, 2, 2) as cluster:
         assert os.environ["RAY_AUTH_MODE"] == "token"
-        run_round(_round(pool, labeled, out, cpus_per_worker=2.0))
+        run_round(calm_config(pool, labeled, out, 2, cpus_per_worker=2.0))
         workers = {n.node_id for n in cluster.worker_nodes}
         # one try: a refused client tries again once a second for 20 s by default, all refused alike
         wrong_token = {"RAY_AUTH_TOKEN": "0" * 32, "RAY_gcs_server_port_wait_time_s": "1"}

@@ -121,7 +121,7 @@ def test_a_labeled_side_smaller_than_a_mixing_window_is_read_once_and_batched_as
     monkeypatch.setattr(pool_batches, "KEPT_IMAGES", 0)     # read again every pass, as a large side is
     reads.clear()
     ids, pixels = batches()
-    assert len(reads) > 4096 // 300 * 4
+    assert len(reads) > MIX_IMAGES // 300 * 4      # 300 labeled rows a pass, 4 groups each
     np.testing.assert_array_equal(kept_ids, ids)
     np.testing.assert_array_equal(kept_pixels, pixels)
 
