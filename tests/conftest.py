@@ -168,9 +168,9 @@ def calm_pool(tmp_path_factory):
 @pytest.fixture(scope="session")
 def calm_round(ray_local, calm_pool, tmp_path_factory):
     """``calm_round(workers)``: the undisturbed round that fault tests' disturbed runs must select again, run once
-    a session for each worker count - ``calm_config`` over ``calm_pool`` (1 worker: test_faults' killed worker,
-    test_driver_kill's killed driver, test_storage_faults' flaky storage; 2: test_cluster's killed DDP worker and
-    lost nodes, test_round's end-to-end round)."""
+    a session for each worker count - ``calm_config`` over ``calm_pool`` (1 worker: test_driver_kill's killed
+    driver, test_storage_faults' flaky storage; 2: test_cluster's killed DDP worker and lost nodes, test_round's
+    end-to-end round)."""
     folder = tmp_path_factory.mktemp("calm")
     pool, labeled, ids, labeled_ids = calm_pool
     done = {}

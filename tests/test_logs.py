@@ -98,23 +98,38 @@ def test_ray_trains_console_follows_the_drivers_ray_logging_level(monkeypatch):
     assert trainer._logging_config().log_level == "INFO"
 
 
-def _round(tmp_path, pool, labeled, *flags) -> subprocess.CompletedProcess:
+def _start_round(tmp_path, pool, labeled, *flags) -> subprocess.Popen:
     """jobs/imagenet_round.py as a user runs it (its own local Ray, one training worker), output captured."""
     command = [sys.executable, "jobs/imagenet_round.py", "--pool", str(pool), "--labeled", str(labeled),
                "--budget", "10", "--out", str(tmp_path / "out"), "--preset", "cpu", "--epochs", "2",
                "--batch-size", "32", *flags]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _rounds(*runs: subprocess.Popen) -> list[subprocess.CompletedProcess]:
+    """The rounds ``_start_round`` started, waited for together (one left running past its time is killed)."""
+    try:
+        outputs = [run.communicate(timeout=900) for run in runs]
+        return [subprocess.CompletedProcess(run.args, run.returncode, *output) for run, output in zip(runs, outputs)]
+    finally:
+        for run in runs:
+            run.kill()                       # nothing, once it has ended
+
+
+def _round(tmp_path, pool, labeled, *flags) -> subprocess.CompletedProcess:
+    return _rounds(_start_round(tmp_path, pool, labeled, *flags))[0]
 
 
 def _lines(run: subprocess.CompletedProcess) -> list[str]:
     return (run.stdout + run.stderr).split("\n")       # "\n" only: a progress bar redraws with "\r"
 
 
-@pytest.mark.slow          # two rounds, each starting its own Ray and a training worker
+@pytest.mark.slow          # two rounds at once, each starting its own Ray and a training worker
 def test_a_round_prints_epoch_lines_and_a_summary_and_ray_internals_only_with_verbose(tmp_path, tiny_pool):
     pool, labeled = tiny_pool[:2]
-    quiet = _round(tmp_path / "quiet", pool, labeled)
+    quiet, verbose = _rounds(_start_round(tmp_path / "quiet", pool, labeled),
+                             _start_round(tmp_path / "verbose", pool, labeled, "--verbose"))
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     lines = _lines(quiet)
     assert not [line for line in lines if any(info in line for info in RAY_INFO)]
@@ -126,7 +141,6 @@ def test_a_round_prints_epoch_lines_and_a_summary_and_ray_internals_only_with_ve
     assert f"selection: {out}/selection.parquet" in stdout and stdout[-2].startswith("per-100-sample query time: ")
     assert f"report: {out}/report.html" in stdout
 
-    verbose = _round(tmp_path / "verbose", pool, labeled, "--verbose")
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     text = verbose.stdout + verbose.stderr
     assert "TrainingReport(" in text and "Execution plan of Dataset" in text and "INFO" in text
