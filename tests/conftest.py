@@ -58,13 +58,30 @@ def private_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
+    """The session's local Ray (2 CPUs), for the tests that ask for it: started at the first, and started again
+    before the next one after a ``loopback_cluster`` ended it (``_ray_local_running``)."""
     import ray
 
+    _start_ray_local()
+    yield ray
+    ray.shutdown()
+
+
+def _start_ray_local() -> None:
     from vaal_dist.ray_session import start_local_ray
 
     start_local_ray(num_cpus=2, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _ray_local_running(request):
+    """ray_local's Ray running for a test that uses it, directly or through a fixture: a loopback_cluster shuts it
+    down, and a run of cluster tests does not start it again between two clusters."""
+    if "ray_local" in request.fixturenames:
+        import ray
+
+        if not ray.is_initialized():
+            _start_ray_local()
 
 
 @pytest.fixture
@@ -470,17 +487,14 @@ def failing_s3(s3_endpoint):
 @contextlib.contextmanager
 def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: int = 150):
     """A ray.cluster_utils.Cluster of a head with ``head_cpus`` and one worker node per ``worker_cpus``, this
-    process connected as its driver. A Ray this process ran before (the ray_local fixture's) is shut down and
-    started again afterwards, so later tests find it as they left it."""
+    process connected as its driver. A Ray this process ran before (the ray_local fixture's) is shut down; the
+    next test that asks for ray_local starts it again (``_ray_local_running``)."""
     import ray
     from ray._private import ray_constants
     from ray._private.authentication.authentication_token_setup import (enable_token_auth_by_default,
                                                                           ensure_token_if_auth_enabled)
     from ray.cluster_utils import Cluster
 
-    from vaal_dist.ray_session import start_local_ray
-
-    had_ray = ray.is_initialized()
     ray.shutdown()
     with pytest.MonkeyPatch.context() as patch:
         # Without this every node advertises the host's address, and nodes that reach the GCS on 127.0.0.1 and
@@ -509,8 +523,6 @@ def loopback_cluster(head_cpus: float, *worker_cpus: float, object_store_mib: in
         finally:
             ray.shutdown()
             cluster.shutdown()
-    if had_ray:
-        start_local_ray(num_cpus=2, log_to_driver=False)
 
 
 def node_of(cluster, node_id: str):

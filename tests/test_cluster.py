@@ -462,9 +462,9 @@ def test_a_pool_larger_than_the_object_store_selects_what_a_roomy_store_selects(
         return round_config(str(tmp_path / "pool"), str(tmp_path / "labeled.parquet"), out,
                             scoring=ScoringConfig(batch_size=512, num_actors=2))
 
+    assert ray.cluster_resources()["object_store_memory"] > 4 * pool_bytes
+    run_round(config(str(tmp_path / "roomy")))
     with loopback_cluster(2, object_store_mib=75):
         assert ray.cluster_resources()["object_store_memory"] < pool_bytes
         run_round(config(str(tmp_path / "pressed")))
-    assert ray.cluster_resources()["object_store_memory"] > 4 * pool_bytes
-    run_round(config(str(tmp_path / "roomy")))
     assert read_selection(tmp_path / "pressed") == read_selection(tmp_path / "roomy")
