@@ -23,7 +23,7 @@ from vaal_dist.scoring import stream
 from vaal_dist.scoring.stream import stream_top_k
 from vaal_dist.strategies.vaal import VAALScorer
 
-pytestmark = pytest.mark.slow          # faults: real kills of scoring actors and drivers
+pytestmark = pytest.mark.slow          # faults: scoring actors killed for real, rounds crashed at each stage
 
 
 def test_a_scoring_actor_killed_mid_stream_changes_nothing(ray_local, tmp_path, tiny_pool):
